@@ -1,0 +1,29 @@
+"""Shared fixtures. With AOD_STRICT=1 (set by tests/run as root, so in CI) a skip is a failure."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("AOD_STRICT") != "1":
+        return
+    tr = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = tr.stats.get("skipped", []) if tr else []
+    if skipped:
+        for rep in skipped:
+            tr.write_line(f"AOD_STRICT: a skipped test is a failure here: {rep.nodeid} {rep.longrepr}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return ROOT
