@@ -1,17 +1,36 @@
 """Configuration: YAML file -> validated, frozen dataclasses (read before anything runs).
 
-Shape only here; the loader and validation live below the dataclasses.
+Every other layer (ring, dispatch, detect, collect, retain) reads only the frozen
+Config built here. load() checks the whole file up front and raises ConfigError
+with *every* problem, each as "FILE: dotted.path: expected ..., got ...".
+Command, status and errno names become ints here, so the hot path never sees names.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import errno as _errno_mod
+import math
+import mmap
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from .actions import ACTION_NAMES
+from .smb2 import COMMANDS, ERRNOS, NT_STATUS, command_name, errno_name, status_name
 
 ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual")
 LATENCY_MODES = ("all", "trackonly", "excludeonly")
 DEFAULT_CONFIG_PATH = "/etc/aodv2/config.yaml"
+
+LOOKUP_SIZE = 65536  # threshold_lookup() is indexed by the u16 command of an event
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,10 @@ class LatencyConfig:
     acceptable_count: int = 10  # anomaly when count over threshold in a window >= this
     emergency_threshold_ms: float = 1000.0
 
+    @property
+    def emergency_ns(self) -> int:
+        return _ms_to_ns(self.emergency_threshold_ms)
+
 
 @dataclass(frozen=True)
 class ErrorRule:
@@ -32,6 +55,31 @@ class ErrorRule:
     errnos: frozenset[int] = frozenset()  # positive errno values
     commands: frozenset[int] = frozenset()  # empty = any command
     acceptable_count: int = 1  # anomaly when matching errors in a window >= this
+
+
+# Session-expired / name-deleted are the reconnect detector's job, not error rules.
+DEFAULT_ERROR_RULES: tuple[ErrorRule, ...] = (
+    ErrorRule(
+        name="timeouts",
+        statuses=frozenset({NT_STATUS["STATUS_IO_TIMEOUT"]}),
+        errnos=frozenset({_errno_mod.ETIMEDOUT}),
+        acceptable_count=1,
+    ),
+    ErrorRule(
+        name="access_denied",
+        statuses=frozenset({NT_STATUS["STATUS_ACCESS_DENIED"]}),
+        acceptable_count=20,
+    ),
+    ErrorRule(
+        name="handle_errors",
+        statuses=frozenset({NT_STATUS["STATUS_FILE_CLOSED"], NT_STATUS["STATUS_INVALID_HANDLE"]}),
+        acceptable_count=5,
+    ),
+)
+
+
+def _default_actions() -> Mapping[str, tuple[str, ...]]:
+    return MappingProxyType({t: ACTION_NAMES for t in ANOMALY_TYPES})
 
 
 @dataclass(frozen=True)
@@ -67,10 +115,785 @@ class Config:
     watch_interval_sec: float = 1.0
     output_dir: str = "/var/log/aodv2"
     latency: LatencyConfig = LatencyConfig()
-    errors: tuple[ErrorRule, ...] = ()
+    errors: tuple[ErrorRule, ...] = DEFAULT_ERROR_RULES
     reconnect: ReconnectConfig = ReconnectConfig()
-    actions: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))  # anomaly type -> action names
+    # anomaly type -> action names
+    actions: Mapping[str, tuple[str, ...]] = field(default_factory=_default_actions)
     capture: CaptureConfig = CaptureConfig()
     retention: RetentionConfig = RetentionConfig()
     ring: RingConfig = RingConfig()
     tracers: tuple[str, ...] = ("smb",)
+
+
+# ---------------------------------------------------------------- public API
+
+
+class ConfigError(Exception):
+    """Invalid or unreadable configuration. .errors holds one line per problem."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors: list[str] = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+def defaults() -> Config:
+    return Config()
+
+
+def load(path: str) -> Config:
+    """Read and validate a config file. Raises ConfigError (never anything else)."""
+    source = os.fspath(path)
+    return load_text(_read_file(source), source)
+
+
+def load_text(text: str, source: str = "<string>") -> Config:
+    """Validate YAML text. Raises ConfigError naming `source` in every message."""
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise ConfigError([f"{source}: expected at most {MAX_FILE_BYTES} bytes, got a larger file"])
+    data, dup_errors = _parse_yaml(text, source)
+    if data is None:
+        raise ConfigError(
+            [f"{source}: expected a YAML mapping of settings, got an empty file (write {{}} for defaults)"]
+        )
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a YAML mapping at top level, {_got(data)}"])
+    errs = _Errors(source)
+    errs.items.extend(dup_errors)
+    cfg = _build(errs, data)
+    if errs.items:
+        raise ConfigError(errs.items)
+    return dataclasses.replace(cfg, source=source)
+
+
+def check(path: str) -> list[str]:
+    """All problems with the file at `path`; empty when it is valid."""
+    try:
+        load(path)
+    except ConfigError as exc:
+        return list(exc.errors)
+    return []
+
+
+def threshold_lookup(lat: LatencyConfig) -> np.ndarray:
+    """float64[65536] indexed by u16 command: latency threshold in ns, +inf when the mode ignores it.
+
+    A completion is over threshold when latency_ns > lookup[command].
+    """
+    out = np.full(LOOKUP_SIZE, float(_ms_to_ns(lat.default_threshold_ms)), dtype=np.float64)
+    for cmd, ms in lat.thresholds_ms.items():
+        out[int(cmd)] = float(_ms_to_ns(ms))
+    if lat.mode == "trackonly":
+        keep = np.zeros(LOOKUP_SIZE, dtype=bool)
+        keep[list(lat.track)] = True
+        out[~keep] = np.inf
+    elif lat.mode == "excludeonly":
+        out[list(lat.exclude)] = np.inf
+    return out
+
+
+def min_threshold_ns(lat: LatencyConfig) -> int:
+    """Smallest latency any detector needs to see: min over tracked commands of their
+    threshold and the emergency threshold (the tracer's emit filter)."""
+    finite = threshold_lookup(lat)
+    finite = finite[np.isfinite(finite)]
+    lowest = int(finite.min()) if finite.size else lat.emergency_ns
+    return min(lowest, lat.emergency_ns)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Config -> YAML-shaped plain dict (names, not ids). load_text(yaml.dump(to_dict(c))) == c."""
+    lat = cfg.latency
+    return {
+        "watch_interval_sec": float(cfg.watch_interval_sec),
+        "output_dir": cfg.output_dir,
+        "latency": {
+            "mode": lat.mode,
+            "default_threshold_ms": float(lat.default_threshold_ms),
+            "thresholds_ms": {command_name(c): float(ms) for c, ms in sorted(lat.thresholds_ms.items())},
+            "track": [command_name(c) for c in lat.track],
+            "exclude": [command_name(c) for c in lat.exclude],
+            "acceptable_count": int(lat.acceptable_count),
+            "emergency_threshold_ms": float(lat.emergency_threshold_ms),
+        },
+        "errors": [
+            {
+                "name": r.name,
+                "status": [status_name(s) for s in sorted(r.statuses)],
+                "errno": [_errno_out(e) for e in sorted(r.errnos)],
+                "commands": [command_name(c) for c in sorted(r.commands)],
+                "acceptable_count": int(r.acceptable_count),
+            }
+            for r in cfg.errors
+        ],
+        "reconnect": {"enabled": bool(cfg.reconnect.enabled)},
+        "actions": {t: list(names) for t, names in cfg.actions.items()},
+        "capture": _plain(cfg.capture),
+        "retention": _plain(cfg.retention),
+        "ring": _plain(cfg.ring),
+        "tracers": list(cfg.tracers),
+    }
+
+
+# ---------------------------------------------------------------- limits and tables
+
+MAX_FILE_BYTES = 1 << 20
+MAX_YAML_NODES = 20_000  # as written (a full config is ~300)
+MAX_YAML_EXPANDED = 100_000  # after alias expansion
+MAX_YAML_ALIASES = 1_000
+MAX_YAML_DEPTH = 64
+MAX_MS = 86_400_000.0  # one day
+RING_MAX_KB = 1 << 20  # 1 GiB
+PAGE_KB = max(4, mmap.PAGESIZE // 1024)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TRACER_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
+# every errno name the errno module knows (aliases like EWOULDBLOCK too); canonical names win
+_ERRNO_ALL: dict[str, int] = {
+    n: getattr(_errno_mod, n)
+    for n in dir(_errno_mod)
+    if n.startswith("E") and isinstance(getattr(_errno_mod, n), int)
+}
+_ERRNO_ALL.update(ERRNOS)
+
+
+class _Num(NamedTuple):
+    integer: bool
+    lo: float
+    lo_open: bool  # lo itself not allowed
+    hi: float
+    unit: str
+
+
+_MS = _Num(False, 0, True, MAX_MS, "milliseconds")
+_COUNT = _Num(True, 1, False, 1_000_000_000, "")
+
+# dotted path (lists as []) -> allowed range
+_NUMS: dict[str, _Num] = {
+    "watch_interval_sec": _Num(False, 0.1, False, 3600, "seconds"),
+    "latency.default_threshold_ms": _MS,
+    "latency.thresholds_ms.*": _MS,
+    "latency.acceptable_count": _COUNT,
+    "latency.emergency_threshold_ms": _MS,
+    "errors[].acceptable_count": _COUNT,
+    "capture.cooldown_sec": _Num(False, 0, False, 7 * 86400, "seconds"),
+    "capture.max_per_hour": _Num(True, 1, False, 3600, ""),
+    "capture.concurrency": _Num(True, 1, False, 64, ""),
+    "capture.action_timeout_sec": _Num(False, 0, True, 3600, "seconds"),
+    "capture.lookback_sec": _Num(False, 0, True, 7 * 86400, "seconds"),
+    "retention.max_total_mb": _Num(False, 0, True, 10_000_000, "MiB"),
+    "retention.max_age_days": _Num(False, 0, True, 36500, "days"),
+    "retention.interval_sec": _Num(False, 1, False, 86400, "seconds"),
+}
+
+_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "source")
+_LATENCY_KEYS = tuple(f.name for f in dataclasses.fields(LatencyConfig))
+_RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count")
+
+
+# ---------------------------------------------------------------- reading and parsing
+
+
+def _read_file(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot open: {exc.strerror or exc}"]) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError([f"{path}: expected a YAML file, got a directory"])
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([f"{path}: expected a regular YAML file, got a special file"])
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_FILE_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+    if total > MAX_FILE_BYTES:
+        raise ConfigError([f"{path}: expected at most {MAX_FILE_BYTES} bytes, got a larger file"])
+    raw = b"".join(chunks)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: expected UTF-8 text, got an invalid byte at offset {exc.start}"
+        raise ConfigError([msg]) from None
+
+
+class _LimitError(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses alias bombs, cycles and deep nesting, and notes duplicate keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aod_nodes = 0
+        self.aod_aliases = 0
+        self.aod_depth = 0
+        self.aod_dups: list[tuple[str, int]] = []  # (dotted path, line)
+
+    def _limit(self, what: str) -> _LimitError:
+        mark = self.peek_event().start_mark
+        return _LimitError(f"line {mark.line + 1}: expected a small config file, got {what}")
+
+    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
+        if self.check_event(yaml.AliasEvent):
+            self.aod_aliases += 1
+            if self.aod_aliases > MAX_YAML_ALIASES:
+                raise self._limit(f"more than {MAX_YAML_ALIASES} aliases (*name)")
+        self.aod_nodes += 1
+        if self.aod_nodes > MAX_YAML_NODES:
+            raise self._limit(f"more than {MAX_YAML_NODES} YAML nodes")
+        self.aod_depth += 1
+        try:
+            if self.aod_depth > MAX_YAML_DEPTH:
+                raise self._limit(f"nesting deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.aod_depth -= 1
+
+    def get_single_node(self) -> Optional[yaml.Node]:
+        node = super().get_single_node()
+        if node is not None:
+            _check_graph(node)
+            self.aod_dups = _duplicate_keys(node)
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_graph(root: yaml.Node) -> None:
+    """Expanded size (aliases counted every time they are used) <= MAX_YAML_EXPANDED, no cycles.
+    Iterative with memo, so a billion-laughs graph is measured in linear time."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            total = 1 + sum(size[id(c)] for c in _children(node))
+            if total > MAX_YAML_EXPANDED:
+                raise _LimitError(
+                    f"line {node.start_mark.line + 1}: expected a small config file, got aliases "
+                    f"that expand to more than {MAX_YAML_EXPANDED} YAML nodes"
+                )
+            size[key] = total
+            continue
+        if key in size:
+            continue
+        if key in active:
+            raise _LimitError(f"line {node.start_mark.line + 1}: expected a tree, got a recursive alias")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+
+
+def _duplicate_keys(root: yaml.Node) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((c, f"{path}[{i}]") for i, c in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                sub = _join(path, k.value)
+                if (k.tag, k.value) in keys:
+                    out.append((sub, k.start_mark.line + 1))
+                keys.add((k.tag, k.value))
+                stack.append((v, sub))
+    return sorted(out, key=lambda t: t[1])
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
+    loader: Optional[_BoundedLoader] = None
+    try:
+        loader = _BoundedLoader(text)
+        data = loader.get_single_data()
+        dups = [
+            f"{source}: {p}: expected each key once, got a duplicate key on line {line}"
+            for p, line in loader.aod_dups
+        ]
+        return data, dups
+    except _LimitError as exc:
+        raise ConfigError([f"{source}: {exc}"]) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(x for x in (exc.context, exc.problem) if x)
+        msg = f"{source}: {where}expected valid YAML, got: {_oneline(what)}"
+        raise ConfigError([msg]) from None
+    except RecursionError:
+        msg = f"{source}: expected a small config file, got nesting too deep to parse"
+        raise ConfigError([msg]) from None
+    except Exception as exc:  # YAML reader errors, bad timestamps, huge ints, ...
+        msg = f"{source}: expected valid YAML, got {type(exc).__name__}: {_oneline(str(exc))}"
+        raise ConfigError([msg]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+class _Errors:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, path: str, msg: str) -> None:
+        self.items.append(f"{self.source}: {path}: {msg}")
+
+
+def _g(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
+
+
+def _oneline(s: str, limit: int = 200) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _join(path: str, key: Any) -> str:
+    k = key if isinstance(key, str) and _NAME_RE.match(key) else f"[{_short(key)}]"
+    if k.startswith("["):
+        return f"{path}{k}"
+    return f"{path}.{k}" if path else k
+
+
+def _short(v: Any) -> str:
+    r = repr(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else str(v)
+    r = _oneline(r, 60)
+    return r
+
+
+def _got(v: Any) -> str:
+    if v is None:
+        return "got null"
+    if isinstance(v, bool):
+        return f"got {'true' if v else 'false'} (boolean)"
+    if isinstance(v, int):
+        return f"got {_short(v)} (integer)"
+    if isinstance(v, float):
+        return f"got {_short(v)} (float)"
+    if isinstance(v, str):
+        return f"got {_short(v)} (string)"
+    if isinstance(v, list):
+        return "got a list"
+    if isinstance(v, dict):
+        return "got a mapping"
+    return f"got a {type(v).__name__}"
+
+
+def _suggest(word: Any, choices: Iterable[str]) -> str:
+    if not isinstance(word, str):
+        return ""
+    norm = {c.upper(): c for c in choices}
+    hit = difflib.get_close_matches(word.upper(), list(norm), n=1, cutoff=0.6)
+    return f"; did you mean {norm[hit[0]]!r}?" if hit else ""
+
+
+def _mapping(
+    errs: _Errors, raw: Any, path: str, allowed: Optional[Sequence[str]], what: str = "a mapping"
+) -> Optional[dict[str, Any]]:
+    """Check a mapping: null -> {}, unknown keys reported. None when not a mapping."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errs.add(path, f"expected {what}, {_got(raw)}")
+        return None
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        sub = _join(path, k)
+        if not isinstance(k, str):
+            errs.add(sub, f"expected a string key, {_got(k)}")
+        elif allowed is not None and k not in allowed:
+            errs.add(sub, f"unknown key, expected one of: {', '.join(allowed)}{_suggest(k, allowed)}")
+        else:
+            out[k] = v
+    return out
+
+
+def _list(errs: _Errors, raw: Any, path: str, what: str) -> Optional[list[Any]]:
+    if isinstance(raw, list):
+        return raw
+    hint = " (write [] for none)" if raw is None else ""
+    errs.add(path, f"expected a list of {what}{hint}, {_got(raw)}")
+    return None
+
+
+def _number(errs: _Errors, path: str, v: Any, spec: _Num) -> Optional[float]:
+    """Validated number (int for integer specs) or None after recording an error."""
+    unit = f" ({spec.unit})" if spec.unit else ""
+    lo = f"{'>' if spec.lo_open else '>='} {_g(spec.lo)}"
+    want = f"{'an integer' if spec.integer else 'a number'} {lo} and <= {_g(spec.hi)}{unit}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (spec.integer and not isinstance(v, int)):
+        errs.add(path, f"expected {want}, {_got(v)}")
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        errs.add(path, f"expected a finite number: {want}, {_got(v)}")
+        return None
+    if (v <= spec.lo if spec.lo_open else v < spec.lo) or v > spec.hi:
+        errs.add(path, f"expected {want}, {_got(v)}")
+        return None
+    return v if spec.integer else float(v)
+
+
+def _num_field(errs: _Errors, sec: dict[str, Any], path: str, key: str, spec_key: str, default: Any) -> Any:
+    if key not in sec:
+        return default
+    got = _number(errs, _join(path, key), sec[key], _NUMS[spec_key])
+    return default if got is None else got
+
+
+def _command(errs: _Errors, path: str, v: Any) -> Optional[int]:
+    if isinstance(v, str):
+        name = v[5:] if v.startswith("SMB2_") else v
+        if name in COMMANDS:
+            return COMMANDS[name]
+        errs.add(path, f"expected an SMB2 command name such as WRITE, {_got(v)}{_suggest(name, COMMANDS)}")
+        return None
+    errs.add(path, f"expected an SMB2 command name such as WRITE, {_got(v)}")
+    return None
+
+
+def _commands(errs: _Errors, raw: Any, path: str) -> Optional[dict[int, int]]:
+    """List of command names -> {cmd id: first index}, in file order; None on any error."""
+    items = _list(errs, raw, path, "SMB2 command names")
+    if items is None:
+        return None
+    out: dict[int, int] = {}
+    ok = True
+    for i, v in enumerate(items):
+        cmd = _command(errs, f"{path}[{i}]", v)
+        if cmd is None:
+            ok = False
+        else:
+            out.setdefault(cmd, i)
+    return out if ok else None
+
+
+def _status(errs: _Errors, path: str, v: Any) -> Optional[int]:
+    """NT status name (not STATUS_SUCCESS) or a warning/error code 0x80000000-0xFFFFFFFF.
+    Small bare numbers are refused: they are more likely errnos."""
+    want = "an NT status name (not STATUS_SUCCESS) or a hex code 0x80000000-0xFFFFFFFF like 0xC00000B5"
+    code: Optional[int] = None
+    if isinstance(v, str) and v in NT_STATUS:
+        code = NT_STATUS[v] or None
+    elif isinstance(v, str) and re.fullmatch(r"0[xX][0-9A-Fa-f]{1,8}", v):
+        code = int(v, 16)
+    elif isinstance(v, int) and not isinstance(v, bool):
+        code = v
+    elif isinstance(v, str):
+        errs.add(path, f"expected {want}, {_got(v)}{_suggest(v, NT_STATUS)}")
+        return None
+    if code is None or not (0x80000000 <= code <= 0xFFFFFFFF or v in NT_STATUS):
+        errs.add(path, f"expected {want}, {_got(v)}")
+        return None
+    return code
+
+
+def _errno(errs: _Errors, path: str, v: Any) -> Optional[int]:
+    want = "an errno name such as ETIMEDOUT or a positive errno number"
+    if isinstance(v, str):
+        if v in _ERRNO_ALL:
+            return _ERRNO_ALL[v]
+        errs.add(path, f"expected {want}, {_got(v)}{_suggest(v, ERRNOS)}")
+        return None
+    if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 4096:
+        return v
+    errs.add(path, f"expected {want}, {_got(v)}")
+    return None
+
+
+def _abs_path(errs: _Errors, path: str, v: Any, default: str) -> str:
+    want = "an absolute path (starting with /, not / itself, no '..')"
+    if not isinstance(v, str):
+        errs.add(path, f"expected {want}, {_got(v)}")
+        return default
+    bad = (
+        not v.startswith("/")
+        or v.strip("/") == ""
+        or ".." in v.split("/")
+        or any(ord(c) < 32 or ord(c) == 127 for c in v)
+        or len(v) > 4096
+    )
+    if bad:
+        errs.add(path, f"expected {want}, {_got(v)}")
+        return default
+    return v
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _errno_out(num: int) -> Any:
+    name = errno_name(num)
+    return name if name in _ERRNO_ALL else int(num)
+
+
+def _ms_to_ns(ms: float) -> int:
+    return int(round(float(ms) * 1_000_000))
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _build(errs: _Errors, data: dict[str, Any]) -> Config:
+    d = Config()
+    top = _mapping(errs, data, "", _TOP_KEYS) or {}
+    kw: dict[str, Any] = {}
+    kw["watch_interval_sec"] = _num_field(
+        errs, top, "", "watch_interval_sec", "watch_interval_sec", d.watch_interval_sec
+    )
+    if "output_dir" in top:
+        kw["output_dir"] = _abs_path(errs, "output_dir", top["output_dir"], d.output_dir)
+    if "latency" in top:
+        kw["latency"] = _latency(errs, top["latency"])
+    if "errors" in top:
+        kw["errors"] = _error_rules(errs, top["errors"])
+    if "reconnect" in top:
+        kw["reconnect"] = _reconnect(errs, top["reconnect"])
+    if "actions" in top:
+        kw["actions"] = _actions(errs, top["actions"])
+    for name in ("capture", "retention"):
+        if name in top:
+            kw[name] = _numeric_section(errs, top[name], name, getattr(d, name))
+    if "ring" in top:
+        kw["ring"] = _ring(errs, top["ring"])
+    if "tracers" in top:
+        kw["tracers"] = _tracers(errs, top["tracers"])
+    return dataclasses.replace(d, **kw)
+
+
+def _numeric_section(errs: _Errors, raw: Any, name: str, default: Any) -> Any:
+    keys = [f.name for f in dataclasses.fields(default)]
+    sec = _mapping(errs, raw, name, keys)
+    if sec is None:
+        return default
+    kw = {k: _num_field(errs, sec, name, k, f"{name}.{k}", getattr(default, k)) for k in sec}
+    return dataclasses.replace(default, **kw)
+
+
+def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
+    d = LatencyConfig()
+    p = "latency"
+    sec = _mapping(errs, raw, p, _LATENCY_KEYS)
+    if sec is None:
+        return d
+    kw: dict[str, Any] = {}
+    mode: Optional[str] = d.mode
+    if "mode" in sec:
+        v = sec["mode"]
+        if isinstance(v, str) and v in LATENCY_MODES:
+            mode = kw["mode"] = v
+        else:
+            want = ", ".join(LATENCY_MODES)
+            errs.add(f"{p}.mode", f"expected one of: {want}, {_got(v)}{_suggest(v, LATENCY_MODES)}")
+            mode = None
+    for k in ("default_threshold_ms", "acceptable_count", "emergency_threshold_ms"):
+        if k in sec:
+            got = _number(errs, f"{p}.{k}", sec[k], _NUMS[f"{p}.{k}"])
+            kw[k] = got  # None marks invalid
+    if "thresholds_ms" in sec:
+        tsec = _mapping(errs, sec["thresholds_ms"], f"{p}.thresholds_ms", None, "a mapping of command -> ms")
+        if tsec is not None:
+            th: dict[int, float] = {}
+            for name, ms in tsec.items():
+                sub = _join(f"{p}.thresholds_ms", name)
+                cmd = _command(errs, sub, name)
+                val = _number(errs, sub, ms, _NUMS["latency.thresholds_ms.*"])
+                if cmd is not None and val is not None:
+                    if cmd in th:
+                        errs.add(sub, f"expected each command once, got {command_name(cmd)} twice")
+                    th[cmd] = val
+            kw["thresholds_ms"] = MappingProxyType(th)
+
+    lists: dict[str, Optional[dict[int, int]]] = {"track": {}, "exclude": {c: -1 for c in d.exclude}}
+    for k in ("track", "exclude"):
+        if k in sec:
+            lists[k] = _commands(errs, sec[k], f"{p}.{k}")
+            if lists[k] is not None:
+                kw[k] = tuple(lists[k] or ())
+    track, exclude = lists["track"], lists["exclude"]
+    if mode == "trackonly" and track is not None and not track:
+        errs.add(f"{p}.track", "expected at least one command when latency.mode is trackonly, got none")
+    if track is not None and exclude is not None:
+        for cmd in exclude:
+            if cmd not in track:
+                continue
+            name = command_name(cmd)
+            msg = (
+                f"expected a command to be either tracked or excluded, "
+                f"got {name} in both latency.track and latency.exclude"
+            )
+            if "exclude" in sec:
+                errs.add(f"{p}.exclude[{exclude[cmd]}]", msg)
+            else:
+                hint = " (latency.exclude defaults to [CHANGE_NOTIFY]; set it)"
+                errs.add(f"{p}.track[{track[cmd]}]", msg + hint)
+
+    dflt = kw.get("default_threshold_ms", d.default_threshold_ms)
+    emer = kw.get("emergency_threshold_ms", d.emergency_threshold_ms)
+    if dflt is not None and emer is not None and emer < dflt:
+        if "emergency_threshold_ms" in sec:
+            want = f"a number >= latency.default_threshold_ms ({_g(dflt)})"
+            errs.add(f"{p}.emergency_threshold_ms", f"expected {want}, got {_g(emer)}")
+        else:
+            want = f"a number <= latency.emergency_threshold_ms ({_g(emer)}, its default; raise it too)"
+            errs.add(f"{p}.default_threshold_ms", f"expected {want}, got {_g(dflt)}")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    return dataclasses.replace(d, **kw)
+
+
+def _error_rules(errs: _Errors, raw: Any) -> tuple[ErrorRule, ...]:
+    items = _list(errs, raw, "errors", "error rules")
+    if items is None:
+        return DEFAULT_ERROR_RULES
+    rules: list[ErrorRule] = []
+    names: dict[str, int] = {}
+    for i, item in enumerate(items):
+        p = f"errors[{i}]"
+        if item is None:
+            errs.add(p, "expected an error rule mapping (name, status, errno, ...), got null")
+            continue
+        sec = _mapping(errs, item, p, _RULE_KEYS, "an error rule mapping (name, status, errno, ...)")
+        if sec is None:
+            continue
+        name = sec.get("name")
+        if "name" not in sec:
+            errs.add(f"{p}.name", "expected a rule name, got nothing (the key is required)")
+        elif not isinstance(name, str) or not _NAME_RE.match(name):
+            errs.add(f"{p}.name", f"expected a rule name of letters, digits, '_' or '-' (1-64), {_got(name)}")
+        elif name in names:
+            other = names[name]
+            errs.add(f"{p}.name", f"expected a unique rule name, got {name!r} also used by errors[{other}]")
+        else:
+            names[name] = i
+        sets: dict[str, Optional[frozenset[int]]] = {}
+        for key, conv, what in (
+            ("status", _status, "NT status names or hex codes"),
+            ("errno", _errno, "errno names"),
+        ):
+            vals: Optional[set[int]] = set()
+            if key in sec:
+                lst = _list(errs, sec[key], f"{p}.{key}", what)
+                if lst is None:
+                    vals = None
+                else:
+                    for j, v in enumerate(lst):
+                        got = conv(errs, f"{p}.{key}[{j}]", v)
+                        if got is None or vals is None:
+                            vals = None
+                        else:
+                            vals.add(got)
+            sets[key] = frozenset(vals) if vals is not None else None
+        cmds: Optional[dict[int, int]] = {}
+        if "commands" in sec:
+            cmds = _commands(errs, sec["commands"], f"{p}.commands")
+        count = _num_field(errs, sec, p, "acceptable_count", "errors[].acceptable_count", 1)
+        st, en = sets["status"], sets["errno"]
+        if st is not None and en is not None and not st and not en:
+            errs.add(p, "expected at least one entry in 'status' or 'errno', got none")
+        if isinstance(name, str):
+            rules.append(ErrorRule(name, st or frozenset(), en or frozenset(), frozenset(cmds or ()), count))
+    return tuple(rules)
+
+
+def _reconnect(errs: _Errors, raw: Any) -> ReconnectConfig:
+    sec = _mapping(errs, raw, "reconnect", ("enabled",))
+    if not sec or "enabled" not in sec:
+        return ReconnectConfig()
+    v = sec["enabled"]
+    if not isinstance(v, bool):
+        errs.add("reconnect.enabled", f"expected true or false, {_got(v)}")
+        return ReconnectConfig()
+    return ReconnectConfig(enabled=v)
+
+
+def _actions(errs: _Errors, raw: Any) -> Mapping[str, tuple[str, ...]]:
+    out = dict(_default_actions())
+    sec = _mapping(errs, raw, "actions", ANOMALY_TYPES, "a mapping of anomaly type -> action names")
+    for atype, v in (sec or {}).items():
+        p = f"actions.{atype}"
+        items = _list(errs, v, p, "action names")
+        if items is None:
+            continue
+        names: list[str] = []
+        for j, name in enumerate(items):
+            if isinstance(name, str) and name in ACTION_NAMES:
+                if name not in names:
+                    names.append(name)
+            else:
+                errs.add(
+                    f"{p}[{j}]",
+                    f"expected an action name ({', '.join(ACTION_NAMES)}), "
+                    f"{_got(name)}{_suggest(name, ACTION_NAMES)}",
+                )
+        out[atype] = tuple(names)
+    return MappingProxyType(out)
+
+
+def _ring(errs: _Errors, raw: Any) -> RingConfig:
+    d = RingConfig()
+    sec = _mapping(errs, raw, "ring", ("path", "size_kb"))
+    if sec is None:
+        return d
+    kw: dict[str, Any] = {}
+    if "path" in sec:
+        kw["path"] = _abs_path(errs, "ring.path", sec["path"], d.path)
+    if "size_kb" in sec:
+        v = sec["size_kb"]
+        ok = isinstance(v, int) and not isinstance(v, bool)
+        ok = ok and PAGE_KB <= v <= RING_MAX_KB and v & (v - 1) == 0 and v % PAGE_KB == 0
+        if ok:
+            kw["size_kb"] = v
+        else:
+            errs.add(
+                "ring.size_kb",
+                f"expected a power of two from {PAGE_KB} to {RING_MAX_KB} (KiB) and a multiple of the "
+                f"{PAGE_KB} KiB page size, {_got(v)}",
+            )
+    return dataclasses.replace(d, **kw)
+
+
+def _tracers(errs: _Errors, raw: Any) -> tuple[str, ...]:
+    items = _list(errs, raw, "tracers", "tracer names")
+    if items is None:
+        return Config().tracers
+    out: list[str] = []
+    for i, v in enumerate(items):
+        if isinstance(v, str) and _TRACER_RE.match(v):
+            if v not in out:
+                out.append(v)
+        else:
+            errs.add(f"tracers[{i}]", f"expected a tracer name of a-z, 0-9, '_' or '-' (1-32), {_got(v)}")
+    return tuple(out)

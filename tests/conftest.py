@@ -27,3 +27,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_handler() -> None:
+    """Bind the aodv2 log handler to this test's stderr (capsys swaps it per test)."""
+    from aod import log
+
+    log.setup(force_stderr=True)

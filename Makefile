@@ -1,0 +1,71 @@
+# aodv2 top-level Makefile: packages and packaging checks.
+#   make deb              -> dist/aodv2_<version>-1_all.deb (dpkg-buildpackage -us -uc -b)
+#   make rpm              -> dist/aodv2-<version>-1.noarch.rpm (rpmbuild; runs on Debian too)
+#   make man              -> checks man/*.[58] render without warnings, text copies in dist/man/
+#   make check-packaging  -> deb + rpm, then lintian, rpmlint, systemd-analyze verify, man checks
+#                            (tests/test_packaging.py against the packages in dist/)
+# Builds happen in dist/build/ on a copy of the tracked sources, so the tree stays clean.
+# The lead's targets (test, demo, e2e, bench) go below the packaging section.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+DIST ?= dist
+BUILD := $(DIST)/build
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' aod/__init__.py)
+DEB_VERSION := $(shell dpkg-parsechangelog -S Version 2>/dev/null || sed -n '1s/^aodv2 (\(.*\)).*/\1/p' debian/changelog)
+RPM_VERSION := $(shell sed -n 's/^Version:[[:space:]]*//p' packaging/rpm/aodv2.spec)
+# what a package is built from (no tests, bench, caches or build output)
+PKG_SOURCES := aod bpf debian etc man systemd packaging pyproject.toml README.md $(wildcard LICENSE)
+MANPAGES := $(wildcard man/*.5 man/*.8)
+# Package builds use the distribution's python3 (/usr/bin), not a pyenv or venv one on PATH.
+SYS_PATH := /usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin
+
+.PHONY: all deb rpm man check-packaging check-version clean-packaging
+all: deb rpm
+
+check-version:
+	@test -n "$(VERSION)" || { echo "cannot read __version__ from aod/__init__.py" >&2; exit 1; }
+	@case "$(DEB_VERSION)" in "$(VERSION)"-*) ;; *) echo "debian/changelog is $(DEB_VERSION), aod/__init__.py is $(VERSION)" >&2; exit 1;; esac
+	@test "$(RPM_VERSION)" = "$(VERSION)" || { echo "packaging/rpm/aodv2.spec is $(RPM_VERSION), aod/__init__.py is $(VERSION)" >&2; exit 1; }
+
+# copy of the package sources: dist/build/<kind>/aodv2-<version>/
+define stage
+	rm -rf $(BUILD)/$(1)
+	mkdir -p $(BUILD)/$(1)/aodv2-$(VERSION)
+	tar -c --exclude=__pycache__ --exclude='*.pyc' $(PKG_SOURCES) | tar -x -C $(BUILD)/$(1)/aodv2-$(VERSION)
+endef
+
+deb: check-version
+	$(call stage,deb)
+	cd $(BUILD)/deb/aodv2-$(VERSION) && env PATH=$(SYS_PATH) dpkg-buildpackage -us -uc -b
+	mkdir -p $(DIST)
+	rm -f $(DIST)/aodv2_*.deb $(DIST)/aodv2_*.buildinfo $(DIST)/aodv2_*.changes
+	mv $(BUILD)/deb/aodv2_$(DEB_VERSION)_all.deb $(BUILD)/deb/aodv2_$(DEB_VERSION)_*.buildinfo \
+	   $(BUILD)/deb/aodv2_$(DEB_VERSION)_*.changes $(DIST)/
+	@echo "built $(DIST)/aodv2_$(DEB_VERSION)_all.deb"
+
+rpm: check-version
+	$(call stage,rpm)
+	mkdir -p $(BUILD)/rpm/{SOURCES,SPECS,BUILD,RPMS,SRPMS,BUILDROOT}
+	tar -C $(BUILD)/rpm -czf $(BUILD)/rpm/SOURCES/aodv2-$(VERSION).tar.gz aodv2-$(VERSION)
+	# --nodeps: BuildRequires name Fedora/EL packages that a Debian host's rpm database does not know
+	env PATH=$(SYS_PATH) rpmbuild --nodeps --define "_topdir $(abspath $(BUILD)/rpm)" -bb packaging/rpm/aodv2.spec
+	mkdir -p $(DIST)
+	rm -f $(DIST)/aodv2-*.rpm
+	mv $(BUILD)/rpm/RPMS/noarch/aodv2-$(VERSION)-*.noarch.rpm $(DIST)/
+	@echo "built $$(ls $(DIST)/aodv2-$(VERSION)-*.noarch.rpm)"
+
+man:
+	mkdir -p $(DIST)/man
+	@for f in $(MANPAGES); do \
+	    out=$$(MANWIDTH=80 LC_ALL=C.UTF-8 man --warnings -l "$$f" 2>&1 >$(DIST)/man/$$(basename $$f).txt) || { echo "$$f: man failed" >&2; exit 1; }; \
+	    if [ -n "$$out" ]; then echo "$$f: warnings:" >&2; echo "$$out" >&2; exit 1; fi; \
+	    echo "$$f: ok"; \
+	done
+
+check-packaging: deb rpm man
+	AOD_PKG_DIST=$(abspath $(DIST)) $(PYTHON) -m pytest -q tests/test_packaging.py
+
+clean-packaging:
+	rm -rf $(BUILD) $(DIST)/aodv2_* $(DIST)/aodv2-* $(DIST)/man

@@ -1,0 +1,144 @@
+"""Raw bpf(2) helpers via ctypes: open pinned maps and read them (ring layer, below ring.py).
+
+Only what the core needs to read what the tracers pinned in bpffs: BPF_OBJ_GET,
+BPF_MAP_LOOKUP_ELEM and BPF_OBJ_GET_INFO_BY_FD. No bcc, no libbpf. The attr
+packing is pure and unit-tested on the host; the syscalls need a kernel and root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from typing import NamedTuple, Optional
+
+# bpf(2) syscall number per architecture (asm/unistd.h)
+SYSCALL_NR = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+BPF_F_RDONLY = 1 << 3  # file_flags for BPF_OBJ_GET
+
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_RINGBUF = 27
+
+# attr layouts (union bpf_attr members); little-endian hosts only (x86_64, aarch64)
+_OBJ_GET = struct.Struct("<QII")  # u64 pathname, u32 bpf_fd, u32 file_flags
+_LOOKUP = struct.Struct("<IIQQQ")  # u32 map_fd, pad, u64 key, u64 value, u64 flags
+_INFO = struct.Struct("<IIQ")  # u32 bpf_fd, u32 info_len, u64 info
+# struct bpf_map_info prefix: type, id, key_size, value_size, max_entries, map_flags, name[16]
+_MAP_INFO = struct.Struct("<IIIIII16s")
+MAP_INFO_LEN = 88  # sizeof(struct bpf_map_info) in 6.x; the kernel accepts shorter/longer
+
+
+class MapInfo(NamedTuple):
+    type: int
+    id: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    name: str
+
+
+def pack_obj_get(path_ptr: int, file_flags: int = 0) -> bytes:
+    return _OBJ_GET.pack(path_ptr, 0, file_flags)
+
+
+def pack_lookup(map_fd: int, key_ptr: int, value_ptr: int, flags: int = 0) -> bytes:
+    return _LOOKUP.pack(map_fd, 0, key_ptr, value_ptr, flags)
+
+
+def pack_info(fd: int, info_len: int, info_ptr: int) -> bytes:
+    return _INFO.pack(fd, info_len, info_ptr)
+
+
+def parse_map_info(raw: bytes) -> MapInfo:
+    t, i, ks, vs, me, fl, name = _MAP_INFO.unpack_from(raw)
+    return MapInfo(t, i, ks, vs, me, fl, name.split(b"\0", 1)[0].decode("ascii", "replace"))
+
+
+def parse_cpu_list(text: str) -> int:
+    """Number of CPUs in a kernel cpu list such as '0-3,6,8-9' (the mask's weight, as libbpf)."""
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        raise ValueError("empty cpu list")
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise ValueError(f"bad cpu list {text!r}")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise ValueError(f"bad cpu range {part!r} in {text!r}")
+        cpus.update(range(a, b + 1))
+    return len(cpus)
+
+
+def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
+    """Per-CPU map values hold one slot per possible CPU."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return parse_cpu_list(f.read())
+    except (OSError, ValueError) as e:
+        raise OSError(errno.EIO, f"cannot read possible CPUs from {path}: {e}") from e
+
+
+_libc: Optional[ctypes.CDLL] = None
+
+
+def _nr() -> int:
+    m = platform.machine().lower()
+    if m not in SYSCALL_NR:
+        raise OSError(errno.ENOSYS, f"bpf(2) syscall number unknown for architecture {m!r}")
+    return SYSCALL_NR[m]
+
+
+def _bpf(cmd: int, attr: ctypes.Array, what: str) -> int:  # type: ignore[type-arg]
+    """Run one bpf(2) command; OSError(errno, "<what>: <reason>") on failure."""
+    global _libc
+    try:
+        nr = _nr()
+    except OSError as e:
+        raise OSError(e.errno, f"{what}: {e.strerror}") from None
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), attr, ctypes.c_long(len(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return int(ret)
+
+
+def obj_get(path: str, file_flags: int = 0) -> int:
+    """fd of the map or program pinned at `path` (caller closes it). errno is kept, so
+    callers can tell ENOENT (not pinned yet) from EPERM (not root)."""
+    cpath = ctypes.create_string_buffer(os.fsencode(path))
+    attr = ctypes.create_string_buffer(pack_obj_get(ctypes.addressof(cpath), file_flags), _OBJ_GET.size)
+    return _bpf(BPF_OBJ_GET, attr, f"cannot open pinned BPF object {path}")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int, what: str = "") -> bytes:
+    """Raw value bytes; for per-CPU maps pass round_up(value_size, 8) * possible_cpus().
+
+    `what` (the pinned path) goes into the error message.
+    """
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    attr = ctypes.create_string_buffer(
+        pack_lookup(fd, ctypes.addressof(k), ctypes.addressof(v)), _LOOKUP.size
+    )
+    _bpf(BPF_MAP_LOOKUP_ELEM, attr, f"cannot read BPF map {what or fd}")
+    return v.raw
+
+
+def map_info(fd: int, what: str = "") -> MapInfo:
+    buf = ctypes.create_string_buffer(MAP_INFO_LEN)
+    attr = ctypes.create_string_buffer(pack_info(fd, MAP_INFO_LEN, ctypes.addressof(buf)), _INFO.size)
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, f"cannot get info of BPF map {what or fd}")
+    return parse_map_info(buf.raw)

@@ -1,0 +1,135 @@
+"""Command line: `aodv2 run | demo | check-config | tracer | version`.
+
+Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config),
+77 not permitted (no root for the kernel ring), 78 invalid config (run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from typing import Optional
+
+from . import __version__
+from . import config as config_mod
+
+EX_USAGE = 2
+EX_NOPERM = 77
+EX_CONFIG = 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aodv2", description="Always-on diagnostics for Linux SMB/CIFS clients.")
+    p.add_argument("--version", action="version", version=f"aodv2 {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    r = sub.add_parser("run", help="run the core daemon (aodv2.service)")
+    r.add_argument("--config", default=config_mod.DEFAULT_CONFIG_PATH, help="config file (default %(default)s)")
+    r.add_argument("--ring-file", metavar="PATH",
+                   help="read a file-backed ring instead of the pinned BPF ring (no root needed)")
+    d = sub.add_parser("demo", help="run the whole pipeline on synthetic traffic in a temp dir (no root)")
+    d.add_argument("--dir", help="work in DIR instead of a new temporary directory")
+    c = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 with every error if not")
+    c.add_argument("file", nargs="?", default=config_mod.DEFAULT_CONFIG_PATH)
+    t = sub.add_parser("tracer", help="run one eBPF tracer (aodv2-tracer@NAME.service)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def _open_ring(cfg: config_mod.Config, ring_file: Optional[str]):  # type: ignore[no-untyped-def]
+    from . import log
+    from .notify import Notifier
+
+    if ring_file:
+        from . import ringfile
+        from .counters import FileCounters
+        from .ring import RingReader
+
+        if not os.path.exists(ring_file):
+            ringfile.create(ring_file, cfg.ring.size_kb * 1024)
+        return RingReader.open_file(ring_file), FileCounters(ring_file)
+    from .counters import PinnedCounters
+    from .ring import RingReader
+
+    n = Notifier()
+    warned = False
+    while not os.path.exists(cfg.ring.path):
+        if not warned:
+            log.emit("tracer", log.logging.WARNING,
+                     f"AOD waiting for the pinned ring {cfg.ring.path}: no tracer attached yet",
+                     AOD_RING=cfg.ring.path)
+            n.status(f"waiting for ring {cfg.ring.path}: no tracer attached")
+            warned = True
+        time.sleep(1.0)
+    return RingReader.open_pinned(cfg.ring.path), PinnedCounters(os.path.dirname(cfg.ring.path))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import log
+    from .daemon import Core, install_signals
+
+    log.setup()
+    try:
+        cfg = config_mod.load(args.config)
+    except config_mod.ConfigError as e:
+        log.emit("fatal", log.logging.ERROR, f"AOD cannot start: invalid config: {e}", AOD_CONFIG=args.config)
+        return EX_CONFIG
+    if args.ring_file is None and os.geteuid() != 0:
+        log.emit("fatal", log.logging.ERROR,
+                 f"AOD cannot start: reading the pinned BPF ring {cfg.ring.path} needs root; "
+                 "run as root or pass --ring-file PATH for a file-backed ring")
+        return EX_NOPERM
+    if args.ring_file:
+        cfg = dataclasses.replace(cfg, ring=dataclasses.replace(cfg.ring, path=args.ring_file))
+    try:
+        ring, counters = _open_ring(cfg, args.ring_file)
+    except OSError as e:
+        log.emit("fatal", log.logging.ERROR, f"AOD cannot open the ring {cfg.ring.path}: {e}",
+                 AOD_RING=cfg.ring.path)
+        return 1
+    core = Core(cfg, ring, counters, config_path=args.config)
+    install_signals(core)
+    return core.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    errors = config_mod.check(args.file)
+    if errors:
+        for e in errors:
+            print(e, file=sys.stderr)
+        print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+        return EX_USAGE
+    print(f"{args.file}: OK")
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "run":
+            return cmd_run(args)
+        if args.verb == "demo":
+            from . import demo
+
+            return demo.run(workdir=args.dir)
+        if args.verb == "check-config":
+            return cmd_check_config(args)
+        if args.verb == "tracer":
+            from . import tracer
+
+            return int(tracer.main(args.args))
+        print(f"aodv2 {__version__}")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The collector worker: anomaly -> quick actions -> bundle on disk (collect layer).
+
+ring -> dispatch -> detect -> **collect** -> retain.
+
+`Collector.submit()` (any thread, non-blocking) queues an anomaly; `Collector.run()` is
+the worker thread: an asyncio loop that runs the anomaly type's actions concurrently
+(bounded by capture.concurrency, each with capture.action_timeout_sec), writes
+events.npy + summary.json, and turns the stage dir into a .tar.zst (bundle.py).
+One anomaly at a time; failures of one action never stop the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import bundle, log
+from .actions import (
+    ACTION_NAMES,
+    ACTIONS,
+    ActionEnv,
+    ActionResult,
+    Step,
+    StepResult,
+    combine,
+    in_thread,
+    plan,
+    run_step,
+)
+from .anomaly import Anomaly
+from .config import Config
+from .summary import build_summary, mono_to_wall
+
+STOP_GRACE_SEC = 2.5  # on stop, actions get this long to finish before the bundle is written anyway
+_POLL_SEC = 0.05
+_BEAT_SEC = 0.1
+
+
+@dataclass
+class BundleResult:
+    anomaly: Anomaly
+    path: Optional[str]
+    ok: bool
+    error: str = ""
+    bytes: int = 0
+    duration_s: float = 0.0
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _log_window(anomaly: Anomaly, config: Config) -> tuple[int, int]:
+    """Epoch seconds (since, until) for log actions: the window, and at least lookback_sec."""
+    start = mono_to_wall(anomaly, anomaly.window_start_ns)
+    since = math.floor(min(start, anomaly.detected_wall - config.capture.lookback_sec))
+    return since, math.ceil(time.time()) + 1
+
+
+def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int) -> list[tuple[str, list[Step]]]:
+    out: list[tuple[str, list[Step]]] = []
+    for name in names:
+        spec = ACTIONS.get(name)
+        out.append((name, plan(spec, env, since, until) if spec else []))
+    return out
+
+
+def _prepare_dirs(stage: str, steps: list[Step]) -> None:
+    for d in sorted({os.path.dirname(s.dest) for s in steps} - {""}):
+        os.makedirs(os.path.join(stage, d), mode=0o700, exist_ok=True)
+
+
+def _write_meta(stage: str, anomaly: Anomaly, summary: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    np.save(buf, anomaly.events, allow_pickle=False)
+    bundle.write_member(stage, "events.npy", buf.getvalue())
+    bundle.write_member(stage, "summary.json", json.dumps(summary, indent=2).encode() + b"\n")
+
+
+async def _run_steps(
+    steps: list[Step], stage: str, config: Config, env: ActionEnv,
+    stop: Optional[threading.Event], grace: float,
+) -> list[StepResult]:
+    sem = asyncio.Semaphore(max(1, int(config.capture.concurrency)))
+    timeout = float(config.capture.action_timeout_sec)
+
+    async def one(step: Step) -> StepResult:
+        async with sem:
+            return await run_step(step, stage, timeout, env)
+
+    tasks = [asyncio.ensure_future(one(s)) for s in steps]
+    pending = set(tasks)
+    deadline: Optional[float] = None
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=_POLL_SEC)
+        if stop is not None and stop.is_set() and deadline is None:
+            deadline = time.monotonic() + grace
+        if deadline is not None and time.monotonic() >= deadline and pending:
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            break
+    out = []
+    for step, t in zip(steps, tasks):
+        if t.cancelled() or t.exception() is not None:
+            why = "stopped before it finished (shutting down)" if t.cancelled() else repr(t.exception())
+            out.append(StepResult(step.action, step.dest, status="timeout" if t.cancelled() else "failed",
+                                  error=why, label=step.label))
+        else:
+            out.append(t.result())
+    return out
+
+
+def _fail(anomaly: Anomaly, t0: float, error: str, path: str, actions: list[dict[str, Any]]) -> BundleResult:
+    log.emit("capture_failed", logging.ERROR, f"AOD capture for {anomaly.type} anomaly failed: {error}",
+             AOD_ANOMALY=anomaly.type, AOD_PATH=path, AOD_ERROR=error)
+    return BundleResult(anomaly, None, False, error=error, duration_s=round(time.monotonic() - t0, 3),
+                        actions=actions)
+
+
+async def run_capture(
+    anomaly: Anomaly, config: Config, env: ActionEnv,
+    stop: Optional[threading.Event] = None, grace: float = STOP_GRACE_SEC,
+) -> BundleResult:
+    """One capture end to end. Logs the outcome; never raises (except CancelledError)."""
+    t0 = time.monotonic()
+    configured = config.actions.get(anomaly.type)
+    names = tuple(configured) if configured is not None else ACTION_NAMES
+    try:
+        stage = await in_thread(bundle.new_stage, config.output_dir, anomaly.type, anomaly.detected_wall)
+    except bundle.BundleError as e:
+        return _fail(anomaly, t0, str(e), e.path, [])
+    actions: list[dict[str, Any]] = []
+    try:
+        since, until = _log_window(anomaly, config)
+        planned = await in_thread(_plan_all, names, env, since, until)
+        steps = [s for _, ss in planned for s in ss]
+        await in_thread(_prepare_dirs, stage, steps)
+        done = iter(await _run_steps(steps, stage, config, env, stop, grace))
+        results: list[ActionResult] = []
+        for name, ss in planned:
+            if name not in ACTIONS:
+                results.append(ActionResult(name, "failed", error=f"unknown action {name!r}"))
+            else:
+                results.append(combine(name, [next(done) for _ in ss]))
+        actions = [r.as_dict() for r in results]
+        for r in results:
+            if r.status in ("failed", "timeout"):
+                log.emit("action_failed", logging.WARNING, f"AOD action {r.name} {r.status}: {r.error}",
+                         AOD_ACTION=r.name, AOD_STATUS=r.status, AOD_ANOMALY=anomaly.type)
+        summary = build_summary(anomaly, config, actions)
+        await in_thread(_write_meta, stage, anomaly, summary)
+        path, size = await in_thread(bundle.finalize, stage, config.output_dir, anomaly.type,
+                                     anomaly.detected_wall)
+    except bundle.BundleError as e:  # finalize removed the stage and the partial
+        return _fail(anomaly, t0, str(e), e.path, actions)
+    except OSError as e:  # stage writes (events.npy, summary.json, dirs)
+        bundle.discard_stage(stage)
+        return _fail(anomaly, t0, f"cannot write {e.filename or stage}: {e.strerror or e}",
+                     str(e.filename or stage), actions)
+    except asyncio.CancelledError:
+        bundle.discard_stage(stage)
+        raise
+    except Exception as e:  # a bug: keep the worker alive, say what happened
+        bundle.discard_stage(stage)
+        return _fail(anomaly, t0, f"internal error: {e!r}", stage, actions)
+    dur = round(time.monotonic() - t0, 3)
+    log.emit("bundle", logging.INFO, f"AOD bundle written: {path}", AOD_BUNDLE=path,
+             AOD_ANOMALY=anomaly.type, AOD_BYTES=size, AOD_DURATION=dur)
+    return BundleResult(anomaly, path, True, bytes=size, duration_s=dur, actions=actions)
+
+
+def capture(anomaly: Anomaly, config: Config, env: Optional[ActionEnv] = None,
+            stop: Optional[threading.Event] = None) -> BundleResult:
+    """Synchronous one-shot capture on a private event loop (tests, `aodv2 demo`)."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run_capture(anomaly, config, env or ActionEnv(), stop))
+    finally:
+        loop.close()
+
+
+class Collector:
+    """Worker (see daemon.py): bounded queue in, one capture at a time, bundles out."""
+
+    name = "collector"
+
+    def __init__(
+        self,
+        config_provider: Callable[[], Config],
+        env: Optional[ActionEnv] = None,
+        on_result: Optional[Callable[[BundleResult], None]] = None,
+        queue_size: int = 16,
+    ) -> None:
+        self.config_provider = config_provider
+        self.env = env or ActionEnv()
+        self.on_result = on_result
+        self._queue: queue.Queue[Anomaly] = queue.Queue(maxsize=max(1, queue_size))
+        self.rejected = 0  # submit() refused: queue full
+        self.dropped = 0  # queued but never captured: daemon stopping
+        self.busy = False
+
+    def submit(self, anomaly: Anomaly) -> bool:
+        """Queue a capture; False (and counted) when the queue is full. Never blocks."""
+        try:
+            self._queue.put_nowait(anomaly)
+            return True
+        except queue.Full:
+            self.rejected += 1
+            return False
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main(stop, beat))
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _main(self, stop: threading.Event, beat: Callable[[], None]) -> None:
+        async def beat_forever() -> None:
+            while True:
+                beat()
+                await asyncio.sleep(_BEAT_SEC)
+
+        beater = asyncio.ensure_future(beat_forever())
+        try:
+            while not stop.is_set():
+                try:
+                    anomaly = self._queue.get_nowait()
+                except queue.Empty:
+                    await asyncio.sleep(_POLL_SEC)
+                    continue
+                await self._capture_one(anomaly, stop)
+            self._drop_queued()
+        finally:
+            beater.cancel()
+            await asyncio.gather(beater, return_exceptions=True)
+
+    async def _capture_one(self, anomaly: Anomaly, stop: threading.Event) -> None:
+        self.busy = True
+        try:
+            try:
+                config = self.config_provider()
+                result = await run_capture(anomaly, config, self.env, stop)
+            except Exception as e:  # e.g. the config provider failed
+                result = _fail(anomaly, time.monotonic(), f"internal error: {e!r}", "", [])
+        finally:
+            self.busy = False
+        if self.on_result is not None:
+            try:
+                self.on_result(result)
+            except Exception as e:
+                log.emit("capture_failed", logging.WARNING, f"AOD bundle result handler failed: {e!r}",
+                         AOD_ANOMALY=anomaly.type, AOD_BUNDLE=result.path or "")
+
+    def _drop_queued(self) -> None:
+        n = 0
+        while True:
+            try:
+                self._queue.get_nowait()
+                n += 1
+            except queue.Empty:
+                break
+        if n:
+            self.dropped += n
+            log.emit("suppressed", logging.WARNING, f"AOD collector stopping: {n} queued captures dropped",
+                     AOD_DROPPED=n)

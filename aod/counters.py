@@ -1,0 +1,168 @@
+"""Tracer counters beside the ring: drops and per-command latency stats (ring layer -> detect).
+
+The tracer counts every completion into log2 histograms and counts ring-full
+drops; only slow/error/reconnect records travel through the ring. The core reads
+the cumulative values each window and works on deltas (`delta`). Two sources:
+pinned per-CPU arrays in bpffs (kernel tracer) and the counters region of a
+file ring (synthetic tracer). Reads never raise: a missing source gives zeros
+with `available = False` and a `reason`.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import struct
+from typing import Any, Optional, Protocol
+
+import numpy as np
+
+from aod import bpfsys
+from aod.record import CMD_SLOTS, CMD_STATS_DTYPE
+
+
+class Counters(Protocol):
+    available: bool
+    reason: str
+
+    def drops(self) -> int: ...
+
+    def cmd_stats(self) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+def zero_stats() -> np.ndarray:
+    return np.zeros(CMD_SLOTS, dtype=CMD_STATS_DTYPE)
+
+
+def delta(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """cur - prev for CMD_STATS arrays. Any counter going backwards means the tracer
+    restarted (its maps were recreated), so the whole of cur is new."""
+    p = np.ascontiguousarray(prev).view(np.uint64)
+    c = np.ascontiguousarray(cur).view(np.uint64)
+    if p.shape != c.shape or bool(np.any(c < p)):
+        return np.array(cur, dtype=CMD_STATS_DTYPE)
+    return (c - p).view(CMD_STATS_DTYPE)
+
+
+def delta_count(prev: int, cur: int) -> int:
+    """Same rule for a scalar counter such as drops."""
+    return cur - prev if cur >= prev else cur
+
+
+class FileCounters:
+    """The counters region of a file ring (see ringfile.py)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.available = False
+        self.reason = "not opened yet"
+        self._mm: Optional[mmap.mmap] = None
+        self._drops: Any = None
+        self._stats: Any = None
+
+    def _open(self) -> bool:
+        if self._mm is not None:
+            return True
+        from aod import ringfile
+
+        try:
+            fd, lay = ringfile.open_ring_fd(self.path, write=False)
+        except OSError as e:
+            self.available, self.reason = False, str(e)
+            return False
+        try:
+            self._mm = mmap.mmap(fd, lay.total, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            self.available, self.reason = False, f"{self.path}: cannot map counters: {e}"
+            return False
+        finally:
+            os.close(fd)
+        c = lay.counters_off
+        self._drops = np.frombuffer(self._mm, dtype="<u8", count=1, offset=c)
+        self._stats = np.frombuffer(self._mm, dtype=CMD_STATS_DTYPE, count=CMD_SLOTS, offset=c + 8)
+        self.available, self.reason = True, ""
+        return True
+
+    def drops(self) -> int:
+        return int(self._drops[0]) if self._open() else 0
+
+    def cmd_stats(self) -> np.ndarray:
+        return np.array(self._stats) if self._open() else zero_stats()
+
+    def close(self) -> None:
+        self._drops = self._stats = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass
+            self._mm = None
+
+
+class PinnedCounters:
+    """Pinned per-CPU arrays `<dir>/drops` (u32 0 -> u64) and `<dir>/cmd_stats`
+    (u32 slot -> struct aod_cmd_stats). Opened afresh on each read, so a tracer that
+    re-pins its maps is followed."""
+
+    def __init__(self, pin_dir: str) -> None:
+        self.dir = pin_dir
+        self.available = False
+        self.reason = "not read yet"
+
+    def _read(self, name: str, value_size: int, keys: int) -> Optional[np.ndarray]:
+        """u64 matrix [keys, words] summed over CPUs, or None (available/reason set)."""
+        path = os.path.join(self.dir, name)
+        try:
+            fd = bpfsys.obj_get(path, bpfsys.BPF_F_RDONLY)
+        except OSError as e:
+            why = "not pinned yet (tracer not started?)" if e.errno == errno.ENOENT else str(e)
+            self.available, self.reason = False, f"{path}: {why}"
+            return None
+        try:
+            info = bpfsys.map_info(fd, path)
+            want = (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size)
+            if (info.type, info.key_size, info.value_size) != want or info.max_entries < keys:
+                self.available = False
+                self.reason = (
+                    f"{path}: unexpected map (type {info.type}, key {info.key_size}, value "
+                    f"{info.value_size}, entries {info.max_entries}); want percpu array of {value_size}"
+                )
+                return None
+            ncpu = bpfsys.possible_cpus()
+            stride = (value_size + 7) & ~7
+            words = value_size // 8
+            out = np.zeros((keys, words), dtype=np.uint64)
+            for k in range(keys):
+                raw = bpfsys.map_lookup(fd, struct.pack("<I", k), stride * ncpu, path)
+                per_cpu = np.frombuffer(raw, dtype="<u8").reshape(ncpu, stride // 8)[:, :words]
+                out[k] = per_cpu.sum(axis=0, dtype=np.uint64)
+        except OSError as e:
+            self.available, self.reason = False, str(e)
+            return None
+        finally:
+            os.close(fd)
+        self.available, self.reason = True, ""
+        return out
+
+    def drops(self) -> int:
+        m = self._read("drops", 8, 1)
+        return 0 if m is None else int(m[0, 0])
+
+    def cmd_stats(self) -> np.ndarray:
+        m = self._read("cmd_stats", CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
+        if m is None:
+            return zero_stats()
+        return np.ascontiguousarray(m).view(CMD_STATS_DTYPE).reshape(CMD_SLOTS)
+
+    def close(self) -> None:
+        pass
+
+
+def open_counters(ring_path: str, is_file: bool) -> Counters:
+    """Counters that go with the ring at ring_path: its file region, or the maps pinned beside it."""
+    if is_file:
+        return FileCounters(ring_path)
+    return PinnedCounters(os.path.dirname(ring_path))

@@ -1,0 +1,291 @@
+"""The core daemon (main thread): wires ring -> dispatch -> detect -> collect -> retain.
+
+Runs every component as a supervised worker thread, restarts one that raises,
+talks to systemd (READY, STATUS, WATCHDOG only while all heartbeats are fresh,
+RELOADING, STOPPING) and handles SIGTERM/SIGINT, SIGHUP (reload) and SIGUSR1
+(manual capture).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import config as config_mod
+from . import log
+from .anomaly import Anomaly
+from .collect import BundleResult, Collector
+from .config import Config
+from .counters import Counters
+from .detect import Detector, Throttle
+from .dispatch import Dispatcher, WindowBuffer
+from .notify import Notifier
+from .retain import Retention
+from .smb2 import command_name
+from .watch import Watcher
+
+WARNING = logging.WARNING
+
+
+@dataclass
+class _Slot:
+    worker: Any
+    thread: Optional[threading.Thread] = None
+    last_beat: float = field(default_factory=time.monotonic)
+    error: Optional[BaseException] = None
+    restarts: deque = field(default_factory=deque)
+
+
+class Supervisor:
+    """Runs workers in threads, restarts crashed ones, tracks heartbeats."""
+
+    def __init__(self, workers: list, stop: threading.Event, heartbeat_timeout: float = 10.0,
+                 max_restarts: int = 5, restart_window: float = 600.0) -> None:
+        self.stop = stop
+        self.slots = {w.name: _Slot(w) for w in workers}
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.failed: Optional[str] = None  # component that crashed too often
+
+    def _spawn(self, slot: _Slot) -> None:
+        def target() -> None:
+            try:
+                slot.worker.run(self.stop, lambda: setattr(slot, "last_beat", time.monotonic()))
+            except BaseException as e:  # noqa: B036 - any escape is a crash to report
+                slot.error = e
+
+        slot.error = None
+        slot.last_beat = time.monotonic()
+        slot.thread = threading.Thread(target=target, name=f"aodv2-{slot.worker.name}", daemon=True)
+        slot.thread.start()
+
+    def start(self) -> None:
+        for slot in self.slots.values():
+            self._spawn(slot)
+
+    def check(self) -> None:
+        """Restart workers that died. Call from the main thread."""
+        if self.stop.is_set():
+            return
+        now = time.monotonic()
+        for name, slot in self.slots.items():
+            if slot.thread is None or slot.thread.is_alive():
+                continue
+            reason = repr(slot.error) if slot.error else "returned early"
+            while slot.restarts and now - slot.restarts[0] > self.restart_window:
+                slot.restarts.popleft()
+            slot.restarts.append(now)
+            log.emit("component_restart", WARNING,
+                     f"AOD component {name} restarted due to unexpected exit: {reason}",
+                     AOD_COMPONENT=name, AOD_REASON=reason, AOD_RESTARTS=len(slot.restarts))
+            if len(slot.restarts) > self.max_restarts and self.failed is None:
+                self.failed = name
+                log.emit("watchdog_withheld", logging.ERROR,
+                         f"AOD component {name} crashed {len(slot.restarts)} times in "
+                         f"{self.restart_window:.0f}s; giving up so systemd restarts the core",
+                         AOD_COMPONENT=name)
+            self._spawn(slot)
+
+    def stale(self) -> list[str]:
+        now = time.monotonic()
+        return [n for n, s in self.slots.items() if now - s.last_beat > self.heartbeat_timeout]
+
+    def healthy(self) -> bool:
+        return self.failed is None and not self.stale()
+
+    def join(self, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        for slot in self.slots.values():
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+        return [n for n, s in self.slots.items() if s.thread is not None and s.thread.is_alive()]
+
+
+@dataclass
+class CoreStats:
+    anomalies: dict = field(default_factory=dict)
+    bundles: int = 0
+    capture_failures: int = 0
+    last_bundle: str = ""
+
+
+class Core:
+    """One running aodv2 core. `run()` blocks until stopped and returns the exit code."""
+
+    def __init__(self, cfg: Config, ring: Any, counters: Optional[Counters],
+                 config_path: Optional[str] = None, notifier: Optional[Notifier] = None,
+                 heartbeat_timeout: float = 10.0, collector_env: Any = None,
+                 on_result: Optional[Callable[[BundleResult], None]] = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.ring = ring
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.stats = CoreStats()
+        self.lock = threading.Lock()
+        self._flags: set[str] = set()
+        self._extra_on_result = on_result
+        self.buffer = WindowBuffer()
+        self.detector = Detector(cfg)
+        self.throttle = Throttle(cfg.capture.cooldown_sec, cfg.capture.max_per_hour)
+        kw = {} if collector_env is None else {"env": collector_env}
+        self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
+        self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch)
+        self.watcher = Watcher(self.buffer, self.detector, counters,
+                               lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
+                               bad_records=lambda: int(getattr(ring, "bad_records", 0)))
+        self.retention = Retention(lambda: self.cfg)
+        self.supervisor = Supervisor([self.dispatcher, self.watcher, self.collector, self.retention],
+                                     self.stop_event, heartbeat_timeout=heartbeat_timeout)
+
+    # --- detect -> collect ---------------------------------------------------
+    def _on_batch(self, batch: np.ndarray) -> None:
+        for a in self.detector.immediate(batch):
+            self.raise_anomaly(a)
+
+    def raise_anomaly(self, a: Anomaly) -> bool:
+        """Alert and capture, unless the cooldown or hourly cap suppresses it."""
+        with self.lock:
+            self.stats.anomalies[a.type] = self.stats.anomalies.get(a.type, 0) + 1
+        if not self.throttle.allow(a.type, force=a.type == "manual"):
+            return False
+        cmds = ",".join(command_name(c) for c in a.commands)
+        log.emit("anomaly", log.ALERT, f"AOD detected anomaly: {a.type} with {a.count} events",
+                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule)
+        if not self.collector.submit(a):
+            with self.lock:
+                self.stats.capture_failures += 1
+            log.emit("capture_failed", logging.ERROR,
+                     f"AOD capture for {a.type} anomaly dropped: collector queue is full",
+                     AOD_ANOMALY=a.type)
+        return True
+
+    def _on_result(self, r: BundleResult) -> None:
+        with self.lock:
+            if r.ok and r.path:
+                self.stats.bundles += 1
+                self.stats.last_bundle = r.path
+            else:
+                self.stats.capture_failures += 1
+        if self._extra_on_result:
+            self._extra_on_result(r)
+
+    def manual_capture(self, reason: str = "SIGUSR1") -> None:
+        now_ns = time.monotonic_ns()
+        events = np.concatenate([self.watcher.last_window, self.buffer.peek()])
+        start = int(events["ts_ns"].min()) if len(events) else now_ns
+        self.raise_anomaly(Anomaly(type="manual", rule=reason, count=len(events), detected_wall=time.time(),
+                                   detected_mono_ns=now_ns, window_start_ns=start, window_end_ns=now_ns,
+                                   events=events))
+
+    # --- control -------------------------------------------------------------
+    def request(self, flag: str) -> None:
+        """Signal-safe: 'stop', 'reload' or 'capture'; handled by the main loop."""
+        self._flags.add(flag)
+        if flag == "stop":
+            self.stop_event.set()
+
+    def reload(self) -> bool:
+        if not self.config_path:
+            return False
+        self.notifier.reloading()
+        try:
+            new = config_mod.load(self.config_path)
+        except config_mod.ConfigError as e:
+            log.emit("reload_failed", logging.ERROR,
+                     f"AOD config reload rejected, keeping the running config: {e}",
+                     AOD_CONFIG=self.config_path, AOD_ERRORS=len(e.errors))
+            self.notifier.ready(self.status_text())
+            return False
+        if (new.ring, new.output_dir) != (self.cfg.ring, self.cfg.output_dir):
+            log.emit("reloaded", WARNING, "AOD ring and output_dir changes take effect on restart",
+                     AOD_CONFIG=self.config_path)
+        self.cfg = new
+        self.detector.reconfigure(new)
+        self.throttle.set_limits(new.capture.cooldown_sec, new.capture.max_per_hour)
+        log.emit("reloaded", logging.INFO, f"AOD config reloaded from {self.config_path}",
+                 AOD_CONFIG=self.config_path)
+        self.notifier.ready(self.status_text())
+        return True
+
+    def status_text(self) -> str:
+        r = self.watcher.rates
+        with self.lock:
+            n = sum(self.stats.anomalies.values())
+            last = os.path.basename(self.stats.last_bundle) or "none"
+        sup = sum(self.throttle.suppressed.values())
+        return (f"{r.events_per_sec:.0f} events/s, drops {r.drops_total}, anomalies {n} "
+                f"(suppressed {sup}), bundles {self.stats.bundles}, last bundle {last}")
+
+    def _report_suppressed(self) -> None:
+        for type_, n in self.throttle.take_unreported().items():
+            log.emit("suppressed", logging.INFO,
+                     f"AOD suppressed {n} {type_} anomalies (cooldown {self.cfg.capture.cooldown_sec:g}s, "
+                     f"max {self.cfg.capture.max_per_hour}/h)", AOD_ANOMALY=type_, AOD_SUPPRESSED=n)
+
+    def start(self) -> None:
+        self.supervisor.start()
+        log.emit("ready", logging.INFO, f"AOD core ready, reading {self.cfg.ring.path}",
+                 AOD_RING=self.cfg.ring.path, AOD_OUTPUT=self.cfg.output_dir)
+        self.notifier.ready(self.status_text())
+
+    def run(self, tick: float = 0.1, suppressed_every: float = 60.0) -> int:
+        self.start()
+        ping = self.notifier.ping_interval()
+        last_ping = last_status = last_supp = 0.0
+        withheld = False
+        while not self.stop_event.is_set():
+            self.stop_event.wait(tick)
+            flags, self._flags = self._flags, set()
+            if "reload" in flags:
+                self.reload()
+            if "capture" in flags:
+                self.manual_capture()
+            self.supervisor.check()
+            now = time.monotonic()
+            healthy = self.supervisor.healthy()
+            if ping and now - last_ping >= ping:
+                if healthy:
+                    self.notifier.watchdog()
+                    last_ping, withheld = now, False
+                elif not withheld:
+                    withheld = True
+                    stale = ",".join(self.supervisor.stale()) or self.supervisor.failed or "?"
+                    log.emit("watchdog_withheld", logging.ERROR,
+                             f"AOD withholding watchdog ping: unhealthy component(s) {stale}",
+                             AOD_COMPONENT=stale)
+            if self.supervisor.failed and not ping:
+                self.stop_event.set()  # no watchdog to restart us: exit non-zero instead
+            if now - last_status >= 1.0:
+                self.notifier.status(self.status_text())
+                last_status = now
+            if now - last_supp >= suppressed_every:
+                self._report_suppressed()
+                last_supp = now
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        self.stop_event.set()
+        self.notifier.stopping()
+        log.emit("stopping", logging.INFO, "AOD core stopping")
+        stuck = self.supervisor.join(timeout=5.0)
+        self._report_suppressed()
+        if stuck:
+            log.emit("stopping", WARNING, f"AOD components did not stop in time: {','.join(stuck)}")
+        return 1 if self.supervisor.failed else 0
+
+
+def install_signals(core: Core) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: core.request("stop"))
+    signal.signal(signal.SIGINT, lambda *_: core.request("stop"))
+    signal.signal(signal.SIGHUP, lambda *_: core.request("reload"))
+    signal.signal(signal.SIGUSR1, lambda *_: core.request("capture"))

@@ -1,0 +1,80 @@
+"""Kernel symbol choice for the SMB tracer's kprobe fallback (tracer side, before the ring).
+
+Kernels without the `smb3_cmd_enter` tracepoint are traced with kprobes:
+smb2_mid_entry_alloc (entry reads the SMB2 header, return gives the mid
+pointer) -> the mid release function. Which release function exists, and how
+it receives the mid, changed over time:
+
+  * `_cifs_mid_q_entry_release(struct kref *)`          before 6.0
+  * `__release_mid(struct kref *)`                      6.0 .. 6.18
+  * `__release_mid(struct TCP_Server_Info *, struct mid_q_entry *)`   6.19+
+  * `release_mid(struct mid_q_entry *)`                 last resort (an exported
+    put wrapper on some 6.x kernels; fires on every put, not only the last)
+
+A `struct kref *` points at `mid_q_entry.refcount`, which sits after the
+16-byte `qhead` list_head on 64-bit kernels, so the mid is the pointer - 16.
+Everything here is pure (text in, choice out) and unit-tested.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+
+ALLOC_SYMBOL = "smb2_mid_entry_alloc"
+KREF_OFFSET = 16  # offsetof(struct mid_q_entry, refcount) on 64-bit
+SERVER_ARG_SINCE = (6, 19)  # __release_mid(server, mid) from this kernel on
+
+
+class ReleaseProbe(NamedTuple):
+    symbol: str
+    arg: int  # which argument (0-based) carries the pointer
+    offset: int  # pointer - offset = struct mid_q_entry *
+
+
+class KprobePlan(NamedTuple):
+    alloc: str
+    release: ReleaseProbe
+
+
+def symbols(kallsyms_text: str, module: Optional[str] = "cifs") -> set[str]:
+    """Function names (t/T) from /proc/kallsyms text, in `module` or built in."""
+    out: set[str] = set()
+    for line in kallsyms_text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[1] not in ("t", "T"):
+            continue
+        if len(parts) >= 4:
+            mod = parts[3].strip("[]")
+            if module is not None and mod != module:
+                continue
+        out.add(parts[2])
+    return out
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a `uname -r` string such as '6.1.0-18-amd64'; (0, 0) if unparsable."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def choose_release(kallsyms_text: str, release: str) -> Optional[ReleaseProbe]:
+    """The mid release function to probe on this kernel, or None."""
+    syms = symbols(kallsyms_text)
+    if "__release_mid" in syms:
+        if kernel_version(release) >= SERVER_ARG_SINCE:
+            return ReleaseProbe("__release_mid", 1, 0)
+        return ReleaseProbe("__release_mid", 0, KREF_OFFSET)
+    if "_cifs_mid_q_entry_release" in syms:
+        return ReleaseProbe("_cifs_mid_q_entry_release", 0, KREF_OFFSET)
+    if "release_mid" in syms:
+        return ReleaseProbe("release_mid", 0, 0)
+    return None
+
+
+def choose_kprobes(kallsyms_text: str, release: str) -> Optional[KprobePlan]:
+    """Alloc + release probes for the fallback, or None when this kernel has neither."""
+    if ALLOC_SYMBOL not in symbols(kallsyms_text):
+        return None
+    rel = choose_release(kallsyms_text, release)
+    return KprobePlan(ALLOC_SYMBOL, rel) if rel else None

@@ -1,0 +1,116 @@
+"""Watcher (detect layer): closes one window every watch_interval_sec.
+
+Each tick it takes the window's events from the WindowBuffer, reads the
+all-traffic counters (per-command histograms, drops), runs the window
+detectors and publishes rates for STATUS=.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import log
+from .anomaly import Anomaly
+from .counters import Counters, delta
+from .detect import Detector, window_bounds
+from .dispatch import WindowBuffer
+from .record import EVENT_DTYPE
+
+
+@dataclass
+class Rates:
+    events_per_sec: float = 0.0
+    ring_records: int = 0
+    drops_total: int = 0
+    drops_last_window: int = 0
+    bad_records_total: int = 0
+    windows: int = 0
+
+
+class Watcher:
+    name = "watcher"
+    grace_ns = 50_000_000  # let the dispatcher drain completions stamped just before the edge
+
+    def __init__(self, buffer: WindowBuffer, detector: Detector, counters: Optional[Counters],
+                 interval: Callable[[], float], on_anomaly: Callable[[Anomaly], object],
+                 bad_records: Callable[[], int] = lambda: 0,
+                 mono: Callable[[], int] = time.monotonic_ns) -> None:
+        self.buffer = buffer
+        self.detector = detector
+        self.counters = counters
+        self.interval = interval
+        self.on_anomaly = on_anomaly
+        self.bad_records = bad_records
+        self.mono = mono
+        self.rates = Rates()
+        self.last_window = np.zeros(0, EVENT_DTYPE)
+        self._prev_stats: Optional[np.ndarray] = None
+        self._prev_drops: Optional[int] = None
+        self._prev_bad = 0
+        self._window_start: Optional[int] = None
+
+    def _read_counters(self) -> tuple[Optional[np.ndarray], int]:
+        if self.counters is None:
+            return None, 0
+        stats, drops = self.counters.cmd_stats(), self.counters.drops()
+        d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)
+        d_drops = 0 if self._prev_drops is None else max(drops - self._prev_drops, 0)
+        if self._prev_drops is not None and drops < self._prev_drops:
+            d_drops = drops  # tracer restarted: counters start again
+        self._prev_stats, self._prev_drops = stats, drops
+        self.rates.drops_total = drops
+        return d_stats, d_drops
+
+    def close_window(self, start: int, end: int) -> list[Anomaly]:
+        """Close [start, end): run detectors, update rates. Returns the anomalies raised."""
+        events = self.buffer.take_until(end)
+        stats, drops = self._read_counters()
+        secs = max((end - start) / 1e9, 1e-9)
+        if stats is not None and int(stats["hist"].sum()) > 0:
+            self.rates.events_per_sec = float(stats["hist"].sum()) / secs
+        else:
+            self.rates.events_per_sec = len(events) / secs
+        self.rates.ring_records += len(events)
+        self.rates.drops_last_window = drops
+        self.rates.windows += 1
+        if drops:
+            log.emit("drops", log.logging.WARNING,
+                     f"AOD ring full: {drops} events dropped by the tracers in the last window",
+                     AOD_DROPS=drops, AOD_DROPS_TOTAL=self.rates.drops_total)
+        bad = self.bad_records()
+        if bad > self._prev_bad:
+            log.emit("bad_records", log.logging.WARNING,
+                     f"AOD skipped {bad - self._prev_bad} corrupt or foreign ring records",
+                     AOD_COUNT=bad - self._prev_bad)
+        self._prev_bad = self.rates.bad_records_total = bad
+        self.last_window = events
+        found = self.detector.window(events, start, end, stats)
+        for a in found:
+            self.on_anomaly(a)
+        return found
+
+    def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
+        if self._prev_stats is None:
+            self._read_counters()  # baseline, so the first window is a delta
+        while not stop.is_set():
+            beat()
+            interval_ns = int(self.interval() * 1e9)
+            now = self.mono()
+            start, end = window_bounds(now, interval_ns)
+            if self._window_start is None:
+                self._window_start = start
+            while not stop.is_set():
+                left = end + self.grace_ns - self.mono()
+                if left <= 0:
+                    break
+                beat()
+                stop.wait(min(left / 1e9, 0.25))
+            if stop.is_set():
+                return
+            self.close_window(self._window_start, end)
+            self._window_start = end

@@ -1,0 +1,352 @@
+/* smb.bpf.c - aodv2 SMB tracer (bcc dialect). Loaded by aod/tracer.py.
+ *
+ * Data flow: cifs tracepoints -> this program -> pinned ring AOD_RING_PIN
+ * (struct aod_event records) + pinned per-CPU maps `cmd_stats` and `drops`
+ * that the core (aod/counters.py) reads.
+ *
+ * Compile-time constants come from aod/tracer.py as -D cflags:
+ *   AOD_TRACER_ID, AOD_EMIT_MIN_NS, AOD_EMIT_CMD_MASK, AOD_RING_PAGES,
+ *   AOD_RING_PIN, AOD_DROPS_PIN, AOD_STATS_PIN (string literals), AOD_INFLIGHT_MAX,
+ *   AOD_HAVE_<TRACEPOINT> for each cifs tracepoint found in tracefs,
+ *   AOD_KPROBE_MODE + AOD_RELEASE_ARG + AOD_RELEASE_OFF for the kprobe fallback.
+ *
+ * Pairing key (enter -> done/err): {sesid, mid, tid, cmd}. The cifs tracepoints
+ * carry nothing that names the connection (channel), and mids are allocated per
+ * connection, so two channels of one multichannel session could in principle
+ * have the same {sesid, tid, cmd, mid} in flight at once; the later enter then
+ * overwrites the earlier one (one latency is short, the other unpaired).
+ * That needs the same tree, command and mid on two channels at the same
+ * moment, which is rare; overwriting (not BPF_NOEXIST) means stale entries
+ * from lost completions can never block a new request. Two request headers
+ * change between request and response: SESSION_SETUP gets its SessionId in the
+ * response and TREE_CONNECT its TreeId, so those fields are zeroed in the key
+ * for those commands (and NEGOTIATE, which has neither).
+ * In-flight entries live in an LRU hash, so lost completions cannot leak.
+ */
+#include <uapi/linux/ptrace.h>
+#include <linux/sched.h>
+#include "aod_event.h"
+
+#ifndef AOD_TRACER_ID
+#define AOD_TRACER_ID AOD_TRACER_SMB
+#endif
+#ifndef AOD_EMIT_MIN_NS
+#define AOD_EMIT_MIN_NS 0ULL
+#endif
+#ifndef AOD_EMIT_CMD_MASK
+#define AOD_EMIT_CMD_MASK 0xffffffffU /* bit = command slot whose completions may be emitted */
+#endif
+#ifndef AOD_RING_PAGES
+#define AOD_RING_PAGES 1024
+#endif
+#ifndef AOD_INFLIGHT_MAX
+#define AOD_INFLIGHT_MAX 16384
+#endif
+#ifndef AOD_RELEASE_OFF
+#define AOD_RELEASE_OFF 16 /* offsetof(struct mid_q_entry, refcount) on 64-bit */
+#endif
+
+#define SMB2_NEGOTIATE 0
+#define SMB2_SESSION_SETUP 1
+#define SMB2_TREE_CONNECT 3
+#define AOD_CMD_NONE 0xffff
+#define STATUS_NETWORK_SESSION_EXPIRED 0xC000035C
+
+/* pinned ring: the members of bcc's BPF_RINGBUF_OUTPUT, section with a pin path */
+struct events_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u64 (*ringbuf_query)(u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" AOD_RING_PIN)))
+struct events_table_t events = { .max_entries = AOD_RING_PAGES * PAGE_SIZE };
+
+BPF_TABLE_PINNED("percpu_array", u32, u64, drops, 1, AOD_DROPS_PIN);
+BPF_TABLE_PINNED("percpu_array", u32, struct aod_cmd_stats, cmd_stats, AOD_CMD_SLOTS, AOD_STATS_PIN);
+
+struct aod_key {
+	u64 sesid;
+	u64 mid;
+	u32 tid;
+	u16 cmd;
+	u16 pad;
+};
+
+struct aod_start {
+	u64 ts;
+	u32 pid;
+	u32 pad;
+	char comm[AOD_COMM_LEN];
+};
+
+BPF_TABLE("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_MAX);
+
+static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 cmd, u64 mid)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->sesid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP) ? 0 : sesid;
+	k->tid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP || cmd == SMB2_TREE_CONNECT) ? 0 : tid;
+	k->cmd = cmd;
+	k->mid = mid;
+}
+
+static __always_inline void start(struct aod_key *k)
+{
+	struct aod_start s = {};
+	s.ts = bpf_ktime_get_ns();
+	s.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	inflight.update(k, &s);
+}
+
+static __always_inline void emit(struct aod_event *ev)
+{
+	if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+		u32 zero = 0;
+		u64 *d = drops.lookup(&zero);
+		if (d)
+			(*d)++;
+	}
+}
+
+/* per-command statistics; hist = 0 only counts an error (kprobe mode) */
+static __always_inline void count(u16 cmd, u64 lat, int is_err, int hist)
+{
+	u32 slot = cmd < AOD_CMD_SLOTS ? cmd : AOD_CMD_SLOTS - 1;
+	struct aod_cmd_stats *st = cmd_stats.lookup(&slot);
+	if (!st)
+		return;
+	if (is_err)
+		st->errors++;
+	if (!hist)
+		return;
+	u32 b = bpf_log2l(lat / 1000);
+	if (b >= AOD_HIST_BUCKETS)
+		b = AOD_HIST_BUCKETS - 1;
+	/* hide b from the optimiser so the mask survives for the verifier */
+	asm volatile("" : "+r"(b));
+	b &= AOD_HIST_BUCKETS - 1;
+	st->hist[b]++;
+	st->latency_sum_ns += lat;
+}
+
+static __always_inline void fill(struct aod_event *ev, u8 kind, u16 cmd, u64 sesid, u32 tid, u64 mid)
+{
+	ev->version = AOD_EVENT_VERSION;
+	ev->size = sizeof(*ev);
+	ev->kind = kind;
+	ev->tracer_id = AOD_TRACER_ID;
+	ev->command = cmd;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->session_id = sesid;
+	ev->tree_id = tid;
+	ev->mid = mid;
+}
+
+/* pid/comm: the issuer's from the in-flight entry, else the current task's */
+static __always_inline void who(struct aod_event *ev, struct aod_start *s)
+{
+	if (s) {
+		ev->pid = s->pid;
+		__builtin_memcpy(ev->comm, s->comm, AOD_COMM_LEN);
+	} else {
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+	}
+}
+
+static __always_inline int emit_wanted(u16 cmd, u64 lat)
+{
+	u32 slot = cmd < AOD_CMD_SLOTS ? cmd : AOD_CMD_SLOTS - 1;
+	return lat >= AOD_EMIT_MIN_NS && ((AOD_EMIT_CMD_MASK >> slot) & 1);
+}
+
+/* a successful completion; s = in-flight entry (already looked up) */
+static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, struct aod_start *s)
+{
+	u64 now = bpf_ktime_get_ns();
+	u64 lat = now > s->ts ? now - s->ts : 0;
+	count(cmd, lat, 0, 1);
+	if (!emit_wanted(cmd, lat))
+		return;
+	struct aod_event ev = {};
+	fill(&ev, AOD_KIND_COMPLETION, cmd, sesid, tid, mid);
+	ev.latency_ns = lat;
+	who(&ev, s);
+	emit(&ev);
+}
+
+#ifndef AOD_KPROBE_MODE
+/* ---- tracepoint mode: smb3_cmd_enter -> smb3_cmd_done / smb3_cmd_err ---- */
+
+#ifdef AOD_HAVE_SMB3_CMD_ENTER
+TRACEPOINT_PROBE(cifs, smb3_cmd_enter)
+{
+	struct aod_key k;
+	make_key(&k, args->sesid, args->tid, args->cmd, args->mid);
+	start(&k);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_CMD_DONE
+TRACEPOINT_PROBE(cifs, smb3_cmd_done)
+{
+	struct aod_key k;
+	u16 cmd = args->cmd;
+	u64 sesid = args->sesid, mid = args->mid;
+	u32 tid = args->tid;
+	make_key(&k, sesid, tid, cmd, mid);
+	struct aod_start *s = inflight.lookup(&k);
+	if (!s)
+		return 0; /* enter not seen (attached mid-flight, or evicted) */
+	struct aod_start copy = *s;
+	inflight.delete(&k);
+	completed(cmd, sesid, tid, mid, &copy);
+	return 0;
+}
+#endif
+#endif /* !AOD_KPROBE_MODE */
+
+#ifdef AOD_HAVE_SMB3_CMD_ERR
+/* an error response; always emitted. In kprobe mode the latency is 0 (the
+ * release probe measures it and counts the completion). */
+TRACEPOINT_PROBE(cifs, smb3_cmd_err)
+{
+	struct aod_event ev = {};
+	u16 cmd = args->cmd;
+	u64 sesid = args->sesid, mid = args->mid;
+	u32 tid = args->tid;
+	int rc = args->rc;
+	fill(&ev, AOD_KIND_ERROR, cmd, sesid, tid, mid);
+	ev.nt_status = args->status;
+	ev.err = rc < 0 ? -rc : rc;
+#ifndef AOD_KPROBE_MODE
+	struct aod_key k;
+	make_key(&k, sesid, tid, cmd, mid);
+	struct aod_start *s = inflight.lookup(&k);
+	if (s) {
+		struct aod_start copy = *s;
+		inflight.delete(&k);
+		u64 now = bpf_ktime_get_ns();
+		ev.latency_ns = now > copy.ts ? now - copy.ts : 0;
+		count(cmd, ev.latency_ns, 1, 1);
+		who(&ev, &copy);
+	} else {
+		count(cmd, 0, 1, 0);
+		who(&ev, 0);
+	}
+#else
+	count(cmd, 0, 1, 0);
+	who(&ev, 0);
+#endif
+	emit(&ev);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_RECONNECT
+/* the connection is being re-established; no session or tree in this event */
+TRACEPOINT_PROBE(cifs, smb3_reconnect)
+{
+	struct aod_event ev = {};
+	fill(&ev, AOD_KIND_RECONNECT, AOD_CMD_NONE, 0, 0, args->currmid);
+	who(&ev, 0);
+	emit(&ev);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_SES_EXPIRED
+/* the server said the session expired (STATUS_NETWORK_SESSION_EXPIRED) */
+TRACEPOINT_PROBE(cifs, smb3_ses_expired)
+{
+	struct aod_event ev = {};
+	fill(&ev, AOD_KIND_RECONNECT, args->cmd, args->sesid, args->tid, args->mid);
+	ev.nt_status = STATUS_NETWORK_SESSION_EXPIRED;
+	who(&ev, 0);
+	emit(&ev);
+	return 0;
+}
+#endif
+
+#ifdef AOD_KPROBE_MODE
+/* ---- kprobe fallback for kernels without smb3_cmd_enter ----
+ * smb2_mid_entry_alloc(const struct smb2_hdr *shdr, server): read the key from
+ * the wire header (stable layout), then key the in-flight entry by the returned
+ * mid_q_entry pointer; the release function ends it. No NT status here: errors
+ * come from smb3_cmd_err when present. Latency ends at mid release, slightly
+ * after the response was processed. */
+struct aod_kstart {
+	struct aod_start s;
+	struct aod_key k;
+};
+BPF_HASH(alloc_args, u64, struct aod_key, 4096);
+BPF_TABLE("lru_hash", u64, struct aod_kstart, inflight_ptr, AOD_INFLIGHT_MAX);
+
+/* smb2_hdr wire offsets */
+#define SHDR_COMMAND 12
+#define SHDR_MESSAGE_ID 24
+#define SHDR_TREE_ID 36
+#define SHDR_SESSION_ID 40
+
+int aod_alloc_enter(struct pt_regs *ctx)
+{
+	const char *shdr = (const char *)PT_REGS_PARM1(ctx);
+	u16 cmd = 0;
+	u32 tid = 0;
+	u64 mid = 0, sesid = 0;
+	bpf_probe_read(&cmd, sizeof(cmd), shdr + SHDR_COMMAND);
+	bpf_probe_read(&mid, sizeof(mid), shdr + SHDR_MESSAGE_ID);
+	bpf_probe_read(&tid, sizeof(tid), shdr + SHDR_TREE_ID);
+	bpf_probe_read(&sesid, sizeof(sesid), shdr + SHDR_SESSION_ID);
+	struct aod_key k;
+	make_key(&k, sesid, tid, cmd, mid);
+	k.sesid = sesid; /* no response header to match: keep the real values */
+	k.tid = tid;
+	u64 id = bpf_get_current_pid_tgid();
+	alloc_args.update(&id, &k);
+	return 0;
+}
+
+int aod_alloc_return(struct pt_regs *ctx)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct aod_key *k = alloc_args.lookup(&id);
+	if (!k)
+		return 0;
+	u64 ptr = PT_REGS_RC(ctx);
+	if (ptr) {
+		struct aod_kstart ks = {};
+		ks.k = *k;
+		ks.s.ts = bpf_ktime_get_ns();
+		ks.s.pid = id >> 32;
+		bpf_get_current_comm(&ks.s.comm, sizeof(ks.s.comm));
+		inflight_ptr.update(&ptr, &ks);
+	}
+	alloc_args.delete(&id);
+	return 0;
+}
+
+int aod_release(struct pt_regs *ctx)
+{
+#if AOD_RELEASE_ARG == 1
+	u64 ptr = PT_REGS_PARM2(ctx);
+#else
+	u64 ptr = PT_REGS_PARM1(ctx);
+#endif
+	ptr -= AOD_RELEASE_OFF;
+	struct aod_kstart *ks = inflight_ptr.lookup(&ptr);
+	if (!ks)
+		return 0;
+	struct aod_kstart copy = *ks;
+	inflight_ptr.delete(&ptr);
+	completed(copy.k.cmd, copy.k.sesid, copy.k.tid, copy.k.mid, &copy.s);
+	return 0;
+}
+#endif /* AOD_KPROBE_MODE */

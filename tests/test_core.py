@@ -1,0 +1,248 @@
+"""The core end to end on a file-backed ring: `aodv2 run` as a real process with a
+real notify socket; SIGHUP with a good and a bad config, SIGUSR1, SIGTERM; and the
+watchdog withheld while a worker is stuck."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aod import config as config_mod
+from aod import ringfile, smb2
+from aod.bundle import list_bundles, read_bundle
+from aod.counters import FileCounters
+from aod.daemon import Core
+from aod.record import empty
+from aod.ring import RingReader
+from aod.ringfile import FileRingWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+MS = 1_000_000
+
+
+def write_config(path: Path, out: Path, threshold_ms: float, extra: str = "") -> None:
+    path.write_text(
+        f"""
+watch_interval_sec: 0.5
+output_dir: {out}
+latency:
+  mode: all
+  default_threshold_ms: {threshold_ms}
+  acceptable_count: 3
+capture:
+  cooldown_sec: 0
+  action_timeout_sec: 2
+actions:
+  latency: [mounts]
+  error: [mounts]
+  emergency: [mounts]
+  reconnect: [mounts]
+  manual: [mounts]
+{extra}"""
+    )
+
+
+def slow(n: int, lat_ms: float, cmd: str = "WRITE") -> np.ndarray:
+    e = empty(n)
+    e["kind"] = 1
+    e["command"] = smb2.COMMANDS[cmd]
+    e["latency_ns"] = int(lat_ms * MS)
+    e["ts_ns"] = time.monotonic_ns()
+    return e
+
+
+class Daemon:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sock_path = str(tmp / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.sock_path)
+        self.sock.settimeout(0.2)
+        self.cfg = tmp / "config.yaml"
+        self.out = tmp / "out"
+        self.ring = tmp / "ring"
+        self.stderr = open(tmp / "stderr.log", "w+")  # noqa: SIM115
+        self.msgs: list[str] = []
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
+        env.update(NOTIFY_SOCKET=self.sock_path, WATCHDOG_USEC="2000000", PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aod.cli", "run", "--config", str(self.cfg), "--ring-file", str(self.ring)],
+            env=env, stdout=subprocess.DEVNULL, stderr=self.stderr,
+        )
+
+    def wait_msg(self, prefix: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                m = self.sock.recv(4096).decode()
+            except socket.timeout:
+                assert self.proc.poll() is None, f"daemon exited: {self.log()}"
+                continue
+            self.msgs.append(m)
+            if m.startswith(prefix):
+                return m
+        raise AssertionError(f"no {prefix!r} in {self.msgs[-10:]}; log: {self.log()}")
+
+    def wait_log(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return self.log()
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in log: {self.log()}")
+
+    def log(self) -> str:
+        self.stderr.flush()
+        return (self.tmp / "stderr.log").read_text()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+        self.stderr.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+    d = Daemon(tmp_path)
+    yield d
+    d.close()
+
+
+def test_run_reload_capture_and_stop(daemon: Daemon) -> None:
+    write_config(daemon.cfg, daemon.out, threshold_ms=100)
+    daemon.start()
+    assert "READY=1" in daemon.wait_msg("READY=1")
+    daemon.wait_msg("WATCHDOG=1")
+    w = FileRingWriter(str(daemon.ring))
+
+    # 300 ms is over 100 ms: latency anomaly
+    w.write(slow(5, 300))
+    daemon.wait_log("AOD detected anomaly: latency with 5 events")
+
+    # reload to 500 ms: 300 ms no longer fires, 600 ms does
+    write_config(daemon.cfg, daemon.out, threshold_ms=500)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_msg("RELOADING=1")
+    daemon.wait_msg("READY=1")
+    daemon.wait_log("config reloaded")
+    w.write(slow(5, 300))
+    time.sleep(1.5)
+    assert daemon.log().count("AOD detected anomaly: latency") == 1
+    w.write(slow(4, 600))
+    daemon.wait_log("AOD detected anomaly: latency with 4 events")
+
+    # a bad config is rejected, naming the key; the old one keeps running
+    daemon.cfg.write_text(daemon.cfg.read_text().replace("acceptable_count: 3", "acceptable_count: -1"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log("reload rejected")
+    assert "latency.acceptable_count" in daemon.log()
+    assert daemon.proc.poll() is None
+    w.write(slow(3, 600))
+    daemon.wait_log("AOD detected anomaly: latency with 3 events")
+
+    # SIGUSR1: manual capture
+    daemon.proc.send_signal(signal.SIGUSR1)
+    daemon.wait_log("AOD detected anomaly: manual")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("_manual_" in p for p in list_bundles(str(daemon.out))):
+        time.sleep(0.1)
+    manual = [p for p in list_bundles(str(daemon.out)) if "_manual_" in p]
+    assert manual, daemon.log()
+    summary = json.loads(read_bundle(manual[0])["summary.json"])
+    assert summary["anomaly"]["type"] == "manual"
+
+    # SIGTERM: graceful, quick, exit 0
+    t0 = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 6
+    assert any(m.startswith("STOPPING=1") for m in daemon.msgs) or "STOPPING=1" in daemon.wait_msg("STOPPING")
+    assert "Traceback" not in daemon.log()
+
+
+def test_invalid_config_at_start_exits_78_without_traceback(daemon: Daemon) -> None:
+    daemon.cfg.write_text("watch_interval_sec: -3\nbogus: 1\n")
+    daemon.start()
+    assert daemon.proc.wait(10) == 78
+    text = daemon.log()
+    assert "watch_interval_sec" in text and "bogus" in text and "Traceback" not in text
+
+
+def test_run_without_root_refuses_kernel_ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from aod import cli
+
+    cfg = tmp_path / "c.yaml"
+    write_config(cfg, tmp_path / "out", 100)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert cli.main(["run", "--config", str(cfg)]) == 77
+    err = capsys.readouterr().err
+    assert "needs root" in err and "--ring-file" in err
+
+
+def test_watchdog_withheld_while_a_worker_is_stuck(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # ping every 0.2 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    cfg = config_mod.load_text(f"output_dir: {tmp_path / 'out'}\nwatch_interval_sec: 0.5\n")
+    ring_path = str(tmp_path / "ring")
+    ringfile.create(ring_path, 64 * 1024)
+    reader = RingReader.open_file(ring_path)
+    release = threading.Event()
+    real_wait = reader.wait
+
+    def stuck_wait(timeout: float) -> bool:
+        if stuck.is_set():
+            release.wait(30)
+        return real_wait(timeout)
+
+    stuck = threading.Event()
+    monkeypatch.setattr(reader, "wait", stuck_wait)
+    core = Core(cfg, reader, FileCounters(ring_path), heartbeat_timeout=0.6)
+    t = threading.Thread(target=core.run, kwargs={"tick": 0.02})
+    t.start()
+
+    def pings(seconds: float) -> int:
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                n += sock.recv(4096) == b"WATCHDOG=1"
+            except socket.timeout:
+                pass
+        return n
+
+    try:
+        assert pings(1.0) >= 3
+        stuck.set()
+        time.sleep(1.0)  # heartbeat goes stale after 0.6 s
+        pings(0.3)  # drain pings sent before it went stale
+        assert pings(1.0) == 0
+        release.set()
+        stuck.clear()
+        assert pings(1.0) >= 3
+    finally:
+        release.set()
+        core.request("stop")
+        t.join(10)
+        sock.close()
+    assert not t.is_alive()

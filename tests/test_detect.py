@@ -1,0 +1,152 @@
+"""Detectors: exact boundaries (count == acceptable_count, threshold edge, window edge),
+emergency, reconnect, error rules, cooldown and hourly cap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from aod import smb2
+from aod.config import Config, ErrorRule, LatencyConfig, ReconnectConfig
+from aod.detect import Detector, Throttle, window_bounds
+from aod.dispatch import WindowBuffer
+from aod.record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, empty
+
+C = smb2.COMMANDS
+MS = 1_000_000
+
+
+def ev(n: int, cmd: str = "WRITE", lat_ms: float = 1.0, kind: int = KIND_COMPLETION, ts0: int = 10**9,
+       status: int = 0, err: int = 0) -> np.ndarray:
+    e = empty(n)
+    e["command"] = C[cmd]
+    e["latency_ns"] = int(lat_ms * MS)
+    e["kind"] = kind
+    e["ts_ns"] = ts0 + np.arange(n)
+    e["nt_status"] = status
+    e["err"] = err
+    return e
+
+
+def cfg(**lat: object) -> Config:
+    base = LatencyConfig(mode="all", default_threshold_ms=100.0, acceptable_count=5, emergency_threshold_ms=1000.0)
+    return Config(latency=dataclasses.replace(base, **lat), errors=())
+
+
+def test_latency_fires_at_exactly_acceptable_count() -> None:
+    d = Detector(cfg())
+    assert d.window(ev(4, lat_ms=150), 0, 2 * 10**9) == []
+    (a,) = d.window(ev(5, lat_ms=150), 0, 2 * 10**9)
+    assert a.type == "latency" and a.count == 5 and a.commands == (C["WRITE"],)
+
+
+def test_latency_at_threshold_is_not_over() -> None:
+    d = Detector(cfg())
+    assert d.window(ev(10, lat_ms=100.0), 0, 2 * 10**9) == []
+    assert len(d.window(ev(10, lat_ms=100.000001), 0, 2 * 10**9)) == 1
+
+
+def test_per_command_threshold_and_modes() -> None:
+    d = Detector(cfg(thresholds_ms={C["WRITE"]: 500.0}))
+    assert d.window(ev(10, "WRITE", 300), 0, 1) == []
+    assert len(d.window(ev(10, "READ", 300), 0, 1)) == 1
+    d = Detector(cfg(mode="trackonly", track=(C["READ"],)))
+    assert d.window(ev(10, "WRITE", 300), 0, 1) == []
+    assert len(d.window(ev(10, "READ", 300), 0, 1)) == 1
+    d = Detector(cfg(mode="excludeonly", exclude=(C["CHANGE_NOTIFY"],)))
+    assert d.window(ev(10, "CHANGE_NOTIFY", 60_000), 0, 1) == []
+    assert d.immediate(ev(1, "CHANGE_NOTIFY", 60_000)) == []
+    assert len(d.window(ev(10, "READ", 300), 0, 1)) == 1
+
+
+def test_emergency_fires_immediately_on_one_event() -> None:
+    d = Detector(cfg())
+    assert d.immediate(ev(3, lat_ms=1000.0)) == []  # at threshold: not over
+    batch = np.concatenate([ev(50, lat_ms=2.0), ev(1, "CREATE", 2000.0)])
+    (a,) = d.immediate(batch)
+    assert a.type == "emergency" and a.count == 1 and a.commands == (C["CREATE"],)
+    assert a.details["command"] == "CREATE" and abs(a.details["max_latency_ms"] - 2000.0) < 1e-3
+
+
+def test_error_rules_status_errno_and_command_filter() -> None:
+    io = smb2.NT_STATUS["STATUS_IO_TIMEOUT"]
+    rules = (
+        ErrorRule(name="timeouts", statuses=frozenset({io}), errnos=frozenset({110}), acceptable_count=3),
+        ErrorRule(name="denied_on_create", statuses=frozenset({smb2.NT_STATUS["STATUS_ACCESS_DENIED"]}),
+                  commands=frozenset({C["CREATE"]}), acceptable_count=1),
+    )
+    d = Detector(dataclasses.replace(cfg(), errors=rules))
+    assert d.window(ev(2, kind=KIND_ERROR, status=io), 0, 1) == []
+    mixed = np.concatenate([ev(2, kind=KIND_ERROR, status=io), ev(1, kind=KIND_ERROR, err=110)])
+    (a,) = d.window(mixed, 0, 1)
+    assert (a.type, a.rule, a.count) == ("error", "timeouts", 3)
+    # a completion carrying a status is not an error record
+    assert d.window(ev(5, kind=KIND_COMPLETION, status=io), 0, 1) == []
+    denied = smb2.NT_STATUS["STATUS_ACCESS_DENIED"]
+    assert d.window(ev(4, "READ", kind=KIND_ERROR, status=denied), 0, 1) == []
+    (b,) = d.window(ev(1, "CREATE", kind=KIND_ERROR, status=denied), 0, 1)
+    assert b.rule == "denied_on_create" and b.details["statuses"] == {"STATUS_ACCESS_DENIED": 1}
+
+
+def test_reconnect_records_and_statuses_fire_at_once() -> None:
+    d = Detector(cfg())
+    (a,) = d.immediate(ev(1, kind=KIND_RECONNECT))
+    assert a.type == "reconnect"
+    (b,) = d.immediate(ev(1, kind=KIND_ERROR, status=smb2.NT_STATUS["STATUS_NETWORK_SESSION_EXPIRED"]))
+    assert b.type == "reconnect" and b.details["statuses"] == ["STATUS_NETWORK_SESSION_EXPIRED"]
+    off = Detector(dataclasses.replace(cfg(), reconnect=ReconnectConfig(enabled=False)))
+    assert off.immediate(ev(1, kind=KIND_RECONNECT)) == []
+
+
+def test_window_edge_splits_events_by_completion_time() -> None:
+    start, end = window_bounds(5 * 10**9 + 123, 10**9)
+    assert (start, end) == (5 * 10**9, 6 * 10**9)
+    buf = WindowBuffer()
+    inside = ev(5, lat_ms=150, ts0=end - 5)  # ts end-5 .. end-1
+    after = ev(5, lat_ms=150, ts0=end)  # ts end .. end+4: next window
+    buf.add(np.concatenate([inside, after]))
+    d = Detector(cfg())
+    got = buf.take_until(end)
+    assert len(got) == 5 and got["ts_ns"].max() == end - 1
+    assert len(d.window(got, start, end)) == 1
+    rest = buf.take_until(end + 10**9)
+    assert len(rest) == 5 and rest["ts_ns"].min() == end
+
+
+def test_window_buffer_is_bounded_and_counts_overflow() -> None:
+    buf = WindowBuffer(capacity=10)
+    buf.add(ev(7))
+    buf.add(ev(7))
+    assert buf.size == 10 and buf.overflow == 4 and buf.total == 14
+    assert len(buf.take_until(2**62)) == 10 and buf.size == 0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_cooldown_per_type_and_suppressed_counts() -> None:
+    clk = FakeClock()
+    th = Throttle(cooldown_sec=60, max_per_hour=100, clock=clk)
+    assert th.allow("latency")
+    assert th.allow("error")  # other type: own cooldown
+    clk.t += 59.999
+    assert not th.allow("latency")
+    assert th.suppressed == {"latency": 1}
+    clk.t += 0.001
+    assert th.allow("latency")  # exactly cooldown later
+    assert th.take_unreported() == {"latency": 1} and th.take_unreported() == {}
+
+
+def test_hourly_cap_and_manual_force() -> None:
+    clk = FakeClock()
+    th = Throttle(cooldown_sec=0, max_per_hour=3, clock=clk)
+    assert [th.allow("latency") for _ in range(4)] == [True, True, True, False]
+    assert th.allow("manual", force=True)
+    clk.t += 3600
+    assert th.allow("latency")

@@ -1,0 +1,544 @@
+"""aod/tracer.py and aod/kallsyms.py on the host: no root, bcc or kernel needed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from aod import config as config_mod
+from aod import kallsyms, tracer
+from aod.record import CMD_STATS_DTYPE, EVENT_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+BPF = ROOT / "bpf"
+
+CMD_DONE_FORMAT = """name: smb3_cmd_done
+ID: 1234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__u32 tid;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:__u64 sesid;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__u16 cmd;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u64 mid;\toffset:32;\tsize:8;\tsigned:0;
+
+print fmt: "sid=0x%llx tid=0x%x cmd=%u mid=%llu", REC->sesid, REC->tid, REC->cmd, REC->mid
+"""
+CMD_ERR_FORMAT = CMD_DONE_FORMAT.replace(
+    "\tfield:__u64 mid;\toffset:32;\tsize:8;\tsigned:0;\n",
+    "\tfield:__u64 mid;\toffset:32;\tsize:8;\tsigned:0;\n"
+    "\tfield:__u32 status;\toffset:40;\tsize:4;\tsigned:0;\n"
+    "\tfield:int rc;\toffset:44;\tsize:4;\tsigned:1;\n",
+)
+RECONNECT_FORMAT = """format:
+\tfield:__u64 currmid;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u64 conn_id;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:__data_loc char[] hostname;\toffset:24;\tsize:4;\tsigned:0;
+"""
+
+
+def make_cifs_events(root: Path, names: tuple[str, ...] = ("smb3_cmd_enter", "smb3_cmd_done",
+                                                             "smb3_cmd_err", "smb3_reconnect")) -> Path:
+    ev = root / "events" / "cifs"
+    for n in names:
+        (ev / n).mkdir(parents=True, exist_ok=True)
+        text = {"smb3_cmd_err": CMD_ERR_FORMAT, "smb3_reconnect": RECONNECT_FORMAT}.get(n, CMD_DONE_FORMAT)
+        (ev / n / "format").write_text(text)
+    return ev
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def test_parse_args_defaults() -> None:
+    o = tracer.parse_args(["smb"])
+    assert o.name == "smb" and o.config == config_mod.DEFAULT_CONFIG_PATH
+    assert o.bpf_dir is None and o.pin_dir is None and not o.force_kprobes
+
+
+def test_parse_args_options() -> None:
+    o = tracer.parse_args(["synthetic", "--config", "/x.yaml", "--bpf-dir", "/b",
+                           "--pin-dir", "/sys/fs/bpf/t", "--pid", "123", "--kind", "error",
+                           "--status", "0xC0000022", "--errno", "13", "--latency-ms", "250"])
+    assert (o.name, o.config, o.bpf_dir, o.pin_dir) == ("synthetic", "/x.yaml", "/b", "/sys/fs/bpf/t")
+    assert (o.synth_pid, o.synth_kind, o.synth_status, o.synth_errno, o.synth_latency_ms) == (
+        123, "error", 0xC0000022, 13, 250.0)
+
+
+@pytest.mark.parametrize("argv", [[], ["nfs"], ["smb", "--pid", "5"], ["synthetic", "--force-kprobes"],
+                                  ["smb", "--bogus"], ["synthetic", "--pid", "x"],
+                                  ["synthetic", "--pid", "-1"]])
+def test_parse_args_rejects(argv: list[str]) -> None:
+    with pytest.raises(tracer.SetupError) as ei:
+        tracer.parse_args(argv)
+    assert ei.value.code == tracer.EX_USAGE
+
+
+def test_main_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert tracer.main(["nope"]) == tracer.EX_USAGE
+    assert "unknown tracer" in capsys.readouterr().err
+
+
+def test_default_bpf_dir_is_checkout() -> None:
+    assert tracer.default_bpf_dir() == str(BPF)
+
+
+# ---------------------------------------------------------------- config -> cflags
+
+
+def _flags(cfg: config_mod.Config, name: str = "smb", **kw: Any) -> dict[str, str]:
+    opts = tracer.Options(name, **kw)
+    paths = tracer.pin_paths(cfg.ring)
+    out = {}
+    for f in tracer.cflags(opts, cfg, paths, "/b", ("AOD_HAVE_X=1",)):
+        k, _, v = f[2:].partition("=")
+        out[f[:2] + k] = v
+    return out
+
+
+def test_cflags_from_config() -> None:
+    cfg = config_mod.load_text(
+        "latency:\n  mode: excludeonly\n  default_threshold_ms: 300\n  thresholds_ms: {WRITE: 120}\n"
+        "  emergency_threshold_ms: 2000\nring:\n  path: /sys/fs/bpf/aodv2/events\n  size_kb: 8192\n")
+    f = _flags(cfg)
+    assert f["-I/b"] == ""
+    assert f["-DAOD_TRACER_ID"] == "1"
+    assert f["-DAOD_EMIT_MIN_NS"] == "120000000ULL"
+    assert f["-DAOD_RING_PAGES"] == str(8192 * 1024 // 4096)
+    assert f["-DAOD_RING_PIN"] == '"/sys/fs/bpf/aodv2/events"'
+    assert f["-DAOD_DROPS_PIN"] == '"/sys/fs/bpf/aodv2/drops"'
+    assert f["-DAOD_STATS_PIN"] == '"/sys/fs/bpf/aodv2/cmd_stats"'
+    assert f["-DAOD_HAVE_X"] == "1"
+    mask = int(f["-DAOD_EMIT_CMD_MASK"].rstrip("U"), 16)
+    assert not mask & (1 << 15)  # CHANGE_NOTIFY excluded by default
+    assert mask & (1 << 9) and mask & (1 << 31)
+
+
+def test_emit_cmd_mask_trackonly() -> None:
+    lat = config_mod.load_text("latency: {mode: trackonly, track: [READ, WRITE]}\n").latency
+    assert tracer.emit_cmd_mask(lat) == (1 << 8) | (1 << 9)
+
+
+def test_cflags_synthetic() -> None:
+    f = _flags(config_mod.Config(), "synthetic", synth_pid=42, synth_kind="error", synth_status=0xC0000022,
+               synth_latency_ms=1.5)
+    assert f["-DAOD_TRACER_ID"] == "2"
+    assert f["-DAOD_SYNTH_PID"] == "42" and f["-DAOD_SYNTH_KIND"] == "2"
+    assert f["-DAOD_SYNTH_STATUS"] == "0xc0000022U" and f["-DAOD_SYNTH_LATENCY_NS"] == "1500000ULL"
+    assert "-DAOD_EMIT_MIN_NS" not in f
+
+
+def test_pin_paths_override_and_validation() -> None:
+    ring = config_mod.RingConfig(path="/sys/fs/bpf/aodv2/events")
+    p = tracer.pin_paths(ring, "/sys/fs/bpf/other/")
+    assert (p.dir, p.ring, p.drops, p.cmd_stats) == (
+        "/sys/fs/bpf/other", "/sys/fs/bpf/other/events", "/sys/fs/bpf/other/drops",
+        "/sys/fs/bpf/other/cmd_stats")
+    for bad in ('/sys/fs/bpf/a"b', "/sys/fs/bpf/a b", "/sys/fs/bpf/x\\y"):
+        with pytest.raises(tracer.SetupError) as ei:
+            tracer.pin_paths(ring, bad)
+        assert ei.value.code == tracer.EX_CONFIG
+
+
+def test_ring_pages() -> None:
+    assert tracer.ring_pages(4096, 4096) == 1024
+    for bad in (3, 6, 2):
+        with pytest.raises(tracer.SetupError):
+            tracer.ring_pages(bad, 4096)
+
+
+# ---------------------------------------------------------------- bpffs mount check
+
+
+MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    "25 22 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n"
+    "36 25 0:31 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:14 - bpf bpf rw,mode=700\n"
+    "40 22 0:40 / /tmp/with\\040space rw - bpf none rw\n"
+)
+
+
+def test_bpffs_mount() -> None:
+    assert tracer.bpffs_mount("/sys/fs/bpf/aodv2", MOUNTINFO) == "/sys/fs/bpf"
+    assert tracer.bpffs_mount("/sys/fs/bpf", MOUNTINFO) == "/sys/fs/bpf"
+    assert tracer.bpffs_mount("/sys/fs/bpfx/a", MOUNTINFO) is None  # a sysfs path, not bpffs
+    assert tracer.bpffs_mount("/tmp/with space/a", MOUNTINFO) == "/tmp/with space"
+    assert tracer.bpffs_mount("/sys/fs/bpf/a", MOUNTINFO.replace(" - bpf bpf", " - tmpfs tmpfs")) is None
+
+
+def test_prepare_pin_dir(tmp_path: Path) -> None:
+    mi = tmp_path / "mountinfo"
+    mi.write_text(f"1 0 0:1 / {tmp_path} rw - bpf bpf rw\n")
+    paths = tracer.pin_paths(config_mod.RingConfig(path=f"{tmp_path}/aodv2/events"))
+    tracer.prepare_pin_dir(paths, str(mi))
+    assert os.stat(paths.dir).st_mode & 0o777 == 0o700
+    mi.write_text(f"1 0 0:1 / {tmp_path} rw - tmpfs tmpfs rw\n")
+    with pytest.raises(tracer.SetupError) as ei:
+        tracer.prepare_pin_dir(paths, str(mi))
+    assert ei.value.code == tracer.EX_OSERR and "mount -t bpf" in str(ei.value)
+
+
+# ---------------------------------------------------------------- tracefs, kallsyms, plan
+
+
+def test_parse_format() -> None:
+    f = tracer.parse_format(CMD_ERR_FORMAT)
+    assert f["tid"] == "__u32" and f["mid"] == "__u64" and f["rc"] == "int" and f["status"] == "__u32"
+    assert tracer.parse_format(RECONNECT_FORMAT)["hostname"] == "__data_loc char"
+
+
+def test_usable_tracepoints(tmp_path: Path) -> None:
+    ev = make_cifs_events(tmp_path)
+    (ev / "smb3_cmd_enter" / "format").write_text(CMD_DONE_FORMAT.replace(" cmd;", " command;"))
+    got = tracer.usable_tracepoints(str(ev), tracer.SMB_TRACEPOINTS)
+    assert got["smb3_cmd_done"] == "" and got["smb3_cmd_err"] == "" and got["smb3_reconnect"] == ""
+    assert "cmd" in got["smb3_cmd_enter"]
+    assert "smb3_ses_expired" not in got
+
+
+KALLSYMS_60 = """ffffffffc0a00000 t smb2_mid_entry_alloc\t[cifs]
+ffffffffc0a00100 T __release_mid\t[cifs]
+ffffffffc0a00200 t release_mid\t[cifs]
+ffffffff81000000 T _stext
+"""
+KALLSYMS_5 = """0000000000000000 t smb2_mid_entry_alloc [cifs]
+0000000000000000 T _cifs_mid_q_entry_release [cifs]
+0000000000000000 T cifs_mid_q_entry_release [cifs]
+"""
+
+
+def test_choose_release() -> None:
+    assert kallsyms.choose_release(KALLSYMS_60, "6.1.0-18-amd64") == kallsyms.ReleaseProbe(
+        "__release_mid", 0, 16)
+    assert kallsyms.choose_release(KALLSYMS_60, "6.19.0") == kallsyms.ReleaseProbe("__release_mid", 1, 0)
+    assert kallsyms.choose_release(KALLSYMS_5, "5.10.0-28-amd64") == kallsyms.ReleaseProbe(
+        "_cifs_mid_q_entry_release", 0, 16)
+    only_put = "0 T release_mid [cifs]\n"
+    assert kallsyms.choose_release(only_put, "6.5.0") == kallsyms.ReleaseProbe("release_mid", 0, 0)
+    other_mod = "0 T __release_mid [other]\n0 T smb2_mid_entry_alloc [other]\n"
+    assert kallsyms.choose_release(other_mod, "6.1.0") is None
+    assert kallsyms.choose_kprobes(other_mod, "6.1.0") is None
+    data_sym = "0 d __release_mid [cifs]\n"  # not a function
+    assert kallsyms.choose_release(data_sym, "6.1.0") is None
+    builtin = "0 T smb2_mid_entry_alloc\n0 T __release_mid\n"
+    assert kallsyms.choose_kprobes(builtin, "6.2.0") == kallsyms.KprobePlan(
+        "smb2_mid_entry_alloc", kallsyms.ReleaseProbe("__release_mid", 0, 16))
+    assert kallsyms.choose_kprobes("0 T __release_mid [cifs]\n", "6.2.0") is None  # no alloc symbol
+    assert kallsyms.kernel_version("garbage") == (0, 0)
+
+
+def test_plan_smb_tracepoints() -> None:
+    tps = {"smb3_cmd_enter": "", "smb3_cmd_done": "", "smb3_cmd_err": "", "smb3_reconnect": "bad"}
+    p = tracer.plan_smb(tps, None, "6.1.0")
+    assert p.mode == "tracepoint"
+    assert p.tracepoints == ("cifs:smb3_cmd_enter", "cifs:smb3_cmd_done", "cifs:smb3_cmd_err")
+    assert "AOD_HAVE_SMB3_CMD_ERR=1" in p.defines and not any("RECONNECT" in d for d in p.defines)
+    assert any("smb3_reconnect" in n for n in p.notes)
+
+
+def test_plan_smb_kprobe_fallback_and_none() -> None:
+    p = tracer.plan_smb({"smb3_cmd_done": "", "smb3_cmd_err": ""}, KALLSYMS_60, "6.1.0")
+    assert p.mode == "kprobe"
+    assert ("kretprobe", "smb2_mid_entry_alloc", "aod_alloc_return") in p.kprobes
+    assert ("kprobe", "__release_mid", "aod_release") in p.kprobes
+    assert "AOD_KPROBE_MODE=1" in p.defines and "AOD_RELEASE_OFF=16" in p.defines
+    assert p.tracepoints == ("cifs:smb3_cmd_err",)  # done unused: its pair is missing
+    forced = tracer.plan_smb({"smb3_cmd_enter": "", "smb3_cmd_done": ""}, KALLSYMS_60, "6.1.0",
+                             force_kprobes=True)
+    assert forced.mode == "kprobe"
+    with pytest.raises(tracer.SetupError) as ei:
+        tracer.plan_smb({}, "", "4.9.0")
+    assert ei.value.code == tracer.EX_CONFIG
+
+
+# ---------------------------------------------------------------- waiting and run()
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ready(self, status: str = "") -> None:
+        self.sent.append(f"READY=1 STATUS={status}")
+
+    def status(self, text: str) -> None:
+        self.sent.append(f"STATUS={text}")
+
+    def stopping(self) -> None:
+        self.sent.append("STOPPING=1")
+
+
+class FakeLoaded(tracer.Loaded):
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Harness:
+    """A run() environment in tmp_path with counted sleeps and a recording loader."""
+
+    def __init__(self, tmp_path: Path, *, bcc_missing: bool = False) -> None:
+        self.tmp = tmp_path
+        (tmp_path / "bpffs").mkdir()
+        (tmp_path / "mountinfo").write_text(f"1 0 0:1 / {tmp_path}/bpffs rw - bpf bpf rw\n")
+        (tmp_path / "config.yaml").write_text(f"ring: {{path: {tmp_path}/bpffs/aodv2/events, size_kb: 64}}\n")
+        (tmp_path / "kallsyms").write_text("")
+        self.tracefs = tmp_path / "tracing"
+        self.tracefs.mkdir()
+        self.stop = threading.Event()
+        self.sleeps = 0
+        self.loads: list[tuple[str, list, tracer.AttachPlan]] = []
+        self.loaded: Optional[FakeLoaded] = None
+        self.attached = threading.Event()
+        self.notifier = FakeNotifier()
+        self.bcc_missing = bcc_missing
+
+    def sleep(self, t: float) -> bool:
+        self.sleeps += 1
+        return self.stop.wait(min(t, 0.02))
+
+    def import_bcc(self) -> Any:
+        if self.bcc_missing:
+            raise ImportError("No module named 'bcc'")
+        return object()
+
+    def load(self, bcc: Any, source: str, flags: list, plan: tracer.AttachPlan, ring: str) -> tracer.Loaded:
+        self.loads.append((source, flags, plan))
+        self.sleeps_at_load = self.sleeps
+        self.loaded = FakeLoaded(None, len(plan.tracepoints))
+        self.attached.set()
+        return self.loaded
+
+    def env(self) -> tracer.Env:
+        return tracer.Env(
+            tracefs=(str(self.tracefs),), module_dir=str(self.tmp / "module-cifs"),
+            kallsyms=str(self.tmp / "kallsyms"), mountinfo=str(self.tmp / "mountinfo"), release="6.1.0",
+            page_size=4096, stop=self.stop, sleep=self.sleep, poll_sec=0.02, import_bcc=self.import_bcc,
+            load=self.load, check_pinned=lambda p, n, name: [], notifier=self.notifier)
+
+    def opts(self, name: str = "smb") -> tracer.Options:
+        return tracer.Options(name, config=str(self.tmp / "config.yaml"), bpf_dir=str(BPF))
+
+
+def test_wait_until_does_not_spin() -> None:
+    stop = threading.Event()
+    calls = {"ready": 0, "sleep": 0, "wait": 0}
+
+    def ready() -> Optional[str]:
+        calls["ready"] += 1
+        return "ok" if calls["ready"] == 4 else None
+
+    def sleep(t: float) -> bool:
+        assert t == 1.5
+        calls["sleep"] += 1
+        return False
+
+    def on_wait() -> None:
+        calls["wait"] += 1
+
+    assert tracer.wait_until(ready, stop, sleep, 1.5, on_wait) == "ok"
+    assert calls == {"ready": 4, "sleep": 3, "wait": 1}  # one sleep between polls, status once
+
+
+def test_wait_until_stopped() -> None:
+    stop = threading.Event()
+    assert tracer.wait_until(lambda: None, stop, lambda t: True, 1.0) is None
+
+
+def test_run_waits_for_cifs_then_attaches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path)
+    polls = []
+    real_find = tracer.find_events_dir
+
+    def counting_find(*a: Any, **kw: Any) -> Optional[str]:
+        polls.append(h.sleeps)
+        return real_find(*a, **kw)
+
+    monkeypatch.setattr(tracer, "find_events_dir", counting_find)
+    result: dict[str, int] = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", tracer.run(h.opts(), h.env())))
+    t.start()
+    # the tracer is waiting: nothing loaded, STATUS says so
+    deadline = threading.Event()
+    while h.sleeps < 3 and not deadline.wait(0.01):
+        pass
+    assert not h.loads
+    assert "STATUS=waiting for cifs tracepoints" in h.notifier.sent
+    sleeps_before = h.sleeps
+    make_cifs_events(h.tracefs)  # "modprobe cifs"
+    assert h.attached.wait(10)
+    h.stop.set()
+    t.join(10)
+    assert result["rc"] == tracer.EX_OK
+    assert h.loaded is not None and h.loaded.closed
+    source, flags, plan = h.loads[0]
+    assert source.endswith("smb.bpf.c") and plan.mode == "tracepoint"
+    assert "-DAOD_HAVE_SMB3_CMD_ENTER=1" in flags
+    assert f'-DAOD_RING_PIN="{tmp_path}/bpffs/aodv2/events"' in flags
+    assert "-DAOD_RING_PAGES=16" in flags
+    assert any(s.startswith("READY=1 STATUS=attached (4 tracepoints") for s in h.notifier.sent)
+    assert h.notifier.sent[-1] == "STOPPING=1"
+    # not a busy loop: exactly one sleep between consecutive polls of tracefs
+    assert len(polls) >= 4 and polls == list(range(len(polls)))
+    assert h.sleeps_at_load == len(polls) - 1 >= sleeps_before
+    assert os.stat(tmp_path / "bpffs" / "aodv2").st_mode & 0o777 == 0o700
+
+
+def test_run_stopped_while_waiting(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.stop.set()
+    assert tracer.run(h.opts(), h.env()) == tracer.EX_OK and not h.loads
+
+
+def test_run_old_kernel_without_anything(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    (tmp_path / "module-cifs").mkdir()  # module loaded, no cifs tracepoints, no kprobe symbols
+    rc = tracer.run(h.opts(), h.env())
+    assert rc == tracer.EX_CONFIG and not h.loads
+    assert any(s.startswith("STATUS=failed: cannot trace SMB") for s in h.notifier.sent)
+
+
+def test_run_old_kernel_kprobes(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    (tmp_path / "module-cifs").mkdir()
+    (tmp_path / "kallsyms").write_text(KALLSYMS_5)
+    t = threading.Thread(target=tracer.run, args=(h.opts(), h.env()))
+    t.start()
+    assert h.attached.wait(10)
+    h.stop.set()
+    t.join(10)
+    plan = h.loads[0][2]
+    assert plan.mode == "kprobe" and plan.kprobes[2][1] == "_cifs_mid_q_entry_release"
+
+
+def test_run_bcc_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from aod import log
+
+    log.setup(force_stderr=True)
+    h = Harness(tmp_path, bcc_missing=True)
+    assert tracer.run(h.opts(), h.env()) == tracer.EX_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "python3-bpfcc" in err and "Traceback" not in err
+
+
+def test_run_bad_config(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    (tmp_path / "config.yaml").write_text("ring: {size_kb: 3}\n")
+    assert tracer.run(h.opts(), h.env()) == tracer.EX_CONFIG
+
+
+def test_run_no_bpffs(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    (tmp_path / "mountinfo").write_text("1 0 0:1 / / rw - ext4 /dev/sda rw\n")
+    assert tracer.run(h.opts(), h.env()) == tracer.EX_OSERR
+
+
+def test_run_load_failure(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    make_cifs_events(h.tracefs)
+
+    def boom(*a: Any) -> tracer.Loaded:
+        raise Exception("Failed to compile BPF module")
+
+    env = h.env()
+    env.load = boom
+    assert tracer.run(h.opts(), env) == tracer.EX_SOFTWARE
+
+
+def test_run_synthetic_does_not_wait(tmp_path: Path) -> None:
+    h = Harness(tmp_path)  # no cifs events at all: the synthetic tracer must not care
+    env = h.env()
+    env.sleep = lambda t: True  # stop right after attaching
+    opts = tracer.Options("synthetic", config=str(tmp_path / "config.yaml"), bpf_dir=str(BPF), synth_pid=7)
+    assert tracer.run(opts, env) == tracer.EX_OK
+    source, flags, plan = h.loads[0]
+    assert source.endswith("synthetic.bpf.c") and plan.tracepoints == ("syscalls:sys_enter_getppid",)
+    assert "-DAOD_SYNTH_PID=7" in flags and "-DAOD_TRACER_ID=2" in flags
+
+
+# ---------------------------------------------------------------- the C side
+
+
+def test_bpf_sources_use_the_shared_header() -> None:
+    for src in ("smb.bpf.c", "synthetic.bpf.c"):
+        text = (BPF / src).read_text()
+        assert '#include "aod_event.h"' in text
+        assert "struct aod_event {" not in text  # never redefined
+        assert 'section("maps/ringbuf:" AOD_RING_PIN)' in text
+    smb = (BPF / "smb.bpf.c").read_text()
+    for tp in tracer.SMB_TRACEPOINTS:
+        assert f"#ifdef AOD_HAVE_{tp.upper()}" in smb and f"TRACEPOINT_PROBE(cifs, {tp})" in smb
+    for _, _, fn in tracer.plan_smb({}, KALLSYMS_60, "6.1.0").kprobes:
+        assert re.search(rf"\bint {fn}\(struct pt_regs \*ctx\)", smb)
+
+
+BCC_STUBS = r"""
+#include <stdint.h>
+#include <string.h>
+typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef uint64_t u64;
+typedef int32_t s32; typedef u8 __u8; typedef u16 __u16; typedef u32 __u32; typedef u64 __u64;
+typedef s32 __s32;
+#define PAGE_SIZE 4096
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+struct pt_regs { u64 di, si, ax; };
+#define PT_REGS_PARM1(x) ((x)->di)
+#define PT_REGS_PARM2(x) ((x)->si)
+#define PT_REGS_RC(x) ((x)->ax)
+u64 bpf_ktime_get_ns(void); u64 bpf_get_current_pid_tgid(void);
+int bpf_get_current_comm(void *, u32); int bpf_probe_read(void *, u32, const void *);
+u32 bpf_log2l(u64);
+#define BPF_F_TABLE(_type, _k, _v, _name, _n, _f) struct _name##_table_t { _k key; _v leaf; \
+  _v *(*lookup)(_k *); int (*update)(_k *, _v *); int (*delete)(_k *); u32 max_entries; }; \
+  __attribute__((section("maps/" _type))) struct _name##_table_t _name
+#define BPF_TABLE(_t, _k, _v, _name, _n) BPF_F_TABLE(_t, _k, _v, _name, _n, 0)
+#define BPF_TABLE_PINNED(_t, _k, _v, _name, _n, _p) BPF_F_TABLE(_t ":" _p, _k, _v, _name, _n, 0)
+#define BPF_HASH(_name, _k, _v, _n) BPF_TABLE("hash", _k, _v, _name, _n)
+#define BPF_PERCPU_ARRAY(_name, _v, _n) BPF_TABLE("percpu_array", u32, _v, _name, _n)
+#define TRACEPOINT_PROBE(cat, ev) struct tp_##cat##_##ev { u32 tid; u64 sesid; u16 cmd; u64 mid; \
+  u32 status; int rc; u64 currmid; }; int tracepoint__##cat##__##ev(struct tp_##cat##_##ev *args)
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("clang") is None, reason="no C compiler")
+@pytest.mark.parametrize("src,defines", [
+    ("smb.bpf.c", ["AOD_HAVE_SMB3_CMD_ENTER", "AOD_HAVE_SMB3_CMD_DONE", "AOD_HAVE_SMB3_CMD_ERR",
+                   "AOD_HAVE_SMB3_RECONNECT", "AOD_HAVE_SMB3_SES_EXPIRED"]),
+    ("smb.bpf.c", ["AOD_KPROBE_MODE", "AOD_HAVE_SMB3_CMD_ERR", "AOD_RELEASE_ARG=1"]),
+    ("synthetic.bpf.c", []),
+])
+def test_bpf_c_syntax(tmp_path: Path, src: str, defines: list[str]) -> None:
+    """Syntax/type check of the BPF C with stub bcc macros (the real check is the VM test)."""
+    stub = tmp_path / "stub.h"
+    stub.write_text(BCC_STUBS)
+    cc = shutil.which("clang") or shutil.which("gcc")
+    assert cc
+    paths = tracer.pin_paths(config_mod.RingConfig())
+    argv = [cc, "-fsyntax-only", "-Wall", "-Werror", "-Wno-unused-function", "-include", str(stub),
+            "-nostdinc", "-isystem", str(tmp_path / "empty"), f"-I{BPF}",
+            f'-DAOD_RING_PIN="{paths.ring}"', f'-DAOD_DROPS_PIN="{paths.drops}"',
+            f'-DAOD_STATS_PIN="{paths.cmd_stats}"'] + [f"-D{d}" for d in defines]
+    # the kernel/uapi includes are bcc's: give them empty stand-ins
+    for h in ("uapi/linux/ptrace.h", "linux/sched.h"):
+        (tmp_path / "empty" / h).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "empty" / h).write_text("")
+    argv = [a for a in argv if a != "-nostdinc"] + [str(BPF / src)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # noqa: S603
+    assert r.returncode == 0, r.stderr
+
+
+def test_cmd_stats_and_event_sizes_match_header() -> None:
+    assert EVENT_SIZE == 72
+    assert CMD_STATS_DTYPE.itemsize == (32 + 2) * 8

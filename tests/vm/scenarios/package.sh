@@ -1,0 +1,111 @@
+#!/bin/bash
+# aodv2 VM scenario: the .deb on a real systemd host (Debian 12 guest, no network).
+# Run from the host after `make deb`:
+#     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
+#         --copy dist/aodv2_0.1.0-1_all.deb --timeout 900
+# Proves: install from the local .deb only (runtime deps are in the image), postinst enables
+# and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox, quick
+# actions still work under the hardening (journal, /proc/fs/cifs, smbinfo), reload, upgrade
+# restarts the core, `man aodv2` renders, and purge leaves no unit, process, pin or log dir.
+# Results: /share/results.txt (PASS/FAIL/FACT), /share/logs/; exit 0 iff every check passed.
+set -u
+. /share/vmlib/lib.sh
+rm -f "$VM_RESULTS"
+T0=$(vm_now)
+DEB=$(ls /share/aodv2_*_all.deb 2>/dev/null | head -1)
+vm_check "a .deb was copied into the share" test -n "$DEB"
+[ -n "$DEB" ] || { vm_summary; exit 1; }
+vm_fact deb "$(basename "$DEB")"
+
+active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
+journal_has() { journalctl -u "$1" -b --no-pager -o cat 2>/dev/null | grep -q "$2"; }
+main_pid() { systemctl show -p MainPID --value aodv2.service; }
+no_aodv2_procs() { ! pgrep -f '/usr/bin/aodv2 ' >/dev/null; }
+no_units() { ! ls /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* >/dev/null 2>&1 \
+             && ! systemctl list-unit-files 'aodv2*' --no-legend 2>/dev/null | grep -q .; }
+
+# --- an SMB client with traffic, so the cifs tracepoints exist and the tracer can attach
+vm_check "samba up" vm_samba_start
+vm_check "cifs mounted" vm_cifs_mount
+vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
+
+# --- install: local file only, no download
+t=$(vm_now)
+vm_check "apt install --no-download ./aodv2.deb" \
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "$DEB"
+vm_fact install_s "$(vm_since "$t")"
+vm_check "config is a conffile" grep -qx /etc/aodv2/config.yaml /var/lib/dpkg/info/aodv2.conffiles
+vm_check "/var/log/aodv2 is 0700 root" test "$(stat -c '%a %U' /var/log/aodv2)" = "700 root"
+vm_check "/sys/fs/bpf/aodv2 exists (tmpfiles)" test -d /sys/fs/bpf/aodv2
+vm_check "enabled after install" systemctl is-enabled --quiet aodv2.service
+vm_check "tracer instance wanted by the core" test -L /etc/systemd/system/aodv2.service.wants/aodv2-tracer@smb.service
+
+# --- the user's command
+t=$(vm_now)
+systemctl enable --now aodv2; vm_fact enable_now_rc "$?"
+vm_check "aodv2-tracer@smb active (attached)" vm_wait 300 active aodv2-tracer@smb.service
+vm_fact tracer_active_s "$(vm_since "$t")"
+vm_check "aodv2.service active" vm_wait 120 active aodv2.service
+vm_fact core_active_s "$(vm_since "$t")"
+vm_check "journal: AOD core ready" vm_wait 30 journal_has aodv2.service "AOD core ready"
+vm_check "pinned ring exists" test -e /sys/fs/bpf/aodv2/events
+systemctl status --no-pager aodv2.service aodv2-tracer@smb.service | sed -n '1,40p'
+vm_fact core_status "$(systemctl show -p StatusText --value aodv2.service)"
+vm_fact tracer_status "$(systemctl show -p StatusText --value aodv2-tracer@smb.service)"
+vm_fact security_core "$(systemd-analyze security aodv2.service 2>/dev/null | tail -1)"
+vm_fact security_tracer "$(systemd-analyze security aodv2-tracer@smb.service 2>/dev/null | tail -1)"
+
+# --- quick actions inside the sandbox: a manual capture must still read /proc/fs/cifs,
+#     the journal and run smbinfo
+vm_workload 10 >/dev/null
+n0=$(ls /var/log/aodv2/*.tar.zst 2>/dev/null | wc -l)
+systemctl kill -s USR1 aodv2.service
+vm_check "SIGUSR1 wrote a bundle" vm_wait 120 sh -c "[ \$(ls /var/log/aodv2/*.tar.zst 2>/dev/null | wc -l) -gt $n0 ]"
+B=$(ls -t /var/log/aodv2/*.tar.zst 2>/dev/null | head -1)
+if [ -n "$B" ]; then
+    vm_fact bundle "$B $(stat -c %s "$B") bytes, mode $(stat -c %a "$B")"
+    mkdir -p /tmp/b && tar --zstd -xf "$B" -C /tmp/b
+    S=$(find /tmp/b -name summary.json | head -1)
+    python3 - "$S" <<'PY' | tee /tmp/actions.txt
+import json, sys
+d = json.load(open(sys.argv[1]))
+for a in d.get("actions", []):
+    print(a.get("name"), a.get("status"), a.get("bytes"), (a.get("error") or "")[:160])
+PY
+    for a in journal kernel_log cifs_debug cifs_stats mounts smbinfo; do
+        vm_check "action $a ok under the sandbox" grep -q "^$a ok " /tmp/actions.txt
+    done
+fi
+
+# --- reload and upgrade
+systemctl reload aodv2.service
+vm_check "reload: config reloaded" vm_wait 30 journal_has aodv2.service "AOD config reloaded"
+pid1=$(main_pid)
+vm_check "re-install (upgrade path) succeeds" env DEBIAN_FRONTEND=noninteractive dpkg -i "$DEB"
+vm_check "core active after upgrade" vm_wait 120 active aodv2.service
+pid2=$(main_pid)
+vm_check "upgrade restarted the core (pid $pid1 -> $pid2)" test "$pid1" != "$pid2"
+vm_check "tracer active after upgrade" vm_wait 300 active aodv2-tracer@smb.service
+
+# --- docs
+vm_check "man aodv2 renders" sh -c 'MANWIDTH=80 man aodv2 2>/dev/null | grep -q "always-on diagnostics"'
+vm_check "man aodv2.yaml renders" sh -c 'MANWIDTH=80 man 5 aodv2.yaml 2>/dev/null | grep -q "watch_interval_sec"'
+vm_check "man aodv2-tracer renders" sh -c 'MANWIDTH=80 man aodv2-tracer 2>/dev/null | grep -q "PartOf"'
+
+# --- purge
+t=$(vm_now)
+vm_check "apt purge aodv2" env DEBIAN_FRONTEND=noninteractive apt-get purge -y aodv2
+vm_fact purge_s "$(vm_since "$t")"
+vm_check "no aodv2 unit left" no_units
+vm_check "no aodv2 process left" vm_wait 30 no_aodv2_procs
+vm_check "no pinned ring dir left" test ! -e /sys/fs/bpf/aodv2
+vm_check "no /var/log/aodv2 left" test ! -e /var/log/aodv2
+vm_check "no /etc/aodv2 left" test ! -e /etc/aodv2
+vm_check "units not loaded" sh -c '! systemctl is-active --quiet aodv2.service && ! systemctl is-active --quiet aodv2-tracer@smb.service'
+ls -la /sys/fs/bpf/ 2>&1
+pgrep -af aodv2 || true
+
+vm_cifs_umount
+vm_collect_logs
+vm_fact scenario_s "$(vm_since "$T0")"
+vm_summary

@@ -1,0 +1,236 @@
+#!/bin/bash
+# aodv2 VM scenario: the eBPF tracers (aod/tracer.py, bpf/smb.bpf.c, bpf/synthetic.bpf.c)
+# on a real kernel.  Run from the host:
+#     python3 tests/vm/run.py --share /tmp/vmshare-tracer --script tests/vm/scenarios/tracer.sh \
+#         --copy aod --copy bpf --timeout 2400
+# Results: /share/results.txt (PASS/FAIL/FACT lines), /share/logs/, exit 0 iff all passed.
+set -u
+. /share/vmlib/lib.sh
+export PYTHONPATH=/share
+rm -f "$VM_RESULTS"
+T0=$(vm_now)
+vm_fact kernel "$(uname -r)"
+vm_fact bcc_version "$(python3 -c 'import bcc; print(bcc.__version__)' 2>&1)"
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+rm -rf /sys/fs/bpf/aodv2
+PIN=/sys/fs/bpf/aodv2/events
+R=/tmp/trc; mkdir -p $R
+
+# emit every completion >= 1 ms so baseline latencies reach the ring; small ring for the drops test
+cat > $R/aod.yaml <<EOF
+latency:
+  mode: all
+  default_threshold_ms: 1
+  emergency_threshold_ms: 1
+ring:
+  path: $PIN
+  size_kb: 256
+EOF
+sed 's/size_kb: 256/size_kb: 512/' $R/aod.yaml > $R/aod-512.yaml
+cat > $R/aod-default.yaml <<EOF
+ring:
+  path: $PIN
+  size_kb: 256
+EOF
+
+# tracer NAME LOG [ARGS...]: start `aodv2 tracer` in the background (stderr logging), sets TPID
+tracer_start() {
+    local name=$1 logf=$2; shift 2
+    env -u INVOCATION_ID -u JOURNAL_STREAM -u NOTIFY_SOCKET python3 -c \
+        'import sys; from aod import tracer; sys.exit(tracer.main(sys.argv[1:]))' "$name" "$@" >"$logf" 2>&1 &
+    TPID=$!
+}
+attached() { grep -q "attached (" "$1"; }
+# wait_attached LOG PID: until the tracer attached, or died, or 300 s
+wait_attached() {
+    local end=$(( $(date +%s) + 300 ))
+    until attached "$1"; do
+        kill -0 "$2" 2>/dev/null || return 1
+        [ "$(date +%s)" -ge "$end" ] && return 1
+        sleep 0.5
+    done
+}
+# reader_start OUT: drain the ring in the background until $R/stop exists
+reader_start() { rm -f $R/stop; python3 "$VM_LIB_DIR/tracer_read.py" --pin $PIN --until-file $R/stop >"$1" 2>&1 & RPID=$!; sleep 2; }
+reader_stop() { touch $R/stop; wait "$RPID"; cat "$1"; }
+j() { vm_json "$1" "$2"; }
+py() { python3 -c "import json,sys; d=json.loads([l for l in open('$1') if l.startswith('{')][-1]); sys.exit(0 if ($2) else 1)"; }
+
+# --- samba up, cifs not loaded yet
+vm_check "samba listening" vm_samba_start
+vm_check "cifs not loaded before the test" test ! -d "$TRACEFS/events/cifs"
+
+# --- 1. tracer started before modprobe cifs waits, then attaches
+tracer_start smb $R/t1.log --config $R/aod.yaml
+T1PID=$TPID
+t=$(vm_now)
+vm_check "tracer logged that it waits" vm_wait 120 grep -q "waiting for the cifs module" $R/t1.log
+vm_fact tracer_start_to_waiting_s "$(vm_since "$t")"
+cat $R/t1.log
+vm_check "tracer waits for cifs (alive, not attached)" bash -c "kill -0 $T1PID && ! grep -q 'attached (' $R/t1.log"
+C0=$(awk '{print $14+$15}' /proc/$T1PID/stat); sleep 6; C1=$(awk '{print $14+$15}' /proc/$T1PID/stat)
+vm_fact tracer_cpu_ticks_in_6s_waiting "$((C1 - C0))"
+vm_check "no busy wait (< 0.5 s CPU in 6 s)" test $((C1 - C0)) -lt 50
+t=$(vm_now)
+vm_check "cifs mount" vm_cifs_mount
+vm_check "tracer attached after modprobe" wait_attached $R/t1.log $T1PID
+vm_fact modprobe_to_attached_s "$(vm_since "$t")"
+cat $R/t1.log
+if ! attached $R/t1.log; then   # nothing below can work: stop early
+    vm_fact cifs_events "$(ls "$TRACEFS/events/cifs" | tr '\n' ' ')"
+    vm_collect_logs; vm_summary; exit 1
+fi
+
+# --- tracepoint formats in this kernel
+vm_fact cifs_events "$(ls "$TRACEFS/events/cifs" | tr '\n' ' ')"
+for ev in smb3_cmd_enter smb3_cmd_done smb3_cmd_err smb3_reconnect smb3_ses_expired; do
+    f="$TRACEFS/events/cifs/$ev/format"
+    if [ -f "$f" ]; then
+        vm_fact "format_$ev" "$(grep -E '^\s*field:' "$f" | grep -v common_ | sed -E 's/^\s*field://; s/;\s*offset:/@/; s/;.*//' | tr '\n' ',')"
+    else
+        vm_fact "format_$ev" missing
+    fi
+done
+vm_fact kallsyms_fallback "$(grep -wE 'smb2_mid_entry_alloc|__release_mid|release_mid|_cifs_mid_q_entry_release' /proc/kallsyms | awk '{print $2":"$3}' | tr '\n' ' ')"
+
+# --- 2. baseline completions
+reader_start $R/r1.json
+vm_workload 30 > $R/wl1.json; cat $R/wl1.json
+reader_stop $R/r1.json
+vm_fact baseline_median_ms "$(j $R/r1.json median_latency_ms)"
+vm_fact baseline_per_cmd "$(j $R/r1.json per_cmd)"
+vm_fact baseline_cmd_stats "$(j $R/r1.json cmd_stats_by_cmd)"
+vm_check "completions in the ring" py $R/r1.json "d['completions'] > 50 and d['bad_version'] == 0 and d['reader']['resyncs'] == 0"
+vm_check "pid and comm of the issuer captured" py $R/r1.json "d['pids_nonzero'] and any('python' in c for c in d['comms'])"
+vm_check "cmd_stats histogram counts completions" py $R/r1.json "d['cmd_stats_total'] >= d['completions']"
+
+# --- 3. netem delay moves latency
+vm_netem_add 200ms
+reader_start $R/r2.json
+vm_workload 5 > $R/wl2.json; cat $R/wl2.json
+reader_stop $R/r2.json
+vm_netem_del
+vm_fact netem200_median_ms "$(j $R/r2.json median_latency_ms)"
+vm_fact netem200_per_cmd "$(j $R/r2.json per_cmd)"
+B=$(j $R/r1.json median_latency_ms); D=$(j $R/r2.json median_latency_ms)
+vm_check "netem 200ms moves median by >= 150 ms ($B -> $D)" python3 -c "import sys; sys.exit(0 if float('${D:-0}') - float('${B:-0}') >= 150 else 1)"
+
+# --- 4. error records carry the NT status and errno
+reader_start $R/r3.json
+vm_access_denied
+stat "$SMB_MNT/no-such-file-$$" >/dev/null 2>&1
+reader_stop $R/r3.json
+vm_fact errors_seen "$(j $R/r3.json errors)"
+vm_check "STATUS_ACCESS_DENIED error record (errno 13)" py $R/r3.json "any(e[1] == '0xC0000022' and e[2] == 13 for e in d['errors'])"
+vm_check "STATUS_OBJECT_NAME_NOT_FOUND error record (errno 2)" py $R/r3.json "any(e[1] == '0xC0000034' and e[2] == 2 for e in d['errors'])"
+vm_check "cmd_stats counts errors" py $R/r3.json "d['cmd_stats_errors'] >= 2"
+
+# --- 5. reconnect: restart smbd under the mount
+reader_start $R/r4.json
+systemctl restart smbd; vm_wait 60 vm_samba_listening
+for i in 1 2 3 4 5 6 7 8 9 10; do ls "$SMB_MNT" >/dev/null 2>&1 && break; sleep 2; done
+ls "$SMB_MNT" >/dev/null 2>&1
+sleep 2
+reader_stop $R/r4.json
+vm_fact reconnects "$(j $R/r4.json reconnects) statuses=$(j $R/r4.json reconnect_statuses)"
+vm_check "reconnect record after smbd restart" py $R/r4.json "d['reconnects'] >= 1"
+
+# --- 6. SIGKILL the tracer; ring survives; a restart (other size in config) reuses it
+MAPID1=$(j $R/r1.json map_id)
+kill -KILL $T1PID; wait $T1PID 2>/dev/null
+vm_check "pinned ring survives SIGKILL" test -e $PIN
+vm_check "pinned drops/cmd_stats survive" test -e /sys/fs/bpf/aodv2/drops -a -e /sys/fs/bpf/aodv2/cmd_stats
+vm_check "pin dir mode 0700" test "$(stat -c %a /sys/fs/bpf/aodv2)" = 700
+t=$(vm_now)
+tracer_start smb $R/t2.log --config $R/aod-512.yaml
+T2PID=$TPID
+vm_check "tracer re-attached" wait_attached $R/t2.log $T2PID
+vm_fact restart_to_attached_s "$(vm_since "$t")"
+cat $R/t2.log
+vm_check "size mismatch warned, ring reused" grep -q "reusing it" $R/t2.log
+reader_start $R/r5.json
+vm_workload 5 > /dev/null
+reader_stop $R/r5.json
+vm_check "same ring map id after restart ($MAPID1 == $(j $R/r5.json map_id))" test "$MAPID1" = "$(j $R/r5.json map_id)"
+vm_check "events resume after restart" py $R/r5.json "d['completions'] > 0"
+
+# --- 7. two tracers write into one ring at once (smb + synthetic)
+rm -f $R/g.pid $R/g.go
+python3 "$VM_LIB_DIR/tracer_getppid.py" $R/g.pid $R/g.go 1000 > $R/g.json &
+GPID=$!
+vm_wait 30 test -s $R/g.pid
+tracer_start synthetic $R/s1.log --config $R/aod.yaml --pid "$(cat $R/g.pid)" --latency-ms 3
+S1PID=$TPID
+vm_check "synthetic tracer attached" wait_attached $R/s1.log $S1PID
+cat $R/s1.log
+reader_start $R/r6.json
+touch $R/g.go
+vm_workload 10 > /dev/null
+wait $GPID; cat $R/g.json
+reader_stop $R/r6.json
+vm_fact two_tracers "$(j $R/r6.json by_tracer)"
+vm_check "both tracers' records in one ring" py $R/r6.json "d['by_tracer'].get('1', 0) > 0 and d['by_tracer'].get('2', 0) == 1000 and d['synthetic_mids_unique'] == 1000"
+kill -TERM $S1PID; wait $S1PID; vm_fact synthetic_exit "$?"
+
+# --- 8. throughput with and without the tracer (default thresholds: histogram only)
+kill -TERM $T2PID; wait $T2PID; vm_check "tracer exits 0 on SIGTERM" test $? -eq 0
+TP=""
+for round in 1 2; do
+    vm_workload 60 > $R/off$round.json
+    tracer_start smb $R/tp$round.log --config $R/aod-default.yaml
+    t=$(vm_now); wait_attached $R/tp$round.log $TPID; vm_fact "compile_attach_s_$round" "$(vm_since "$t")"
+    vm_workload 60 > $R/on$round.json
+    kill -TERM $TPID; wait $TPID
+    TP="$TP off=$(j $R/off$round.json seconds) on=$(j $R/on$round.json seconds)"
+done
+vm_fact throughput_seconds "$TP"
+vm_fact throughput_ratio_on_over_off "$(python3 -c "
+import json
+f=lambda p: json.loads(open(p).readlines()[-1])['seconds']
+on=f('$R/on1.json')+f('$R/on2.json'); off=f('$R/off1.json')+f('$R/off2.json'); print(round(on/off,3))")"
+
+# --- 9. kprobe fallback (forced; this kernel has the tracepoints)
+tracer_start smb $R/k1.log --config $R/aod.yaml --force-kprobes
+KPID=$TPID
+if wait_attached $R/k1.log $KPID; then
+    cat $R/k1.log
+    reader_start $R/r7.json
+    vm_workload 10 > /dev/null
+    vm_access_denied
+    reader_stop $R/r7.json
+    vm_fact kprobe_per_cmd "$(j $R/r7.json per_cmd)"
+    vm_check "kprobe fallback: completions with latency" py $R/r7.json "d['completions'] > 20 and d['median_latency_ms'] > 0"
+    vm_check "kprobe fallback: errors still from smb3_cmd_err" py $R/r7.json "any(e[1] == '0xC0000022' for e in d['errors'])"
+else
+    cat $R/k1.log
+    vm_check "kprobe fallback attached" false
+fi
+kill -TERM $KPID; wait $KPID
+
+# --- 10. ring full with no reader: drops are counted in the pinned map
+D0=$(python3 -c 'from aod.counters import PinnedCounters as P; print(P("/sys/fs/bpf/aodv2").drops())')
+rm -f $R/g.pid $R/g.go
+python3 "$VM_LIB_DIR/tracer_getppid.py" $R/g.pid $R/g.go 20000 > $R/g2.json &
+GPID=$!
+vm_wait 30 test -s $R/g.pid
+tracer_start synthetic $R/s2.log --config $R/aod.yaml --pid "$(cat $R/g.pid)"
+S2PID=$TPID
+wait_attached $R/s2.log $S2PID
+touch $R/g.go; wait $GPID
+D1=$(python3 -c 'from aod.counters import PinnedCounters as P; print(P("/sys/fs/bpf/aodv2").drops())')
+vm_fact drops_before_after "$D0 -> $D1 (20000 records into a 256 KiB ring, no reader)"
+vm_check "ring-full drops counted" test "$D1" -gt "$D0"
+reader_start $R/r8.json; reader_stop $R/r8.json
+vm_check "ring readable after overflow; drained + dropped = 20000" py $R/r8.json \
+    "d['by_tracer'].get('2', 0) + $D1 - $D0 == 20000 and d['reader']['resyncs'] == 0"
+kill -TERM $S2PID; wait $S2PID
+
+# --- 11. bcc missing -> distinct exit status and a clear message
+env -u INVOCATION_ID -u JOURNAL_STREAM python3 -c 'import sys; sys.modules["bcc"] = None; from aod import tracer; sys.exit(tracer.main(sys.argv[1:]))' smb --config $R/aod.yaml > $R/nobcc.log 2>&1
+RC=$?; cat $R/nobcc.log
+vm_check "bcc missing -> exit 69 with a clear message" bash -c "test $RC -eq 69 && grep -q python3-bpfcc $R/nobcc.log"
+
+vm_cifs_umount
+vm_fact scenario_s "$(vm_since "$T0")"
+vm_collect_logs
+vm_summary
