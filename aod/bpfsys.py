@@ -1,7 +1,8 @@
 """Raw bpf(2) helpers via ctypes: open pinned maps and read them (ring layer, below ring.py).
 
 Only what the core needs to read what the tracers pinned in bpffs: BPF_OBJ_GET,
-BPF_MAP_LOOKUP_ELEM and BPF_OBJ_GET_INFO_BY_FD. No bcc, no libbpf. The attr
+BPF_MAP_LOOKUP_ELEM and BPF_OBJ_GET_INFO_BY_FD, plus BPF_MAP_CREATE/BPF_OBJ_PIN so
+the core can create the shared ring when it starts first. No bcc, no libbpf. The attr
 packing is pure and unit-tested on the host; the syscalls need a kernel and root.
 """
 
@@ -17,7 +18,9 @@ from typing import NamedTuple, Optional
 # bpf(2) syscall number per architecture (asm/unistd.h)
 SYSCALL_NR = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
 
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
 
@@ -30,6 +33,8 @@ BPF_MAP_TYPE_RINGBUF = 27
 _OBJ_GET = struct.Struct("<QII")  # u64 pathname, u32 bpf_fd, u32 file_flags
 _LOOKUP = struct.Struct("<IIQQQ")  # u32 map_fd, pad, u64 key, u64 value, u64 flags
 _INFO = struct.Struct("<IIQ")  # u32 bpf_fd, u32 info_len, u64 info
+# u32 map_type, key_size, value_size, max_entries, map_flags, inner_map_fd, numa_node, char map_name[16]
+_CREATE = struct.Struct("<IIIIIII16s")  # u32 bpf_fd, u32 info_len, u64 info
 # struct bpf_map_info prefix: type, id, key_size, value_size, max_entries, map_flags, name[16]
 _MAP_INFO = struct.Struct("<IIIIII16s")
 MAP_INFO_LEN = 88  # sizeof(struct bpf_map_info) in 6.x; the kernel accepts shorter/longer
@@ -142,3 +147,41 @@ def map_info(fd: int, what: str = "") -> MapInfo:
     attr = ctypes.create_string_buffer(pack_info(fd, MAP_INFO_LEN, ctypes.addressof(buf)), _INFO.size)
     _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, f"cannot get info of BPF map {what or fd}")
     return parse_map_info(buf.raw)
+
+
+def pack_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> bytes:
+    return _CREATE.pack(map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
+
+
+def ringbuf_create(size: int, name: str = "events") -> int:
+    """fd of a new BPF ring buffer of `size` bytes (a power-of-two multiple of the page size)."""
+    attr = ctypes.create_string_buffer(pack_create(BPF_MAP_TYPE_RINGBUF, 0, 0, size, name), _CREATE.size)
+    return _bpf(BPF_MAP_CREATE, attr, f"cannot create a {size}-byte BPF ring buffer")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    cpath = ctypes.create_string_buffer(os.fsencode(path))
+    attr = ctypes.create_string_buffer(_OBJ_GET.pack(ctypes.addressof(cpath), fd, 0), _OBJ_GET.size)
+    _bpf(BPF_OBJ_PIN, attr, f"cannot pin BPF object at {path}")
+
+
+def ensure_pinned_ringbuf(path: str, size: int) -> bool:
+    """Create and pin the shared ring at `path` unless it exists. True if this call created it.
+
+    Either the core or a tracer may start first; whoever comes first creates the ring,
+    the other opens it. A concurrent pin by the other side (EEXIST) is not an error.
+    """
+    if os.path.exists(path):
+        return False
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = ringbuf_create(size)
+    try:
+        obj_pin(fd, path)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+        return False
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+    return True

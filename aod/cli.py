@@ -52,18 +52,25 @@ def _open_ring(cfg: config_mod.Config, ring_file: Optional[str]):  # type: ignor
         if not os.path.exists(ring_file):
             ringfile.create(ring_file, cfg.ring.size_kb * 1024)
         return RingReader.open_file(ring_file), FileCounters(ring_file)
+    from .bpfsys import ensure_pinned_ringbuf
     from .counters import PinnedCounters
     from .ring import RingReader
 
     n = Notifier()
     warned = False
     while not os.path.exists(cfg.ring.path):
-        if not warned:
-            log.emit("tracer", log.logging.WARNING,
-                     f"AOD waiting for the pinned ring {cfg.ring.path}: no tracer attached yet",
-                     AOD_RING=cfg.ring.path)
-            n.status(f"waiting for ring {cfg.ring.path}: no tracer attached")
-            warned = True
+        try:  # the core may start before any tracer: create the shared ring itself
+            if ensure_pinned_ringbuf(cfg.ring.path, cfg.ring.size_kb * 1024):
+                log.emit("tracer", log.logging.INFO, f"AOD created the pinned ring {cfg.ring.path}",
+                         AOD_RING=cfg.ring.path)
+            break
+        except OSError as e:
+            if not warned:
+                log.emit("tracer", log.logging.WARNING,
+                         f"AOD waiting for the pinned ring {cfg.ring.path}: cannot create it ({e})",
+                         AOD_RING=cfg.ring.path)
+                n.status(f"waiting for ring {cfg.ring.path}: no tracer attached")
+                warned = True
         time.sleep(1.0)
     return RingReader.open_pinned(cfg.ring.path), PinnedCounters(os.path.dirname(cfg.ring.path))
 

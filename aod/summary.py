@@ -123,14 +123,17 @@ def per_command(anomaly: Anomaly) -> dict[str, dict[str, Any]]:
             n = int(hist.sum())
             p50, p99 = percentiles_from_hist(hist, (50, 99))
             top = max(b for b in range(HIST_BUCKETS) if hist[b])
+            lo_us, hi_us = bucket_bounds_us(top)
+            # exact from the events when they reach the top bucket; else the bucket's upper bound
+            exact = len(lat) and int(lat.max()) >= lo_us * 1000
+            max_ms = _ms(int(lat.max())) if exact else round(hi_us / 1000.0, 3)
             row = {
                 "count": n,
                 "errors": errors,
-                "p50_ms": p50,
-                "p99_ms": p99,
+                "p50_ms": None if p50 is None else min(p50, max_ms),
+                "p99_ms": None if p99 is None else min(p99, max_ms),
                 "mean_ms": _ms(int(slot["latency_sum_ns"]) / n),
-                # exact from the events; else the histogram's upper bound
-                "max_ms": _ms(int(lat.max())) if len(lat) else round(bucket_bounds_us(top)[1] / 1000.0, 3),
+                "max_ms": max_ms,
                 "source": "histogram",
             }
         else:

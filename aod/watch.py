@@ -55,7 +55,8 @@ class Watcher:
         self._window_start: Optional[int] = None
 
     def _read_counters(self) -> tuple[Optional[np.ndarray], int]:
-        if self.counters is None:
+        if self.counters is None or not self.counters.available:
+            self._prev_stats = self._prev_drops = None  # baseline again once the maps appear
             return None, 0
         stats, drops = self.counters.cmd_stats(), self.counters.drops()
         d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)

@@ -125,7 +125,8 @@ static __always_inline void count(u16 cmd, u64 lat, int is_err, int hist)
 		st->errors++;
 	if (!hist)
 		return;
-	u32 b = bpf_log2l(lat / 1000);
+	u64 us = lat / 1000;
+	u32 b = us ? bpf_log2l(us) : 0; /* bucket 0 = under 1 us (bpf_log2l(0) is 1) */
 	if (b >= AOD_HIST_BUCKETS)
 		b = AOD_HIST_BUCKETS - 1;
 	/* hide b from the optimiser so the mask survives for the verifier */

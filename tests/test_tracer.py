@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
+import struct
 import subprocess
 import threading
 from pathlib import Path
@@ -483,7 +485,9 @@ def test_bpf_sources_use_the_shared_header() -> None:
         assert re.search(rf"\bint {fn}\(struct pt_regs \*ctx\)", smb)
 
 
-BCC_STUBS = r"""
+# bcc stand-ins that make the BPF C an ordinary shared library: maps become arrays,
+# the ring a capture buffer, the clock/task helpers test-controlled globals.
+BCC_SIM = r"""
 #include <stdint.h>
 #include <string.h>
 typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef uint64_t u64;
@@ -497,46 +501,229 @@ struct pt_regs { u64 di, si, ax; };
 #define PT_REGS_PARM1(x) ((x)->di)
 #define PT_REGS_PARM2(x) ((x)->si)
 #define PT_REGS_RC(x) ((x)->ax)
-u64 bpf_ktime_get_ns(void); u64 bpf_get_current_pid_tgid(void);
-int bpf_get_current_comm(void *, u32); int bpf_probe_read(void *, u32, const void *);
-u32 bpf_log2l(u64);
-#define BPF_F_TABLE(_type, _k, _v, _name, _n, _f) struct _name##_table_t { _k key; _v leaf; \
-  _v *(*lookup)(_k *); int (*update)(_k *, _v *); int (*delete)(_k *); u32 max_entries; }; \
-  __attribute__((section("maps/" _type))) struct _name##_table_t _name
+u64 sim_now, sim_pid_tgid; char sim_comm[16]; int sim_ring_fail, sim_nevents;
+u8 sim_events[256 * 72];
+static u64 bpf_ktime_get_ns(void) { return sim_now; }
+static u64 bpf_get_current_pid_tgid(void) { return sim_pid_tgid; }
+static int bpf_get_current_comm(void *d, u32 n) { memcpy(d, sim_comm, n); return 0; }
+static int bpf_probe_read(void *d, u32 n, const void *s) { memcpy(d, s, n); return 0; }
+static u32 bpf_log2l(u64 v) { u32 r = 1; while (v >>= 1) r++; return r; } /* bcc: log2 + 1, and 1 for 0 */
+static int sim_ringbuf_output(void *d, u64 n, u64 f) {
+  if (sim_ring_fail || sim_nevents >= 256 || n != 72) return -11;
+  memcpy(sim_events + 72 * sim_nevents++, d, n); return 0; }
+#define ringbuf_output(a, b, c) max_entries * 0 + sim_ringbuf_output(a, b, c)
+#define BPF_F_TABLE(_type, _k, _v, _name, _n, _f) \
+  _k _name##_keys[_n]; _v _name##_vals[_n]; int _name##_used[_n]; \
+  static _v *_name##_lookup(_k *k) { \
+    if (strstr(_type, "array")) { u32 i = *(u32 *)k; return i < (u32)(_n) ? &_name##_vals[i] : 0; } \
+    for (int i = 0; i < (_n); i++) \
+      if (_name##_used[i] && !memcmp(&_name##_keys[i], k, sizeof(_k))) return &_name##_vals[i]; \
+    return 0; } \
+  static int _name##_update(_k *k, _v *v) { _v *p = _name##_lookup(k); \
+    for (int i = 0; !p && i < (_n); i++) \
+      if (!_name##_used[i]) { _name##_used[i] = 1; memcpy(&_name##_keys[i], k, sizeof(_k)); p = &_name##_vals[i]; } \
+    if (!p) { return -7; } \
+    memcpy(p, v, sizeof(_v)); return 0; } \
+  static int _name##_delete(_k *k) { for (int i = 0; i < (_n); i++) \
+      if (_name##_used[i] && !memcmp(&_name##_keys[i], k, sizeof(_k))) { _name##_used[i] = 0; return 0; } \
+    return -2; } \
+  struct _name##_table_t { _v *(*lookup)(_k *); int (*update)(_k *, _v *); int (*delete)(_k *); }; \
+  struct _name##_table_t _name = { _name##_lookup, _name##_update, _name##_delete }
 #define BPF_TABLE(_t, _k, _v, _name, _n) BPF_F_TABLE(_t, _k, _v, _name, _n, 0)
 #define BPF_TABLE_PINNED(_t, _k, _v, _name, _n, _p) BPF_F_TABLE(_t ":" _p, _k, _v, _name, _n, 0)
 #define BPF_HASH(_name, _k, _v, _n) BPF_TABLE("hash", _k, _v, _name, _n)
 #define BPF_PERCPU_ARRAY(_name, _v, _n) BPF_TABLE("percpu_array", u32, _v, _name, _n)
-#define TRACEPOINT_PROBE(cat, ev) struct tp_##cat##_##ev { u32 tid; u64 sesid; u16 cmd; u64 mid; \
-  u32 status; int rc; u64 currmid; }; int tracepoint__##cat##__##ev(struct tp_##cat##_##ev *args)
+struct sim_args { u32 tid; u64 sesid; u16 cmd; u64 mid; u32 status; int rc; u64 currmid; };
+#define TRACEPOINT_PROBE(cat, ev) int tracepoint__##cat##__##ev(struct sim_args *args)
 """
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("clang") is None, reason="no C compiler")
-@pytest.mark.parametrize("src,defines", [
-    ("smb.bpf.c", ["AOD_HAVE_SMB3_CMD_ENTER", "AOD_HAVE_SMB3_CMD_DONE", "AOD_HAVE_SMB3_CMD_ERR",
-                   "AOD_HAVE_SMB3_RECONNECT", "AOD_HAVE_SMB3_SES_EXPIRED"]),
-    ("smb.bpf.c", ["AOD_KPROBE_MODE", "AOD_HAVE_SMB3_CMD_ERR", "AOD_RELEASE_ARG=1"]),
-    ("synthetic.bpf.c", []),
-])
-def test_bpf_c_syntax(tmp_path: Path, src: str, defines: list[str]) -> None:
-    """Syntax/type check of the BPF C with stub bcc macros (the real check is the VM test)."""
-    stub = tmp_path / "stub.h"
-    stub.write_text(BCC_STUBS)
-    cc = shutil.which("clang") or shutil.which("gcc")
-    assert cc
-    paths = tracer.pin_paths(config_mod.RingConfig())
-    argv = [cc, "-fsyntax-only", "-Wall", "-Werror", "-Wno-unused-function", "-include", str(stub),
-            "-nostdinc", "-isystem", str(tmp_path / "empty"), f"-I{BPF}",
-            f'-DAOD_RING_PIN="{paths.ring}"', f'-DAOD_DROPS_PIN="{paths.drops}"',
-            f'-DAOD_STATS_PIN="{paths.cmd_stats}"'] + [f"-D{d}" for d in defines]
-    # the kernel/uapi includes are bcc's: give them empty stand-ins
-    for h in ("uapi/linux/ptrace.h", "linux/sched.h"):
-        (tmp_path / "empty" / h).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "empty" / h).write_text("")
-    argv = [a for a in argv if a != "-nostdinc"] + [str(BPF / src)]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # noqa: S603
-    assert r.returncode == 0, r.stderr
+class SimArgs(ctypes.Structure):
+    _fields_ = [("tid", ctypes.c_uint32), ("sesid", ctypes.c_uint64), ("cmd", ctypes.c_uint16),
+                ("mid", ctypes.c_uint64), ("status", ctypes.c_uint32), ("rc", ctypes.c_int32),
+                ("currmid", ctypes.c_uint64)]
+
+
+class PtRegs(ctypes.Structure):
+    _fields_ = [("di", ctypes.c_uint64), ("si", ctypes.c_uint64), ("ax", ctypes.c_uint64)]
+
+
+CC = shutil.which("gcc") or shutil.which("clang")
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
+
+
+class Sim:
+    """bpf/<src> compiled against BCC_SIM and loaded with ctypes."""
+
+    def __init__(self, tmp: Path, src: str, defines: list[str]) -> None:
+        assert CC
+        (tmp / "sim.h").write_text(BCC_SIM)
+        for h in ("uapi/linux/ptrace.h", "linux/sched.h"):  # bcc's kernel includes: empty here
+            (tmp / "inc" / h).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / "inc" / h).write_text("")
+        paths = tracer.pin_paths(config_mod.RingConfig())
+        so = tmp / f"{src}.{abs(hash(tuple(defines)))}.so"
+        argv = [CC, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-Wno-unused-function",
+                "-include", str(tmp / "sim.h"), "-isystem", str(tmp / "inc"), f"-I{BPF}",
+                f'-DAOD_RING_PIN="{paths.ring}"', f'-DAOD_DROPS_PIN="{paths.drops}"',
+                f'-DAOD_STATS_PIN="{paths.cmd_stats}"', "-DAOD_INFLIGHT_MAX=64",
+                *[f"-D{d}" for d in defines], "-o", str(so), str(BPF / src)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # noqa: S603
+        assert r.returncode == 0, r.stderr
+        self.lib = ctypes.CDLL(str(so))
+        self.now = ctypes.c_uint64.in_dll(self.lib, "sim_now")
+        self.pid_tgid = ctypes.c_uint64.in_dll(self.lib, "sim_pid_tgid")
+        self.ring_fail = ctypes.c_int.in_dll(self.lib, "sim_ring_fail")
+        self.n = ctypes.c_int.in_dll(self.lib, "sim_nevents")
+        self.buf = (ctypes.c_uint8 * (256 * 72)).in_dll(self.lib, "sim_events")
+
+    def task(self, pid: int, comm: bytes) -> None:
+        self.pid_tgid.value = (pid << 32) | (pid + 1)
+        ctypes.memmove(ctypes.addressof(ctypes.c_char.in_dll(self.lib, "sim_comm")), comm.ljust(16, b"\0"), 16)
+
+    def tp(self, event: str, **kw: int) -> None:
+        getattr(self.lib, f"tracepoint__cifs__{event}")(ctypes.byref(SimArgs(**kw)))
+
+    def events(self) -> Any:
+        import numpy as np
+
+        from aod.record import EVENT_DTYPE
+
+        return np.frombuffer(bytes(self.buf)[: 72 * self.n.value], dtype=EVENT_DTYPE).copy()
+
+    def stats(self) -> Any:
+        import numpy as np
+
+        raw = (ctypes.c_uint8 * (CMD_STATS_DTYPE.itemsize * 32)).in_dll(self.lib, "cmd_stats_vals")
+        return np.frombuffer(bytes(raw), dtype=CMD_STATS_DTYPE)
+
+    def drops(self) -> int:
+        return int(ctypes.c_uint64.in_dll(self.lib, "drops_vals").value)
+
+
+MS = 1_000_000
+TP_ALL = ["AOD_HAVE_SMB3_CMD_ENTER", "AOD_HAVE_SMB3_CMD_DONE", "AOD_HAVE_SMB3_CMD_ERR",
+          "AOD_HAVE_SMB3_RECONNECT", "AOD_HAVE_SMB3_SES_EXPIRED"]
+SIM_FLAGS = TP_ALL + ["AOD_EMIT_MIN_NS=100000000ULL", f"AOD_EMIT_CMD_MASK={0xFFFFFFFF & ~(1 << 15):#x}U"]
+
+
+@needs_cc
+def test_bpf_completion_pairing_threshold_and_stats(tmp_path: Path) -> None:
+    from aod.record import KIND_COMPLETION, TRACER_SMB, hist_bucket
+
+    s = Sim(tmp_path, "smb.bpf.c", SIM_FLAGS)
+    s.task(1234, b"writer")
+    s.now.value = 10 * MS
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=9, mid=100)  # WRITE, slow
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=5, mid=101)  # CREATE, fast
+    s.tp("smb3_cmd_enter", tid=0, sesid=0, cmd=1, mid=1)  # SESSION_SETUP: no session id yet
+    s.tp("smb3_cmd_enter", tid=0, sesid=0xAB, cmd=3, mid=2)  # TREE_CONNECT: no tree id yet
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=15, mid=103)  # CHANGE_NOTIFY: not emitted
+    s.task(77, b"cifsd")  # completions arrive in another task
+    s.now.value = 15 * MS
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=5, mid=101)
+    s.now.value = 260 * MS
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=9, mid=100)
+    s.tp("smb3_cmd_done", tid=0, sesid=0xCD, cmd=1, mid=1)  # response carries the new session id
+    s.tp("smb3_cmd_done", tid=7, sesid=0xAB, cmd=3, mid=2)  # and the new tree id
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=15, mid=103)
+    s.tp("smb3_cmd_done", tid=5, sesid=0xEE, cmd=9, mid=100)  # other session, same mid: unpaired
+    ev = s.events()
+    assert list(ev["command"]) == [9, 1, 3]
+    w = ev[0]
+    assert (w["kind"], w["tracer_id"], w["version"], w["size"]) == (KIND_COMPLETION, TRACER_SMB, 1, 72)
+    assert (w["latency_ns"], w["ts_ns"], w["session_id"], w["tree_id"], w["mid"]) == (250 * MS, 260 * MS, 0xAB, 5, 100)
+    assert (w["pid"], w["comm"], w["nt_status"], w["err"]) == (1234, b"writer", 0, 0)  # issuer, not cifsd
+    assert (ev[1]["session_id"], ev[2]["tree_id"]) == (0xCD, 7)
+    st = s.stats()
+    assert st["hist"][5].sum() == 1 and st["hist"][5][int(hist_bucket(5 * MS))] == 1  # counted, not emitted
+    assert st["hist"][9][int(hist_bucket(250 * MS))] == 1 and st["latency_sum_ns"][9] == 250 * MS
+    assert st["hist"][15].sum() == 1  # excluded command still counted
+    assert st["hist"].sum() == 5 and st["errors"].sum() == 0
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=9, mid=100)  # the entry is gone after completion
+    assert s.n.value == 3
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=6, mid=104)
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=6, mid=104)  # under 1 us: bucket 0, as record.hist_bucket
+    assert s.stats()["hist"][6][0] == 1 and int(hist_bucket(0)) == 0
+
+
+@needs_cc
+def test_bpf_errors_reconnects_and_drops(tmp_path: Path) -> None:
+    from aod.record import KIND_ERROR, KIND_RECONNECT
+
+    s = Sim(tmp_path, "smb.bpf.c", SIM_FLAGS)
+    s.task(42, b"cat")
+    s.now.value = 1 * MS
+    s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=5, mid=9)
+    s.task(7, b"cifsd")
+    s.now.value = 3 * MS
+    s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=5, mid=9, status=0xC0000022, rc=-13)  # fast error: emitted
+    s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=16, mid=10, status=0xC0000034, rc=-2)  # enter never seen
+    s.tp("smb3_reconnect", currmid=55)
+    s.tp("smb3_ses_expired", tid=5, sesid=1, cmd=8, mid=11)
+    ev = s.events()
+    assert list(ev["kind"]) == [KIND_ERROR, KIND_ERROR, KIND_RECONNECT, KIND_RECONNECT]
+    e = ev[0]
+    assert (e["nt_status"], e["err"], e["latency_ns"], e["pid"], e["comm"]) == (0xC0000022, 13, 2 * MS, 42, b"cat")
+    assert (ev[1]["nt_status"], ev[1]["err"], ev[1]["latency_ns"], ev[1]["pid"]) == (0xC0000034, 2, 0, 7)
+    assert (ev[2]["mid"], ev[2]["command"], ev[2]["session_id"]) == (55, 0xFFFF, 0)
+    assert (ev[3]["nt_status"], ev[3]["session_id"], ev[3]["command"]) == (0xC000035C, 1, 8)
+    st = s.stats()
+    assert st["errors"][5] == 1 and st["errors"][16] == 1 and st["hist"][5].sum() == 1 and st["hist"][16].sum() == 0
+    s.ring_fail.value = 1  # ring full
+    s.tp("smb3_reconnect", currmid=56)
+    s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=5, mid=12, status=0xC0000022, rc=-13)
+    assert s.drops() == 2 and s.n.value == 4
+
+
+@needs_cc
+def test_bpf_kprobe_fallback(tmp_path: Path) -> None:
+    s = Sim(tmp_path, "smb.bpf.c", ["AOD_KPROBE_MODE", "AOD_HAVE_SMB3_CMD_ERR", "AOD_RELEASE_ARG=0",
+                                    "AOD_RELEASE_OFF=16", "AOD_EMIT_MIN_NS=0ULL"])
+    hdr = (ctypes.c_uint8 * 64)()  # SMB2 header as on the wire
+    struct.pack_into("<H", hdr, 12, 9)  # Command WRITE
+    struct.pack_into("<Q", hdr, 24, 300)  # MessageId
+    struct.pack_into("<I", hdr, 36, 6)  # TreeId
+    struct.pack_into("<Q", hdr, 40, 0x99)  # SessionId
+    mid = (ctypes.c_uint8 * 128)()
+    s.task(5, b"dd")
+    s.now.value = 1 * MS
+    s.lib.aod_alloc_enter(ctypes.byref(PtRegs(di=ctypes.addressof(hdr))))
+    s.lib.aod_alloc_return(ctypes.byref(PtRegs(ax=ctypes.addressof(mid))))
+    s.task(6, b"cifsd")
+    s.now.value = 31 * MS
+    s.lib.aod_release(ctypes.byref(PtRegs(di=ctypes.addressof(mid) + 16)))  # struct kref * inside the mid
+    s.lib.aod_release(ctypes.byref(PtRegs(di=ctypes.addressof(mid) + 16)))  # second put: no entry left
+    ev = s.events()
+    assert len(ev) == 1
+    e = ev[0]
+    assert (e["command"], e["mid"], e["tree_id"], e["session_id"], e["latency_ns"], e["pid"], e["comm"]) == (
+        9, 300, 6, 0x99, 30 * MS, 5, b"dd")
+    s.tp("smb3_cmd_err", tid=6, sesid=0x99, cmd=5, mid=301, status=0xC0000022, rc=-13)
+    assert s.n.value == 2 and s.stats()["errors"][5] == 1 and s.stats()["hist"][5].sum() == 0
+
+
+@needs_cc
+def test_bpf_synthetic(tmp_path: Path) -> None:
+    from aod.record import KIND_ERROR, TRACER_SYNTHETIC
+
+    s = Sim(tmp_path, "synthetic.bpf.c", ["AOD_TRACER_ID=2", "AOD_SYNTH_PID=4242", "AOD_SYNTH_KIND=2",
+                                          "AOD_SYNTH_CMD=5", "AOD_SYNTH_LATENCY_NS=3000000ULL",
+                                          "AOD_SYNTH_STATUS=0xC0000022U", "AOD_SYNTH_ERRNO=13"])
+    fn = s.lib.tracepoint__syscalls__sys_enter_getppid
+    s.task(4242, b"driver")
+    fn(ctypes.byref(SimArgs()))
+    fn(ctypes.byref(SimArgs()))
+    s.task(1, b"init")
+    fn(ctypes.byref(SimArgs()))  # another process: ignored
+    ev = s.events()
+    assert list(ev["mid"]) == [1, 2] and (ev["tracer_id"] == TRACER_SYNTHETIC).all()
+    assert (ev["kind"] == KIND_ERROR).all() and (ev["nt_status"] == 0xC0000022).all() and (ev["err"] == 13).all()
+    assert (ev["latency_ns"] == 3 * MS).all() and (ev["command"] == 5).all() and (ev["pid"] == 4242).all()
+    s.ring_fail.value = 1
+    s.task(4242, b"driver")
+    fn(ctypes.byref(SimArgs()))
+    assert s.drops() == 1
 
 
 def test_cmd_stats_and_event_sizes_match_header() -> None:

@@ -47,6 +47,13 @@ vm_summary() {
     [ "$VM_CHECKS_FAILED" -eq 0 ]
 }
 
+# vm_booted: wait for the boot transaction to finish; true if "running" or "degraded".
+vm_booted() {
+    local st
+    st=$(timeout 300 systemctl is-system-running --wait 2>/dev/null)
+    [ "$st" = running ] || [ "$st" = degraded ]
+}
+
 # vm_wait SECONDS CMD [ARGS...]: poll CMD every 0.2 s until it succeeds.
 vm_wait() {
     local secs=$1; shift
@@ -177,7 +184,8 @@ vm_collect_logs() {
     mkdir -p "$VM_SHARE/logs"
     journalctl -b --no-pager -o short-monotonic > "$VM_SHARE/logs/journal.txt" 2>&1
     dmesg > "$VM_SHARE/logs/dmesg.txt" 2>&1
-    systemd-analyze blame --no-pager > "$VM_SHARE/logs/systemd-blame.txt" 2>&1
+    { systemctl is-system-running; systemd-analyze time; systemd-analyze blame; } \
+        > "$VM_SHARE/logs/systemd-analyze.txt" 2>&1
     cp -r /var/log/samba "$VM_SHARE/logs/" 2>/dev/null
     true
 }

@@ -12,7 +12,10 @@ vm_fact kernel "$(uname -r)"
 
 # --- systemd host
 vm_check "systemd is PID 1" test "$(cat /proc/1/comm)" = systemd
-vm_fact system_state "$(systemctl is-system-running 2>/dev/null)"
+vm_check "boot finished (running or degraded)" vm_booted
+vm_fact system_state "$(systemctl is-system-running)"
+systemctl --failed --no-pager --no-legend
+vm_fact systemd_boot_time "$(systemd-analyze time 2>/dev/null | head -1)"
 vm_check "bpffs at /sys/fs/bpf" vm_bpffs aodv2
 vm_check "tracefs mounted" test -d "$TRACEFS/events"
 
