@@ -15,7 +15,6 @@ import math
 import mmap
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
@@ -25,6 +24,7 @@ import yaml
 
 from .actions import ACTION_NAMES
 from .smb2 import COMMANDS, ERRNOS, NT_STATUS, command_name, errno_name, status_name
+from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
 ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual")
 LATENCY_MODES = ("all", "trackonly", "excludeonly")
@@ -146,14 +146,23 @@ def defaults() -> Config:
 def load(path: str) -> Config:
     """Read and validate a config file. Raises ConfigError (never anything else)."""
     source = os.fspath(path)
-    return load_text(_read_file(source), source)
+    try:
+        text = read_text(source)
+    except YamlError as e:
+        raise ConfigError([str(e)]) from None
+    return load_text(text, source)
 
 
 def load_text(text: str, source: str = "<string>") -> Config:
     """Validate YAML text. Raises ConfigError naming `source` in every message."""
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise ConfigError([f"{source}: expected at most {MAX_FILE_BYTES} bytes, got a larger file"])
-    data, dup_errors = _parse_yaml(text, source)
+    try:
+        data, dups = parse(text, source, _duplicate_keys)
+    except YamlError as e:
+        raise ConfigError([str(e)]) from None
+    dup_errors = [f"{source}: {p}: expected each key once, got a duplicate key on line {line}"
+                  for p, line in dups or []]
     if data is None:
         raise ConfigError(
             [f"{source}: expected a YAML mapping of settings, got an empty file (write {{}} for defaults)"]
@@ -239,11 +248,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- limits and tables
 
-MAX_FILE_BYTES = 1 << 20
-MAX_YAML_NODES = 20_000  # as written (a full config is ~300)
-MAX_YAML_EXPANDED = 100_000  # after alias expansion
-MAX_YAML_ALIASES = 1_000
-MAX_YAML_DEPTH = 64
 MAX_MS = 86_400_000.0  # one day
 RING_MAX_KB = 1 << 20  # 1 GiB
 PAGE_KB = max(4, mmap.PAGESIZE // 1024)
@@ -296,117 +300,6 @@ _RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count")
 # ---------------------------------------------------------------- reading and parsing
 
 
-def _read_file(path: str) -> str:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot open: {exc.strerror or exc}"]) from None
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError([f"{path}: expected a YAML file, got a directory"])
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError([f"{path}: expected a regular YAML file, got a special file"])
-        chunks: list[bytes] = []
-        total = 0
-        while total <= MAX_FILE_BYTES:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    finally:
-        os.close(fd)
-    if total > MAX_FILE_BYTES:
-        raise ConfigError([f"{path}: expected at most {MAX_FILE_BYTES} bytes, got a larger file"])
-    raw = b"".join(chunks)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        msg = f"{path}: expected UTF-8 text, got an invalid byte at offset {exc.start}"
-        raise ConfigError([msg]) from None
-
-
-class _LimitError(Exception):
-    pass
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses alias bombs, cycles and deep nesting, and notes duplicate keys."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.aod_nodes = 0
-        self.aod_aliases = 0
-        self.aod_depth = 0
-        self.aod_dups: list[tuple[str, int]] = []  # (dotted path, line)
-
-    def _limit(self, what: str) -> _LimitError:
-        mark = self.peek_event().start_mark
-        return _LimitError(f"line {mark.line + 1}: expected a small config file, got {what}")
-
-    def compose_node(self, parent: Optional[yaml.Node], index: Any) -> Optional[yaml.Node]:
-        if self.check_event(yaml.AliasEvent):
-            self.aod_aliases += 1
-            if self.aod_aliases > MAX_YAML_ALIASES:
-                raise self._limit(f"more than {MAX_YAML_ALIASES} aliases (*name)")
-        self.aod_nodes += 1
-        if self.aod_nodes > MAX_YAML_NODES:
-            raise self._limit(f"more than {MAX_YAML_NODES} YAML nodes")
-        self.aod_depth += 1
-        try:
-            if self.aod_depth > MAX_YAML_DEPTH:
-                raise self._limit(f"nesting deeper than {MAX_YAML_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self.aod_depth -= 1
-
-    def get_single_node(self) -> Optional[yaml.Node]:
-        node = super().get_single_node()
-        if node is not None:
-            _check_graph(node)
-            self.aod_dups = _duplicate_keys(node)
-        return node
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
-
-
-def _check_graph(root: yaml.Node) -> None:
-    """Expanded size (aliases counted every time they are used) <= MAX_YAML_EXPANDED, no cycles.
-    Iterative with memo, so a billion-laughs graph is measured in linear time."""
-    size: dict[int, int] = {}
-    active: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if done:
-            active.discard(key)
-            total = 1 + sum(size[id(c)] for c in _children(node))
-            if total > MAX_YAML_EXPANDED:
-                raise _LimitError(
-                    f"line {node.start_mark.line + 1}: expected a small config file, got aliases "
-                    f"that expand to more than {MAX_YAML_EXPANDED} YAML nodes"
-                )
-            size[key] = total
-            continue
-        if key in size:
-            continue
-        if key in active:
-            raise _LimitError(f"line {node.start_mark.line + 1}: expected a tree, got a recursive alias")
-        active.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in _children(node))
-
-
 def _duplicate_keys(root: yaml.Node) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     seen_nodes: set[int] = set()
@@ -431,35 +324,6 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[str, int]]:
     return sorted(out, key=lambda t: t[1])
 
 
-def _parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
-    loader: Optional[_BoundedLoader] = None
-    try:
-        loader = _BoundedLoader(text)
-        data = loader.get_single_data()
-        dups = [
-            f"{source}: {p}: expected each key once, got a duplicate key on line {line}"
-            for p, line in loader.aod_dups
-        ]
-        return data, dups
-    except _LimitError as exc:
-        raise ConfigError([f"{source}: {exc}"]) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        what = " ".join(x for x in (exc.context, exc.problem) if x)
-        msg = f"{source}: {where}expected valid YAML, got: {_oneline(what)}"
-        raise ConfigError([msg]) from None
-    except RecursionError:
-        msg = f"{source}: expected a small config file, got nesting too deep to parse"
-        raise ConfigError([msg]) from None
-    except Exception as exc:  # YAML reader errors, bad timestamps, huge ints, ...
-        msg = f"{source}: expected valid YAML, got {type(exc).__name__}: {_oneline(str(exc))}"
-        raise ConfigError([msg]) from None
-    finally:
-        if loader is not None:
-            loader.dispose()
-
-
 # ---------------------------------------------------------------- validation helpers
 
 
@@ -476,11 +340,6 @@ def _g(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
 
 
-def _oneline(s: str, limit: int = 200) -> str:
-    s = " ".join(s.split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
 def _join(path: str, key: Any) -> str:
     k = key if isinstance(key, str) and _NAME_RE.match(key) else f"[{_short(key)}]"
     if k.startswith("["):
@@ -490,7 +349,7 @@ def _join(path: str, key: Any) -> str:
 
 def _short(v: Any) -> str:
     r = repr(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else str(v)
-    r = _oneline(r, 60)
+    r = oneline(r, 60)
     return r
 
 

@@ -142,7 +142,7 @@ class Core:
         self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch)
         self.watcher = Watcher(self.buffer, self.detector, counters,
                                lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
-                               bad_records=lambda: int(getattr(ring, "bad_records", 0)) + int(getattr(ring, "foreign", 0)))
+                               bad_records=lambda: getattr(ring, "bad_records", 0) + getattr(ring, "foreign", 0))
         self.retention = Retention(lambda: self.cfg)
         self.supervisor = Supervisor([self.dispatcher, self.watcher, self.collector, self.retention],
                                      self.stop_event, heartbeat_timeout=heartbeat_timeout)

@@ -549,6 +549,9 @@ def run(opts: Options, env: Env) -> int:
                 env.notifier.status("waiting for cifs tracepoints")
                 _emit(logging.INFO, name, "waiting for the cifs module (tracepoints in "
                       f"{' or '.join(env.tracefs)}/events/cifs)")
+                if not any(os.path.isdir(os.path.join(t, "events")) for t in env.tracefs):
+                    _emit(logging.WARNING, name, f"tracefs is not mounted at {' or '.join(env.tracefs)}; "
+                          "mount it ('mount -t tracefs tracefs /sys/kernel/tracing') or the wait never ends")
 
             events_dir = wait_until(CifsWatch(env.tracefs, env.module_dir), env.stop, sleep,
                                     env.poll_sec, on_wait)

@@ -303,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     t = r.timings
     log(f"{r.status}: {r.message} (timings s: {t})")
-    if not r.ok:
+    if not r.ok and "vm" in r.timings:  # the VM ran: show what it said
         if r.output_log.is_file():
             log(f"--- tail of {r.output_log} ---\n" + tail(r.output_log))
         log(f"--- tail of {r.console_log} ---\n" + tail(r.console_log))

@@ -3,7 +3,8 @@
 # Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
 #         --copy dist/aodv2_0.1.0-1_all.deb --timeout 900
-# Proves: install from the local .deb only (runtime deps are in the image), postinst enables
+# Proves: install from the local .deb alone (the guest has no network; runtime deps are in
+# the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
 # and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox, quick
 # actions still work under the hardening (journal, /proc/fs/cifs, smbinfo), reload, upgrade
 # restarts the core, `man aodv2` renders, and purge leaves no unit, process, pin or log dir.
@@ -21,7 +22,7 @@ active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
 journal_has() { journalctl -u "$1" -b --no-pager -o cat 2>/dev/null | grep -q "$2"; }
 main_pid() { systemctl show -p MainPID --value aodv2.service; }
 no_aodv2_procs() { ! pgrep -f '/usr/bin/aodv2 ' >/dev/null; }
-no_units() { ! ls /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* >/dev/null 2>&1 \
+no_units() { ! ls -d /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* /etc/systemd/system/*/aodv2* >/dev/null 2>&1 \
              && ! systemctl list-unit-files 'aodv2*' --no-legend 2>/dev/null | grep -q .; }
 
 # --- an SMB client with traffic, so the cifs tracepoints exist and the tracer can attach
@@ -31,9 +32,12 @@ vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
 
 # --- install: local file only, no download
 t=$(vm_now)
-vm_check "apt install --no-download ./aodv2.deb" \
-    env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "$DEB"
+vm_check "apt install /share/aodv2.deb (no network: deps from the image)" \
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y "$DEB"
 vm_fact install_s "$(vm_since "$t")"
+if ! dpkg-query -W -f='${Status}' aodv2 2>/dev/null | grep -q "install ok installed"; then
+    vm_collect_logs; vm_summary; exit 1
+fi
 vm_check "config is a conffile" grep -qx /etc/aodv2/config.yaml /var/lib/dpkg/info/aodv2.conffiles
 vm_check "/var/log/aodv2 is 0700 root" test "$(stat -c '%a %U' /var/log/aodv2)" = "700 root"
 vm_check "/sys/fs/bpf/aodv2 exists (tmpfiles)" test -d /sys/fs/bpf/aodv2
@@ -77,6 +81,22 @@ PY
     done
 fi
 
+# --- systemd, not Python, restarts: a killed tracer comes back (Restart=on-failure), and a
+#     hung core (SIGSTOP: no watchdog pings) is killed by the watchdog and restarted
+tpid=$(systemctl show -p MainPID --value aodv2-tracer@smb.service)
+cpid=$(main_pid)
+t=$(vm_now)
+kill -KILL "$tpid"
+kill -STOP "$cpid"
+tracer_back() { p=$(systemctl show -p MainPID --value aodv2-tracer@smb.service); [ "$p" != 0 ] && [ "$p" != "$tpid" ] && active aodv2-tracer@smb.service; }
+core_back() { p=$(main_pid); [ "$p" != 0 ] && [ "$p" != "$cpid" ] && active aodv2.service; }
+vm_check "killed tracer restarted by systemd" vm_wait 300 tracer_back
+vm_fact tracer_restart_s "$(vm_since "$t")"
+vm_check "hung core killed by the watchdog and restarted" vm_wait 300 core_back
+vm_fact core_watchdog_restart_s "$(vm_since "$t")"
+vm_check "journal: watchdog timeout" journal_has aodv2.service "Watchdog timeout"
+vm_check "pinned ring survived the restarts" test -e /sys/fs/bpf/aodv2/events
+
 # --- reload and upgrade
 systemctl reload aodv2.service
 vm_check "reload: config reloaded" vm_wait 30 journal_has aodv2.service "AOD config reloaded"
@@ -103,6 +123,8 @@ vm_check "no /var/log/aodv2 left" test ! -e /var/log/aodv2
 vm_check "no /etc/aodv2 left" test ! -e /etc/aodv2
 vm_check "units not loaded" sh -c '! systemctl is-active --quiet aodv2.service && ! systemctl is-active --quiet aodv2-tracer@smb.service'
 ls -la /sys/fs/bpf/ 2>&1
+ls -ld /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* /etc/systemd/system/*/aodv2* 2>&1
+systemctl list-unit-files 'aodv2*' --no-legend 2>&1
 pgrep -af aodv2 || true
 
 vm_cifs_umount
