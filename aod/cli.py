@@ -98,7 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.emit("fatal", log.logging.ERROR, f"AOD cannot open the ring {cfg.ring.path}: {e}",
                  AOD_RING=cfg.ring.path)
         return 1
-    core = Core(cfg, ring, counters, config_path=args.config)
+    from .tracerstate import RUN_DIR
+
+    core = Core(cfg, ring, counters, config_path=args.config, tracer_dir=None if args.ring_file else RUN_DIR)
     install_signals(core)
     return core.run()
 

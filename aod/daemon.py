@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import config as config_mod
-from . import log
+from . import log, tracerstate
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
 from .config import Config
@@ -124,9 +124,11 @@ class Core:
     def __init__(self, cfg: Config, ring: Any, counters: Optional[Counters],
                  config_path: Optional[str] = None, notifier: Optional[Notifier] = None,
                  heartbeat_timeout: float = 10.0, collector_env: Any = None,
-                 on_result: Optional[Callable[[BundleResult], None]] = None) -> None:
+                 on_result: Optional[Callable[[BundleResult], None]] = None,
+                 tracer_dir: Optional[str] = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.tracer_dir = tracer_dir  # where tracers publish their state; None for a file ring
         self.ring = ring
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
@@ -223,7 +225,9 @@ class Core:
             n = sum(self.stats.anomalies.values())
             last = os.path.basename(self.stats.last_bundle) or "none"
         sup = sum(self.throttle.suppressed.values())
-        return (f"{r.events_per_sec:.0f} events/s, drops {r.drops_total}, anomalies {n} "
+        tracers = (tracerstate.describe(tracerstate.read_states(self.tracer_dir, self.cfg.tracers))
+                   if self.tracer_dir else "file ring")
+        return (f"{tracers}; {r.events_per_sec:.0f} events/s, drops {r.drops_total}, anomalies {n} "
                 f"(suppressed {sup}), bundles {self.stats.bundles}, last bundle {last}")
 
     def _report_suppressed(self) -> None:

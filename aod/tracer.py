@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from . import config as config_mod
-from . import kallsyms, log
+from . import kallsyms, log, tracerstate
 from .record import CMD_SLOTS, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_SMB, TRACER_SYNTHETIC
 
 EX_OK = 0
@@ -503,6 +503,7 @@ class Env:
     load: Callable[[Any, str, list, AttachPlan, str], Loaded] = bcc_load
     check_pinned: Callable[[PinPaths, int, str], list] = check_pinned
     notifier: Any = None  # aod.notify.Notifier-like: ready(status), status(text), stopping()
+    state_dir: Optional[str] = None  # main() sets /run/aodv2: tracer-NAME.json tells the core our state
 
 
 def _read(path: str) -> Optional[str]:
@@ -515,6 +516,12 @@ def _read(path: str) -> Optional[str]:
 
 def _emit(level: int, name: str, message: str, **fields: Any) -> None:
     log.emit("tracer", level, f"AOD tracer {name}: {message}", AOD_TRACER=name, **fields)
+
+
+def _state(state_dir: Optional[str], name: str, state: str) -> None:
+    err = tracerstate.write_state(state_dir, name, state)
+    if err:
+        _emit(logging.WARNING, name, err)
 
 
 def run(opts: Options, env: Env) -> int:
@@ -547,6 +554,7 @@ def run(opts: Options, env: Env) -> int:
         if name == "smb":
             def on_wait() -> None:
                 env.notifier.status("waiting for cifs tracepoints")
+                _state(env.state_dir, name, "waiting")
                 _emit(logging.INFO, name, "waiting for the cifs module (tracepoints in "
                       f"{' or '.join(env.tracefs)}/events/cifs)")
                 if not any(os.path.isdir(os.path.join(t, "events")) for t in env.tracefs):
@@ -578,12 +586,14 @@ def run(opts: Options, env: Env) -> int:
     try:
         what = f"{loaded.attached} tracepoints" + (f", {len(plan.kprobes)} kprobes" if plan.kprobes else "")
         env.notifier.ready(f"attached ({what})")
+        _state(env.state_dir, name, "attached")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",
               AOD_RING=paths.ring, AOD_MODE=plan.mode)
         while not sleep(5.0):
             pass
     finally:
         env.notifier.stopping()
+        _state(env.state_dir, name, "stopped")
         loaded.close()
     _emit(logging.INFO, name, "detached")
     return EX_OK
@@ -597,7 +607,7 @@ def main(argv: list[str]) -> int:
     except SetupError as e:
         print(e, file=sys.stderr)
         return e.code
-    env = Env()
+    env = Env(state_dir=tracerstate.RUN_DIR)
 
     def _stop(signum: int, frame: Any) -> None:
         env.stop.set()

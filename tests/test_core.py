@@ -246,3 +246,16 @@ def test_watchdog_withheld_while_a_worker_is_stuck(tmp_path: Path, monkeypatch: 
         t.join(10)
         sock.close()
     assert not t.is_alive()
+
+
+def test_status_names_tracers(tmp_path: Path) -> None:
+    from aod import tracerstate
+
+    cfg = config_mod.load_text(f"output_dir: {tmp_path / 'out'}\ntracers: [smb]\n")
+    ring_path = str(tmp_path / "ring")
+    ringfile.create(ring_path, 64 * 1024)
+    run_dir = str(tmp_path / "run")
+    core = Core(cfg, RingReader.open_file(ring_path), FileCounters(ring_path), tracer_dir=run_dir)
+    assert core.status_text().startswith("no tracer attached (smb down);")
+    tracerstate.write_state(run_dir, "smb", "attached")
+    assert core.status_text().startswith("tracers attached: smb;")

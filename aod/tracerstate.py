@@ -1,0 +1,59 @@
+"""Tracer state files: each tracer says waiting/attached/stopped, the core reads them for STATUS=.
+
+/run/aodv2/tracer-NAME.json = {"name", "pid", "state", "since"}, written atomically,
+mode 0600 in a 0700 directory. A state whose pid is gone reads as "down".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional, Sequence
+
+RUN_DIR = "/run/aodv2"
+
+
+def state_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, f"tracer-{name}.json")
+
+
+def write_state(state_dir: Optional[str], name: str, state: str) -> Optional[str]:
+    """Publish one tracer's state. Returns an error text instead of raising (best effort)."""
+    if not state_dir:
+        return None
+    path = state_path(state_dir, name)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"name": name, "pid": os.getpid(), "state": state, "since": time.time()}, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        return f"cannot write tracer state {path}: {e}"
+    return None
+
+
+def read_states(state_dir: str, names: Sequence[str]) -> dict[str, str]:
+    """name -> waiting | attached | stopped | down (no file, unreadable, or its process is gone)."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            with open(state_path(state_dir, name), encoding="utf-8") as f:
+                d = json.load(f)
+            pid, state = d.get("pid"), d.get("state")
+            alive = isinstance(pid, int) and pid > 0 and os.path.exists(f"/proc/{pid}")
+            out[name] = state if alive and isinstance(state, str) else "down"
+        except (OSError, ValueError, AttributeError):
+            out[name] = "down"
+    return out
+
+
+def describe(states: dict[str, str]) -> str:
+    attached = [n for n, s in states.items() if s == "attached"]
+    if not attached:
+        detail = ", ".join(f"{n} {s}" for n, s in states.items())
+        return "no tracer attached" + (f" ({detail})" if detail else "")
+    others = [f"{n} {s}" for n, s in states.items() if s != "attached"]
+    return "tracers attached: " + ",".join(attached) + (f" ({', '.join(others)})" if others else "")
