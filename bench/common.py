@@ -30,6 +30,7 @@ class Row:
     target: str
     ok: Optional[bool]  # None: informational or not measured
     raw: Dict[str, Any] = field(default_factory=dict)  # numbers for --json
+    note: str = ""  # printed under the table (sources, caveats)
 
     @property
     def verdict(self) -> str:
@@ -112,6 +113,35 @@ def cpu_seconds(pid: int) -> float:
 def status_kb(pid: int, key: str) -> int:
     """A 'kB' line of /proc/PID/status (VmRSS, VmHWM); 0 when absent."""
     with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def thread_stats(pid: int) -> Dict[int, tuple]:
+    """tid -> (cpu seconds, voluntary + involuntary context switches) for every thread of pid."""
+    out: Dict[int, tuple] = {}
+    for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+        try:
+            cpu = cpu_seconds_path(f"/proc/{pid}/task/{tid}/stat")
+            sw = status_kb_path(f"/proc/{pid}/task/{tid}/status", "voluntary_ctxt_switches") + \
+                status_kb_path(f"/proc/{pid}/task/{tid}/status", "nonvoluntary_ctxt_switches")
+        except OSError:
+            continue
+        out[tid] = (cpu, sw)
+    return out
+
+
+def cpu_seconds_path(path: str) -> float:
+    with open(path) as f:
+        raw = f.read()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb_path(path: str, key: str) -> int:
+    with open(path) as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])

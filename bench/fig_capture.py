@@ -78,7 +78,7 @@ def run(quick: bool) -> List[Row]:
         t_b: List[float] = []
         res = None
         bsize = 0
-        for i in range(3 if quick else 7):
+        for i in range(2 if quick else 7):
             a = make_anomaly()
             t0 = now()
             res = capture(a, cfg, env)

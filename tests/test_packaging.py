@@ -101,6 +101,8 @@ def test_tracer_unit_settings() -> None:
     assert set(s["CapabilityBoundingSet"][0].split()) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN",
                                                           "CAP_SYS_RESOURCE"}
     assert s["LimitMEMLOCK"] == ["infinity"]
+    rw = [p.lstrip("-") for p in s["ReadWritePaths"][0].split()]
+    assert rw == ["/sys/fs/bpf/aodv2", "/run/aodv2"], "pins, and the tracer-NAME.json state file"
     assert "ProtectKernelModules" not in s, "hides /lib/modules: bcc needs the kernel headers"
     assert "MemoryDenyWriteExecute" not in s, "bcc's LLVM maps executable memory"
     assert s["WantedBy"] == ["aodv2.service"] and s["DefaultInstance"] == ["smb"]

@@ -22,8 +22,13 @@ active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
 journal_has() { journalctl -u "$1" -b --no-pager -o cat 2>/dev/null | grep -q "$2"; }
 main_pid() { systemctl show -p MainPID --value aodv2.service; }
 no_aodv2_procs() { ! pgrep -f '/usr/bin/aodv2 ' >/dev/null; }
-no_units() { ! ls -d /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* /etc/systemd/system/*/aodv2* >/dev/null 2>&1 \
-             && ! systemctl list-unit-files 'aodv2*' --no-legend 2>/dev/null | grep -q .; }
+# (aodv2-vmtest.service is the harness's own runner, not ours)
+OUR_UNITS="/lib/systemd/system/aodv2.service /lib/systemd/system/aodv2-tracer@.service /etc/systemd/system/aodv2.service /etc/systemd/system/aodv2.service.wants /etc/systemd/system/aodv2.service.d /etc/systemd/system/multi-user.target.wants/aodv2.service"
+no_units() {
+    local f
+    for f in $OUR_UNITS; do { [ -e "$f" ] || [ -L "$f" ]; } && return 1; done
+    ! systemctl list-unit-files aodv2.service 'aodv2-tracer@*' --no-legend 2>/dev/null | grep -q .
+}
 
 # --- an SMB client with traffic, so the cifs tracepoints exist and the tracer can attach
 vm_check "samba up" vm_samba_start
@@ -53,6 +58,8 @@ vm_check "aodv2.service active" vm_wait 120 active aodv2.service
 vm_fact core_active_s "$(vm_since "$t")"
 vm_check "journal: AOD core ready" vm_wait 30 journal_has aodv2.service "AOD core ready"
 vm_check "pinned ring exists" test -e /sys/fs/bpf/aodv2/events
+vm_check "tracer state file says attached" grep -q '"attached"' /run/aodv2/tracer-smb.json
+cat /run/aodv2/tracer-smb.json 2>&1; echo
 systemctl status --no-pager aodv2.service aodv2-tracer@smb.service | sed -n '1,40p'
 vm_fact core_status "$(systemctl show -p StatusText --value aodv2.service)"
 vm_fact tracer_status "$(systemctl show -p StatusText --value aodv2-tracer@smb.service)"
@@ -123,8 +130,8 @@ vm_check "no /var/log/aodv2 left" test ! -e /var/log/aodv2
 vm_check "no /etc/aodv2 left" test ! -e /etc/aodv2
 vm_check "units not loaded" sh -c '! systemctl is-active --quiet aodv2.service && ! systemctl is-active --quiet aodv2-tracer@smb.service'
 ls -la /sys/fs/bpf/ 2>&1
-ls -ld /lib/systemd/system/aodv2* /etc/systemd/system/aodv2* /etc/systemd/system/*/aodv2* 2>&1
-systemctl list-unit-files 'aodv2*' --no-legend 2>&1
+ls -ld $OUR_UNITS 2>&1
+systemctl list-unit-files aodv2.service 'aodv2-tracer@*' --no-legend 2>&1
 pgrep -af aodv2 || true
 
 vm_cifs_umount
