@@ -69,3 +69,29 @@ check-packaging: deb rpm man
 
 clean-packaging:
 	rm -rf $(BUILD) $(DIST)/aodv2_* $(DIST)/aodv2-* $(DIST)/man
+
+# ---------------------------------------------------------------- the rest
+# make test      -> tests/run (ruff, mypy, pytest; as root also the VM scenarios)
+# make demo      -> aodv2 demo from a local venv (no root)
+# make vm-image  -> build or reuse the cached Debian 12 VM image (root; 2.5-5 min cold)
+# make vm-tracer -> the eBPF tracers on a real kernel in the VM (~10 min)
+# make vm-package-> the .deb installed, enabled, restarted and purged in the VM (~6 min)
+# make bench     -> benchmarks (python -m bench)
+VM_SHARE ?= $(CURDIR)/dist/vm
+.PHONY: test demo vm-image vm-tracer vm-package vm-test bench
+test:
+	tests/run
+demo:
+	$(PYTHON) -m venv .venv && .venv/bin/pip install -q . && .venv/bin/aodv2 demo
+vm-image:
+	$(PYTHON) tests/vm/image.py
+vm-tracer: vm-image
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/tracer --script tests/vm/scenarios/tracer.sh \
+	    --copy aod --copy bpf --timeout 2400
+vm-package: vm-image deb
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
+	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1500
+vm-test:
+	$(PYTHON) -m pytest tests/vm -q
+bench:
+	$(PYTHON) -m bench
