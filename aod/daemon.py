@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from . import config as config_mod
-from . import log, tracerstate
+from . import history, log, tracerstate
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
 from .config import Config
@@ -163,6 +163,9 @@ class Core:
         cmds = ",".join(command_name(c) for c in a.commands)
         log.emit("anomaly", log.ALERT, f"AOD detected anomaly: {a.type} with {a.count} events",
                  AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule)
+        err = history.append(self.cfg.output_dir, a)
+        if err:
+            log.emit("capture_failed", WARNING, f"AOD anomaly history: {err}", AOD_ANOMALY=a.type)
         if not self.collector.submit(a):
             with self.lock:
                 self.stats.capture_failures += 1

@@ -259,3 +259,27 @@ def test_status_names_tracers(tmp_path: Path) -> None:
     assert core.status_text().startswith("no tracer attached (smb down);")
     tracerstate.write_state(run_dir, "smb", "attached")
     assert core.status_text().startswith("tracers attached: smb;")
+
+
+def test_alerted_anomalies_go_to_the_jsonl_history(tmp_path: Path) -> None:
+    from aod import history
+    from aod.anomaly import Anomaly
+
+    out = tmp_path / "out"
+    cfg = config_mod.load_text(f"output_dir: {out}\n")
+    ring_path = str(tmp_path / "ring")
+    ringfile.create(ring_path, 64 * 1024)
+    core = Core(cfg, RingReader.open_file(ring_path), FileCounters(ring_path))
+    a = Anomaly(type="latency", rule="r", count=12, detected_wall=1_800_000_000.25, detected_mono_ns=1,
+                window_start_ns=0, window_end_ns=1, commands=(9,), details={"x": 1})
+    assert core.raise_anomaly(a)
+    assert not core.raise_anomaly(a)  # cooldown: suppressed, not written
+    lines = (out / history.FILENAME).read_text().splitlines()
+    assert len(lines) == 1
+    rec = json.loads(lines[0])
+    assert rec["time"] == "2027-01-15T08:00:00.250Z"
+    assert (rec["type"], rec["count"], rec["commands"], rec["details"]) == ("latency", 12, ["WRITE"], {"x": 1})
+    assert os.stat(out / history.FILENAME).st_mode & 0o777 == 0o600
+    (out / history.FILENAME).unlink()
+    os.mkdir(out / history.FILENAME)  # unwritable: reported, not raised
+    assert history.append(str(out), a) is not None
