@@ -150,3 +150,41 @@ def test_hourly_cap_and_manual_force() -> None:
     assert th.allow("manual", force=True)
     clk.t += 3600
     assert th.allow("latency")
+
+
+def test_vectorised_paths_match_a_plain_reference() -> None:
+    """The single-pass field reads and prefilters give the same answers as a naive per-field loop."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    e = empty(n)
+    e["kind"] = rng.choice([KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, 7], n, p=[0.9, 0.07, 0.01, 0.02])
+    e["command"] = rng.integers(0, 21, n)
+    e["latency_ns"] = rng.integers(0, 3 * 10**9, n, dtype=np.uint64)
+    e["nt_status"] = rng.choice(list(smb2.NT_STATUS.values()), n)
+    e["err"] = rng.integers(0, 120, n)
+    e["ts_ns"] = np.sort(rng.integers(0, 10**9, n))
+    rules = (ErrorRule(name="a", statuses=frozenset({smb2.NT_STATUS["STATUS_IO_TIMEOUT"]}), errnos=frozenset({5})),
+             ErrorRule(name="b", statuses=frozenset({smb2.NT_STATUS["STATUS_ACCESS_DENIED"]}),
+                       commands=frozenset({C["CREATE"], C["READ"]}), acceptable_count=2))
+    c = dataclasses.replace(cfg(thresholds_ms={C["WRITE"]: 900.0}, mode="excludeonly", exclude=(C["ECHO"],)),
+                            errors=rules)
+    d = Detector(c)
+    thr = {cmd: (900.0 if cmd == C["WRITE"] else 100.0) * MS for cmd in range(21)}
+    slow = [i for i in range(n) if e["kind"][i] in (1, 2) and e["command"][i] != C["ECHO"]
+            and e["latency_ns"][i] > thr[int(e["command"][i])]]
+    (lat,) = [a for a in d.window(e, 0, 1) if a.type == "latency"]
+    assert lat.count == len(slow)
+    errs = {a.rule: a.count for a in d.window(e, 0, 1) if a.type == "error"}
+    io, denied = smb2.NT_STATUS["STATUS_IO_TIMEOUT"], smb2.NT_STATUS["STATUS_ACCESS_DENIED"]
+    ref_a = sum(1 for i in range(n) if e["kind"][i] == 2 and (e["nt_status"][i] == io or e["err"][i] == 5))
+    ref_b = sum(1 for i in range(n) if e["kind"][i] == 2 and e["nt_status"][i] == denied
+                and e["command"][i] in (C["CREATE"], C["READ"]))
+    assert errs == {"a": ref_a, "b": ref_b}
+    em = [i for i in range(n) if e["kind"][i] in (1, 2) and e["command"][i] != C["ECHO"]
+          and e["latency_ns"][i] > 1000 * MS]
+    imm = {a.type: a for a in d.immediate(e)}
+    assert imm["emergency"].count == len(em)
+    assert imm["emergency"].details["max_latency_ms"] == round(float(e["latency_ns"][em].max()) / 1e6, 3)
+    rc = sum(1 for i in range(n)
+             if e["kind"][i] == 3 or (e["kind"][i] == 2 and e["nt_status"][i] in smb2.RECONNECT_STATUSES))
+    assert imm["reconnect"].count == rc
