@@ -43,8 +43,9 @@ from .config import Config
 from .summary import build_summary, mono_to_wall
 
 STOP_GRACE_SEC = 2.5  # on stop, actions get this long to finish before the bundle is written anyway
-_POLL_SEC = 0.05
-_BEAT_SEC = 0.1
+_POLL_SEC = 0.05  # while actions run
+_IDLE_SEC = 1.0  # idle wait for work; submit() wakes the loop at once
+_BEAT_SEC = 1.0
 
 
 @dataclass
@@ -62,7 +63,8 @@ def _log_window(anomaly: Anomaly, config: Config) -> tuple[int, int]:
     """Epoch seconds (since, until) for log actions: the window, and at least lookback_sec."""
     start = mono_to_wall(anomaly, anomaly.window_start_ns)
     since = math.floor(min(start, anomaly.detected_wall - config.capture.lookback_sec))
-    return since, math.ceil(time.time()) + 1
+    # max(): a wall clock stepped back since detection must not give until < since
+    return since, max(math.ceil(time.time()), math.ceil(anomaly.detected_wall)) + 1
 
 
 def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int) -> list[tuple[str, list[Step]]]:
@@ -207,15 +209,27 @@ class Collector:
         self.rejected = 0  # submit() refused: queue full
         self.dropped = 0  # queued but never captured: daemon stopping
         self.busy = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._wakeup: Optional[asyncio.Event] = None
 
     def submit(self, anomaly: Anomaly) -> bool:
         """Queue a capture; False (and counted) when the queue is full. Never blocks."""
         try:
             self._queue.put_nowait(anomaly)
-            return True
         except queue.Full:
             self.rejected += 1
             return False
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Wake the idle loop now (new work, or stopping). Safe from any thread."""
+        loop, ev = self._loop, self._wakeup
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:  # loop already closed
+                pass
 
     def pending(self) -> int:
         return self._queue.qsize()
@@ -237,16 +251,24 @@ class Collector:
                 await asyncio.sleep(_BEAT_SEC)
 
         beater = asyncio.ensure_future(beat_forever())
+        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 try:
                     anomaly = self._queue.get_nowait()
                 except queue.Empty:
-                    await asyncio.sleep(_POLL_SEC)
+                    self._wakeup.clear()
+                    if self._queue.empty():
+                        try:
+                            await asyncio.wait_for(self._wakeup.wait(), _IDLE_SEC)
+                        except asyncio.TimeoutError:
+                            pass
                     continue
                 await self._capture_one(anomaly, stop)
             self._drop_queued()
         finally:
+            self._loop = self._wakeup = None
             beater.cancel()
             await asyncio.gather(beater, return_exceptions=True)
 

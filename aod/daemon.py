@@ -135,6 +135,7 @@ class Core:
         self.stats = CoreStats()
         self.lock = threading.Lock()
         self._flags: set[str] = set()
+        self._wake = threading.Event()  # a signal arrived: run the main loop now
         self._extra_on_result = on_result
         self.buffer = WindowBuffer()
         self.detector = Detector(cfg)
@@ -198,6 +199,8 @@ class Core:
         self._flags.add(flag)
         if flag == "stop":
             self.stop_event.set()
+            self.collector.wake()
+        self._wake.set()
 
     def reload(self) -> bool:
         if not self.config_path:
@@ -245,13 +248,14 @@ class Core:
                  AOD_RING=self.cfg.ring.path, AOD_OUTPUT=self.cfg.output_dir)
         self.notifier.ready(self.status_text())
 
-    def run(self, tick: float = 0.1, suppressed_every: float = 60.0) -> int:
+    def run(self, tick: float = 1.0, suppressed_every: float = 60.0) -> int:
         self.start()
         ping = self.notifier.ping_interval()
         last_ping = last_status = last_supp = 0.0
         withheld = False
         while not self.stop_event.is_set():
-            self.stop_event.wait(tick)
+            self._wake.wait(tick if ping is None else min(tick, ping / 4))
+            self._wake.clear()
             flags, self._flags = self._flags, set()
             if "reload" in flags:
                 self.reload()
@@ -282,6 +286,7 @@ class Core:
 
     def shutdown(self) -> int:
         self.stop_event.set()
+        self.collector.wake()
         self.notifier.stopping()
         log.emit("stopping", logging.INFO, "AOD core stopping")
         stuck = self.supervisor.join(timeout=5.0)

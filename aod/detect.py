@@ -23,6 +23,7 @@ from .record import EVENT_DTYPE, EVENT_SIZE, KIND_COMPLETION, KIND_ERROR, KIND_R
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
 _NEVER = np.iinfo(np.uint64).max
+MAX_ANOMALY_EVENTS = 100_000  # events an anomaly (and its bundle's events.npy) carries at most
 
 
 def _latency_kind(kind: np.ndarray) -> np.ndarray:
@@ -109,7 +110,14 @@ class Detector:
         self.cfg = cfg
 
     def _anomaly(self, type_: str, rule: str, count: int, events: np.ndarray, start: int, end: int,
-                 cmds: np.ndarray, details: dict[str, Any], stats: Optional[np.ndarray] = None) -> Anomaly:
+                 mask: np.ndarray, cmds: np.ndarray, details: dict[str, Any],
+                 stats: Optional[np.ndarray] = None) -> Anomaly:
+        if len(events) > MAX_ANOMALY_EVENTS:  # bound what a queued capture holds: matches first
+            details = {**details, "events_in_window": len(events)}
+            hits = np.flatnonzero(mask)[-MAX_ANOMALY_EVENTS:]
+            rest = np.flatnonzero(~mask)[-(MAX_ANOMALY_EVENTS - len(hits)):] if len(hits) < MAX_ANOMALY_EVENTS \
+                else np.zeros(0, np.int64)
+            events = events[np.sort(np.concatenate([hits, rest]))]
         return Anomaly(type=type_, rule=rule, count=count, detected_wall=self.clock(),
                        detected_mono_ns=self.mono(), window_start_ns=start, window_end_ns=end,
                        events=np.ascontiguousarray(events), commands=tuple(int(c) for c in np.unique(cmds)),
@@ -135,7 +143,7 @@ class Detector:
             worst = int(hits[np.argmax(lat[hits])])
             out.append(self._anomaly(
                 "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", n, batch, *bounds(),
-                cmd[em], {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
+                em, cmd[em], {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
                           "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
                           "command": smb2.command_name(int(cmd[worst]))}))
         if self.cfg.reconnect.enabled:
@@ -145,7 +153,7 @@ class Detector:
             n = int(np.count_nonzero(rc))
             if n:
                 statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rc] if s})
-                out.append(self._anomaly("reconnect", "reconnect", n, batch, *bounds(), cmd[rc],
+                out.append(self._anomaly("reconnect", "reconnect", n, batch, *bounds(), rc, cmd[rc],
                                          {"statuses": statuses}))
         return out
 
@@ -164,7 +172,8 @@ class Detector:
         if n and n >= lat_cfg.acceptable_count:
             over_cmds, counts = np.unique(cmd[over], return_counts=True)
             out.append(self._anomaly(
-                "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, events, start_ns, end_ns, over_cmds,
+                "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, events, start_ns, end_ns, over,
+                over_cmds,
                 {"acceptable_count": lat_cfg.acceptable_count,
                  "over_threshold_by_command": {smb2.command_name(c): int(k) for c, k in zip(over_cmds, counts)},
                  "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}},
@@ -181,7 +190,9 @@ class Detector:
             n = int(np.count_nonzero(m))
             if n and n >= r.rule.acceptable_count:
                 sts, k = np.unique(status[m], return_counts=True)
-                out.append(self._anomaly("error", r.rule.name, n, events, start_ns, end_ns, ecmd[m],
+                full = np.zeros(len(events), dtype=bool)
+                full[idx[m]] = True
+                out.append(self._anomaly("error", r.rule.name, n, events, start_ns, end_ns, full, ecmd[m],
                                          {"acceptable_count": r.rule.acceptable_count,
                                           "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}},
                                          stats))

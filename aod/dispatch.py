@@ -52,16 +52,26 @@ class WindowBuffer:
     def take_until(self, end_ns: int) -> np.ndarray:
         """Remove and return every event completed before end_ns (late ones included)."""
         with self.lock:
-            if not self.batches:
-                return np.zeros(0, EVENT_DTYPE)
-            allev = np.concatenate(self.batches) if len(self.batches) > 1 else self.batches[0]
-            early = allev["ts_ns"] < end_ns
+            batches, self.batches, self.size = self.batches, [], 0
+        taken: list[np.ndarray] = []
+        keep: list[np.ndarray] = []
+        for b in batches:  # split batch by batch: no full extra copy of the window
+            early = b["ts_ns"] < end_ns
             if early.all():
-                self.batches, self.size = [], 0
-                return allev
-            rest = allev[~early]
-            self.batches, self.size = [rest], len(rest)
-            return allev[early]
+                taken.append(b)
+            elif early.any():
+                taken.append(b[early])
+                keep.append(b[~early])
+            else:
+                keep.append(b)
+        del batches
+        if keep:
+            with self.lock:
+                self.batches[:0] = keep
+                self.size += sum(len(b) for b in keep)
+        if not taken:
+            return np.zeros(0, EVENT_DTYPE)
+        return taken[0] if len(taken) == 1 else np.concatenate(taken)
 
     def peek(self) -> np.ndarray:
         with self.lock:
@@ -74,7 +84,7 @@ class Dispatcher:
     name = "dispatcher"
 
     def __init__(self, ring: Ring, buffer: WindowBuffer,
-                 on_batch: Callable[[np.ndarray], None], wait_sec: float = 0.05) -> None:
+                 on_batch: Callable[[np.ndarray], None], wait_sec: float = 1.0) -> None:
         self.ring = ring
         self.buffer = buffer
         self.on_batch = on_batch

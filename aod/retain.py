@@ -5,7 +5,8 @@ ring -> dispatch -> detect -> collect -> **retain**.
 Only finished bundles (bundle.BUNDLE_RE names) count and are pruned, oldest first (by
 mtime): first those over max_age, then more until the total fits max_total_bytes. The
 newest bundle is always kept. Leftover `.partial` files and `.stage-*` dirs of a crashed
-process are removed once they are older than STALE_SEC (a live writer touches them).
+process are removed once they are older than STALE_SEC (a live writer touches them); those
+of this process never are (a wall clock stepped forward must not delete a running capture).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from typing import Callable, Optional
 
 from . import log
-from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, list_bundles
+from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, list_bundles, owner_pid
 from .config import Config
 
 STALE_SEC = 3600.0
@@ -69,6 +70,8 @@ def clean_stale(
     for name in names:
         if not (name.startswith(STAGE_PREFIX) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))):
             continue
+        if owner_pid(name) == os.getpid():
+            continue  # our own capture in progress: never stale, whatever the wall clock says
         path = os.path.join(output_dir, name)
         try:
             st = os.lstat(path)
@@ -165,4 +168,4 @@ class Retention:
                 self.prune_now()
                 last = time.monotonic()
                 beat()
-            stop.wait(0.1)
+            stop.wait(1.0)

@@ -51,6 +51,8 @@ assert REC_DTYPE.itemsize == REC_SIZE
 _LOOK0 = 256  # first numpy look-ahead (records)
 _STREAK = 16  # standard records in a row before going back to numpy
 FILE_POLL_SEC = 0.005  # file ring (and BUSY head) poll interval: no busy spin
+FILE_IDLE_POLL_SEC = 0.05  # after FILE_IDLE_AFTER_SEC without data the file ring is polled this slowly
+FILE_IDLE_AFTER_SEC = 1.0
 _EMPTY, _BUSY, _READY = 0, 1, 2
 
 
@@ -73,6 +75,7 @@ class RingReader:
     ) -> None:
         if size <= 0 or size & (size - 1) or size % 8:
             raise RingError(errno.EINVAL, f"{path}: ring size {size} is not a power of two")
+        self._last_data = time.monotonic()
         self.path = path
         self.size = size
         self._mask = size - 1
@@ -283,6 +286,7 @@ class RingReader:
         while True:
             state = self._head()
             if state == _READY:
+                self._last_data = time.monotonic()
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -290,7 +294,8 @@ class RingReader:
             if state == _EMPTY and self._epoll is not None:
                 self._epoll.poll(remaining)
             else:  # file ring, or a BUSY head (the kernel commits within microseconds)
-                time.sleep(min(FILE_POLL_SEC, remaining))
+                idle = state == _EMPTY and time.monotonic() - self._last_data > FILE_IDLE_AFTER_SEC
+                time.sleep(min(FILE_IDLE_POLL_SEC if idle else FILE_POLL_SEC, remaining))
 
     # ---- lifetime ------------------------------------------------------------------------
     def close(self) -> None:

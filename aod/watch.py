@@ -32,6 +32,9 @@ class Rates:
     windows: int = 0
 
 
+LAST_WINDOW_KEEP = 65536  # events of the last window kept for a manual capture
+
+
 class Watcher:
     name = "watcher"
     grace_ns = 50_000_000  # let the dispatcher drain completions stamped just before the edge
@@ -53,12 +56,16 @@ class Watcher:
         self._prev_drops: Optional[int] = None
         self._prev_bad = 0
         self._window_start: Optional[int] = None
+        self._told_earlier_drops = False
 
     def _read_counters(self) -> tuple[Optional[np.ndarray], int]:
-        if self.counters is None or not self.counters.available:
+        if self.counters is None:
+            return None, 0
+        # read first: `available` is only known after a read (it starts False: "not read yet")
+        stats, drops = self.counters.cmd_stats(), self.counters.drops()
+        if not self.counters.available:
             self._prev_stats = self._prev_drops = None  # baseline again once the maps appear
             return None, 0
-        stats, drops = self.counters.cmd_stats(), self.counters.drops()
         d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)
         d_drops = 0 if self._prev_drops is None else max(drops - self._prev_drops, 0)
         if self._prev_drops is not None and drops < self._prev_drops:
@@ -89,7 +96,7 @@ class Watcher:
                      f"AOD skipped {bad - self._prev_bad} corrupt or foreign ring records",
                      AOD_COUNT=bad - self._prev_bad)
         self._prev_bad = self.rates.bad_records_total = bad
-        self.last_window = events
+        self.last_window = events[-LAST_WINDOW_KEEP:].copy()  # for manual captures; a copy frees the rest
         found = self.detector.window(events, start, end, stats)
         for a in found:
             self.on_anomaly(a)
@@ -98,6 +105,14 @@ class Watcher:
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         if self._prev_stats is None:
             self._read_counters()  # baseline, so the first window is a delta
+            if self.rates.drops_total and not self._told_earlier_drops:
+                # drops while no core was reading (core stopped or not yet started) are in
+                # the baseline, so no window would ever report them: say so once
+                self._told_earlier_drops = True
+                n = self.rates.drops_total
+                log.emit("drops", log.logging.WARNING,
+                         f"AOD ring full: {n} events dropped by the tracers before this core started reading "
+                         "(total since the tracer started)", AOD_DROPS=n, AOD_DROPS_TOTAL=n)
         while not stop.is_set():
             beat()
             interval_ns = int(self.interval() * 1e9)
@@ -110,7 +125,7 @@ class Watcher:
                 if left <= 0:
                     break
                 beat()
-                stop.wait(min(left / 1e9, 0.25))
+                stop.wait(min(left / 1e9, 1.0))
             if stop.is_set():
                 return
             self.close_window(self._window_start, end)

@@ -218,7 +218,7 @@ def test_watchdog_withheld_while_a_worker_is_stuck(tmp_path: Path, monkeypatch: 
 
     stuck = threading.Event()
     monkeypatch.setattr(reader, "wait", stuck_wait)
-    core = Core(cfg, reader, FileCounters(ring_path), heartbeat_timeout=0.6)
+    core = Core(cfg, reader, FileCounters(ring_path), heartbeat_timeout=2.5)  # workers beat each second
     t = threading.Thread(target=core.run, kwargs={"tick": 0.02})
     t.start()
 
@@ -234,12 +234,12 @@ def test_watchdog_withheld_while_a_worker_is_stuck(tmp_path: Path, monkeypatch: 
     try:
         assert pings(1.0) >= 3
         stuck.set()
-        time.sleep(1.0)  # heartbeat goes stale after 0.6 s
+        time.sleep(3.5)  # heartbeat goes stale after 2.5 s
         pings(0.3)  # drain pings sent before it went stale
         assert pings(1.0) == 0
-        release.set()
         stuck.clear()
-        assert pings(1.0) >= 3
+        release.set()
+        assert pings(2.5) >= 3  # the dispatcher beats again within its 1 s wait
     finally:
         release.set()
         core.request("stop")

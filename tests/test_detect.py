@@ -188,3 +188,14 @@ def test_vectorised_paths_match_a_plain_reference() -> None:
     rc = sum(1 for i in range(n)
              if e["kind"][i] == 3 or (e["kind"][i] == 2 and e["nt_status"][i] in smb2.RECONNECT_STATUSES))
     assert imm["reconnect"].count == rc
+
+
+def test_anomaly_events_are_bounded_matches_first(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aod import detect
+
+    monkeypatch.setattr(detect, "MAX_ANOMALY_EVENTS", 100)
+    e = np.concatenate([ev(500, lat_ms=1), ev(30, lat_ms=150, ts0=10**9 + 1000), ev(500, lat_ms=1, ts0=2 * 10**9)])
+    (a,) = Detector(cfg()).window(e, 0, 3 * 10**9)
+    assert a.count == 30 and len(a.events) == 100 and a.details["events_in_window"] == 1030
+    assert (a.events["latency_ns"] == 150 * MS).sum() == 30  # every match kept
+    assert (np.diff(a.events["ts_ns"].astype(np.int64)) >= 0).all()  # still in time order
