@@ -76,9 +76,10 @@ clean-packaging:
 # make vm-image  -> build or reuse the cached Debian 12 VM image (root; 2.5-5 min cold)
 # make vm-tracer -> the eBPF tracers on a real kernel in the VM (~10 min)
 # make vm-package-> the .deb installed, enabled, restarted and purged in the VM (~6 min)
-# make bench     -> benchmarks (python -m bench)
+# make bench     -> benchmarks (python -m bench; bench/RESULTS.md); bench-quick: CI's short mode
+# make vm-bench  -> the VM tracer run that bench figure 6 reads (dist/vm/tracer/)
 VM_SHARE ?= $(CURDIR)/dist/vm
-.PHONY: test demo vm-image vm-tracer vm-package vm-test bench
+.PHONY: test demo vm-image vm-tracer vm-package vm-test bench bench-quick vm-bench
 test:
 	tests/run
 demo:
@@ -95,3 +96,6 @@ vm-test:
 	$(PYTHON) -m pytest tests/vm -q
 bench:
 	$(PYTHON) -m bench
+bench-quick:
+	$(PYTHON) -m bench --quick
+vm-bench: vm-tracer

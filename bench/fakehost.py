@@ -67,11 +67,12 @@ def _journal(lines: int, rnd: random.Random, kernel: bool) -> bytes:
         "deploy : TTY=pts/0 ; PWD=/home/deploy ; USER=root ; COMMAND=/bin/mount -t cifs "
         "//fs{n:02d}/projects /mnt/projects -o username=svc,password=S3cret{p}",
     )
+    weights = [1.0] * (len(msgs) - 1) + [0.01]  # the sudo mount line (a secret to redact) is rare
     out = []
     for i in range(lines):
         ts = f"2026-11-27T21:{(i // 1000) % 60:02d}:{(i // 17) % 60:02d}.{rnd.randint(0, 999999):06d}+0000"
         unit = "kernel" if kernel else rnd.choice(units)
-        msg = rnd.choice(msgs).format(n=rnd.randint(1, 40), p=rnd.randint(1024, 65535))
+        msg = rnd.choices(msgs, weights)[0].format(n=rnd.randint(1, 40), p=rnd.randint(1024, 65535))
         out.append(f"{ts} client01 {unit}: {msg}\n")
     return "".join(out).encode()
 

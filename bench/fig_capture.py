@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 

@@ -3,16 +3,20 @@
 The number comes from tests/vm/scenarios/tracer.sh, step 8: the SMB workload
 (tests/vm/guest/workload.py, 60 files, twice) on a CIFS mount in the Debian 12 VM,
 without and with the smb tracer attached (default thresholds: histograms only).
-It writes `FACT throughput_seconds= off=.. on=.. off=.. on=..` and
-`FACT throughput_ratio_on_over_off=R` (on/off wall seconds) to <share>/results.txt.
+It writes `FACT throughput_seconds= off=.. on=.. off=.. on=..` to <share>/results.txt
+and, in newer runs, <share>/tracer-overhead.json with the kernel's own accounting of the
+BPF programs' run time (kernel.bpf_stats_enabled), reported as row 6b.
 
-Where we look, newest file first: $AOD_VM_BENCH_RESULTS, dist/vm-bench/results.txt
-(`make vm-bench`), /tmp/vmshare-tracer/results.txt (the share named in tracer.sh's header).
-Throughput ratio with/without = off_seconds / on_seconds; loss = 1 - that ratio.
+Where we look, newest file first: $AOD_VM_BENCH_RESULTS, dist/vm/tracer/results.txt
+(`make vm-tracer`, alias `make vm-bench`), dist/vm-bench/results.txt,
+/tmp/vmshare-tracer/results.txt (the share named in tracer.sh's header).
+Throughput ratio with/without = off_seconds / on_seconds; loss = 1 - that ratio. Verdict: PASS
+if every round's loss is <= 3%, MISS if every round's is above, otherwise inconclusive (-).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -20,7 +24,8 @@ from typing import List, Optional
 
 from .common import ROOT, Row
 
-CANDIDATES = (os.path.join(ROOT, "dist", "vm-bench", "results.txt"), "/tmp/vmshare-tracer/results.txt")
+CANDIDATES = (os.path.join(ROOT, "dist", "vm", "tracer", "results.txt"),
+              os.path.join(ROOT, "dist", "vm-bench", "results.txt"), "/tmp/vmshare-tracer/results.txt")
 NOT_MEASURED = "not measured (needs `make vm-bench`)"
 
 
@@ -44,16 +49,43 @@ def run(quick: bool) -> List[Row]:
     if not (off > 0 and on > 0):
         return [Row("6", "tracer overhead, SMB workload on a real kernel", f"{NOT_MEASURED}; {path} has no "
                     "usable throughput_seconds", "tracer off", "-", "<= 3% loss", None)]
+    # per round (off then on, in order): the spread between rounds says what the VM can resolve
+    offs = [float(v) for k, v in pairs if k == "off"]
+    ons = [float(v) for k, v in pairs if k == "on"]
+    round_loss = [1 - a / b for a, b in zip(offs, ons)]
     kern = re.search(r"^FACT kernel=(.*)$", text, re.M)
     ratio = off / on  # throughput with / without
     loss = 1 - ratio
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
     raw = {"results_file": path, "mtime": when, "kernel": kern.group(1) if kern else "?", "runs": pairs,
-           "off_s": off, "on_s": on, "throughput_ratio": ratio, "loss": loss}
-    return [Row("6", "tracer overhead, SMB workload, VM", f"{on:.1f} s with tracer ({100 * loss:+.1f}% loss)",
-                f"tracer off: {off:.1f} s", f"throughput {ratio:.3f}x", "<= 3% loss", loss <= 0.03, raw,
+           "off_s": off, "on_s": on, "throughput_ratio": ratio, "loss": loss, "round_loss": round_loss}
+    spread = (": the round-to-round noise under TCG is larger than the 3% target"
+              if round_loss and max(round_loss) - min(round_loss) > 0.03 else "")
+    # PASS only if every round is within the target, MISS if every round misses, else inconclusive
+    ok = True if all(x <= 0.03 for x in round_loss) else False if all(x > 0.03 for x in round_loss) else None
+    rows = [Row("6", "tracer overhead, SMB workload, VM", f"{on:.1f} s with tracer ({100 * loss:+.1f}% loss)",
+                f"tracer off: {off:.1f} s", f"throughput {ratio:.3f}x", "<= 3% loss", ok, raw,
                 note=f"from {path} ({when}, kernel {raw['kernel']}; tests/vm/scenarios/tracer.sh step 8: "
-                     f"{' '.join(k + '=' + v for k, v in pairs)} s)")]
+                     f"{' '.join(k + '=' + v for k, v in pairs)} s; loss per round "
+                     f"{', '.join(f'{100 * x:+.1f}%' for x in round_loss)}{spread})")]
+    rows += bpf_share_row(os.path.join(os.path.dirname(path), "tracer-overhead.json"))
+    return rows
+
+
+def bpf_share_row(path: str) -> List[Row]:
+    """6b: BPF run time / traced workload wall time, from tracer-overhead.json (if the run wrote it)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        share = float(d["bpf_cpu_share_of_workload"])
+        runs, ns = int(d["bpf_runs"]), int(d["bpf_run_time_ns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [Row("6b", "tracer BPF CPU, share of workload time", "not measured (VM run without "
+                    "tracer-overhead.json)", "-", "-", "report", None)]
+    return [Row("6b", "tracer BPF CPU, share of workload time", f"{100 * share:.3f}% ({runs} runs, "
+                f"{ns / max(runs, 1):.0f} ns/run)", "traced workload wall time", f"{share:.5f}", "report", None,
+                dict(d, file=path), note=f"6b from {path}: kernel.bpf_stats_enabled run_time_ns of the tracer's "
+                "programs; in-kernel cost only (not the user-space tracer process)")]
 
 
 if __name__ == "__main__":

@@ -40,11 +40,12 @@ def collapsed_summary(path: str, top: int = 15, prefix: str = "aod/") -> str:
             for fr in {x.split(" (")[0] + " (" + x.split(" (")[1].split(":")[0] + ")"
                        for x in frames if prefix in x and " (" in x}:
                 incl[fr] = incl.get(fr, 0) + k
-    out = [f"{total} samples; self (leaf):"]
-    out += [f"  {n:6d} {100 * n / max(total, 1):5.1f}%  {x}" for x, n in sorted(leaves.items(), key=lambda x: -x[1])[:top]]
-    out.append(f"inclusive, {prefix} frames:")
-    out += [f"  {n:6d} {100 * n / max(total, 1):5.1f}%  {x}" for x, n in sorted(incl.items(), key=lambda x: -x[1])[:top]]
-    return "\n".join(out)
+
+    def lines(d: Dict[str, int]) -> List[str]:
+        top_n = sorted(d.items(), key=lambda x: -x[1])[:top]
+        return [f"  {n:6d} {100 * n / max(total, 1):5.1f}%  {x}" for x, n in top_n]
+
+    return "\n".join([f"{total} samples; self (leaf):", *lines(leaves), f"inclusive, {prefix} frames:", *lines(incl)])
 
 
 def detect_profile(out_dir: str) -> str:
