@@ -26,7 +26,6 @@
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
 #include "aod_event.h"
-#include "aod_ring.h"
 
 #ifndef AOD_TRACER_ID
 #define AOD_TRACER_ID AOD_TRACER_SMB
@@ -36,6 +35,9 @@
 #endif
 #ifndef AOD_EMIT_CMD_MASK
 #define AOD_EMIT_CMD_MASK 0xffffffffU /* bit = command slot whose completions may be emitted */
+#endif
+#ifndef AOD_RING_PAGES
+#define AOD_RING_PAGES 1024
 #endif
 #ifndef AOD_INFLIGHT_MAX
 #define AOD_INFLIGHT_MAX 16384
@@ -50,6 +52,24 @@
 #define AOD_CMD_NONE 0xffff
 #define STATUS_NETWORK_SESSION_EXPIRED 0xC000035C
 
+/* pinned ring: the members of bcc's BPF_RINGBUF_OUTPUT, section with a pin path */
+/* Declared in each tracer, not in a shared header: bcc rewrites map calls such as
+ * events.ringbuf_output() only in the main source file; from a header they compile
+ * to an indirect call the verifier rejects ("unknown opcode 8d"). */
+struct events_table_t {
+	int key;
+	u32 leaf;
+	int (*ringbuf_output)(void *, u64, u64);
+	void *(*ringbuf_reserve)(u64);
+	void (*ringbuf_discard)(void *, u64);
+	void (*ringbuf_submit)(void *, u64);
+	u64 (*ringbuf_query)(u64);
+	u32 max_entries;
+};
+__attribute__((section("maps/ringbuf:" AOD_RING_PIN)))
+struct events_table_t events = { .max_entries = AOD_RING_PAGES * PAGE_SIZE };
+
+BPF_TABLE_PINNED("percpu_array", u32, u64, drops, 1, AOD_DROPS_PIN);
 BPF_TABLE_PINNED("percpu_array", u32, struct aod_cmd_stats, cmd_stats, AOD_CMD_SLOTS, AOD_STATS_PIN);
 
 struct aod_key {
@@ -85,6 +105,16 @@ static __always_inline void start(struct aod_key *k)
 	s.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 	inflight.update(k, &s);
+}
+
+static __always_inline void emit(struct aod_event *ev)
+{
+	if (events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+		u32 zero = 0;
+		u64 *d = drops.lookup(&zero);
+		if (d)
+			(*d)++;
+	}
 }
 
 /* per-command statistics; hist = 0 only counts an error (kprobe mode) */
@@ -152,7 +182,7 @@ static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, stru
 	fill(&ev, AOD_KIND_COMPLETION, cmd, sesid, tid, mid);
 	ev.latency_ns = lat;
 	who(&ev, s);
-	aod_emit(&ev);
+	emit(&ev);
 }
 
 #ifndef AOD_KPROBE_MODE
@@ -219,7 +249,7 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 	count(cmd, 0, 1, 0);
 	who(&ev, 0);
 #endif
-	aod_emit(&ev);
+	emit(&ev);
 	return 0;
 }
 #endif
@@ -231,7 +261,7 @@ TRACEPOINT_PROBE(cifs, smb3_reconnect)
 	struct aod_event ev = {};
 	fill(&ev, AOD_KIND_RECONNECT, AOD_CMD_NONE, 0, 0, args->currmid);
 	who(&ev, 0);
-	aod_emit(&ev);
+	emit(&ev);
 	return 0;
 }
 #endif
@@ -244,7 +274,7 @@ TRACEPOINT_PROBE(cifs, smb3_ses_expired)
 	fill(&ev, AOD_KIND_RECONNECT, args->cmd, args->sesid, args->tid, args->mid);
 	ev.nt_status = STATUS_NETWORK_SESSION_EXPIRED;
 	who(&ev, 0);
-	aod_emit(&ev);
+	emit(&ev);
 	return 0;
 }
 #endif
