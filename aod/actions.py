@@ -371,11 +371,15 @@ def _read_file_into(step: Step, path: str, stage: str) -> tuple[int, bool]:
             data = data[nl + 1 :]
     if step.redact:
         data = redact(data)
-    sink = CappedSink(os.path.join(stage, step.dest), step.cap_bytes, "head")
+    dest = os.path.join(stage, step.dest)
     try:
-        sink.write(data)
-    finally:
-        size = sink.close()
+        sink = CappedSink(dest, step.cap_bytes, "head")
+        try:
+            sink.write(data)
+        finally:
+            size = sink.close()
+    except OSError as e:  # name the stage file, not the source, on ENOSPC/EROFS
+        raise OSError(e.errno, e.strerror, dest) from e
     return size, truncated
 
 
@@ -393,7 +397,7 @@ async def _run_file(step: Step, stage: str, timeout: float, res: StepResult) -> 
     except asyncio.TimeoutError:
         res.status, res.error = "timeout", f"reading {path} took over {timeout:g}s"
     except OSError as e:
-        res.status, res.error = "failed", f"{path}: {e.strerror or e}"
+        res.status, res.error = "failed", f"{e.filename or path}: {e.strerror or e}"
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:

@@ -2,8 +2,8 @@
 
 ring -> dispatch -> detect -> **collect** -> retain.
 
-A capture writes into `<output_dir>/.stage-<...>/` (0700). `finalize()` streams the stage
-as a tar through zstd into `.<name>.partial` (0600 from creation), fsyncs it, then links it
+A capture writes into `<output_dir>/.stage-<type>_<stamp>_<pid>_<seq>/` (0700). `finalize()`
+streams the stage as a tar through zstd into `.<name>.<pid>.partial` (0600 from creation), fsyncs it, then links it
 to `aod_<type>_<YYYYmmddTHHMMSSZ>_<seq>.tar.zst` (never clobbering) and fsyncs the dir. Only
 names matching BUNDLE_RE are finished bundles; retain.py relies on that.
 """
@@ -56,6 +56,15 @@ def _next_seq() -> int:
 
 def _safe_type(anomaly_type: str) -> str:
     return re.sub(r"[^a-z0-9]", "", anomaly_type.lower()) or "unknown"
+
+
+_OWNED_RE = re.compile(r"^(?:\.stage-[a-z0-9]+_\d{8}T\d{6}Z_(\d+)_\d+|\.aod_.+\.tar\.zst\.(\d+)\.partial)$")
+
+
+def owner_pid(name: str) -> Optional[int]:
+    """pid of the process that made a stage dir or partial file (from its name), else None."""
+    m = _OWNED_RE.match(name)
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def utc_stamp(wall: float) -> str:
@@ -198,7 +207,7 @@ def finalize(stage: str, output_dir: str, anomaly_type: str, wall: float) -> tup
     try:
         for _ in range(1000):  # a name free both as bundle and as partial (earlier runs, crashes)
             name = bundle_name(anomaly_type, wall, _next_seq())
-            partial = os.path.join(output_dir, f".{name}{PARTIAL_SUFFIX}")
+            partial = os.path.join(output_dir, f".{name}.{os.getpid()}{PARTIAL_SUFFIX}")
             if os.path.lexists(os.path.join(output_dir, name)):
                 continue
             try:

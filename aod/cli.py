@@ -100,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     from .tracerstate import RUN_DIR
 
-    core = Core(cfg, ring, counters, config_path=args.config, tracer_dir=None if args.ring_file else RUN_DIR)
+    core = Core(cfg, ring, counters, config_path=args.config, tracer_dir=None if args.ring_file else RUN_DIR,
+                ring_file=args.ring_file)
     install_signals(core)
     return core.run()
 

@@ -8,6 +8,7 @@ RELOADING, STOPPING) and handles SIGTERM/SIGINT, SIGHUP (reload) and SIGUSR1
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -125,10 +126,11 @@ class Core:
                  config_path: Optional[str] = None, notifier: Optional[Notifier] = None,
                  heartbeat_timeout: float = 10.0, collector_env: Any = None,
                  on_result: Optional[Callable[[BundleResult], None]] = None,
-                 tracer_dir: Optional[str] = None) -> None:
+                 tracer_dir: Optional[str] = None, ring_file: Optional[str] = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.tracer_dir = tracer_dir  # where tracers publish their state; None for a file ring
+        self.ring_file = ring_file  # set by `run --ring-file`: overrides ring.path on reload too
         self.ring = ring
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
@@ -214,9 +216,12 @@ class Core:
                      AOD_CONFIG=self.config_path, AOD_ERRORS=len(e.errors))
             self.notifier.ready(self.status_text())
             return False
+        if self.ring_file:  # `run --ring-file` overrides ring.path; keep doing so
+            new = dataclasses.replace(new, ring=dataclasses.replace(new.ring, path=self.ring_file))
         if (new.ring, new.output_dir) != (self.cfg.ring, self.cfg.output_dir):
-            log.emit("reloaded", WARNING, "AOD ring and output_dir changes take effect on restart",
-                     AOD_CONFIG=self.config_path)
+            log.emit("reloaded", WARNING, "AOD ring and output_dir changes take effect on restart; "
+                     f"still using {self.cfg.ring.path} and {self.cfg.output_dir}", AOD_CONFIG=self.config_path)
+            new = dataclasses.replace(new, ring=self.cfg.ring, output_dir=self.cfg.output_dir)
         self.cfg = new
         self.detector.reconfigure(new)
         self.throttle.set_limits(new.capture.cooldown_sec, new.capture.max_per_hour)

@@ -605,6 +605,8 @@ def main(argv: list[str]) -> int:
     try:
         opts = parse_args(argv)
     except SetupError as e:
+        if e.code == EX_USAGE:
+            parser().print_usage(sys.stderr)
         print(e, file=sys.stderr)
         return e.code
     env = Env(state_dir=tracerstate.RUN_DIR)
