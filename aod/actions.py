@@ -162,12 +162,15 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-_SECRET = re.compile(rb"(?im)(^|[\s,])((?:password2?|pass|credentials)=)(?:,,|[^,\s])*")
+_SECRET = re.compile(rb"(?i)(?<![^\s,])((?:password2?|pass|credentials)=)(?:,,|[^,\s])*")
 
 
 def redact(data: bytes) -> bytes:
     """Mask password=, password2=, pass= and credentials= option values (",," is an escaped comma)."""
-    return _SECRET.sub(rb"\1\2***", data)
+    low = data.lower()
+    if b"pass" not in low and b"credentials=" not in low:  # the common case: a quick scan, no regex
+        return data
+    return _SECRET.sub(rb"\1***", data)
 
 
 _OCTAL = re.compile(rb"\\([0-7]{3})")
