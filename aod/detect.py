@@ -23,7 +23,7 @@ from .record import EVENT_DTYPE, EVENT_SIZE, KIND_COMPLETION, KIND_ERROR, KIND_R
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
 _NEVER = np.iinfo(np.uint64).max
-MAX_ANOMALY_EVENTS = 100_000  # events an anomaly (and its bundle's events.npy) carries at most
+MAX_ANOMALY_EVENTS = 50_000  # events an anomaly (and its bundle's events.npy) carries at most
 
 
 def _latency_kind(kind: np.ndarray) -> np.ndarray:
@@ -31,20 +31,24 @@ def _latency_kind(kind: np.ndarray) -> np.ndarray:
     return (kind - np.uint8(KIND_COMPLETION)) <= np.uint8(KIND_ERROR - KIND_COMPLETION)
 
 
-assert EVENT_DTYPE.fields is not None and EVENT_DTYPE.fields["latency_ns"][1] == 16
+assert EVENT_DTYPE.fields is not None
+assert (EVENT_DTYPE.fields["ts_ns"][1], EVENT_DTYPE.fields["latency_ns"][1]) == (8, 16)
 
 
-def _fields(events: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(kind, command, latency_ns) in one pass over the records.
+def _fields(events: np.ndarray, with_ts: bool = False) -> tuple[np.ndarray, ...]:
+    """(kind, command, latency_ns[, ts_ns]) in one pass over the records.
 
-    Bytes 0-7 of a record are version, size, kind, tracer_id, command; bytes 16-23
-    the latency. Reading both words together touches each record's cache line once.
+    Bytes 0-7 of a record are version, size, kind, tracer_id, command; bytes 8-15 the
+    completion time, 16-23 the latency: one cache line, so reading them together costs
+    one pass.
     """
     if not events.flags.c_contiguous:
         events = np.ascontiguousarray(events)
-    words = events.view(np.dtype("<u8")).reshape(len(events), EVENT_SIZE // 8)[:, [0, 2]]
+    words = events.view(np.dtype("<u8")).reshape(len(events), EVENT_SIZE // 8)
+    words = words[:, [0, 1, 2]] if with_ts else words[:, [0, 2]]
     head = words[:, 0]
-    return (head >> np.uint64(32)).astype(np.uint8), (head >> np.uint64(48)).astype(np.uint16), words[:, 1]
+    kind, cmd = (head >> np.uint64(32)).astype(np.uint8), (head >> np.uint64(48)).astype(np.uint16)
+    return (kind, cmd, words[:, 2], words[:, 1]) if with_ts else (kind, cmd, words[:, 1])
 
 
 def _set(values: frozenset[int], dtype: type) -> np.ndarray:
@@ -109,30 +113,39 @@ class Detector:
         self.rules = [_Rule(r) for r in cfg.errors]
         self.cfg = cfg
 
-    def _anomaly(self, type_: str, rule: str, count: int, events: np.ndarray, start: int, end: int,
-                 mask: np.ndarray, cmds: np.ndarray, details: dict[str, Any],
-                 stats: Optional[np.ndarray] = None) -> Anomaly:
-        if len(events) > MAX_ANOMALY_EVENTS:  # bound what a queued capture holds: matches first
-            details = {**details, "events_in_window": len(events)}
-            hits = np.flatnonzero(mask)[-MAX_ANOMALY_EVENTS:]
-            rest = np.flatnonzero(~mask)[-(MAX_ANOMALY_EVENTS - len(hits)):] if len(hits) < MAX_ANOMALY_EVENTS \
-                else np.zeros(0, np.int64)
-            events = events[np.sort(np.concatenate([hits, rest]))]
-        return Anomaly(type=type_, rule=rule, count=count, detected_wall=self.clock(),
-                       detected_mono_ns=self.mono(), window_start_ns=start, window_end_ns=end,
-                       events=np.ascontiguousarray(events), commands=tuple(int(c) for c in np.unique(cmds)),
-                       details=details, window_stats=stats)
+    def _bounded(self, events: np.ndarray, masks: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """The events the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
+        the matches of any rule from the older part plus the newest events, shared by all."""
+        if len(events) <= MAX_ANOMALY_EVENTS:
+            return np.ascontiguousarray(events), {}
+        cut = len(events) - MAX_ANOMALY_EVENTS // 2
+        hit = np.zeros(cut, dtype=bool)
+        for m in masks:
+            hit |= m[:cut]
+        early = np.flatnonzero(hit)[-(MAX_ANOMALY_EVENTS // 2):]
+        kept = np.empty(MAX_ANOMALY_EVENTS, dtype=events.dtype)  # filled in place: one copy
+        kept[:len(early)] = events[early]
+        kept[len(early):] = events[len(events) - (MAX_ANOMALY_EVENTS - len(early)):]
+        return kept, {"events_in_window": len(events)}
+
+    def _build(self, found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]],
+               events: np.ndarray, start: int, end: int, stats: Optional[np.ndarray] = None) -> list[Anomaly]:
+        """found: (type, rule, count, mask, matched commands, details) per anomaly."""
+        if not found:
+            return []
+        kept, extra = self._bounded(events, [f[3] for f in found])
+        wall, mono = self.clock(), self.mono()
+        return [Anomaly(type=t, rule=r, count=n, detected_wall=wall, detected_mono_ns=mono, window_start_ns=start,
+                        window_end_ns=end, events=kept, commands=tuple(int(c) for c in np.unique(cmds)),
+                        details={**d, **extra}, window_stats=stats)
+                for t, r, n, _, cmds, d in found]
 
     def immediate(self, batch: np.ndarray) -> list[Anomaly]:
         """Emergency and reconnect checks on a freshly drained batch."""
-        out: list[Anomaly] = []
+        found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]] = []
         if len(batch) == 0:
-            return out
-        kind, cmd, lat = _fields(batch)
-
-        def bounds() -> tuple[int, int]:
-            ts = batch["ts_ns"]
-            return int(ts.min()), int(ts.max()) + 1
+            return []
+        kind, cmd, lat, ts = _fields(batch, with_ts=True)
 
         em = np.zeros(len(batch), dtype=bool)
         cand = np.flatnonzero(lat > self.emergency_ns)  # rare: check the rest on these only
@@ -141,11 +154,11 @@ class Detector:
         if n:
             hits = np.flatnonzero(em)
             worst = int(hits[np.argmax(lat[hits])])
-            out.append(self._anomaly(
-                "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", n, batch, *bounds(),
-                em, cmd[em], {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
-                          "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
-                          "command": smb2.command_name(int(cmd[worst]))}))
+            found.append((
+                "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", n, em, cmd[em],
+                {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
+                 "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
+                 "command": smb2.command_name(int(cmd[worst]))}))
         if self.cfg.reconnect.enabled:
             errs = np.flatnonzero(kind == KIND_ERROR)
             rc = kind == KIND_RECONNECT
@@ -153,16 +166,17 @@ class Detector:
             n = int(np.count_nonzero(rc))
             if n:
                 statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rc] if s})
-                out.append(self._anomaly("reconnect", "reconnect", n, batch, *bounds(), rc, cmd[rc],
-                                         {"statuses": statuses}))
-        return out
+                found.append(("reconnect", "reconnect", n, rc, cmd[rc], {"statuses": statuses}))
+        if not found:
+            return []
+        return self._build(found, batch, int(ts.min()), int(ts.max()) + 1)
 
     def window(self, events: np.ndarray, start_ns: int, end_ns: int,
                stats: Optional[np.ndarray] = None) -> list[Anomaly]:
         """Latency-count and error rules over one closed window."""
-        out: list[Anomaly] = []
+        found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]] = []
         if len(events) == 0:
-            return out
+            return []
         lat_cfg = self.cfg.latency
         kind, cmd, lat = _fields(events)
         over = np.zeros(len(events), dtype=bool)
@@ -171,18 +185,12 @@ class Detector:
         n = int(np.count_nonzero(over))
         if n and n >= lat_cfg.acceptable_count:
             over_cmds, counts = np.unique(cmd[over], return_counts=True)
-            out.append(self._anomaly(
-                "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, events, start_ns, end_ns, over,
-                over_cmds,
+            found.append((
+                "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, over, over_cmds,
                 {"acceptable_count": lat_cfg.acceptable_count,
                  "over_threshold_by_command": {smb2.command_name(c): int(k) for c, k in zip(over_cmds, counts)},
-                 "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}},
-                stats))
-        if not self.rules:
-            return out
-        idx = np.flatnonzero(kind == KIND_ERROR)
-        if len(idx) == 0:
-            return out
+                 "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}}))
+        idx = np.flatnonzero(kind == KIND_ERROR) if self.rules else np.zeros(0, np.int64)
         sub = events[idx]
         status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), cmd[idx]
         for r in self.rules:
@@ -192,11 +200,10 @@ class Detector:
                 sts, k = np.unique(status[m], return_counts=True)
                 full = np.zeros(len(events), dtype=bool)
                 full[idx[m]] = True
-                out.append(self._anomaly("error", r.rule.name, n, events, start_ns, end_ns, full, ecmd[m],
-                                         {"acceptable_count": r.rule.acceptable_count,
-                                          "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}},
-                                         stats))
-        return out
+                found.append(("error", r.rule.name, n, full, ecmd[m],
+                              {"acceptable_count": r.rule.acceptable_count,
+                               "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}}))
+        return self._build(found, events, start_ns, end_ns, stats)
 
 
 class Throttle:
