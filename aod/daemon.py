@@ -164,8 +164,10 @@ class Core:
         if not self.throttle.allow(a.type, force=a.type == "manual"):
             return False
         cmds = ",".join(command_name(c) for c in a.commands)
+        statuses = a.details.get("statuses") or ()  # error: {name: count}; reconnect: [names]
+        extra = {"AOD_STATUS": ",".join(statuses)} if statuses else {}
         log.emit("anomaly", log.ALERT, f"AOD detected anomaly: {a.type} with {a.count} events",
-                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule)
+                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule, **extra)
         err = history.append(self.cfg.output_dir, a)
         if err:
             log.emit("capture_failed", WARNING, f"AOD anomaly history: {err}", AOD_ANOMALY=a.type)

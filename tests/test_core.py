@@ -283,3 +283,31 @@ def test_alerted_anomalies_go_to_the_jsonl_history(tmp_path: Path) -> None:
     (out / history.FILENAME).unlink()
     os.mkdir(out / history.FILENAME)  # unwritable: reported, not raised
     assert history.append(str(out), a) is not None
+
+
+def test_error_alert_names_the_nt_status(tmp_path: Path) -> None:
+    import logging
+
+    from aod import log
+    from aod.anomaly import Anomaly
+
+    got: list[logging.LogRecord] = []
+
+    class H(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    h = H()
+    log.logger.addHandler(h)
+    cfg = config_mod.load_text(f"output_dir: {tmp_path / 'out'}\n")
+    ring_path = str(tmp_path / "ring")
+    ringfile.create(ring_path, 64 * 1024)
+    core = Core(cfg, RingReader.open_file(ring_path), FileCounters(ring_path))
+    core.raise_anomaly(Anomaly(type="error", rule="access_denied", count=25, detected_wall=1.0, detected_mono_ns=1,
+                               window_start_ns=0, window_end_ns=1, commands=(5,),
+                               details={"statuses": {"STATUS_ACCESS_DENIED": 25}}))
+    log.logger.removeHandler(h)
+    (alert,) = [r for r in got if getattr(r, "MESSAGE_ID", "") == log.MESSAGE_IDS["anomaly"]]
+    assert alert.getMessage() == "AOD detected anomaly: error with 25 events"
+    assert alert.__dict__["AOD_STATUS"] == "STATUS_ACCESS_DENIED"
+    assert alert.__dict__["AOD_RULE"] == "access_denied"
