@@ -76,10 +76,12 @@ clean-packaging:
 # make vm-image  -> build or reuse the cached Debian 12 VM image (root; 2.5-5 min cold)
 # make vm-tracer -> the eBPF tracers on a real kernel in the VM (~10 min)
 # make vm-package-> the .deb installed, enabled, restarted and purged in the VM (~6 min)
+# make vm-e2e    -> the .deb end to end on a real systemd host in the VM (~8 min with a cached image);
+#                   report in $(VM_SHARE)/e2e/e2e-report.json
 # make bench     -> benchmarks (python -m bench; bench/RESULTS.md); bench-quick: CI's short mode
 # make vm-bench  -> the VM tracer run that bench figure 6 reads (dist/vm/tracer/)
 VM_SHARE ?= $(CURDIR)/dist/vm
-.PHONY: test demo vm-image vm-tracer vm-package vm-test bench bench-quick vm-bench
+.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-test bench bench-quick vm-bench
 test:
 	tests/run
 demo:
@@ -92,6 +94,9 @@ vm-tracer: vm-image
 vm-package: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1500
+vm-e2e: vm-image deb
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/e2e --script tests/vm/scenarios/e2e.sh \
+	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 2100
 vm-test:
 	$(PYTHON) -m pytest tests/vm -q
 bench:

@@ -19,6 +19,7 @@ Exit statuses (list 2 69 71 78 in RestartPreventExitStatus=):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -497,6 +498,7 @@ class Env:
     release: str = field(default_factory=lambda: os.uname().release)
     page_size: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE"))
     stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)  # set on SIGHUP
     sleep: Optional[Callable[[float], bool]] = None  # default: stop.wait
     poll_sec: float = POLL_SEC
     import_bcc: Callable[[], Any] = import_bcc
@@ -522,6 +524,37 @@ def _state(state_dir: Optional[str], name: str, state: str) -> None:
     err = tracerstate.write_state(state_dir, name, state)
     if err:
         _emit(logging.WARNING, name, err)
+
+
+def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded, flags: list,
+            make_flags: Callable[[config_mod.Config], list], load: Callable[[list], Loaded],
+            what: str) -> tuple[Loaded, list]:
+    """SIGHUP (systemctl reload aodv2 propagates here): rebuild the program if the config
+    changes what it compiles in (emit filter), attach the new one, then drop the old one.
+    Anything wrong keeps the running program. The ring and pin paths never change here."""
+    name = opts.name
+    env.notifier.status("reloading: rebuilding the emit filter")
+    try:
+        try:
+            cfg = config_mod.load(opts.config)
+        except config_mod.ConfigError as e:
+            _emit(logging.ERROR, name, f"reload rejected, keeping the running program: {e}".replace("\n", "; "))
+            return loaded, flags
+        new_flags = make_flags(dataclasses.replace(cfg, ring=running.ring))
+        if new_flags == flags:
+            _emit(logging.INFO, name, "config reloaded; nothing the program compiles in changed")
+            return loaded, flags
+        try:
+            new = load(new_flags)
+        except Exception as e:  # compile or verifier error: the old program stays attached
+            _emit(logging.ERROR, name, f"reload failed, keeping the running program: {e}")
+            return loaded, flags
+        loaded.close()
+        min_ms = config_mod.min_threshold_ns(cfg.latency) / 1e6
+        _emit(logging.INFO, name, f"reloaded: the new emit filter is attached (completions >= {min_ms:g} ms)")
+        return new, new_flags
+    finally:
+        env.notifier.ready(f"attached ({what})")
 
 
 def run(opts: Options, env: Env) -> int:
@@ -585,12 +618,16 @@ def run(opts: Options, env: Env) -> int:
 
     try:
         what = f"{loaded.attached} tracepoints" + (f", {len(plan.kprobes)} kprobes" if plan.kprobes else "")
+        _state(env.state_dir, name, "attached")  # before READY: the core's STATUS is right at once
         env.notifier.ready(f"attached ({what})")
-        _state(env.state_dir, name, "attached")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",
               AOD_RING=paths.ring, AOD_MODE=plan.mode)
-        while not sleep(5.0):
-            pass
+        while not sleep(1.0):
+            if env.reload.is_set():
+                env.reload.clear()
+                loaded, flags = _reload(opts, env, cfg, loaded, flags, lambda c: cflags(
+                    opts, c, paths, bpf_dir, plan.defines, env.page_size), lambda f: env.load(
+                    bcc, source, f, plan, paths.ring), what)
     finally:
         env.notifier.stopping()
         _state(env.state_dir, name, "stopped")
@@ -616,4 +653,5 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, lambda *_: env.reload.set())
     return run(opts, env)

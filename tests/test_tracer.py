@@ -9,6 +9,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -278,6 +279,9 @@ class FakeNotifier:
 
     def stopping(self) -> None:
         self.sent.append("STOPPING=1")
+
+    def reloading(self) -> None:
+        self.sent.append("RELOADING=1")
 
 
 class FakeLoaded(tracer.Loaded):
@@ -729,3 +733,42 @@ def test_bpf_synthetic(tmp_path: Path) -> None:
 def test_cmd_stats_and_event_sizes_match_header() -> None:
     assert EVENT_SIZE == 72
     assert CMD_STATS_DTYPE.itemsize == (32 + 2) * 8
+
+
+def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp_path: Path) -> None:
+    """`systemctl reload aodv2` propagates to the tracer: a new threshold reaches the kernel."""
+    h = Harness(tmp_path)
+    make_cifs_events(h.tracefs)
+    cfg = tmp_path / "config.yaml"
+    base = cfg.read_text()
+    cfg.write_text(base + "latency: {default_threshold_ms: 300, emergency_threshold_ms: 3000}\n")
+    env = h.env()
+    t = threading.Thread(target=lambda: tracer.run(h.opts(), env))
+    t.start()
+    assert h.attached.wait(10)
+    first = h.loaded
+
+    def reload_and_wait(n_loads: int, text: str) -> None:
+        cfg.write_text(text)
+        before = len(h.notifier.sent)
+        env.reload.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                m.startswith("READY=1") for m in h.notifier.sent[before:]):
+            time.sleep(0.01)
+        assert len(h.loads) == n_loads, h.notifier.sent[before:]
+
+    def emit_min(i: int) -> str:
+        return next(f for f in h.loads[i][1] if f.startswith("-DAOD_EMIT_MIN_NS="))
+
+    assert emit_min(0).startswith("-DAOD_EMIT_MIN_NS=300000000")
+    reload_and_wait(2, base + "latency: {default_threshold_ms: 100, emergency_threshold_ms: 3000}\n")
+    assert emit_min(1).startswith("-DAOD_EMIT_MIN_NS=100000000") and first is not None and first.closed
+    second = h.loaded
+    reload_and_wait(2, base + "latency: {default_threshold_ms: 100, emergency_threshold_ms: 3000}\n")  # same
+    reload_and_wait(2, base + "latency: {acceptable_count: -1}\n")  # invalid: keeps running program
+    assert second is not None and not second.closed
+    assert "STATUS=reloading: rebuilding the emit filter" in h.notifier.sent
+    h.stop.set()
+    t.join(10)
+    assert second.closed

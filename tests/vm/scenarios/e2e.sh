@@ -1,0 +1,44 @@
+#!/bin/bash
+# aodv2 VM scenario: end to end on a real systemd host (issue 5). Run from the host after `make deb`:
+#     python3 tests/vm/run.py --share /tmp/vmshare-e2e --script tests/vm/scenarios/e2e.sh \
+#         --copy dist/aodv2_0.1.0-1_all.deb --timeout 2100
+# Installs the .deb, then (tests/vm/guest/e2e_run.py): 1 install+enable, 2 quiet baseline,
+# 3 latency, 4 errors, 5 emergency, 6 tracer killed, 7 core hung (watchdog), 8 reload
+# (valid and invalid), 9 retention budget, 10 purge. Every scenario asserts.
+# Results: /share/e2e-report.json ({scenario: {"pass", "detail", "seconds", measured times}},
+# printed at the end), /share/results.txt, /share/logs/; exit 0 iff every scenario passed.
+# A failed scenario prints the aodv2 journal since it began and `systemctl status` of every
+# aodv2 unit.
+set -u
+. /share/vmlib/lib.sh
+rm -f "$VM_RESULTS" /share/e2e-report.json
+T0=$(vm_now)
+DEB=$(ls /share/aodv2_*_all.deb 2>/dev/null | head -1)
+vm_check "a .deb was copied into the share" test -n "$DEB"
+vm_fact deb "$(basename "${DEB:-none}")"
+vm_fact kernel "$(uname -r)"
+
+# An SMB client first: samba on 127.0.0.1 and the CIFS mount (this loads cifs, so the tracer
+# attaches as soon as it starts instead of waiting, "activating", for the module).
+vm_check "samba up" vm_samba_start
+vm_check "cifs mounted" vm_cifs_mount
+vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
+vm_check "root-only file is denied through the mount" vm_access_denied
+
+python3 -u "$VM_LIB_DIR/e2e_run.py" --deb "${DEB:-/share/missing.deb}" --report /share/e2e-report.json \
+    --mount "$SMB_MNT" ${E2E_ARGS:-}
+RC=$?
+echo "===== /share/e2e-report.json"
+cat /share/e2e-report.json 2>/dev/null || echo "(no report)"
+echo
+vm_check "e2e scenarios all passed (e2e_run.py exit $RC)" test "$RC" -eq 0
+python3 - <<'PY' 2>/dev/null | while read -r k v; do vm_fact "$k" "$v"; done
+import json
+r = json.load(open("/share/e2e-report.json"))
+for k, v in r.items():
+    print(f"e2e_{k}", ("PASS" if v.get("pass") else "FAIL") + f" {v.get('seconds')}s")
+PY
+vm_cifs_umount 2>/dev/null
+vm_collect_logs
+vm_fact scenario_s "$(vm_since "$T0")"
+vm_summary
