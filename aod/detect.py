@@ -72,28 +72,6 @@ class _Rule:
         return m
 
 
-def over_threshold(events: np.ndarray, thresholds_ns: np.ndarray) -> np.ndarray:
-    """Mask of events whose latency is strictly above their command's threshold (uint64 ns table)."""
-    kind, cmd, lat = _fields(events)
-    return _latency_kind(kind) & (lat > thresholds_ns[cmd])
-
-
-def error_mask(events: np.ndarray, rule: ErrorRule) -> np.ndarray:
-    """Mask over all events of the errors that match one rule."""
-    m = np.array(events["kind"]) == KIND_ERROR
-    idx = np.flatnonzero(m)
-    sub = events[idx]
-    m[idx] = _Rule(rule).mask(sub["nt_status"], sub["err"], sub["command"])
-    return m
-
-
-def reconnect_mask(events: np.ndarray) -> np.ndarray:
-    kind = np.array(events["kind"])
-    return (kind == KIND_RECONNECT) | (
-        (kind == KIND_ERROR) & np.isin(events["nt_status"], _RECONNECT_STATUSES)
-    )
-
-
 class Detector:
     """Stateless apart from the config-derived lookup tables; swap with `reconfigure`."""
 

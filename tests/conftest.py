@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -22,6 +24,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for rep in skipped:
             tr.write_line(f"AOD_STRICT: a skipped test is a failure here: {rep.nodeid} {rep.longrepr}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Every record the aodv2 logger emits during the test (DEBUG and up)."""
+    got: list[logging.LogRecord] = []
+
+    class H(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record)
+
+    lg = logging.getLogger("aodv2")
+    h, old = H(logging.DEBUG), lg.level
+    lg.addHandler(h)
+    lg.setLevel(logging.DEBUG)
+    yield got
+    lg.removeHandler(h)
+    lg.setLevel(old)
 
 
 @pytest.fixture

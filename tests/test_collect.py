@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pytest
@@ -24,23 +24,6 @@ from aod.bundle import BUNDLE_RE, list_bundles, read_bundle
 from aod.collect import BundleResult, Collector, capture
 from aod.config import CaptureConfig, Config
 from aod.record import KIND_COMPLETION, KIND_ERROR, empty
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    got: list[logging.LogRecord] = []
-
-    class H(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    lg = logging.getLogger("aodv2")
-    h, old = H(logging.DEBUG), lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.DEBUG)
-    yield got
-    lg.removeHandler(h)
-    lg.setLevel(old)
 
 
 def tool(bindir: Path, name: str, body: str) -> None:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,23 +19,6 @@ from aod.retain import Retention, prune
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    got: list[logging.LogRecord] = []
-
-    class H(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    lg = logging.getLogger("aodv2")
-    h, old = H(logging.DEBUG), lg.level
-    lg.addHandler(h)
-    lg.setLevel(logging.DEBUG)
-    yield got
-    lg.removeHandler(h)
-    lg.setLevel(old)
 
 
 def put(d: Path, name: str, size: int, age: float) -> Path:

@@ -8,8 +8,6 @@ import threading
 import time
 from typing import Callable
 
-import pytest
-
 from aod import log
 from aod.daemon import Supervisor
 
@@ -42,21 +40,6 @@ class Stuck:
         while not stop.is_set():
             beat()
             stop.wait(0.01)
-
-
-@pytest.fixture
-def records() -> list[logging.LogRecord]:
-    got: list[logging.LogRecord] = []
-
-    class H(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    log.setup(force_stderr=True)
-    h = H()
-    log.logger.addHandler(h)
-    yield got
-    log.logger.removeHandler(h)
 
 
 def _settle(sup: Supervisor, cond: Callable[[], bool], timeout: float = 3.0) -> None:
