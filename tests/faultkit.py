@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -77,6 +78,33 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
             tail = "\n".join(tap.messages()[-25:]) if tap else ""
             raise AssertionError(f"timed out waiting for {what}\nlast log lines:\n{tail}")
         time.sleep(0.02)
+
+
+def watchdog_pings(sock: Any, seconds: float) -> int:
+    """Count WATCHDOG=1 datagrams on a bound notify socket (with a short timeout) for `seconds`."""
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            n += sock.recv(4096) == b"WATCHDOG=1"
+        except OSError:  # socket.timeout
+            pass
+    return n
+
+
+def freeze(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP `pid` and wait until every thread is stopped: delivery is asynchronous, and a
+    thread still running could drain the ring after the signal was sent."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        for tid in tasks:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+        return True
+
+    wait_for(stopped, timeout, f"pid {pid} stopped")
 
 
 def tool(bindir: Path, name: str, body: str) -> Path:

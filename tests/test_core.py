@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faultkit import watchdog_pings
 
 from aod import config as config_mod
 from aod import ringfile, smb2
@@ -222,24 +223,15 @@ def test_watchdog_withheld_while_a_worker_is_stuck(tmp_path: Path, monkeypatch: 
     t = threading.Thread(target=core.run, kwargs={"tick": 0.02})
     t.start()
 
-    def pings(seconds: float) -> int:
-        n, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                n += sock.recv(4096) == b"WATCHDOG=1"
-            except socket.timeout:
-                pass
-        return n
-
     try:
-        assert pings(1.0) >= 3
+        assert watchdog_pings(sock, 1.0) >= 3
         stuck.set()
         time.sleep(3.5)  # heartbeat goes stale after 2.5 s
-        pings(0.3)  # drain pings sent before it went stale
-        assert pings(1.0) == 0
+        watchdog_pings(sock, 0.3)  # drain pings sent before it went stale
+        assert watchdog_pings(sock, 1.0) == 0
         stuck.clear()
         release.set()
-        assert pings(2.5) >= 3  # the dispatcher beats again within its 1 s wait
+        assert watchdog_pings(sock, 2.5) >= 3  # the dispatcher beats again within its 1 s wait
     finally:
         release.set()
         core.request("stop")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from faultkit import CoreRun, LogTap, config_text, fake_host, slow, tool, wait_for
+from faultkit import CoreRun, LogTap, config_text, fake_host, freeze, slow, tool, wait_for, watchdog_pings
 
 from aod import bundle, log, ringfile
 from aod.bundle import BUNDLE_RE, list_bundles, read_bundle
@@ -80,7 +80,7 @@ def test_ring_full_while_core_process_is_stopped(tmp_path: Path, record_property
         wait_for(lambda: "AOD bundle written" in text(), 15, "first bundle")
         first = list_bundles(str(out))
         assert len(first) == 1
-        proc.send_signal(signal.SIGSTOP)
+        freeze(proc.pid)
         written = dropped = 0
         for _ in range(50):
             n = w.write(slow(100, 300))
@@ -364,25 +364,16 @@ def test_repeated_crashes_withhold_watchdog(tmp_path: Path, tap: LogTap, monkeyp
     monkeypatch.setenv("NOTIFY_SOCKET", sock_path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")
 
-    def pings(seconds: float) -> int:
-        n, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                n += sock.recv(4096) == b"WATCHDOG=1"
-            except socket.timeout:
-                pass
-        return n
-
     r = CoreRun(tmp_path, config_text(tmp_path / "out"), start=False)
     r.core.supervisor.max_restarts = 2
     try:
         r.start()
-        healthy = pings(1.0)
+        healthy = watchdog_pings(sock, 1.0)
         assert healthy >= 3
         _inject(r, "dispatcher", always=True).arm()
         tap.wait("giving up so systemd restarts the core")
-        pings(0.3)  # drain pings sent before
-        withheld = pings(1.0)
+        watchdog_pings(sock, 0.3)  # drain pings sent before
+        withheld = watchdog_pings(sock, 1.0)
         assert withheld == 0
         assert any("AOD withholding watchdog ping" in m for m in tap.messages())
         record_property("pings_per_s_healthy", healthy)
