@@ -109,6 +109,25 @@ class RingConfig:
     size_kb: int = 4096  # power of two, multiple of the page size
 
 
+METRICS_DEFAULT_DIR = "/var/lib/prometheus/node-exporter"
+UPLOAD_PLACEHOLDERS = ("path", "name", "type", "dir")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # "auto": METRICS_DEFAULT_DIR/aodv2.prom when that dir exists; "": off
+    textfile_path: str = "auto"
+    interval_sec: float = 5.0
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    command: tuple[str, ...] = ()  # argv template, {path} {name} {type} {dir}; empty: off
+    retries: int = 3  # attempts after the first
+    backoff_sec: float = 10.0  # first retry delay, doubled each time
+    timeout_sec: float = 600.0  # one attempt is killed after this long
+
+
 @dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
@@ -123,6 +142,8 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     ring: RingConfig = RingConfig()
     tracers: tuple[str, ...] = ("smb",)
+    metrics: MetricsConfig = MetricsConfig()
+    upload: UploadConfig = UploadConfig()
 
 
 # ---------------------------------------------------------------- public API
@@ -243,6 +264,8 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         "retention": _plain(cfg.retention),
         "ring": _plain(cfg.ring),
         "tracers": list(cfg.tracers),
+        "metrics": _plain(cfg.metrics),
+        "upload": {**_plain(cfg.upload), "command": list(cfg.upload.command)},
     }
 
 
@@ -290,6 +313,10 @@ _NUMS: dict[str, _Num] = {
     "retention.max_total_mb": _Num(False, 0, True, 10_000_000, "MiB"),
     "retention.max_age_days": _Num(False, 0, True, 36500, "days"),
     "retention.interval_sec": _Num(False, 1, False, 86400, "seconds"),
+    "metrics.interval_sec": _Num(False, 0.1, False, 3600, "seconds"),
+    "upload.retries": _Num(True, 0, False, 100, ""),
+    "upload.backoff_sec": _Num(False, 0, False, 86400, "seconds"),
+    "upload.timeout_sec": _Num(False, 0, True, 86400, "seconds"),
 }
 
 _TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "source")
@@ -550,6 +577,10 @@ def _build(errs: _Errors, data: dict[str, Any]) -> Config:
         kw["ring"] = _ring(errs, top["ring"])
     if "tracers" in top:
         kw["tracers"] = _tracers(errs, top["tracers"])
+    if "metrics" in top:
+        kw["metrics"] = _metrics(errs, top["metrics"])
+    if "upload" in top:
+        kw["upload"] = _upload(errs, top["upload"])
     return dataclasses.replace(d, **kw)
 
 
@@ -756,3 +787,55 @@ def _tracers(errs: _Errors, raw: Any) -> tuple[str, ...]:
         else:
             errs.add(f"tracers[{i}]", f"expected a tracer name of a-z, 0-9, '_' or '-' (1-32), {_got(v)}")
     return tuple(out)
+
+
+def _metrics(errs: _Errors, raw: Any) -> MetricsConfig:
+    d = MetricsConfig()
+    sec = _mapping(errs, raw, "metrics", ("textfile_path", "interval_sec"))
+    if sec is None:
+        return d
+    kw: dict[str, Any] = {}
+    if "textfile_path" in sec:
+        v = sec["textfile_path"]
+        if v in ("", "auto"):
+            kw["textfile_path"] = v
+        else:
+            kw["textfile_path"] = _abs_path(errs, "metrics.textfile_path", v, d.textfile_path)
+    if "interval_sec" in sec:
+        kw["interval_sec"] = _num_field(errs, sec, "metrics", "interval_sec", "metrics.interval_sec",
+                                        d.interval_sec)
+    return dataclasses.replace(d, **kw)
+
+
+PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")  # upload.command placeholders
+
+
+def _upload(errs: _Errors, raw: Any) -> UploadConfig:
+    d = UploadConfig()
+    sec = _mapping(errs, raw, "upload", [f.name for f in dataclasses.fields(UploadConfig)])
+    if sec is None:
+        return d
+    kw: dict[str, Any] = {}
+    for k in ("retries", "backoff_sec", "timeout_sec"):
+        if k in sec:
+            kw[k] = _num_field(errs, sec, "upload", k, f"upload.{k}", getattr(d, k))
+    if "command" in sec and sec["command"] is not None:
+        items = _list(errs, sec["command"], "upload.command", "argv strings (no shell)")
+        argv: list[str] = []
+        for i, v in enumerate(items or []):
+            p = f"upload.command[{i}]"
+            if not isinstance(v, str) or not v or len(v) > 4096 or "\0" in v:
+                errs.add(p, f"expected a non-empty string, {_got(v)}")
+                continue
+            bad = [m for m in PLACEHOLDER_RE.findall(v) if m not in UPLOAD_PLACEHOLDERS]
+            rest = PLACEHOLDER_RE.sub("", v)
+            if bad or "{" in rest or "}" in rest:
+                errs.add(p, f"unknown or unbalanced placeholder in {_short(v)}; expected only "
+                            + ", ".join("{" + n + "}" for n in UPLOAD_PLACEHOLDERS))
+                continue
+            argv.append(v)
+        if argv and not argv[0].startswith("/"):
+            errs.add("upload.command[0]", f"expected an absolute program path (no shell, no PATH lookup), "
+                                          f"{_got(argv[0])}")
+        kw["command"] = tuple(argv)
+    return dataclasses.replace(d, **kw)

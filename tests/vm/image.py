@@ -55,6 +55,9 @@ PACKAGES: List[str] = [
     # quick actions / evidence tools and test conveniences
     "man-db", "procps", "psmisc", "util-linux", "zstd", "tcpdump", "trace-cmd",
     "python3-pytest", "less", "strace", "file",
+    # operator tools (#8): metrics scraped by a real node_exporter, uploads with rclone;
+    # security and disk-full faults (#7): loop-mounted small ext4
+    "prometheus-node-exporter", "rclone", "curl", "e2fsprogs",
 ]
 
 # Host tools the build and run.py need (Debian package -> a binary it provides).
