@@ -37,6 +37,10 @@ MESSAGE_IDS: dict[str, str] = {
     "watchdog_withheld": "a0d2000fc0de4b1a9f0e7d6c5b4a3921",
     "fatal": "a0d20010c0de4b1a9f0e7d6c5b4a3921",
     "tracer": "a0d20011c0de4b1a9f0e7d6c5b4a3921",
+    "upload": "a0d20012c0de4b1a9f0e7d6c5b4a3921",
+    "upload_failed": "a0d20013c0de4b1a9f0e7d6c5b4a3921",
+    "control": "a0d20014c0de4b1a9f0e7d6c5b4a3921",
+    "metrics_failed": "a0d20015c0de4b1a9f0e7d6c5b4a3921",
 }
 
 _PRIORITY = {ALERT: 1, logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
