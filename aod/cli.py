@@ -1,7 +1,7 @@
-"""Command line: `aodv2 run | demo | check-config | tracer | version`.
+"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | version`.
 
-Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config),
-77 not permitted (no root for the kernel ring), 78 invalid config (run).
+Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config), 3 core not
+running (status, collect), 77 not permitted (not root), 78 invalid config (run).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Optional
 
 from . import __version__
 from . import config as config_mod
+from .tracerstate import RUN_DIR
 
 EX_USAGE = 2
 EX_NOPERM = 77
@@ -30,14 +31,79 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", default=config_mod.DEFAULT_CONFIG_PATH, help="config file (default %(default)s)")
     r.add_argument("--ring-file", metavar="PATH",
                    help="read a file-backed ring instead of the pinned BPF ring (no root needed)")
+    r.add_argument("--state-dir", default=RUN_DIR,
+                   help="publish status.json and the control socket here (default %(default)s)")
     d = sub.add_parser("demo", help="run the whole pipeline on synthetic traffic in a temp dir (no root)")
     d.add_argument("--dir", help="work in DIR instead of a new temporary directory")
     c = sub.add_parser("check-config", help="validate a config file; exit 0 if valid, 2 with every error if not")
     c.add_argument("file", nargs="?", default=config_mod.DEFAULT_CONFIG_PATH)
+    # the running core (aod/status.py, aod/control.py)
+    st = sub.add_parser("status", help="what the running core reports; exit 0 running, 3 not running, 1 hung")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--state-dir", default=RUN_DIR, help="the core's state directory (default %(default)s)")
+    co = sub.add_parser("collect", help="capture now through the running core and print the bundle path")
+    co.add_argument("--reason", default="aodv2 collect", help="why; recorded as the capture's rule")
+    co.add_argument("--timeout", type=_positive, default=600.0, help="seconds to wait for the bundle (%(default)s)")
+    co.add_argument("--state-dir", default=RUN_DIR, help="the core's state directory (default %(default)s)")
     t = sub.add_parser("tracer", help="run one eBPF tracer (aodv2-tracer@NAME.service)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("version", help="print the version")
+    # bundles (aod/bundleview.py)
+    s = sub.add_parser("show", help="a bundle's summary, latency histograms and members; --extract unpacks it")
+    s.add_argument("bundle", metavar="BUNDLE", help="bundle path, or a bare name in the output directory")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--extract", metavar="DIR", help="unpack safely into DIR (created 0700) instead")
+    s.add_argument("--dir", help="where to look up a bare BUNDLE name (default: output_dir of --config)")
+    s.add_argument("--config", help=f"config file (default {config_mod.DEFAULT_CONFIG_PATH})")
+    ls = sub.add_parser("list", help="the bundles in the output directory, oldest first")
+    ls.add_argument("--dir", help="list DIR instead of the config's output_dir")
+    ls.add_argument("--config", help=f"config file (default {config_mod.DEFAULT_CONFIG_PATH})")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from . import status
+
+    try:
+        snap = status.read(args.state_dir)
+    except status.StatusError as e:
+        if args.json:
+            print(json.dumps({"running": False, "assessment": "absent", "error": str(e)}))
+        print(f"aodv2: {e}", file=sys.stderr)
+        return e.code
+    state, reason = status.assess(snap)
+    code = {"running": 0, "stale": 1}.get(state, 3)
+    if args.json:
+        print(json.dumps({**snap, "running": state == "running", "assessment": state, "reason": reason},
+                         indent=1, sort_keys=True))
+    else:
+        print(status.format_text(snap, state, reason))
+    return code
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from . import control
+
+    try:
+        path = control.collect(control.clean_reason(args.reason), args.state_dir, args.timeout)
+    except control.ControlError as e:
+        print(f"aodv2: {e}", file=sys.stderr)
+        return e.code
+    print(path)
+    return 0
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 < v < 1e7:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return v
 
 
 def _open_ring(cfg: config_mod.Config, ring_file: Optional[str]):  # type: ignore[no-untyped-def]
@@ -98,10 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.emit("fatal", log.logging.ERROR, f"AOD cannot open the ring {cfg.ring.path}: {e}",
                  AOD_RING=cfg.ring.path)
         return 1
-    from .tracerstate import RUN_DIR
-
     core = Core(cfg, ring, counters, config_path=args.config, tracer_dir=None if args.ring_file else RUN_DIR,
-                ring_file=args.ring_file)
+                ring_file=args.ring_file, state_dir=args.state_dir)
     install_signals(core)
     return core.run()
 
@@ -129,6 +193,14 @@ def main(argv: Optional[list] = None) -> int:
             return demo.run(workdir=args.dir)
         if args.verb == "check-config":
             return cmd_check_config(args)
+        if args.verb == "status":
+            return cmd_status(args)
+        if args.verb == "collect":
+            return cmd_collect(args)
+        if args.verb in ("show", "list"):
+            from . import bundleview
+
+            return bundleview.cmd_show(args) if args.verb == "show" else bundleview.cmd_list(args)
         if args.verb == "tracer":
             from . import tracer
 

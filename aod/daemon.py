@@ -3,7 +3,8 @@
 Runs every component as a supervised worker thread, restarts one that raises,
 talks to systemd (READY, STATUS, WATCHDOG only while all heartbeats are fresh,
 RELOADING, STOPPING) and handles SIGTERM/SIGINT, SIGHUP (reload) and SIGUSR1
-(manual capture).
+(manual capture). With a state dir it also publishes status.json (`aodv2 status`),
+serves the control socket (`aodv2 collect`) and writes the Prometheus textfile.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from . import __version__, history, log, metrics, retain, status, tracerstate
 from . import config as config_mod
-from . import history, log, tracerstate
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
 from .config import Config
+from .control import Control
 from .counters import Counters
 from .detect import Detector, Throttle
 from .dispatch import Dispatcher, WindowBuffer
 from .notify import Notifier
 from .retain import Retention
-from .smb2 import command_name
+from .smb2 import command_name, errno_name, status_name
+try:  # TEMP until aod/upload.py lands
+    from .upload import Uploader
+except ImportError:
+    Uploader = None  # type: ignore[assignment,misc]
 from .watch import Watcher
 
 WARNING = logging.WARNING
@@ -114,9 +120,11 @@ class Supervisor:
 @dataclass
 class CoreStats:
     anomalies: dict = field(default_factory=dict)
+    captures: dict = field(default_factory=dict)  # bundles written by anomaly type
     bundles: int = 0
     capture_failures: int = 0
-    last_bundle: str = ""
+    bundle_bytes_written: int = 0
+    last_bundle: dict = field(default_factory=dict)  # path, type, time, bytes
 
 
 class Core:
@@ -126,8 +134,10 @@ class Core:
                  config_path: Optional[str] = None, notifier: Optional[Notifier] = None,
                  heartbeat_timeout: float = 10.0, collector_env: Any = None,
                  on_result: Optional[Callable[[BundleResult], None]] = None,
-                 tracer_dir: Optional[str] = None, ring_file: Optional[str] = None) -> None:
+                 tracer_dir: Optional[str] = None, ring_file: Optional[str] = None,
+                 state_dir: Optional[str] = None) -> None:
         self.cfg = cfg
+        self.state_dir = state_dir  # status.json and control.sock; None: neither
         self.config_path = config_path
         self.tracer_dir = tracer_dir  # where tracers publish their state; None for a file ring
         self.ring_file = ring_file  # set by `run --ring-file`: overrides ring.path on reload too
@@ -136,6 +146,9 @@ class Core:
         self.stop_event = threading.Event()
         self.stats = CoreStats()
         self.lock = threading.Lock()
+        self.started = time.time()
+        self._waiters: dict[int, tuple[threading.Event, list[BundleResult]]] = {}  # id(anomaly) -> result
+        self._state_errors: set[str] = set()  # status/metrics write errors already logged
         self._flags: set[str] = set()
         self._wake = threading.Event()  # a signal arrived: run the main loop now
         self._extra_on_result = on_result
@@ -149,8 +162,13 @@ class Core:
                                lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
                                bad_records=lambda: getattr(ring, "bad_records", 0) + getattr(ring, "foreign", 0))
         self.retention = Retention(lambda: self.cfg)
-        self.supervisor = Supervisor([self.dispatcher, self.watcher, self.collector, self.retention],
-                                     self.stop_event, heartbeat_timeout=heartbeat_timeout)
+        self.uploader = Uploader(lambda: self.cfg) if Uploader else None
+        workers: list[Any] = [self.dispatcher, self.watcher, self.collector, self.retention]
+        if self.uploader:
+            workers.append(self.uploader)
+        if state_dir:
+            workers.append(Control(state_dir, self.collect_now))
+        self.supervisor = Supervisor(workers, self.stop_event, heartbeat_timeout=heartbeat_timeout)
 
     # --- detect -> collect ---------------------------------------------------
     def _on_batch(self, batch: np.ndarray) -> None:
@@ -158,7 +176,7 @@ class Core:
             self.raise_anomaly(a)
 
     def raise_anomaly(self, a: Anomaly) -> bool:
-        """Alert and capture, unless the cooldown or hourly cap suppresses it."""
+        """Alert and capture, unless the cooldown or hourly cap suppresses it. True if queued."""
         with self.lock:
             self.stats.anomalies[a.type] = self.stats.anomalies.get(a.type, 0) + 1
         if not self.throttle.allow(a.type, force=a.type == "manual"):
@@ -177,25 +195,57 @@ class Core:
             log.emit("capture_failed", logging.ERROR,
                      f"AOD capture for {a.type} anomaly dropped: collector queue is full",
                      AOD_ANOMALY=a.type)
+            return False
         return True
 
     def _on_result(self, r: BundleResult) -> None:
         with self.lock:
             if r.ok and r.path:
                 self.stats.bundles += 1
-                self.stats.last_bundle = r.path
+                self.stats.captures[r.anomaly.type] = self.stats.captures.get(r.anomaly.type, 0) + 1
+                self.stats.bundle_bytes_written += r.bytes
+                self.stats.last_bundle = {"path": r.path, "type": r.anomaly.type, "time": time.time(),
+                                          "bytes": r.bytes}
             else:
                 self.stats.capture_failures += 1
+            waiter = self._waiters.pop(id(r.anomaly), None)
+        if r.ok and r.path and self.cfg.upload.command and self.uploader and not self.uploader.submit(r.path, r.anomaly.type):
+            log.emit("upload_failed", WARNING, f"AOD upload of {r.path} skipped: upload queue is full",
+                     AOD_BUNDLE=r.path)
+        if waiter:
+            waiter[1].append(r)
+            waiter[0].set()
         if self._extra_on_result:
             self._extra_on_result(r)
 
-    def manual_capture(self, reason: str = "SIGUSR1") -> None:
+    def manual_capture(self, reason: str = "SIGUSR1",
+                       waiter: Optional[tuple[threading.Event, list[BundleResult]]] = None) -> bool:
+        """Capture now (SIGUSR1, `aodv2 collect`). With `waiter`, its event is set when the bundle
+        is done. False if the capture could not be queued."""
         now_ns = time.monotonic_ns()
         events = np.concatenate([self.watcher.last_window, self.buffer.peek()])
         start = int(events["ts_ns"].min()) if len(events) else now_ns
-        self.raise_anomaly(Anomaly(type="manual", rule=reason, count=len(events), detected_wall=time.time(),
-                                   detected_mono_ns=now_ns, window_start_ns=start, window_end_ns=now_ns,
-                                   events=events))
+        a = Anomaly(type="manual", rule=reason, count=len(events), detected_wall=time.time(),
+                    detected_mono_ns=now_ns, window_start_ns=start, window_end_ns=now_ns, events=events)
+        if waiter:
+            with self.lock:
+                self._waiters[id(a)] = waiter
+        ok = self.raise_anomaly(a)
+        if not ok and waiter:
+            with self.lock:
+                self._waiters.pop(id(a), None)
+        return ok
+
+    def collect_now(self, reason: str, timeout: float) -> tuple[bool, str]:
+        """For the control socket: capture and wait for the bundle. (ok, path or error)."""
+        log.emit("control", logging.INFO, f"AOD capture requested: {reason}", AOD_REASON=reason)
+        done: tuple[threading.Event, list[BundleResult]] = (threading.Event(), [])
+        if not self.manual_capture(reason, waiter=done):
+            return False, "the collector queue is full"
+        if not done[0].wait(timeout):
+            return False, f"the bundle was not finished within {timeout:g}s"
+        r = done[1][0]
+        return (True, str(r.path)) if r.ok and r.path else (False, r.error or "capture failed")
 
     # --- control -------------------------------------------------------------
     def request(self, flag: str) -> None:
@@ -236,12 +286,81 @@ class Core:
         r = self.watcher.rates
         with self.lock:
             n = sum(self.stats.anomalies.values())
-            last = os.path.basename(self.stats.last_bundle) or "none"
+            last = os.path.basename(self.stats.last_bundle.get("path", "")) or "none"
         sup = sum(self.throttle.suppressed.values())
         tracers = (tracerstate.describe(tracerstate.read_states(self.tracer_dir, self.cfg.tracers))
                    if self.tracer_dir else "file ring")
         return (f"{tracers}; {r.events_per_sec:.0f} events/s, drops {r.drops_total}, anomalies {n} "
                 f"(suppressed {sup}), bundles {self.stats.bundles}, last bundle {last}")
+
+    def tracer_states(self) -> dict[str, str]:
+        return tracerstate.read_states(self.tracer_dir, self.cfg.tracers) if self.tracer_dir else {}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `aodv2 status` shows and the metrics export (JSON-able)."""
+        cfg, r = self.cfg, self.watcher.rates
+        lat = cfg.latency
+        used, n = retain.usage(cfg.output_dir)
+        with self.lock:
+            st = dataclasses.replace(self.stats, anomalies=dict(self.stats.anomalies),
+                                     captures=dict(self.stats.captures), last_bundle=dict(self.stats.last_bundle))
+        return {
+            "schema": status.SCHEMA, "state": "running", "pid": os.getpid(), "aodv2_version": __version__,
+            "started": self.started, "updated": time.time(), "config": self.config_path or "",
+            "ring": cfg.ring.path, "ring_kind": "pinned" if self.tracer_dir else "file ring",
+            "output_dir": cfg.output_dir, "watch_interval_sec": cfg.watch_interval_sec,
+            "tracers": self.tracer_states(), "healthy": self.supervisor.healthy(),
+            "unhealthy": self.supervisor.stale() + ([self.supervisor.failed] if self.supervisor.failed else []),
+            "events_per_sec": r.events_per_sec, "ring_records": r.ring_records, "drops_total": r.drops_total,
+            "drops_last_window": r.drops_last_window, "bad_records": r.bad_records_total,
+            "anomalies": st.anomalies, "suppressed": dict(self.throttle.suppressed), "captures": st.captures,
+            "bundles_written": st.bundles, "capture_failures": st.capture_failures,
+            "bundle_bytes_written": st.bundle_bytes_written, "last_bundle": st.last_bundle or None,
+            "disk": {"used_bytes": used, "bundles": n, "budget_bytes": int(cfg.retention.max_total_mb * 1024 * 1024),
+                     "max_age_days": cfg.retention.max_age_days},
+            "thresholds": {
+                "mode": lat.mode, "default_ms": lat.default_threshold_ms,
+                "per_command_ms": {command_name(c): ms for c, ms in sorted(lat.thresholds_ms.items())},
+                "track": [command_name(c) for c in lat.track] if lat.mode == "trackonly" else [],
+                "exclude": [command_name(c) for c in lat.exclude] if lat.mode == "excludeonly" else [],
+                "acceptable_count": lat.acceptable_count, "emergency_ms": lat.emergency_threshold_ms,
+                "error_rules": [{"name": e.name, "acceptable_count": e.acceptable_count,
+                                 "match": [status_name(s) for s in sorted(e.statuses)]
+                                 + [errno_name(x) for x in sorted(e.errnos)],
+                                 "commands": [command_name(c) for c in sorted(e.commands)]} for e in cfg.errors],
+            },
+            "capture": {"cooldown_sec": cfg.capture.cooldown_sec, "max_per_hour": cfg.capture.max_per_hour},
+            "upload": self.uploader.stats() if cfg.upload.command and self.uploader else None,
+            "metrics_path": metrics.textfile_path(cfg.metrics) or "",
+        }
+
+    def _write_error(self, what: str, err: OSError) -> None:
+        if what not in self._state_errors:  # once per kind until it works again
+            self._state_errors.add(what)
+            log.emit("metrics_failed", WARNING, f"AOD cannot write {what}: {err.strerror or err}",
+                     AOD_PATH=what, AOD_ERROR=str(err))
+
+    def publish(self, up: bool = True, with_metrics: bool = True) -> None:
+        """Write status.json and (with_metrics) the Prometheus textfile. Never raises OSError."""
+        snap = self.snapshot()
+        if not up:
+            snap["state"] = "stopped"
+        if self.state_dir:
+            path = status.status_path(self.state_dir)
+            try:
+                status.write(self.state_dir, snap)
+                self._state_errors.discard(path)
+            except OSError as e:
+                self._write_error(path, e)
+        mpath = snap["metrics_path"]
+        if with_metrics and mpath:
+            try:
+                metrics.write(mpath, metrics.render(snap, self.watcher.snapshot_totals(), up=up))
+                self._state_errors.discard(mpath)
+            except OSError as e:
+                self._write_error(mpath, e)
+            except Exception as e:  # noqa: BLE001 - a metrics bug must not take the main loop down
+                self._write_error(mpath, OSError(0, f"internal error {e!r}"))
 
     def _report_suppressed(self) -> None:
         for type_, n in self.throttle.take_unreported().items():
@@ -258,7 +377,7 @@ class Core:
     def run(self, tick: float = 1.0, suppressed_every: float = 60.0) -> int:
         self.start()
         ping = self.notifier.ping_interval()
-        last_ping = last_status = last_supp = 0.0
+        last_ping = last_status = last_supp = last_metrics = 0.0
         withheld = False
         while not self.stop_event.is_set():
             self._wake.wait(tick if ping is None else min(tick, ping / 4))
@@ -285,7 +404,11 @@ class Core:
                 self.stop_event.set()  # no watchdog to restart us: exit non-zero instead
             if now - last_status >= 1.0:
                 self.notifier.status(self.status_text())
+                metrics_due = now - last_metrics >= self.cfg.metrics.interval_sec
+                self.publish(with_metrics=metrics_due)
                 last_status = now
+                if metrics_due:
+                    last_metrics = now
             if now - last_supp >= suppressed_every:
                 self._report_suppressed()
                 last_supp = now
@@ -298,6 +421,7 @@ class Core:
         log.emit("stopping", logging.INFO, "AOD core stopping")
         stuck = self.supervisor.join(timeout=5.0)
         self._report_suppressed()
+        self.publish(up=False)
         if stuck:
             log.emit("stopping", WARNING, f"AOD components did not stop in time: {','.join(stuck)}")
         return 1 if self.supervisor.failed else 0

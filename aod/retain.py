@@ -169,3 +169,15 @@ class Retention:
                 last = time.monotonic()
                 beat()
             stop.wait(1.0)
+
+
+def usage(output_dir: str) -> tuple[int, int]:
+    """(bytes, count) of the finished bundles in output_dir; (0, 0) if it cannot be read."""
+    total = n = 0
+    for path in list_bundles(output_dir):
+        try:
+            total += os.lstat(path).st_size
+            n += 1
+        except OSError:
+            continue
+    return total, n

@@ -11,6 +11,8 @@ import os
 import time
 from typing import Optional, Sequence
 
+from .atomicfile import write_atomic
+
 RUN_DIR = "/run/aodv2"
 
 
@@ -23,13 +25,9 @@ def write_state(state_dir: Optional[str], name: str, state: str) -> Optional[str
     if not state_dir:
         return None
     path = state_path(state_dir, name)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    data = {"name": name, "pid": os.getpid(), "state": state, "since": time.time()}
     try:
-        os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"name": name, "pid": os.getpid(), "state": state, "since": time.time()}, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data).encode())
     except OSError as e:
         return f"cannot write tracer state {path}: {e}"
     return None

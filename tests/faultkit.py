@@ -164,7 +164,7 @@ class CoreRun:
 
     def __init__(self, tmp: Path, cfg_text: str, env: Optional[ActionEnv] = None, ring_kb: int = 256,
                  tick: float = 0.02, suppressed_every: float = 60.0, heartbeat_timeout: float = 10.0,
-                 start: bool = True) -> None:
+                 start: bool = True, state_dir: Optional[Path] = None) -> None:
         self.tmp = tmp
         self.config_path = tmp / "config.yaml"
         self.config_path.write_text(cfg_text)
@@ -179,7 +179,7 @@ class CoreRun:
         cfg = dataclasses.replace(cfg, ring=dataclasses.replace(cfg.ring, path=self.ring_path))
         self.core = Core(cfg, self.reader, self.counters, config_path=str(self.config_path),
                          collector_env=env, on_result=self.results.append,
-                         heartbeat_timeout=heartbeat_timeout)
+                         heartbeat_timeout=heartbeat_timeout, state_dir=str(state_dir) if state_dir else None)
         self.tick, self.suppressed_every = tick, suppressed_every
         self.rc: Optional[int] = None
         self.thread: Optional[threading.Thread] = None

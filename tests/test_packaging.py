@@ -81,7 +81,8 @@ def test_core_unit_settings() -> None:
     assert s["Documentation"] == ["man:aodv2(8) man:aodv2.yaml(5)"]
     assert s["ProtectSystem"] == ["strict"]
     rw = s["ReadWritePaths"][0].split()
-    assert [p.lstrip("-") for p in rw] == ["/var/log/aodv2", "/run/aodv2", "/sys/fs/bpf/aodv2"]
+    assert [p.lstrip("-") for p in rw] == ["/var/log/aodv2", "/run/aodv2", "/sys/fs/bpf/aodv2",
+                                          "/var/lib/prometheus/node-exporter"]
     assert "CAP_BPF" in s["CapabilityBoundingSet"][0]
     assert "CAP_SYS_ADMIN" not in s["CapabilityBoundingSet"][0]
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelTunables", "ProtectControlGroups"):

@@ -45,7 +45,13 @@ MID = {  # man aodv2(8), MESSAGE IDS
     "reloaded": "a0d2000ac0de4b1a9f0e7d6c5b4a3921",
     "reload_failed": "a0d2000bc0de4b1a9f0e7d6c5b4a3921",
     "pruned": "a0d2000cc0de4b1a9f0e7d6c5b4a3921",
+    "upload": "a0d20012c0de4b1a9f0e7d6c5b4a3921",
+    "upload_failed": "a0d20013c0de4b1a9f0e7d6c5b4a3921",
+    "control": "a0d20014c0de4b1a9f0e7d6c5b4a3921",
 }
+NODE_EXPORTER = "prometheus-node-exporter.service"
+UPLOAD_DIR = "/srv/aodv2-uploads"
+UPLOAD_DROPIN = "/etc/systemd/system/aodv2.service.d/upload.conf"
 CHANGE_NOTIFY = 15
 KIND_COMPLETION, KIND_ERROR = 1, 2
 
@@ -57,6 +63,7 @@ BASE: Dict[str, Any] = {
     "capture": {"cooldown_sec": 1.0, "max_per_hour": 3600, "concurrency": 4,
                 "action_timeout_sec": 15.0, "lookback_sec": 120.0},
     "retention": {"max_total_mb": 1024.0, "max_age_days": 30.0, "interval_sec": 60.0},
+    "metrics": {"textfile_path": "auto", "interval_sec": 1.0},
 }
 
 ARGS: argparse.Namespace
@@ -558,6 +565,141 @@ def s3_latency(c: Checks) -> None:
             c.times["alert_to_bundle_journal_s"])
 
 
+def scrape() -> str:
+    r = run(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9100/metrics"], timeout=20)
+    return r.stdout if r.returncode == 0 else ""
+
+
+def sample(text: str, name: str, **labels: str) -> Optional[float]:
+    """First sample of `name` whose labels include `labels` (exposition text, one sample a line)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, val = line.rpartition(" ")
+        lab = dict(re.findall(r'(\w+)="([^"]*)"', head))
+        if head.split("{")[0] == name and all(lab.get(k) == v for k, v in labels.items()):
+            return float(val)
+    return None
+
+
+def aodv2(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run(["aodv2", *args], timeout=timeout)
+
+
+def s3b_operator_tools(c: Checks) -> None:
+    """After the latency anomaly of scenario 3: node_exporter, status, list, show, collect, upload."""
+    # 1. a real node_exporter (Debian's package, textfile collector on its default dir) scraped over lo
+    c.check("prometheus-node-exporter active", wait_for(lambda: active(NODE_EXPORTER), 60))
+    c.check("aodv2.prom written to the textfile dir",
+            wait_for(lambda: os.path.exists("/var/lib/prometheus/node-exporter/aodv2.prom"), 15))
+    text = wait_for(lambda: (lambda t: t if sample(t, "aodv2_anomalies_total", type="latency") else "")(scrape()), 30)
+    c.detail["scrape_aodv2_lines"] = [ln for ln in (text or "").splitlines()
+                                      if ln.startswith("aodv2_") and "bucket" not in ln][:40]
+    c.check("scrape: aodv2_anomalies_total{type=latency} >= 1",
+            (sample(text or "", "aodv2_anomalies_total", type="latency") or 0) >= 1)
+    c.check("scrape: aodv2_captures_total{type=latency} >= 1",
+            (sample(text or "", "aodv2_captures_total", type="latency") or 0) >= 1)
+    c.check("scrape: aodv2_tracer_up{tracer=smb} == 1", sample(text or "", "aodv2_tracer_up", tracer="smb") == 1)
+    c.check("scrape: aodv2_up == 1", sample(text or "", "aodv2_up") == 1)
+    slow_w = [sample(text or "", "aodv2_smb_command_latency_seconds_bucket", command=cmd, le="+Inf") or 0
+              for cmd in ("WRITE", "CREATE", "CLOSE", "QUERY_INFO", "READ")]
+    c.check("scrape: per-command latency histogram (+Inf buckets > 0)", any(v > 0 for v in slow_w), slow_w)
+    over = [(sample(text or "", "aodv2_smb_command_latency_seconds_bucket", command=cmd, le="+Inf") or 0)
+            - (sample(text or "", "aodv2_smb_command_latency_seconds_bucket", command=cmd, le="0.262144") or 0)
+            for cmd in ("WRITE", "CREATE", "CLOSE")]
+    c.check("scrape: the histogram shows completions over 262 ms (the netem delay)", any(v > 0 for v in over), over)
+    c.check("scrape: node_textfile_scrape_error 0", sample(text or "", "node_textfile_scrape_error") == 0)
+
+    # 2. aodv2 status / list / show
+    st = aodv2("status")
+    c.detail["status_text"] = st.stdout.splitlines()[:20]
+    c.check("aodv2 status exits 0 and says running", st.returncode == 0 and "running" in st.stdout, st.returncode)
+    c.check("aodv2 status names the attached tracer", "smb attached" in st.stdout)
+    sj = aodv2("status", "--json")
+    try:
+        snap = json.loads(sj.stdout)
+    except ValueError:
+        snap = {}
+    c.check("aodv2 status --json: anomalies.latency >= 1 and a last bundle",
+            (snap.get("anomalies") or {}).get("latency", 0) >= 1 and bool(snap.get("last_bundle")),
+            {k: snap.get(k) for k in ("anomalies", "last_bundle", "disk")})
+    ls = aodv2("list")
+    latest = bundles()[-1] if bundles() else ""
+    c.detail["list"] = ls.stdout.splitlines()[-5:]
+    c.check("aodv2 list shows the latency bundle", ls.returncode == 0 and os.path.basename(latest) in ls.stdout
+            and "latency" in ls.stdout, ls.stdout[-400:])
+    sh = aodv2("show", latest)
+    c.detail["show_head"] = sh.stdout.splitlines()[:60]
+    c.check("aodv2 show prints contents, summary and a histogram",
+            sh.returncode == 0 and "summary.json" in sh.stdout and "ms" in sh.stdout, sh.stderr[-300:])
+    ex = "/tmp/e2e-extract"
+    run(["rm", "-rf", ex])
+    x = aodv2("show", latest, "--extract", ex)
+    c.check("aodv2 show --extract unpacks summary.json", x.returncode == 0 and any(
+        "summary.json" in fs for _, _, fs in os.walk(ex)), x.stderr[-300:])
+
+    # 3. aodv2 collect: an on-demand capture through the running core
+    cur = cursor()
+    t = time.monotonic()
+    col = aodv2("collect", "--reason", "e2e operator check", timeout=180)
+    c.times["collect_s"] = round(time.monotonic() - t, 1)
+    path = col.stdout.strip().splitlines()[-1] if col.stdout.strip() else ""
+    c.check("aodv2 collect prints the new bundle's path", col.returncode == 0 and os.path.isfile(path),
+            (col.returncode, col.stdout[-200:], col.stderr[-300:]))
+    if path and os.path.isfile(path):
+        summ = bundle_info(path)["summary"]
+        c.check("the collected bundle is a manual capture with the reason",
+                summ.get("anomaly", {}).get("type") == "manual"
+                and summ.get("anomaly", {}).get("rule") == "e2e operator check", summ.get("anomaly"))
+    c.check("journal: the capture request (MESSAGE_ID control)", wait_journal(cur, "control", 10))
+
+    # 4. the upload hook with a real tool: rclone to a local directory (no S3 server in Debian 12)
+    os.makedirs(UPLOAD_DIR, mode=0o700, exist_ok=True)
+    os.makedirs(os.path.dirname(UPLOAD_DROPIN), exist_ok=True)
+    with open(UPLOAD_DROPIN, "w") as f:  # what an operator adds for a local target (man aodv2.yaml)
+        f.write(f"[Service]\nReadWritePaths={UPLOAD_DIR}\n")
+    with open("/etc/aodv2/rclone.conf", "w") as f:
+        f.write("# empty: local paths need no remote\n")
+    run(["systemctl", "daemon-reload"])
+    upload = {"command": ["/usr/bin/rclone", "--config", "/etc/aodv2/rclone.conf", "copyto", "{path}",
+                          UPLOAD_DIR + "/{type}/{name}"], "retries": 2, "backoff_sec": 1.0, "timeout_sec": 60.0}
+    write_config(merged({"capture": {"cooldown_sec": 300.0}, "upload": upload}))
+    r = run(["systemctl", "restart", CORE], timeout=120)  # a new ReadWritePaths= needs a restart
+    c.check("core restarted with the upload drop-in", r.returncode == 0 and wait_for(lambda: active(CORE), 60))
+    cur = cursor()
+    col = aodv2("collect", "--reason", "upload check", timeout=180)
+    path = col.stdout.strip().splitlines()[-1] if col.stdout.strip() else ""
+    up = wait_journal(cur, "upload", 120)
+    c.detail["upload_journal"] = up and up.get("MESSAGE")
+    dest = os.path.join(UPLOAD_DIR, "manual", os.path.basename(path)) if path else ""
+    same = bool(dest) and os.path.isfile(dest) and open(dest, "rb").read() == open(path, "rb").read()
+    c.check("journal: upload succeeded (MESSAGE_ID upload)", up, c.detail["upload_journal"])
+    c.check("rclone copied the bundle byte for byte", same, dest)
+    # a failing hook: retried with backoff, logged, and captures go on
+    bad = dict(upload, command=["/usr/bin/rclone", "--config", "/etc/aodv2/rclone.conf", "copyto", "{path}",
+                                "/proc/aodv2-denied/{name}"])
+    kind, _ = reload_config({"capture": {"cooldown_sec": 300.0}, "upload": bad})
+    c.check("config reloaded with a failing upload target", kind == "ok")
+    cur = cursor()
+    col = aodv2("collect", "--reason", "failing upload", timeout=180)
+    c.check("capture still succeeds with a failing hook", col.returncode == 0, col.stderr[-300:])
+    fails = wait_for(lambda: (lambda es: es if any(e.get("PRIORITY") == "3" for e in es) else None)(
+        journal(cur, mid="upload_failed")), 60)
+    c.detail["upload_failed"] = [e.get("MESSAGE") for e in (fails or [])][:4]
+    c.check("journal: failed attempts retried, then a final error", fails and len(fails) >= 3,
+            c.detail["upload_failed"])
+    c.check("core still active after the failing hook", active(CORE))
+    up_snap = json.loads(aodv2("status", "--json").stdout or "{}").get("upload") or {}
+    c.check("aodv2 status --json counts the upload outcomes",
+            up_snap.get("ok", 0) >= 1 and up_snap.get("failed", 0) >= 1, up_snap)
+    # back to the scenarios' config, without the hook
+    os.unlink(UPLOAD_DROPIN)
+    run(["systemctl", "daemon-reload"])
+    write_config(merged({}))
+    r = run(["systemctl", "restart", CORE], timeout=120)
+    c.check("core restarted without the hook", r.returncode == 0 and wait_for(lambda: active(CORE), 60))
+
+
 def s4_errors(c: Checks) -> None:
     kind, _ = reload_config({})  # the shipped error rules: access_denied needs 20 in one window
     c.check("config reloaded (shipped error rules)", kind == "ok")
@@ -853,6 +995,7 @@ SCENARIOS: List[Tuple[str, Callable[[Checks], None]]] = [
     ("1_install_enable", s1_install_enable),
     ("2_quiet_baseline", s2_quiet_baseline),
     ("3_latency", s3_latency),
+    ("3b_operator_tools", s3b_operator_tools),
     ("4_errors", s4_errors),
     ("5_emergency", s5_emergency),
     ("6_tracer_dies", s6_tracer_dies),

@@ -1,0 +1,133 @@
+"""Prometheus metrics in the node_exporter textfile-collector format (beside the data flow).
+
+The core renders its counters every metrics.interval_sec and replaces the .prom file
+atomically (node_exporter's textfile collector reads *.prom on each scrape). Counters
+are cumulative since the core started; the latency histogram comes from the tracers'
+per-command log2 histograms, so it covers every completion, not only ring records.
+The file is 0644: node_exporter runs as its own user, and it holds counts only.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from .atomicfile import write_atomic
+from .config import METRICS_DEFAULT_DIR, MetricsConfig
+from .smb2 import command_name, status_name
+
+TEXTFILE_NAME = "aodv2.prom"
+# histogram bucket b holds [2^(b-1), 2^b) us; `le` edges exported: 64 us .. 2^25 us (33.6 s)
+FIRST_EDGE, LAST_EDGE = 6, 25
+
+
+def textfile_path(cfg: MetricsConfig) -> Optional[str]:
+    """Where to write, or None when metrics are off (or 'auto' and no node_exporter dir)."""
+    if cfg.textfile_path == "auto":
+        return os.path.join(METRICS_DEFAULT_DIR, TEXTFILE_NAME) if os.path.isdir(METRICS_DEFAULT_DIR) else None
+    return cfg.textfile_path or None
+
+
+def _esc(v: Any) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**kw: Any) -> str:
+    return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in kw.items()) + "}" if kw else ""
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[str, dict[str, Any], float]]) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for suffix, labels, value in samples:
+            self.lines.append(f"{name}{suffix}{_labels(**labels)} {_num(value)}")
+
+
+def _num(v: float) -> str:
+    f = float(v)
+    return str(int(f)) if f.is_integer() and abs(f) < 2**53 else repr(f)
+
+
+def _by(d: Any, label: str) -> list[tuple[str, dict[str, Any], float]]:
+    return [("", {label: k}, v) for k, v in sorted((d or {}).items())]
+
+
+def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = True) -> str:
+    """Exposition text from a Core snapshot (daemon.py) and the Watcher's cumulative totals."""
+    o = _Out()
+    o.family("aodv2_up", "gauge", "1 while the aodv2 core runs, 0 after a clean stop.", [("", {}, 1 if up else 0)])
+    o.family("aodv2_start_time_seconds", "gauge", "When the core started (unix time).",
+             [("", {}, float(snap.get("started", 0)))])
+    o.family("aodv2_tracer_up", "gauge", "1 when the tracer is attached to the kernel.",
+             [("", {"tracer": n}, 1 if s == "attached" else 0) for n, s in sorted((snap.get("tracers") or {}).items())])
+    stats = totals.get("cmd_stats") if totals else None
+    slots = [] if stats is None else [int(c) for c in np.flatnonzero(stats["hist"].sum(axis=1))]
+    o.family("aodv2_smb_commands_total", "counter",
+             "SMB commands completed, counted in the kernel by the tracers (every completion).",
+             [("", {"command": command_name(c)}, int(stats["hist"][c].sum())) for c in slots])
+    o.family("aodv2_smb_command_errors_total", "counter",
+             "SMB commands that completed with an error, counted in the kernel.",
+             [("", {"command": command_name(c)}, int(stats["errors"][c])) for c in slots])
+    errs = (totals or {}).get("errors") or {}
+    o.family("aodv2_smb_errors_total", "counter", "SMB error records by command and NT status.",
+             [("", {"command": command_name(c), "status": status_name(s)}, n)
+              for (c, s), n in sorted(errs.items())])
+    rec = (totals or {}).get("reconnects") or {}
+    o.family("aodv2_smb_reconnects_total", "counter", "Reconnect records by NT status (0: the client reconnected).",
+             [("", {"status": status_name(s) if s else "reconnect"}, n) for s, n in sorted(rec.items())])
+    hist: list[tuple[str, dict[str, Any], float]] = []
+    for c in slots:
+        h, name = stats["hist"][c], command_name(c)
+        cum = np.cumsum(h)
+        for b in range(FIRST_EDGE, LAST_EDGE + 1):
+            hist.append(("_bucket", {"command": name, "le": format((1 << b) / 1e6, ".10g")}, int(cum[b])))
+        hist.append(("_bucket", {"command": name, "le": "+Inf"}, int(cum[-1])))
+        hist.append(("_sum", {"command": name}, int(stats["latency_sum_ns"][c]) / 1e9))
+        hist.append(("_count", {"command": name}, int(cum[-1])))
+    o.family("aodv2_smb_command_latency_seconds", "histogram",
+             "SMB command latency (enter to completion), every completion.", hist)
+    o.family("aodv2_ring_records_total", "counter", "Records the core read from the ring.",
+             [("", {}, snap.get("ring_records", 0))])
+    o.family("aodv2_ring_drops_total", "counter", "Records the tracers dropped because the ring was full.",
+             [("", {}, snap.get("drops_total", 0))])
+    o.family("aodv2_ring_bad_records_total", "counter", "Corrupt or foreign ring records skipped.",
+             [("", {}, snap.get("bad_records", 0))])
+    o.family("aodv2_anomalies_total", "counter", "Anomalies detected, by type (captured or suppressed).",
+             _by(snap.get("anomalies"), "type"))
+    o.family("aodv2_anomalies_suppressed_total", "counter",
+             "Anomalies not captured because of the cooldown or the hourly cap, by type.",
+             _by(snap.get("suppressed"), "type"))
+    o.family("aodv2_captures_total", "counter", "Bundles written, by anomaly type.", _by(snap.get("captures"), "type"))
+    o.family("aodv2_capture_failures_total", "counter", "Captures that failed or were dropped.",
+             [("", {}, snap.get("capture_failures", 0))])
+    o.family("aodv2_bundle_written_bytes_total", "counter", "Bytes of bundles written.",
+             [("", {}, snap.get("bundle_bytes_written", 0))])
+    disk = snap.get("disk") or {}
+    o.family("aodv2_bundles_bytes", "gauge", "Bytes of bundles on disk in the output dir.",
+             [("", {}, disk.get("used_bytes", 0))])
+    o.family("aodv2_bundles", "gauge", "Bundles on disk in the output dir.", [("", {}, disk.get("bundles", 0))])
+    o.family("aodv2_bundles_budget_bytes", "gauge", "retention.max_total_mb in bytes.",
+             [("", {}, disk.get("budget_bytes", 0))])
+    last = snap.get("last_bundle") or {}
+    o.family("aodv2_last_capture_timestamp_seconds", "gauge", "When the last bundle was written (0: none).",
+             [("", {}, float(last.get("time", 0)))])
+    up_stats = snap.get("upload")
+    if up_stats:
+        o.family("aodv2_uploads_total", "counter", "Bundle uploads by final result.",
+                 [("", {"result": "ok"}, up_stats.get("ok", 0)), ("", {"result": "failed"}, up_stats.get("failed", 0))])
+        o.family("aodv2_upload_attempts_total", "counter", "Upload hook runs, retries included.",
+                 [("", {}, up_stats.get("attempts", 0))])
+        o.family("aodv2_uploads_pending", "gauge", "Bundles waiting for upload.",
+                 [("", {}, up_stats.get("pending", 0))])
+    return "\n".join(o.lines) + "\n"
+
+
+def write(path: str, text: str) -> None:
+    """Atomic replace, 0644. Raises OSError."""
+    write_atomic(path, text.encode(), mode=0o644, dir_mode=0o755)

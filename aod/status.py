@@ -1,0 +1,155 @@
+"""Core status file: what the running core publishes for `aodv2 status` (beside the data flow).
+
+The core rewrites /run/aodv2/status.json (0600, dir 0700) about once a second with a
+snapshot (Core.snapshot in daemon.py) and marks it "stopped" on a clean exit. The CLI
+reads it, decides whether the core is running (its pid alive, the file fresh) and
+formats it for people.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from typing import Any, Optional
+
+from .atomicfile import write_atomic
+from .tracerstate import RUN_DIR
+
+STATUS_FILE = "status.json"
+SCHEMA = 1
+STALE_MIN_SEC = 10.0  # fresher than max(this, 3 intervals) counts as alive
+
+
+class StatusError(Exception):
+    """The status cannot be read. .code: EX_NOPERM-style exit for the CLI."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def status_path(state_dir: str = RUN_DIR) -> str:
+    return os.path.join(state_dir, STATUS_FILE)
+
+
+def write(state_dir: str, snap: dict[str, Any]) -> None:
+    """Raises OSError."""
+    write_atomic(status_path(state_dir), json.dumps(snap, sort_keys=True, default=str).encode())
+
+
+def read(state_dir: str = RUN_DIR) -> dict[str, Any]:
+    path = status_path(state_dir)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4 << 20)
+    except PermissionError:
+        raise StatusError(f"aodv2 status needs root: {path} is readable by root only", 77) from None
+    except FileNotFoundError:
+        if not os.access(state_dir, os.R_OK | os.X_OK) and os.path.isdir(state_dir):
+            raise StatusError(f"aodv2 status needs root: {state_dir} is readable by root only", 77) from None
+        raise StatusError(f"aodv2 core is not running: no {path}", 3) from None
+    except OSError as e:
+        raise StatusError(f"cannot read {path}: {e.strerror or e}", 1) from None
+    try:
+        snap = json.loads(raw)
+        if not isinstance(snap, dict) or snap.get("schema") != SCHEMA:
+            raise ValueError(f"expected a schema {SCHEMA} object")
+    except ValueError as e:
+        raise StatusError(f"{path} is not a valid status file ({e})", 1) from None
+    return snap
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError as e:
+        return e.errno != errno.ESRCH
+    return True
+
+
+def assess(snap: dict[str, Any], now: Optional[float] = None) -> tuple[str, str]:
+    """(state, reason): running | stopped | gone (pid dead) | stale (alive, not updating)."""
+    now = time.time() if now is None else now
+    updated = float(snap.get("updated", 0))
+    age = now - updated
+    if snap.get("state") == "stopped":
+        return "stopped", f"stopped at {_when(updated)}"
+    if not _pid_alive(snap.get("pid")):
+        return "gone", f"pid {snap.get('pid')} is gone (last update {_when(updated)})"
+    limit = max(STALE_MIN_SEC, 3 * float(snap.get("watch_interval_sec", 1.0)))
+    if age > limit:
+        return "stale", f"not updated for {age:.0f}s (pid {snap.get('pid')} alive but not responding)"
+    return "running", f"pid {snap.get('pid')}, up {_dur(now - float(snap.get('started', now)))}"
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
+
+
+def _dur(s: float) -> str:
+    s = int(max(s, 0))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + (f"{h}h " if d or h else "") + f"{m}m {s}s"
+
+
+def _mb(n: Any) -> str:
+    return f"{float(n) / (1024 * 1024):.1f} MiB"
+
+
+def _counts(d: Any) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "none"
+
+
+def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
+    """Human-readable `aodv2 status` output."""
+    lines = [f"aodv2 core: {state} ({reason})",
+             f"  version {snap.get('aodv2_version', '?')}, config {snap.get('config') or '-'}"]
+    tr = snap.get("tracers") or {}
+    lines.append("  tracers: " + (", ".join(f"{n} {s}" for n, s in sorted(tr.items())) if tr else
+                                  snap.get("ring_kind", "none")))
+    lines.append(f"  events: {float(snap.get('events_per_sec', 0)):.0f}/s, ring records "
+                 f"{snap.get('ring_records', 0)}, drops {snap.get('drops_total', 0)} "
+                 f"(last window {snap.get('drops_last_window', 0)}), bad records {snap.get('bad_records', 0)}")
+    lines.append(f"  anomalies: {_counts(snap.get('anomalies'))}; suppressed: {_counts(snap.get('suppressed'))}")
+    lines.append(f"  captures: {_counts(snap.get('captures'))}; failed {snap.get('capture_failures', 0)}")
+    last = snap.get("last_bundle") or {}
+    lines.append("  last bundle: " + (f"{last.get('path')} ({last.get('type')}, {_mb(last.get('bytes', 0))}, "
+                                      f"{_when(float(last.get('time', 0)))})" if last else "none"))
+    disk = snap.get("disk") or {}
+    budget = float(disk.get("budget_bytes", 0))
+    pct = f" ({100 * float(disk.get('used_bytes', 0)) / budget:.1f}%)" if budget else ""
+    lines.append(f"  disk: {_mb(disk.get('used_bytes', 0))} of {_mb(budget)}{pct} in {disk.get('bundles', 0)} "
+                 f"bundles under {snap.get('output_dir', '?')}, max age {disk.get('max_age_days', '?')} days")
+    th = snap.get("thresholds") or {}
+    per = ", ".join(f"{k} {v:g}" for k, v in sorted((th.get("per_command_ms") or {}).items()))
+    lines.append(f"  latency: mode {th.get('mode', '?')}, default {th.get('default_ms', '?')} ms"
+                 + (f", {per} ms" if per else "")
+                 + (f", excluded {','.join(th.get('exclude') or [])}" if th.get("exclude") else "")
+                 + (f", tracked {','.join(th.get('track') or [])}" if th.get("track") else "")
+                 + f"; {th.get('acceptable_count', '?')} per {snap.get('watch_interval_sec', '?')}s window; "
+                 f"emergency {th.get('emergency_ms', '?')} ms")
+    for r in th.get("error_rules") or []:
+        lines.append(f"  error rule {r.get('name')}: {','.join(r.get('match') or [])} "
+                     f">= {r.get('acceptable_count')} per window"
+                     + (f" on {','.join(r.get('commands'))}" if r.get("commands") else ""))
+    cap = snap.get("capture") or {}
+    if cap:
+        lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h")
+    up = snap.get("upload")
+    if up:
+        lines.append(f"  upload: ok {up.get('ok', 0)}, failed {up.get('failed', 0)}, pending {up.get('pending', 0)}"
+                     + (f", last error: {up.get('last_error')}" if up.get("last_error") else ""))
+    lines.append(f"  metrics: {snap.get('metrics_path') or 'off'}")
+    if snap.get("unhealthy"):
+        lines.append(f"  unhealthy components: {', '.join(snap['unhealthy'])}")
+    return "\n".join(lines)
