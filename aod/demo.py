@@ -44,6 +44,7 @@ def demo_config(workdir: str) -> Config:
         errors=(ErrorRule(name="io_timeout", statuses=frozenset({smb2.NT_STATUS["STATUS_IO_TIMEOUT"]}),
                           acceptable_count=5),),
         capture=dataclasses.replace(base.capture, action_timeout_sec=5.0, lookback_sec=30.0),
+        metrics=dataclasses.replace(base.metrics, textfile_path=os.path.join(workdir, "aodv2.prom"), interval_sec=1.0),
     )
 
 
@@ -71,12 +72,17 @@ def latency_table(summary: dict) -> str:
 def run(workdir: Optional[str] = None, out: TextIO = sys.stdout, timeout: float = 25.0) -> int:
     t0 = time.monotonic()
     workdir = workdir or tempfile.mkdtemp(prefix="aodv2-demo-")
-    cfg = demo_config(workdir)
+    try:
+        os.makedirs(workdir, mode=0o700, exist_ok=True)
+        cfg = demo_config(os.path.abspath(workdir))
+        ringfile.create(cfg.ring.path, cfg.ring.size_kb * 1024, replace=True)
+    except OSError as e:
+        print(f"aodv2 demo: cannot use {workdir}: {e.strerror or e}", file=sys.stderr)
+        return 1
     log.setup(force_stderr=True, level=logging.INFO)
     log.logger.handlers.clear()
     log.logger.addHandler(_Printer(out, t0))
     print(f"aodv2 demo: core on a file-backed ring in {workdir}", file=out)
-    ringfile.create(cfg.ring.path, cfg.ring.size_kb * 1024)
     results: list[BundleResult] = []
     done = threading.Event()
 
@@ -123,6 +129,8 @@ def run(workdir: Optional[str] = None, out: TextIO = sys.stdout, timeout: float 
         summary = json.loads(read_bundle(lat.path)["summary.json"])
         print(f"\nper-command latency in {os.path.basename(lat.path)} (all traffic in the window):", file=out)
         print(latency_table(summary), file=out)
+        print(f"\nits histograms and files: aodv2 show {lat.path}\n"
+              f"Prometheus metrics of the run: {cfg.metrics.textfile_path}", file=out)
     elapsed = time.monotonic() - t0
     if missing:
         print(f"\naodv2 demo: FAILED, no bundle for: {', '.join(missing)} ({elapsed:.1f}s)", file=out)

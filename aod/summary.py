@@ -135,6 +135,7 @@ def per_command(anomaly: Anomaly) -> dict[str, dict[str, Any]]:
                 "mean_ms": _ms(int(slot["latency_sum_ns"]) / n),
                 "max_ms": max_ms,
                 "source": "histogram",
+                "hist": [int(x) for x in hist],  # all completions by log2(latency in us): `aodv2 show`
             }
         else:
             row = {"count": int(len(lat)), "errors": errors, **_exact(lat),
