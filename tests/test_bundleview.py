@@ -135,16 +135,17 @@ def test_show_draws_latency_histogram(real: str, capsys: pytest.CaptureFixture) 
     rc, out, _ = run(["show", real], capsys)
     assert rc == 0
     lines = out.splitlines()
-    start = lines.index("WRITE: 44 completions")
+    start = lines.index("WRITE: 540 completions")  # all traffic: summary.json's per-command histogram
     rows = lines[start + 1:]
     rows = rows[: next((i for i, r in enumerate(rows) if not r.startswith("  ")), len(rows))]
-    # 2-4 ms (4 events) ... empty buckets ... 262-524 ms? no: 600-900 ms all sit in 524 ms-1 s
-    assert rows[0].split()[0] == "2-4.1" and rows[0].split()[-1] == "4"
+    # 500 completions at 2-4 ms, empty buckets kept between, 40 at 600-900 ms in 524 ms-1 s
+    assert rows[0].split()[0] == "2-4.1" and rows[0].split()[-1] == "500"
     assert rows[-1].split()[:3] == ["524", "ms-1", "s"] and rows[-1].endswith(" 40")
-    assert len(rows) == 20 - 12 + 1  # buckets 12..20, empty ones between kept
-    assert "█" * bundleview.BAR_WIDTH in rows[-1]
-    assert "█" * 4 in rows[0] and "█" * 5 not in rows[0]  # 4/40 of 40 columns
-    assert all("█" not in r and "▏" not in r for r in rows[1:-1])
+    assert len(rows) == 20 - 12 + 1  # buckets 12..20
+    bar = "█" if "█" in rows[0] else "#"
+    assert bar * bundleview.BAR_WIDTH in rows[0]
+    assert bar * 3 in rows[-1] and bar * 4 not in rows[-1]  # 40/500 of 40 columns
+    assert all(bar not in r and "▏" not in r for r in rows[1:-1])
 
 
 def test_show_json(real: str, capsys: pytest.CaptureFixture) -> None:
@@ -156,8 +157,8 @@ def test_show_json(real: str, capsys: pytest.CaptureFixture) -> None:
     names = {m["name"].split("/", 1)[-1]: m for m in d["members"] if m["type"] == "file"}
     assert set(names) == set(read_bundle(real))
     h = d["histograms"]["WRITE"]
-    assert h["source"] == "events" and sum(b["count"] for b in h["buckets"]) == 44
-    assert {(b["label"], b["count"]) for b in h["buckets"]} == {("2-4.1 ms", 4), ("524 ms-1 s", 40)}
+    assert h["source"] == "all traffic" and sum(b["count"] for b in h["buckets"]) == 540
+    assert {(b["label"], b["count"]) for b in h["buckets"] if b["count"]} == {("2-4.1 ms", 500), ("524 ms-1 s", 40)}
 
 
 def test_show_prefers_all_traffic_hist_from_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
