@@ -4,6 +4,7 @@ corrupt ones, and on hostile tars for --extract."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -451,3 +452,15 @@ def test_extract_never_follows_an_existing_symlink(real: str, tmp_path: Path, ca
     rc, _, err = run(["show", real, "--extract", str(dest)], capsys)
     assert rc == 1 and "symlink" in err
     assert os.listdir(outside) == []
+
+
+def test_show_falls_back_to_events_without_a_histogram(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A manual capture has no window counters: the histogram is drawn from events.npy (slow ones only)."""
+    env, _ = fake_host(tmp_path / "host")
+    a = dataclasses.replace(_anomaly("latency"), window_stats=None)
+    r = capture(a, _cfg(tmp_path / "out"), env)
+    assert r.ok and r.path
+    rc, out, _ = run(["show", "--json", r.path], capsys)
+    h = json.loads(out)["histograms"]["WRITE"]
+    assert rc == 0 and h["source"] == "events"
+    assert {(b["label"], b["count"]) for b in h["buckets"] if b["count"]} == {("2-4.1 ms", 4), ("524 ms-1 s", 40)}
