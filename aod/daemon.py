@@ -33,10 +33,7 @@ from .dispatch import Dispatcher, WindowBuffer
 from .notify import Notifier
 from .retain import Retention
 from .smb2 import command_name, errno_name, status_name
-try:  # TEMP until aod/upload.py lands
-    from .upload import Uploader
-except ImportError:
-    Uploader = None  # type: ignore[assignment,misc]
+from .upload import Uploader
 from .watch import Watcher
 
 WARNING = logging.WARNING
@@ -162,10 +159,8 @@ class Core:
                                lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
                                bad_records=lambda: getattr(ring, "bad_records", 0) + getattr(ring, "foreign", 0))
         self.retention = Retention(lambda: self.cfg)
-        self.uploader = Uploader(lambda: self.cfg) if Uploader else None
-        workers: list[Any] = [self.dispatcher, self.watcher, self.collector, self.retention]
-        if self.uploader:
-            workers.append(self.uploader)
+        self.uploader = Uploader(lambda: self.cfg)  # idle while upload.command is empty
+        workers: list[Any] = [self.dispatcher, self.watcher, self.collector, self.retention, self.uploader]
         if state_dir:
             workers.append(Control(state_dir, self.collect_now))
         self.supervisor = Supervisor(workers, self.stop_event, heartbeat_timeout=heartbeat_timeout)
@@ -209,7 +204,7 @@ class Core:
             else:
                 self.stats.capture_failures += 1
             waiter = self._waiters.pop(id(r.anomaly), None)
-        if r.ok and r.path and self.cfg.upload.command and self.uploader and not self.uploader.submit(r.path, r.anomaly.type):
+        if r.ok and r.path and self.uploader.enabled() and not self.uploader.submit(r.path, r.anomaly.type):
             log.emit("upload_failed", WARNING, f"AOD upload of {r.path} skipped: upload queue is full",
                      AOD_BUNDLE=r.path)
         if waiter:
@@ -330,7 +325,7 @@ class Core:
                                  "commands": [command_name(c) for c in sorted(e.commands)]} for e in cfg.errors],
             },
             "capture": {"cooldown_sec": cfg.capture.cooldown_sec, "max_per_hour": cfg.capture.max_per_hour},
-            "upload": self.uploader.stats() if cfg.upload.command and self.uploader else None,
+            "upload": self.uploader.stats() if cfg.upload.command else None,
             "metrics_path": metrics.textfile_path(cfg.metrics) or "",
         }
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .atomicfile import write_atomic
 from .config import METRICS_DEFAULT_DIR, MetricsConfig
+from .record import CMD_SLOTS, CMD_STATS_DTYPE
 from .smb2 import command_name, status_name
 
 TEXTFILE_NAME = "aodv2.prom"
@@ -66,8 +67,9 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
              [("", {}, float(snap.get("started", 0)))])
     o.family("aodv2_tracer_up", "gauge", "1 when the tracer is attached to the kernel.",
              [("", {"tracer": n}, 1 if s == "attached" else 0) for n, s in sorted((snap.get("tracers") or {}).items())])
-    stats = totals.get("cmd_stats") if totals else None
-    slots = [] if stats is None else [int(c) for c in np.flatnonzero(stats["hist"].sum(axis=1))]
+    stats: np.ndarray = totals["cmd_stats"] if totals and totals.get("cmd_stats") is not None \
+        else np.zeros(CMD_SLOTS, CMD_STATS_DTYPE)
+    slots = [int(c) for c in np.flatnonzero(stats["hist"].sum(axis=1))]
     o.family("aodv2_smb_commands_total", "counter",
              "SMB commands completed, counted in the kernel by the tracers (every completion).",
              [("", {"command": command_name(c)}, int(stats["hist"][c].sum())) for c in slots])

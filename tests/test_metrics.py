@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from faultkit import CoreRun, config_text, fake_host, slow, wait_for
@@ -23,12 +23,12 @@ def parse(text: str) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(text)}
 
 
-def value(fams: dict[str, Any], sample: str, **labels: str) -> float:
+def value(fams: dict[str, Any], sample: str, **labels: str) -> Optional[float]:
     for f in fams.values():
         for s in f.samples:
             if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
-    raise KeyError(f"{sample} {labels}")
+    return None
 
 
 def _totals() -> dict[str, Any]:

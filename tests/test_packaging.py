@@ -232,7 +232,7 @@ def test_every_shipped_config_key_is_documented() -> None:
     keys = sorted(set(config_keys(shipped)))
     assert "capture.cooldown_sec" in keys and "errors[].name" in keys
     documented = set(man_entries(MAN / "aodv2.yaml.5"))
-    sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring"}
+    sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring", "metrics", "upload"}
     missing = [k for k in keys if k not in documented and k not in sections]
     assert not missing, f"config keys missing from man/aodv2.yaml.5: {missing}"
 
