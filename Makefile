@@ -78,10 +78,12 @@ clean-packaging:
 # make vm-package-> the .deb installed, enabled, restarted and purged in the VM (~6 min)
 # make vm-e2e    -> the .deb end to end on a real systemd host in the VM (~8 min with a cached image);
 #                   report in $(VM_SHARE)/e2e/e2e-report.json
+# make vm-faults -> the .deb under faults in the VM: unprivileged user, hung or dead SMB server,
+#                   full and read-only disk (~4 min); report in $(VM_SHARE)/faults/faults-report.json
 # make bench     -> benchmarks (python -m bench; bench/RESULTS.md); bench-quick: CI's short mode
 # make vm-bench  -> the VM tracer run that bench figure 6 reads (dist/vm/tracer/)
 VM_SHARE ?= $(CURDIR)/dist/vm
-.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-test bench bench-quick vm-bench
+.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench
 test:
 	tests/run
 demo:
@@ -97,6 +99,9 @@ vm-package: vm-image deb
 vm-e2e: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/e2e --script tests/vm/scenarios/e2e.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 2100
+vm-faults: vm-image deb
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/faults --script tests/vm/scenarios/faults.sh \
+	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1200
 vm-test:
 	$(PYTHON) -m pytest tests/vm -q
 bench:

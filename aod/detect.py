@@ -1,10 +1,11 @@
-"""Detection (dispatch -> detect -> collect): vectorised rules over event arrays.
+"""Detection (dispatch -> detect -> collect): vectorised rules over event columns.
 
 `Detector.immediate` runs on every drained batch (emergency, reconnect: fire at
 once); `Detector.window` runs once per closed window of watch_interval_sec
 (latency count, error rules). `Throttle` applies cooldown and the hourly cap.
-Each field is read out of the 72-byte records once per call, and error rules
-look only at the error rows, so a 1M-event window costs a few passes.
+Both read the compact `Columns` the dispatcher extracted once per batch (kind,
+command, latency, ts), never the 72-byte records: error rules gather only the
+error rows, and whole records are gathered only when an anomaly fires.
 """
 
 from __future__ import annotations
@@ -19,36 +20,19 @@ import numpy as np
 from . import smb2
 from .anomaly import Anomaly
 from .config import Config, ErrorRule, threshold_lookup
-from .record import EVENT_DTYPE, EVENT_SIZE, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
+from .dispatch import Columns, Events
+from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
 _NEVER = np.iinfo(np.uint64).max
 MAX_ANOMALY_EVENTS = 50_000  # events an anomaly (and its bundle's events.npy) carries at most
 
+Found = tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]  # type, rule, count, mask, commands, details
+
 
 def _latency_kind(kind: np.ndarray) -> np.ndarray:
     """Completion or error (both carry a latency): kind in {1, 2}."""
     return (kind - np.uint8(KIND_COMPLETION)) <= np.uint8(KIND_ERROR - KIND_COMPLETION)
-
-
-assert EVENT_DTYPE.fields is not None
-assert (EVENT_DTYPE.fields["ts_ns"][1], EVENT_DTYPE.fields["latency_ns"][1]) == (8, 16)
-
-
-def _fields(events: np.ndarray, with_ts: bool = False) -> tuple[np.ndarray, ...]:
-    """(kind, command, latency_ns[, ts_ns]) in one pass over the records.
-
-    Bytes 0-7 of a record are version, size, kind, tracer_id, command; bytes 8-15 the
-    completion time, 16-23 the latency: one cache line, so reading them together costs
-    one pass.
-    """
-    if not events.flags.c_contiguous:
-        events = np.ascontiguousarray(events)
-    words = events.view(np.dtype("<u8")).reshape(len(events), EVENT_SIZE // 8)
-    words = words[:, [0, 1, 2]] if with_ts else words[:, [0, 2]]
-    head = words[:, 0]
-    kind, cmd = (head >> np.uint64(32)).astype(np.uint8), (head >> np.uint64(48)).astype(np.uint16)
-    return (kind, cmd, words[:, 2], words[:, 1]) if with_ts else (kind, cmd, words[:, 1])
 
 
 def _set(values: frozenset[int], dtype: type) -> np.ndarray:
@@ -91,39 +75,39 @@ class Detector:
         self.rules = [_Rule(r) for r in cfg.errors]
         self.cfg = cfg
 
-    def _bounded(self, events: np.ndarray, masks: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """The events the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
+    def _bounded(self, ev: Events, masks: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """The records the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
         the matches of any rule from the older part plus the newest events, shared by all."""
-        if len(events) <= MAX_ANOMALY_EVENTS:
-            return np.ascontiguousarray(events), {}
-        cut = len(events) - MAX_ANOMALY_EVENTS // 2
+        n = len(ev)
+        if n <= MAX_ANOMALY_EVENTS:
+            return ev.records(), {}
+        cut = n - MAX_ANOMALY_EVENTS // 2
         hit = np.zeros(cut, dtype=bool)
         for m in masks:
             hit |= m[:cut]
         early = np.flatnonzero(hit)[-(MAX_ANOMALY_EVENTS // 2):]
-        kept = np.empty(MAX_ANOMALY_EVENTS, dtype=events.dtype)  # filled in place: one copy
-        kept[:len(early)] = events[early]
-        kept[len(early):] = events[len(events) - (MAX_ANOMALY_EVENTS - len(early)):]
-        return kept, {"events_in_window": len(events)}
+        newest = n - (MAX_ANOMALY_EVENTS - len(early))  # fill up with the newest events
+        idx = np.concatenate([early[early < newest], np.arange(newest, n)])  # each record once
+        return ev.take(idx), {"events_in_window": n}
 
-    def _build(self, found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]],
-               events: np.ndarray, start: int, end: int, stats: Optional[np.ndarray] = None) -> list[Anomaly]:
-        """found: (type, rule, count, mask, matched commands, details) per anomaly."""
+    def _build(self, found: list[Found], ev: Events, start: int, end: int,
+               stats: Optional[np.ndarray] = None) -> list[Anomaly]:
         if not found:
             return []
-        kept, extra = self._bounded(events, [f[3] for f in found])
+        kept, extra = self._bounded(ev, [f[3] for f in found])
         wall, mono = self.clock(), self.mono()
         return [Anomaly(type=t, rule=r, count=n, detected_wall=wall, detected_mono_ns=mono, window_start_ns=start,
                         window_end_ns=end, events=kept, commands=tuple(int(c) for c in np.unique(cmds)),
                         details={**d, **extra}, window_stats=stats)
                 for t, r, n, _, cmds, d in found]
 
-    def immediate(self, batch: np.ndarray) -> list[Anomaly]:
-        """Emergency and reconnect checks on a freshly drained batch."""
-        found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]] = []
+    def immediate(self, batch: np.ndarray, cols: Optional[Columns] = None) -> list[Anomaly]:
+        """Emergency and reconnect checks on a freshly drained batch (cols: its Columns, if extracted)."""
         if len(batch) == 0:
             return []
-        kind, cmd, lat, ts = _fields(batch, with_ts=True)
+        found: list[Found] = []
+        ev = Events.of(batch, cols)
+        kind, cmd, lat, ts = ev.cols
 
         em = np.zeros(len(batch), dtype=bool)
         cand = np.flatnonzero(lat > self.emergency_ns)  # rare: check the rest on these only
@@ -138,26 +122,28 @@ class Detector:
                  "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
                  "command": smb2.command_name(int(cmd[worst]))}))
         if self.cfg.reconnect.enabled:
-            errs = np.flatnonzero(kind == KIND_ERROR)
             rc = kind == KIND_RECONNECT
-            rc[errs] = np.isin(batch["nt_status"][errs], _RECONNECT_STATUSES)
+            errs = np.flatnonzero(kind == KIND_ERROR)
+            if len(errs):
+                rc[errs] = np.isin(batch["nt_status"][errs], _RECONNECT_STATUSES)
             n = int(np.count_nonzero(rc))
             if n:
                 statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rc] if s})
                 found.append(("reconnect", "reconnect", n, rc, cmd[rc], {"statuses": statuses}))
         if not found:
             return []
-        return self._build(found, batch, int(ts.min()), int(ts.max()) + 1)
+        return self._build(found, ev, int(ts.min()), int(ts.max()) + 1)
 
-    def window(self, events: np.ndarray, start_ns: int, end_ns: int,
+    def window(self, events: np.ndarray | Events, start_ns: int, end_ns: int,
                stats: Optional[np.ndarray] = None) -> list[Anomaly]:
-        """Latency-count and error rules over one closed window."""
-        found: list[tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]] = []
-        if len(events) == 0:
+        """Latency-count and error rules over one closed window (records, or Events with columns)."""
+        ev = events if isinstance(events, Events) else Events.of(events)
+        if len(ev) == 0:
             return []
+        found: list[Found] = []
         lat_cfg = self.cfg.latency
-        kind, cmd, lat = _fields(events)
-        over = np.zeros(len(events), dtype=bool)
+        kind, cmd, lat = ev.cols.kind, ev.cols.command, ev.cols.latency_ns
+        over = np.zeros(len(ev), dtype=bool)
         cand = np.flatnonzero(lat > self.min_threshold_ns)  # the slow few: look up thresholds for these
         over[cand] = _latency_kind(kind[cand]) & (lat[cand] > self.thresholds_ns[cmd[cand]])
         n = int(np.count_nonzero(over))
@@ -168,20 +154,20 @@ class Detector:
                 {"acceptable_count": lat_cfg.acceptable_count,
                  "over_threshold_by_command": {smb2.command_name(c): int(k) for c, k in zip(over_cmds, counts)},
                  "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}}))
-        idx = np.flatnonzero(kind == KIND_ERROR) if self.rules else np.zeros(0, np.int64)
-        sub = events[idx]
-        status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), cmd[idx]
-        for r in self.rules:
-            m = r.mask(status, err, ecmd)
-            n = int(np.count_nonzero(m))
-            if n and n >= r.rule.acceptable_count:
-                sts, k = np.unique(status[m], return_counts=True)
-                full = np.zeros(len(events), dtype=bool)
-                full[idx[m]] = True
-                found.append(("error", r.rule.name, n, full, ecmd[m],
-                              {"acceptable_count": r.rule.acceptable_count,
-                               "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}}))
-        return self._build(found, events, start_ns, end_ns, stats)
+        if self.rules:
+            idx, sub = ev.errors()
+            status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), cmd[idx]
+            for r in self.rules:
+                m = r.mask(status, err, ecmd)
+                n = int(np.count_nonzero(m))
+                if n and n >= r.rule.acceptable_count:
+                    sts, k = np.unique(status[m], return_counts=True)
+                    full = np.zeros(len(ev), dtype=bool)
+                    full[idx[m]] = True
+                    found.append(("error", r.rule.name, n, full, ecmd[m],
+                                  {"acceptable_count": r.rule.acceptable_count,
+                                   "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}}))
+        return self._build(found, ev, start_ns, end_ns, stats)
 
 
 class Throttle:

@@ -2,7 +2,9 @@
 
 Each tick it takes the window's events from the WindowBuffer, reads the
 all-traffic counters (per-command histograms, drops), runs the window
-detectors and publishes rates for STATUS=.
+detectors and publishes rates for STATUS=. It also keeps cumulative totals
+since this core started (`snapshot_totals`, for the metrics exporter): the
+counters' per-window deltas summed, and error / reconnect records by status.
 """
 
 from __future__ import annotations
@@ -10,16 +12,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from . import log
 from .anomaly import Anomaly
-from .counters import Counters, delta
+from .counters import Counters, delta, zero_stats
 from .detect import Detector, window_bounds
-from .dispatch import WindowBuffer
-from .record import EVENT_DTYPE
+from .dispatch import Events, WindowBuffer, concat
+from .record import KIND_RECONNECT
 
 
 @dataclass
@@ -51,7 +53,12 @@ class Watcher:
         self.bad_records = bad_records
         self.mono = mono
         self.rates = Rates()
-        self.last_window = np.zeros(0, EVENT_DTYPE)
+        self._last: list[np.ndarray] = []  # views of the newest LAST_WINDOW_KEEP events of the last window
+        self.lock = threading.Lock()  # guards the totals below (read by other threads)
+        self.totals = zero_stats()  # CMD_STATS summed over window deltas since this core started
+        self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
+        self.reconnects: dict[int, int] = {}  # nt_status -> reconnect records
+        self.drops = 0  # tracer drops seen by windows since this core started
         self._prev_stats: Optional[np.ndarray] = None
         self._prev_drops: Optional[int] = None
         self._prev_bad = 0
@@ -74,18 +81,53 @@ class Watcher:
         self.rates.drops_total = drops
         return d_stats, d_drops
 
+    @property
+    def last_window(self) -> np.ndarray:
+        """The newest events (at most LAST_WINDOW_KEEP) of the last closed window, for manual captures."""
+        return concat(self._last)
+
+    def _account(self, events: Events, stats: Optional[np.ndarray], drops: int) -> None:
+        """Add one window to the cumulative totals."""
+        idx, rows = events.errors()
+        errs: dict[tuple[int, int], int] = {}
+        if len(idx):
+            key = (events.cols.command[idx].astype(np.uint64) << np.uint64(32)) | rows["nt_status"]
+            for k, n in zip(*np.unique(key, return_counts=True)):
+                errs[(int(k) >> 32, int(k) & 0xFFFFFFFF)] = int(n)
+        rc = events.take(np.flatnonzero(events.cols.kind == KIND_RECONNECT))["nt_status"]
+        with self.lock:
+            if stats is not None and stats.shape == self.totals.shape:
+                t = self.totals.view(np.uint64)
+                t += np.ascontiguousarray(stats).view(np.uint64)
+            for k2, n2 in errs.items():
+                self.errors[k2] = self.errors.get(k2, 0) + n2
+            for s, n3 in zip(*np.unique(rc, return_counts=True)):
+                self.reconnects[int(s)] = self.reconnects.get(int(s), 0) + int(n3)
+            self.drops += drops
+            self.rates.ring_records += len(events)
+            self.rates.windows += 1
+
+    def snapshot_totals(self) -> dict[str, Any]:
+        """Copies of the cumulative totals since this core started, consistent with each other:
+        cmd_stats (CMD_STATS_DTYPE[CMD_SLOTS], all traffic from the counters), errors
+        {(command, nt_status): records}, reconnects {nt_status: records}, ring_records,
+        drops (tracer ring-full drops), windows, overflow (records the window buffer had no room for)."""
+        with self.lock:
+            return {"cmd_stats": self.totals.copy(), "errors": dict(self.errors),
+                    "reconnects": dict(self.reconnects), "ring_records": self.rates.ring_records,
+                    "drops": self.drops, "windows": self.rates.windows, "overflow": self.buffer.overflow}
+
     def close_window(self, start: int, end: int) -> list[Anomaly]:
-        """Close [start, end): run detectors, update rates. Returns the anomalies raised."""
-        events = self.buffer.take_until(end)
+        """Close [start, end): run detectors, update rates and totals. Returns the anomalies raised."""
+        events = self.buffer.take(end)
         stats, drops = self._read_counters()
         secs = max((end - start) / 1e9, 1e-9)
         if stats is not None and int(stats["hist"].sum()) > 0:
             self.rates.events_per_sec = float(stats["hist"].sum()) / secs
         else:
             self.rates.events_per_sec = len(events) / secs
-        self.rates.ring_records += len(events)
+        self._account(events, stats, drops)
         self.rates.drops_last_window = drops
-        self.rates.windows += 1
         if drops:
             log.emit("drops", log.logging.WARNING,
                      f"AOD ring full: {drops} events dropped by the tracers in the last window",
@@ -96,7 +138,7 @@ class Watcher:
                      f"AOD skipped {bad - self._prev_bad} corrupt or foreign ring records",
                      AOD_COUNT=bad - self._prev_bad)
         self._prev_bad = self.rates.bad_records_total = bad
-        self.last_window = events[-LAST_WINDOW_KEEP:].copy()  # for manual captures; a copy frees the rest
+        self._last = events.tail(LAST_WINDOW_KEEP)  # views: the rest of the window is freed after detection
         found = self.detector.window(events, start, end, stats)
         for a in found:
             self.on_anomaly(a)

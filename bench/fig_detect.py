@@ -1,9 +1,15 @@
 """Figure 2: detection cost over a window of 1M events.
 
-aod.detect.Detector.window + .immediate (default config) on 1M events of mixed
-traffic with errors and slow completions, so the latency, error and emergency
-rules all fire (the costly path). Baseline, same array, same run: one plain numpy
-pass (`(events["latency_ns"] > threshold).sum()`). Repeats alternate the two; medians.
+All the detection work the core does for a window of 1M events of mixed traffic with
+errors and slow completions (default config), so the latency, error and emergency rules
+all fire (the costly path): the events arrive as full drains of the default 4 MiB ring
+(52428 records each); per batch, the dispatcher's column extraction (`Columns.of`),
+`WindowBuffer.add` and `Detector.immediate`; then `WindowBuffer.take` and
+`Detector.window` on the window's columns, anomaly records gathered included.
+Baseline, same array, same run: one plain numpy pass
+(`(events["latency_ns"] > threshold).sum()`). Repeats alternate the two; medians.
+Also reported (raw `one_array_ms`): window + immediate called on the 1M records as one
+array, which extracts the columns twice (the API that tests use).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import numpy as np
 
 from aod import config as config_mod
 from aod import smb2
+from aod.anomaly import Anomaly
 from aod.detect import Detector
+from aod.dispatch import Columns, WindowBuffer
 from aod.record import KIND_ERROR, TRACER_FILE, empty
 
 from .common import Row, median, now
 
 N = 1_000_000
+BATCH = 4096 * 1024 // 80  # records in one full drain of the default ring (80 B a record with its header)
 STATUSES = [smb2.NT_STATUS[s] for s in ("STATUS_IO_TIMEOUT", "STATUS_ACCESS_DENIED", "STATUS_FILE_CLOSED",
                                         "STATUS_OBJECT_NAME_NOT_FOUND", "STATUS_END_OF_FILE")]
 
@@ -45,6 +54,18 @@ def window_events(n: int = N, seed: int = 3) -> np.ndarray:
     return ev
 
 
+def pipeline(det: Detector, ev: np.ndarray, start: int, end: int) -> List[Anomaly]:
+    """What the dispatcher and the watcher do with these events, drain batch by drain batch."""
+    buf = WindowBuffer(capacity=len(ev))
+    out: List[Anomaly] = []
+    for i in range(0, len(ev), BATCH):
+        b = ev[i : i + BATCH]
+        cols = Columns.of(b)
+        buf.add(b, cols)
+        out += det.immediate(b, cols)
+    return out + det.window(buf.take(end), start, end)
+
+
 def run(quick: bool) -> List[Row]:
     ev = window_events()
     det = Detector(config_mod.defaults())
@@ -52,20 +73,28 @@ def run(quick: bool) -> List[Row]:
     thr = np.uint64(500_000_000)
     t_det: List[float] = []
     t_base: List[float] = []
+    t_one: List[float] = []
     found: List[str] = []
     for _ in range(3 if quick else 11):
         t0 = now()
         base = int((ev["latency_ns"] > thr).sum())
         t_base.append(now() - t0)
         t0 = now()
-        out = det.window(ev, start, end) + det.immediate(ev)
+        out = pipeline(det, ev, start, end)
         t_det.append(now() - t0)
+        t0 = now()
+        one = det.window(ev, start, end) + det.immediate(ev)
+        t_one.append(now() - t0)
         found = sorted({a.type for a in out})
+        assert found == sorted({a.type for a in one})
     d, b = median(t_det), median(t_base)
-    raw = {"events": N, "detect_ms": d * 1e3, "numpy_pass_ms": b * 1e3, "over_threshold": base,
-           "anomalies": found, "detect_runs_ms": [round(x * 1e3, 2) for x in t_det]}
+    raw = {"events": N, "batch": BATCH, "detect_ms": d * 1e3, "numpy_pass_ms": b * 1e3, "over_threshold": base,
+           "anomalies": found, "detect_runs_ms": [round(x * 1e3, 2) for x in t_det],
+           "one_array_ms": median(t_one) * 1e3, "one_array_runs_ms": [round(x * 1e3, 2) for x in t_one]}
     return [Row("2", "detection, window+immediate, 1M events", f"{d * 1e3:.1f} ms",
-                f"numpy compare+sum: {b * 1e3:.1f} ms", f"{d / b:.1f}x", "<= 50 ms", d <= 0.050, raw)]
+                f"numpy compare+sum: {b * 1e3:.1f} ms", f"{d / b:.1f}x", "<= 50 ms", d <= 0.050, raw,
+                note=f"1M events in drain batches of {BATCH}, column extraction included; "
+                     f"window+immediate on one 1M array (columns extracted twice): {median(t_one) * 1e3:.1f} ms")]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`python -m bench --profile DIR`: the profiles behind missed targets (RESULTS.md quotes them).
 
-  2  cProfile of Detector.window + immediate on the 1M-event window (single thread).
+  2  cProfile of figure 2's pipeline (columns, immediate per drain batch, window) on the
+     1M-event window (single thread).
   4  per-thread CPU and wakeups of the core process (from /proc/PID/task; thread names from
      `py-spy dump`), idle and under the all-through-ring load, plus py-spy samples.
   5  py-spy record of figure 5 in a subprocess (the capture uses worker threads, so
@@ -52,23 +53,23 @@ def detect_profile(out_dir: str) -> str:
     from aod import config as config_mod
     from aod.detect import Detector
 
-    from .fig_detect import window_events
+    from .fig_detect import pipeline, window_events
 
     ev = window_events()
     det = Detector(config_mod.defaults())
     s, e = int(ev["ts_ns"][0]), int(ev["ts_ns"][-1]) + 1
-    det.window(ev, s, e)
+    pipeline(det, ev, s, e)
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(5):
-        det.window(ev, s, e)
-        det.immediate(ev)
+        pipeline(det, ev, s, e)
     pr.disable()
     pr.dump_stats(os.path.join(out_dir, "detect.prof"))
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
     lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-    return "figure 2, cProfile, 5 x (window + immediate) on 1M events:\n" + "\n".join(lines[2:])
+    head = "figure 2, cProfile, 5 x the pipeline (columns, immediate per batch, window) on 1M events:\n"
+    return head + "\n".join(lines[2:])
 
 
 def capture_profile(out_dir: str) -> str:

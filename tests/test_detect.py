@@ -10,7 +10,7 @@ import numpy as np
 from aod import smb2
 from aod.config import Config, ErrorRule, LatencyConfig, ReconnectConfig
 from aod.detect import Detector, Throttle, window_bounds
-from aod.dispatch import WindowBuffer
+from aod.dispatch import Columns, Events, WindowBuffer
 from aod.record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, empty
 
 C = smb2.COMMANDS
@@ -199,3 +199,80 @@ def test_anomaly_events_are_bounded_matches_first(monkeypatch) -> None:  # type:
     assert a.count == 30 and len(a.events) == 100 and a.details["events_in_window"] == 1030
     assert (a.events["latency_ns"] == 150 * MS).sum() == 30  # every match kept
     assert (np.diff(a.events["ts_ns"].astype(np.int64)) >= 0).all()  # still in time order
+
+
+def test_window_buffer_keeps_columns_and_splits_out_of_order_batches() -> None:
+    buf = WindowBuffer()
+    a = ev(6, lat_ms=150, ts0=100)
+    b = ev(6, "READ", lat_ms=2, ts0=200)
+    b["ts_ns"] = [200, 300, 201, 301, 202, 302]  # out of time order: split by mask
+    buf.add(a)
+    buf.add(b, Columns.of(b))
+    got = buf.take(250)
+    assert len(got) == 9 and [len(x) for x in got.batches] == [6, 3]
+    rec = got.records()
+    assert list(got.cols.ts_ns) == list(rec["ts_ns"]) == list(range(100, 106)) + [200, 201, 202]
+    assert list(got.cols.command) == list(rec["command"]) and list(got.cols.kind) == list(rec["kind"])
+    assert list(got.cols.latency_ns) == list(rec["latency_ns"])
+    rest = buf.take_until(10**6)
+    assert list(rest["ts_ns"]) == [300, 301, 302] and buf.size == 0
+    assert len(buf.take(10**6)) == 0 and buf.take_until(10**6).dtype == rec.dtype
+
+
+def test_events_gather_across_batches() -> None:
+    parts = [ev(k, ts0=1000 * i) for i, k in enumerate((3, 1, 5, 2))]
+    e = Events(parts, Columns.concat([Columns.of(p) for p in parts]))
+    whole = np.concatenate(parts)
+    idx = np.array([0, 2, 3, 4, 9, 10])
+    assert (e.take(idx) == whole[idx]).all()
+    assert (e.records() == whole).all()
+    assert (np.concatenate(e.tail(7)) == whole[-7:]).all() and e.tail(0) == []
+
+
+def test_window_on_batches_equals_window_on_one_array(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Detecting on a window's batches and columns gives what the concatenated records give,
+    bounded anomaly events included (gathered across batches, each record once)."""
+    from aod import detect
+
+    monkeypatch.setattr(detect, "MAX_ANOMALY_EVENTS", 40)
+    io = smb2.NT_STATUS["STATUS_IO_TIMEOUT"]
+    rng = np.random.default_rng(5)
+    e = ev(300, lat_ms=1)
+    e["ts_ns"] = np.arange(300)
+    e["mid"] = np.arange(300)
+    slow = rng.choice(300, 30, replace=False)
+    e["latency_ns"][slow] = 150 * MS
+    errs = rng.choice(300, 12, replace=False)
+    e["kind"][errs] = KIND_ERROR
+    e["nt_status"][errs] = io
+    d = Detector(dataclasses.replace(cfg(), errors=(ErrorRule(name="t", statuses=frozenset({io})),)))
+    buf = WindowBuffer()
+    for s in np.split(e, [7, 100, 101, 250]):
+        buf.add(s)
+    got = buf.take(10**9)
+    one, many = d.window(e, 0, 10**9), d.window(got, 0, 10**9)
+    assert [(a.type, a.count) for a in one] == [(a.type, a.count) for a in many] == [("latency", 30), ("error", 12)]
+    for a, b in zip(one, many):
+        assert (a.events == b.events).all() and a.details == b.details
+        assert len(np.unique(b.events["mid"])) == len(b.events) <= 40
+
+
+def test_bounded_events_have_no_duplicates_when_matches_are_recent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aod import detect
+
+    monkeypatch.setattr(detect, "MAX_ANOMALY_EVENTS", 100)
+    e = ev(1000, lat_ms=1)
+    e["mid"] = np.arange(1000)
+    e["latency_ns"][[10, 11, 930, 940, 990]] = 150 * MS  # 930, 940: in the older part, near the newest
+    (a,) = Detector(cfg()).window(e, 0, 3 * 10**9)
+    mids = a.events["mid"]
+    assert len(np.unique(mids)) == len(mids) <= 100
+    assert {10, 11, 930, 940, 990} <= set(mids.tolist()) and mids[-1] == 999
+
+
+def test_immediate_with_columns_matches_without() -> None:
+    batch = np.concatenate([ev(50, lat_ms=2.0), ev(2, "CREATE", 2000.0), ev(1, kind=KIND_RECONNECT)])
+    d = Detector(cfg())
+    plain, cols = d.immediate(batch), d.immediate(batch, Columns.of(batch))
+    assert [(a.type, a.count, a.commands) for a in plain] == [(a.type, a.count, a.commands) for a in cols]
+    assert [a.type for a in cols] == ["emergency", "reconnect"]
