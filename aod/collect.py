@@ -59,6 +59,17 @@ class BundleResult:
     actions: list[dict[str, Any]] = field(default_factory=list)
 
 
+def drain(q: queue.Queue) -> int:
+    """Empty a queue without blocking; returns how many items it held (shared with upload.py)."""
+    n = 0
+    while True:
+        try:
+            q.get_nowait()
+            n += 1
+        except queue.Empty:
+            return n
+
+
 def _log_window(anomaly: Anomaly, config: Config) -> tuple[int, int]:
     """Epoch seconds (since, until) for log actions: the window, and at least lookback_sec."""
     start = mono_to_wall(anomaly, anomaly.window_start_ns)
@@ -290,13 +301,7 @@ class Collector:
                          AOD_ANOMALY=anomaly.type, AOD_BUNDLE=result.path or "")
 
     def _drop_queued(self) -> None:
-        n = 0
-        while True:
-            try:
-                self._queue.get_nowait()
-                n += 1
-            except queue.Empty:
-                break
+        n = drain(self._queue)
         if n:
             self.dropped += n
             log.emit("suppressed", logging.WARNING, f"AOD collector stopping: {n} queued captures dropped",

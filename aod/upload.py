@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from . import log
+from .collect import drain
 from .config import PLACEHOLDER_RE, Config
 
 QUEUE_SIZE = 64
@@ -336,12 +337,7 @@ class Uploader:
         """Stopping: the interrupted job and everything queued are not uploaded; one line."""
         with self._mu:
             n = int(self._in_flight)
-        while True:
-            try:
-                self._queue.get_nowait()
-                n += 1
-            except queue.Empty:
-                break
+        n += drain(self._queue)
         if n:
             log.emit("upload_failed", logging.WARNING, f"AOD uploader stopping: {n} bundle(s) not uploaded",
                      AOD_DROPPED=n)
