@@ -17,7 +17,21 @@ BAD_ARGS = [
     ["demo", "extra"],
     ["check-config", "a", "b"],
     ["version", "x"],
+    ["status", "--bogus"],
+    ["status", "extra"],
+    ["collect", "--timeout", "0"],
+    ["collect", "--reason"],
+    ["show"],
+    ["show", "a", "b"],
+    ["list", "extra"],
+    ["list", "--dir"],
 ]
+
+
+def test_every_verb_has_a_bad_arguments_case() -> None:
+    sub = next(a for a in cli._parser()._actions if a.dest == "verb")
+    covered = {a[0] for a in BAD_ARGS if a}
+    assert set(sub.choices) - {"tracer"} <= covered  # type: ignore[arg-type]  # tracer: test_tracer.py
 
 
 @pytest.mark.parametrize("argv", BAD_ARGS, ids=lambda a: " ".join(a) or "<none>")
