@@ -167,7 +167,12 @@ def main(argv: Optional[list[str]] = None) -> int:
            "kernel": platform.release(), "python": platform.python_version(), "root": os.geteuid() == 0,
            "storm_sec": a.storm_sec, "pytest_exit": rc}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(render(results, env))
+    text = render(results, env)
+    old = Path(a.out).read_text() if Path(a.out).exists() else ""
+    vm = re.search(r"<!-- vm-faults: begin -->.*<!-- vm-faults: end -->\n", old, re.S)
+    if vm:  # the VM part is tests/vm/faults_doc.py's (written after `make vm-faults`): keep it
+        text = text.rstrip("\n") + "\n\n" + vm.group(0)
+    Path(a.out).write_text(text)
     if a.json:
         Path(a.json).write_text(json.dumps({"env": env, "results": results}, indent=2, default=str) + "\n")
     print(f"faultreport: wrote {a.out} ({len(results)} tests, pytest exit {rc})", file=sys.stderr)
