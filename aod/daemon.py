@@ -29,7 +29,7 @@ from .config import Config
 from .control import Control
 from .counters import Counters
 from .detect import Detector, Throttle
-from .dispatch import Dispatcher, WindowBuffer
+from .dispatch import Columns, Dispatcher, WindowBuffer
 from .notify import Notifier
 from .retain import Retention
 from .smb2 import command_name, errno_name, status_name
@@ -154,7 +154,7 @@ class Core:
         self.throttle = Throttle(cfg.capture.cooldown_sec, cfg.capture.max_per_hour)
         kw = {} if collector_env is None else {"env": collector_env}
         self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
-        self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch)
+        self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch, with_columns=True)
         self.watcher = Watcher(self.buffer, self.detector, counters,
                                lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
                                bad_records=lambda: getattr(ring, "bad_records", 0) + getattr(ring, "foreign", 0))
@@ -166,8 +166,8 @@ class Core:
         self.supervisor = Supervisor(workers, self.stop_event, heartbeat_timeout=heartbeat_timeout)
 
     # --- detect -> collect ---------------------------------------------------
-    def _on_batch(self, batch: np.ndarray) -> None:
-        for a in self.detector.immediate(batch):
+    def _on_batch(self, batch: np.ndarray, cols: Optional[Columns] = None) -> None:
+        for a in self.detector.immediate(batch, cols):
             self.raise_anomaly(a)
 
     def raise_anomaly(self, a: Anomaly) -> bool:

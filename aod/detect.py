@@ -4,8 +4,9 @@
 once); `Detector.window` runs once per closed window of watch_interval_sec
 (latency count, error rules). `Throttle` applies cooldown and the hourly cap.
 Both read the compact `Columns` the dispatcher extracted once per batch (kind,
-command, latency, ts), never the 72-byte records: error rules gather only the
-error rows, and whole records are gathered only when an anomaly fires.
+command, latency, ts), batch by batch, never the 72-byte records: error rules
+gather only the error rows, and whole records are gathered only when an anomaly
+fires (at most MAX_ANOMALY_EVENTS of them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
 _NEVER = np.iinfo(np.uint64).max
 MAX_ANOMALY_EVENTS = 50_000  # events an anomaly (and its bundle's events.npy) carries at most
 
-Found = tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]  # type, rule, count, mask, commands, details
+Found = tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]  # type, rule, count, rows, commands, details
 
 
 def _latency_kind(kind: np.ndarray) -> np.ndarray:
@@ -75,20 +76,16 @@ class Detector:
         self.rules = [_Rule(r) for r in cfg.errors]
         self.cfg = cfg
 
-    def _bounded(self, ev: Events, masks: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+    def _bounded(self, ev: Events, rows: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
         """The records the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
-        the matches of any rule from the older part plus the newest events, shared by all."""
+        the matching rows of any rule from the older part plus the newest events, shared by all."""
         n = len(ev)
         if n <= MAX_ANOMALY_EVENTS:
             return ev.records(), {}
         cut = n - MAX_ANOMALY_EVENTS // 2
-        hit = np.zeros(cut, dtype=bool)
-        for m in masks:
-            hit |= m[:cut]
-        early = np.flatnonzero(hit)[-(MAX_ANOMALY_EVENTS // 2):]
+        early = np.unique(np.concatenate([r[r < cut] for r in rows]))[-(MAX_ANOMALY_EVENTS // 2):]
         newest = n - (MAX_ANOMALY_EVENTS - len(early))  # fill up with the newest events
-        idx = np.concatenate([early[early < newest], np.arange(newest, n)])  # each record once
-        return ev.take(idx), {"events_in_window": n}
+        return ev.take(early[early < newest], newest), {"events_in_window": n}  # each record once
 
     def _build(self, found: list[Found], ev: Events, start: int, end: int,
                stats: Optional[np.ndarray] = None) -> list[Anomaly]:
@@ -107,17 +104,14 @@ class Detector:
             return []
         found: list[Found] = []
         ev = Events.of(batch, cols)
-        kind, cmd, lat, ts = ev.cols
+        kind, cmd, lat, ts = ev.parts[0]
 
-        em = np.zeros(len(batch), dtype=bool)
         cand = np.flatnonzero(lat > self.emergency_ns)  # rare: check the rest on these only
-        em[cand] = _latency_kind(kind[cand]) & self.tracked[cmd[cand]]
-        n = int(np.count_nonzero(em))
-        if n:
-            hits = np.flatnonzero(em)
-            worst = int(hits[np.argmax(lat[hits])])
+        em = cand[_latency_kind(kind[cand]) & self.tracked[cmd[cand]]]
+        if len(em):
+            worst = int(em[np.argmax(lat[em])])
             found.append((
-                "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", n, em, cmd[em],
+                "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", len(em), em, cmd[em],
                 {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
                  "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
                  "command": smb2.command_name(int(cmd[worst]))}))
@@ -126,10 +120,10 @@ class Detector:
             errs = np.flatnonzero(kind == KIND_ERROR)
             if len(errs):
                 rc[errs] = np.isin(batch["nt_status"][errs], _RECONNECT_STATUSES)
-            n = int(np.count_nonzero(rc))
-            if n:
-                statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rc] if s})
-                found.append(("reconnect", "reconnect", n, rc, cmd[rc], {"statuses": statuses}))
+            rows = np.flatnonzero(rc)
+            if len(rows):
+                statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rows] if s})
+                found.append(("reconnect", "reconnect", len(rows), rows, cmd[rows], {"statuses": statuses}))
         if not found:
             return []
         return self._build(found, ev, int(ts.min()), int(ts.max()) + 1)
@@ -142,13 +136,14 @@ class Detector:
             return []
         found: list[Found] = []
         lat_cfg = self.cfg.latency
-        kind, cmd, lat = ev.cols.kind, ev.cols.command, ev.cols.latency_ns
-        over = np.zeros(len(ev), dtype=bool)
-        cand = np.flatnonzero(lat > self.min_threshold_ns)  # the slow few: look up thresholds for these
-        over[cand] = _latency_kind(kind[cand]) & (lat[cand] > self.thresholds_ns[cmd[cand]])
-        n = int(np.count_nonzero(over))
+        floor = self.min_threshold_ns
+        cand = ev.where(lambda c: c.latency_ns > floor)  # the slow few: look up thresholds for these
+        cmd = ev.at("command", cand)
+        ok = _latency_kind(ev.at("kind", cand)) & (ev.at("latency_ns", cand) > self.thresholds_ns[cmd])
+        over, over_cmd = cand[ok], cmd[ok]
+        n = len(over)
         if n and n >= lat_cfg.acceptable_count:
-            over_cmds, counts = np.unique(cmd[over], return_counts=True)
+            over_cmds, counts = np.unique(over_cmd, return_counts=True)
             found.append((
                 "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, over, over_cmds,
                 {"acceptable_count": lat_cfg.acceptable_count,
@@ -156,15 +151,13 @@ class Detector:
                  "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}}))
         if self.rules:
             idx, sub = ev.errors()
-            status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), cmd[idx]
+            status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), ev.at("command", idx)
             for r in self.rules:
                 m = r.mask(status, err, ecmd)
                 n = int(np.count_nonzero(m))
                 if n and n >= r.rule.acceptable_count:
                     sts, k = np.unique(status[m], return_counts=True)
-                    full = np.zeros(len(ev), dtype=bool)
-                    full[idx[m]] = True
-                    found.append(("error", r.rule.name, n, full, ecmd[m],
+                    found.append(("error", r.rule.name, n, idx[m], ecmd[m],
                                   {"acceptable_count": r.rule.acceptable_count,
                                    "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}}))
         return self._build(found, ev, start_ns, end_ns, stats)

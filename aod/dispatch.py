@@ -60,33 +60,67 @@ class Columns(NamedTuple):
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            return cls.of(np.zeros(0, EVENT_DTYPE))
+            return _NO_COLUMNS
         return cls(*(np.concatenate(c) for c in zip(*parts)))
 
     def select(self, sel: slice | np.ndarray) -> Columns:
         return Columns(self.kind[sel], self.command[sel], self.latency_ns[sel], self.ts_ns[sel])
 
 
-class Events:
-    """Events of one window (or one batch): record batches in drain order plus their columns.
+_NO_COLUMNS = Columns.of(np.zeros(0, EVENT_DTYPE))
+_ZERO_OFFSETS = np.zeros(1, np.int64)
+for _a in (*_NO_COLUMNS, _ZERO_OFFSETS):
+    _a.flags.writeable = False
 
-    Detectors read the columns; whole records are gathered only for the rows that need
+
+class Events:
+    """Events of one window (or one batch): record batches in drain order, each with its Columns.
+
+    Nothing is concatenated: detectors find rows batch by batch (`where`), read column
+    values at those rows (`at`), and gather whole records only for the rows that need
     them (`take`, `errors`) or when an anomaly carries them (`records`).
     """
 
-    def __init__(self, batches: Sequence[np.ndarray], cols: Columns) -> None:
-        self.batches = [b for b in batches if len(b)]
-        self.cols = cols
-        self.offsets = np.cumsum([0] + [len(b) for b in self.batches])
+    def __init__(self, batches: Sequence[np.ndarray], parts: Sequence[Columns]) -> None:
+        pairs = [(b, c) for b, c in zip(batches, parts) if len(b)]
+        self.batches = [b for b, _ in pairs]
+        self.parts = [c for _, c in pairs]
+        self.offsets = np.cumsum([0] + [len(b) for b in self.batches]) if self.batches else _ZERO_OFFSETS
         self._errors: Optional[tuple[np.ndarray, np.ndarray]] = None
-        assert len(cols.kind) == self.offsets[-1]
+        assert all(len(b) == len(c.kind) for b, c in pairs)
+        if not self.batches:  # an idle window: nothing to look for
+            self._errors = (np.zeros(0, np.intp), np.zeros(0, EVENT_DTYPE))
 
     @classmethod
     def of(cls, events: np.ndarray, cols: Optional[Columns] = None) -> Events:
-        return cls([events], Columns.of(events) if cols is None else cols)
+        return cls([events], [Columns.of(events) if cols is None else cols])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def cols(self) -> Columns:
+        """All columns over all batches (concatenated: a copy unless there is one batch)."""
+        return Columns.concat(self.parts)
+
+    def where(self, test: Callable[[Columns], np.ndarray]) -> np.ndarray:
+        """Ascending indices of the rows where test(a batch's Columns) is True."""
+        if len(self.parts) == 1:
+            return np.flatnonzero(test(self.parts[0]))
+        if not self.parts:
+            return np.zeros(0, np.intp)
+        return np.concatenate([np.flatnonzero(test(c)) + off for c, off in zip(self.parts, self.offsets)])
+
+    def at(self, field: str, idx: np.ndarray) -> np.ndarray:
+        """Values of one column (a Columns field name) at ascending indices."""
+        if len(self.parts) == 1:
+            return getattr(self.parts[0], field)[idx]
+        out = np.empty(len(idx), getattr(_NO_COLUMNS, field).dtype)
+        cut = np.searchsorted(idx, self.offsets)
+        for c, off, s, e in zip(self.parts, self.offsets, cut[:-1], cut[1:]):
+            if e > s:
+                out[s:e] = getattr(c, field)[idx[s:e] - off]
+        return out
 
     def records(self) -> np.ndarray:
         """All records, contiguous (a copy unless there is one batch)."""
@@ -94,19 +128,27 @@ class Events:
             return np.ascontiguousarray(self.batches[0])
         return concat(self.batches)
 
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        """Records at the given ascending indices."""
-        out = np.empty(len(idx), _RAW)
+    def take(self, idx: np.ndarray, tail_from: Optional[int] = None) -> np.ndarray:
+        """Records at the ascending indices idx, then (if given) every record from tail_from
+        on (idx all below it), copied by slices."""
+        n = len(self)
+        tail_from = n if tail_from is None else tail_from
+        out = np.empty(len(idx) + n - tail_from, _RAW)
         cut = np.searchsorted(idx, self.offsets)
+        pos = len(idx)
         for b, off, s, e in zip(self.batches, self.offsets, cut[:-1], cut[1:]):
             if e > s:
                 np.take(raw(b), idx[s:e] - off, out=out[s:e])
+            lo = max(tail_from - int(off), 0)
+            if lo < len(b):
+                out[pos : pos + len(b) - lo] = raw(b)[lo:]
+                pos += len(b) - lo
         return out.view(EVENT_DTYPE)
 
     def errors(self) -> tuple[np.ndarray, np.ndarray]:
         """(indices, records) of the error rows; computed once, shared by detector and watcher."""
         if self._errors is None:
-            idx = np.flatnonzero(self.cols.kind == KIND_ERROR)
+            idx = self.where(lambda c: c.kind == KIND_ERROR)
             self._errors = (idx, self.take(idx))
         return self._errors
 
@@ -181,7 +223,7 @@ class WindowBuffer:
                 self.batches[:0] = [b for b, _ in keep]
                 self.columns[:0] = [c for _, c in keep]
                 self.size += sum(len(b) for b, _ in keep)
-        return Events([b for b, _ in taken], Columns.concat([c for _, c in taken]))
+        return Events([b for b, _ in taken], [c for _, c in taken])
 
     def take_until(self, end_ns: int) -> np.ndarray:
         """`take` as one contiguous record array."""

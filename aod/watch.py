@@ -91,18 +91,21 @@ class Watcher:
         idx, rows = events.errors()
         errs: dict[tuple[int, int], int] = {}
         if len(idx):
-            key = (events.cols.command[idx].astype(np.uint64) << np.uint64(32)) | rows["nt_status"]
+            key = (events.at("command", idx).astype(np.uint64) << np.uint64(32)) | rows["nt_status"]
             for k, n in zip(*np.unique(key, return_counts=True)):
                 errs[(int(k) >> 32, int(k) & 0xFFFFFFFF)] = int(n)
-        rc = events.take(np.flatnonzero(events.cols.kind == KIND_RECONNECT))["nt_status"]
+        rc = np.zeros(0, np.uint32)
+        if len(events):
+            rc = events.take(events.where(lambda c: c.kind == KIND_RECONNECT))["nt_status"]
         with self.lock:
             if stats is not None and stats.shape == self.totals.shape:
                 t = self.totals.view(np.uint64)
                 t += np.ascontiguousarray(stats).view(np.uint64)
             for k2, n2 in errs.items():
                 self.errors[k2] = self.errors.get(k2, 0) + n2
-            for s, n3 in zip(*np.unique(rc, return_counts=True)):
-                self.reconnects[int(s)] = self.reconnects.get(int(s), 0) + int(n3)
+            if len(rc):
+                for s, n3 in zip(*np.unique(rc, return_counts=True)):
+                    self.reconnects[int(s)] = self.reconnects.get(int(s), 0) + int(n3)
             self.drops += drops
             self.rates.ring_records += len(events)
             self.rates.windows += 1

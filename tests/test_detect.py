@@ -219,14 +219,21 @@ def test_window_buffer_keeps_columns_and_splits_out_of_order_batches() -> None:
     assert len(buf.take(10**6)) == 0 and buf.take_until(10**6).dtype == rec.dtype
 
 
-def test_events_gather_across_batches() -> None:
-    parts = [ev(k, ts0=1000 * i) for i, k in enumerate((3, 1, 5, 2))]
-    e = Events(parts, Columns.concat([Columns.of(p) for p in parts]))
+def test_events_find_and_gather_across_batches() -> None:
+    parts = [ev(k, ts0=1000 * i, lat_ms=i) for i, k in enumerate((3, 1, 5, 2))]
+    e = Events(parts, [Columns.of(p) for p in parts])
     whole = np.concatenate(parts)
     idx = np.array([0, 2, 3, 4, 9, 10])
-    assert (e.take(idx) == whole[idx]).all()
-    assert (e.records() == whole).all()
+    assert len(e) == 11 and (e.take(idx) == whole[idx]).all()
+    assert (e.take(np.array([0, 4]), 8) == whole[[0, 4, 8, 9, 10]]).all()  # rows, then the newest from 8 on
+    assert (e.take(np.zeros(0, np.intp), 3) == whole[3:]).all() and len(e.take(idx[:0])) == 0
+    assert (e.records() == whole).all() and (e.cols.ts_ns == whole["ts_ns"]).all()
+    slow = e.where(lambda c: c.latency_ns >= 2 * MS)
+    assert list(slow) == list(np.flatnonzero(whole["latency_ns"] >= 2 * MS)) == list(range(4, 11))
+    assert list(e.at("ts_ns", idx)) == list(whole["ts_ns"][idx])
     assert (np.concatenate(e.tail(7)) == whole[-7:]).all() and e.tail(0) == []
+    empty_ev = Events([], [])
+    assert len(empty_ev) == 0 and len(empty_ev.where(lambda c: c.kind == 1)) == 0 and len(empty_ev.records()) == 0
 
 
 def test_window_on_batches_equals_window_on_one_array(monkeypatch) -> None:  # type: ignore[no-untyped-def]
