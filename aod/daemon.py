@@ -150,8 +150,8 @@ class Core:
         self._wake = threading.Event()  # a signal arrived: run the main loop now
         self._extra_on_result = on_result
         self.buffer = WindowBuffer()
-        self.detector = Detector(cfg)
         self.throttle = Throttle(cfg.capture.cooldown_sec, cfg.capture.max_per_hour)
+        self.detector = Detector(cfg, suppressing=self.throttle.suppressing)
         kw = {} if collector_env is None else {"env": collector_env}
         self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
         self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch, with_columns=True)

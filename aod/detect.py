@@ -61,9 +61,11 @@ class Detector:
     """Stateless apart from the config-derived lookup tables; swap with `reconfigure`."""
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
-                 mono: Callable[[], int] = time.monotonic_ns) -> None:
+                 mono: Callable[[], int] = time.monotonic_ns,
+                 suppressing: Callable[[str], bool] = lambda _type: False) -> None:
         self.clock = clock
         self.mono = mono
+        self.suppressing = suppressing  # Throttle.suppressing: that type's capture is sure to be refused
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -91,7 +93,10 @@ class Detector:
                stats: Optional[np.ndarray] = None) -> list[Anomaly]:
         if not found:
             return []
-        kept, extra = self._bounded(ev, [f[3] for f in found])
+        if all(self.suppressing(f[0]) for f in found):  # no capture will take them: copy nothing
+            kept, extra = ev.records()[:0], {"events_in_window": len(ev), "events_not_kept": "suppressed"}
+        else:
+            kept, extra = self._bounded(ev, [f[3] for f in found])
         wall, mono = self.clock(), self.mono()
         return [Anomaly(type=t, rule=r, count=n, detected_wall=wall, detected_mono_ns=mono, window_start_ns=start,
                         window_end_ns=end, events=kept, commands=tuple(int(c) for c in np.unique(cmds)),
@@ -180,6 +185,16 @@ class Throttle:
         with self.lock:
             self.cooldown = cooldown_sec
             self.max_per_hour = max_per_hour
+
+    def suppressing(self, type_: str, margin: float = 1.0) -> bool:
+        """True if allow(type_) is certain to refuse for the next `margin` seconds (no side effect):
+        the detector then skips copying events for an anomaly no capture will take."""
+        now = self.clock() + margin
+        with self.lock:
+            last = self.last.get(type_)
+            cooling = last is not None and now - last < self.cooldown
+            recent = sum(1 for t in self.recent if now - t < 3600)
+            return cooling or recent >= self.max_per_hour
 
     def allow(self, type_: str, force: bool = False) -> bool:
         """True if a capture of this type may start now (and records it)."""

@@ -152,6 +152,31 @@ def test_hourly_cap_and_manual_force() -> None:
     assert th.allow("latency")
 
 
+def test_suppressing_predicts_refusals_with_a_margin() -> None:
+    clk = FakeClock()
+    th = Throttle(cooldown_sec=60, max_per_hour=2, clock=clk)
+    assert not th.suppressing("latency")  # nothing captured yet
+    assert th.allow("latency")
+    assert th.suppressing("latency") and not th.suppressing("error")
+    clk.t += 59.5
+    assert not th.suppressing("latency")  # the cooldown ends within the 1 s margin: keep events
+    assert th.suppressed == {}  # no side effect
+    assert th.allow("error")  # 2 of 2 this hour
+    assert th.suppressing("reconnect")  # the hourly cap refuses every type
+
+
+def test_suppressed_anomalies_carry_no_events_but_their_count() -> None:
+    clk = FakeClock()
+    th = Throttle(cooldown_sec=60, max_per_hour=100, clock=clk)
+    d = Detector(cfg(), suppressing=th.suppressing)
+    batch = ev(1000, lat_ms=2000)
+    (a,) = d.immediate(batch)
+    assert len(a.events) == 1000 and th.allow(a.type)
+    (b,) = d.immediate(batch)  # in cooldown: this one will be suppressed
+    assert b.count == 1000 and len(b.events) == 0 and b.details["events_in_window"] == 1000
+    assert not th.allow(b.type)
+
+
 def test_vectorised_paths_match_a_plain_reference() -> None:
     """The single-pass field reads and prefilters give the same answers as a naive per-field loop."""
     rng = np.random.default_rng(3)
