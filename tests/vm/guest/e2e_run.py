@@ -11,7 +11,7 @@ Needs: samba serving //127.0.0.1/share mounted at --mount (lib.sh vm_samba_start
 vm_cifs_mount), root, tc. Every scenario asserts; a failed one prints the aodv2
 journal since it began and `systemctl status` of every aodv2 unit. Writes the
 report ({scenario: {"pass", "detail", "seconds", measured times}}) and exits 0
-iff every scenario passed.
+iff every scenario passed. The shared helpers (journal, config, checks, the loop) are in guestkit.py.
 """
 from __future__ import annotations
 
@@ -23,32 +23,39 @@ import os
 import re
 import subprocess
 import sys
-import tarfile
 import threading
 import time
-import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import guestkit
 import numpy as np
 import yaml
-import zstandard
+from guestkit import (
+    CONFIG,
+    CORE,
+    MID,
+    OUT,
+    PIN_DIR,
+    Checks,
+    Scenario,
+    active,
+    cursor,
+    journal,
+    log,
+    main_pid,
+    merged,
+    mono_us,
+    prop,
+    read_bundle,
+    reload_config,
+    run,
+    summary_of,
+    wait_for,
+    wait_journal,
+    write_config,
+)
 
-CONFIG = "/etc/aodv2/config.yaml"
-OUT = "/var/log/aodv2"
-PIN_DIR = "/sys/fs/bpf/aodv2"
 TRACER = "aodv2-tracer@smb.service"
-CORE = "aodv2.service"
-MID = {  # man aodv2(8), MESSAGE IDS
-    "ready": "a0d20002c0de4b1a9f0e7d6c5b4a3921",
-    "anomaly": "a0d20004c0de4b1a9f0e7d6c5b4a3921",
-    "bundle": "a0d20006c0de4b1a9f0e7d6c5b4a3921",
-    "reloaded": "a0d2000ac0de4b1a9f0e7d6c5b4a3921",
-    "reload_failed": "a0d2000bc0de4b1a9f0e7d6c5b4a3921",
-    "pruned": "a0d2000cc0de4b1a9f0e7d6c5b4a3921",
-    "upload": "a0d20012c0de4b1a9f0e7d6c5b4a3921",
-    "upload_failed": "a0d20013c0de4b1a9f0e7d6c5b4a3921",
-    "control": "a0d20014c0de4b1a9f0e7d6c5b4a3921",
-}
 NODE_EXPORTER = "prometheus-node-exporter.service"
 UPLOAD_DIR = "/srv/aodv2-uploads"
 UPLOAD_DROPIN = "/etc/systemd/system/aodv2.service.d/upload.conf"
@@ -69,98 +76,6 @@ BASE: Dict[str, Any] = {
 ARGS: argparse.Namespace
 
 
-def log(msg: str) -> None:
-    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(argv: List[str], timeout: float = 120, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)  # noqa: S603
-    except subprocess.TimeoutExpired as e:
-        return subprocess.CompletedProcess(argv, 124, e.stdout or "", f"timeout after {timeout}s")
-
-
-def mono_us() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-
-
-# ---------------------------------------------------------------- systemd / journal
-
-def prop(unit: str, name: str) -> str:
-    return run(["systemctl", "show", "-p", name, "--value", unit]).stdout.strip()
-
-
-def main_pid(unit: str) -> int:
-    try:
-        return int(prop(unit, "MainPID") or 0)
-    except ValueError:
-        return 0
-
-
-def active(unit: str) -> bool:
-    return run(["systemctl", "is-active", unit]).stdout.strip() == "active"
-
-
-def cursor() -> str:
-    """A mark: CLOCK_MONOTONIC now in microseconds. Records logged later are "after" it.
-
-    (Not a journal cursor: `journalctl --after-cursor` combined with -u and field matches
-    missed records in this guest, so records are filtered here by __MONOTONIC_TIMESTAMP,
-    which is CLOCK_MONOTONIC of the same boot.)
-    """
-    return str(mono_us())
-
-
-def _since_arg(cur: str) -> List[str]:
-    if not cur:
-        return []
-    wall = time.time() - (mono_us() - int(cur)) / 1e6 - 2.0  # coarse pre-filter; exact below
-    return [f"--since=@{int(wall)}"]
-
-
-def journal(cur: str = "", units: Tuple[str, ...] = (CORE,), mid: str = "") -> List[Dict[str, Any]]:
-    """Records of `units` this boot logged after mark `cur`, optionally of one MESSAGE_ID kind."""
-    argv = ["journalctl", "-o", "json", "--no-pager", "-b"] + _since_arg(cur)
-    for u in units:
-        argv += ["-u", u]
-    out = []
-    for line in run(argv, timeout=60).stdout.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        for k, v in list(e.items()):
-            if isinstance(v, list):  # binary (byte array) or repeated field
-                e[k] = bytes(v).decode("utf-8", "replace") if v and isinstance(v[0], int) else v[-1]
-        if cur and int(e.get("__MONOTONIC_TIMESTAMP", 0)) <= int(cur):
-            continue
-        if mid and e.get("MESSAGE_ID") != MID[mid]:
-            continue
-        out.append(e)
-    return out
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= end:
-            return v
-        time.sleep(step)
-
-
-def wait_journal(cur: str, mid: str, timeout: float, where: Callable[[Dict[str, Any]], bool] = lambda e: True,
-                 step: float = 0.5) -> Optional[Dict[str, Any]]:
-    def find() -> Optional[Dict[str, Any]]:
-        for e in journal(cur, mid=mid):
-            if where(e):
-                return e
-        return None
-    return wait_for(find, timeout, step)
-
-
 def entry_mono_us(e: Dict[str, Any]) -> int:
     """When the record was logged: _SOURCE_MONOTONIC_TIMESTAMP if set, else journald's receive time."""
     return int(e.get("_SOURCE_MONOTONIC_TIMESTAMP") or e["__MONOTONIC_TIMESTAMP"])
@@ -168,60 +83,6 @@ def entry_mono_us(e: Dict[str, Any]) -> int:
 
 def entry_wall(e: Dict[str, Any]) -> float:
     return int(e.get("_SOURCE_REALTIME_TIMESTAMP") or e["__REALTIME_TIMESTAMP"]) / 1e6
-
-
-def diagnostics(cur: str) -> List[str]:
-    """Print why a scenario failed: the aodv2 journal since it began, status of every unit."""
-    j = run(["journalctl", "--no-pager", "-b", "-o", "short-monotonic", "-u", "aodv2", "-u", "aodv2-tracer@*"]
-            + _since_arg(cur), timeout=60).stdout.splitlines()
-    print("----- journalctl -u aodv2 -u 'aodv2-tracer@*' (since the scenario began, last 150 lines)")
-    print("\n".join(j[-150:]))
-    st = run(["systemctl", "status", "--no-pager", "-l", "--lines=15", "aodv2.service", "aodv2-tracer@*"])
-    print("----- systemctl status aodv2.service 'aodv2-tracer@*'")
-    print(st.stdout + st.stderr)
-    print("-----", flush=True)
-    return j[-20:]
-
-
-# ---------------------------------------------------------------- config
-
-def merged(over: Dict[str, Any]) -> Dict[str, Any]:
-    out = json.loads(json.dumps(BASE))
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k].update(v)
-        else:
-            out[k] = v
-    return out
-
-
-def write_config(cfg: Dict[str, Any], raw: Optional[str] = None) -> None:
-    tmp = CONFIG + ".e2e-tmp"
-    with open(tmp, "w") as f:
-        f.write(raw if raw is not None else "# written by tests/vm/guest/e2e_run.py\n"
-                + yaml.safe_dump(cfg, sort_keys=False))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, CONFIG)
-
-
-def reload_config(over: Dict[str, Any], raw: Optional[str] = None) -> Tuple[str, Optional[Dict[str, Any]]]:
-    """Write the config, `systemctl reload aodv2`, wait for the reloaded/reload_failed record."""
-    write_config(merged(over), raw)
-    cur = cursor()
-    r = run(["systemctl", "reload", CORE], timeout=60)
-    if r.returncode:
-        log(f"systemctl reload failed: {r.stderr.strip()}")
-    mids = (MID["reloaded"], MID["reload_failed"])
-
-    def find() -> Optional[Dict[str, Any]]:
-        for e in journal(cur):
-            if e.get("MESSAGE_ID") in mids and "reloaded from" in e.get("MESSAGE", "") \
-                    or e.get("MESSAGE_ID") == MID["reload_failed"]:
-                return e
-        return None
-    e = wait_for(find, 30)
-    kind = "none" if not e else ("failed" if e.get("MESSAGE_ID") == MID["reload_failed"] else "ok")
-    return kind, e
 
 
 # ---------------------------------------------------------------- workload
@@ -316,7 +177,7 @@ class Load:
                 "op_errors": self.errors[:5], "stuck_threads": sum(t.is_alive() for t in self.ts)}
 
 
-def slow_until(cur: str, delay: str, threads: int, timeout: float, atype: str = "latency",
+def slow_until(cur: int, delay: str, threads: int, timeout: float, atype: str = "latency",
                tag: str = "slow", extra: float = 0.0) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
     """netem `delay` + load until an `atype` alert appears (or timeout), then `extra` s more."""
     load = Load(threads, tag).prepare()
@@ -355,34 +216,17 @@ def size_of(paths: List[str]) -> int:
     return sum(s.st_size for s in map(_stat, paths) if s is not None)
 
 
-def read_bundle(path: str) -> Tuple[List[str], Dict[str, bytes]]:
-    """Member names (without the top dir) and the contents of the small ones."""
-    names: List[str] = []
-    data: Dict[str, bytes] = {}
-    with open(path, "rb") as raw:
-        zr = zstandard.ZstdDecompressor().stream_reader(raw)
-        with tarfile.open(fileobj=zr, mode="r|") as tar:
-            for ti in tar:
-                rel = ti.name.split("/", 1)[1] if "/" in ti.name else ""
-                if not rel or not ti.isfile():
-                    continue
-                names.append(rel)
-                f = tar.extractfile(ti)
-                data[rel] = f.read() if f else b""
-    return names, data
-
-
 def bundle_info(path: str) -> Dict[str, Any]:
     if os.path.isdir(ARGS.keep_dir):  # evidence for the host
         subprocess.run(["cp", "-p", path, ARGS.keep_dir], check=False)  # noqa: S603,S607
     names, data = read_bundle(path)
-    summary = json.loads(data.get("summary.json", b"{}") or b"{}")
+    summary = summary_of(data)
     events = np.load(io.BytesIO(data["events.npy"]), allow_pickle=False) if "events.npy" in data else None
     return {"path": path, "bytes": os.path.getsize(path), "members": names, "data": data,
             "summary": summary, "events": events}
 
 
-def wait_bundle(cur: str, atype: str, timeout: float = 90) -> Optional[Dict[str, Any]]:
+def wait_bundle(cur: int, atype: str, timeout: float = 90) -> Optional[Dict[str, Any]]:
     return wait_journal(cur, "bundle", timeout,
                         lambda e: e.get("AOD_ANOMALY") == atype and bool(e.get("AOD_BUNDLE")))
 
@@ -404,23 +248,6 @@ def alert_timing(alert: Dict[str, Any], events: Any, threshold_ms: float) -> Dic
 
 # ---------------------------------------------------------------- scenarios
 
-class Checks:
-    def __init__(self) -> None:
-        self.items: Dict[str, bool] = {}
-        self.detail: Dict[str, Any] = {}
-        self.times: Dict[str, Any] = {}
-
-    def check(self, name: str, ok: Any, info: Any = None) -> bool:
-        ok = bool(ok)
-        self.items[name] = ok
-        log(f"{'PASS' if ok else 'FAIL'} {name}" + ("" if info is None else f"  ({info})"))
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.items) and all(self.items.values())
-
-
 def s1_install_enable(c: Checks) -> None:
     deb = ARGS.deb
     c.check("a .deb is in the share", deb and os.path.isfile(deb), deb)
@@ -439,7 +266,7 @@ def s1_install_enable(c: Checks) -> None:
         return
     c.check("not started by postinst (policy-rc.d)", not active(CORE))
     # thresholds above the VM's baseline, written before the first start
-    write_config(merged({}))
+    write_config({})
     ck = run(["aodv2", "check-config", CONFIG])
     c.check("aodv2 check-config of the test config", ck.returncode == 0, ck.stdout.strip() + ck.stderr.strip())
     cur = cursor()
@@ -458,9 +285,9 @@ def s1_install_enable(c: Checks) -> None:
             ready and "AOD core ready" in ready.get("MESSAGE", ""), ready and ready.get("MESSAGE"))
     c.check("enabled (multi-user.target)", run(["systemctl", "is-enabled", CORE]).stdout.strip() == "enabled")
     c.check("core STATUS names the attached tracer",
-            wait_for(lambda: "tracers attached: smb" in prop(CORE, "StatusText"), 30), prop(CORE, "StatusText"))
-    c.detail["core_status"] = prop(CORE, "StatusText")
-    c.detail["tracer_status"] = prop(TRACER, "StatusText")
+            wait_for(lambda: "tracers attached: smb" in prop("StatusText"), 30), prop("StatusText"))
+    c.detail["core_status"] = prop("StatusText")
+    c.detail["tracer_status"] = prop("StatusText", TRACER)
     c.check("pinned ring exists", os.path.exists(os.path.join(PIN_DIR, "events")))
     env = dict(os.environ, MANWIDTH="80")
     m1 = run(["man", "aodv2"], env=env).stdout
@@ -479,7 +306,7 @@ def s2_quiet_baseline(c: Checks) -> None:
     end = time.monotonic() + ARGS.quiet_sec
     while time.monotonic() < end:
         time.sleep(5)
-        m = re.search(r"(\d+) events/s", prop(CORE, "StatusText"))
+        m = re.search(r"(\d+) events/s", prop("StatusText"))
         if m:
             rates.append(int(m.group(1)))
     c.detail["workload"] = load.stop()
@@ -525,7 +352,7 @@ def s3_latency(c: Checks) -> None:
     c.detail["slowdown_after_alert_s"] = ARGS.slow_after
     c.check("exactly one latency alert (cooldown 300 s holds)", len(alerts) == 1, len(alerts))
     c.check("exactly one bundle in /var/log/aodv2", len(new) == 1, c.detail["bundles_new"])
-    st = prop(CORE, "StatusText")
+    st = prop("StatusText")
     c.detail["core_status"] = st
     m = re.search(r"suppressed (\d+)", st)
     c.check("later anomalies suppressed, not lost (STATUS suppressed > 0)", m and int(m.group(1)) > 0, st)
@@ -663,7 +490,7 @@ def s3b_operator_tools(c: Checks) -> None:
     run(["systemctl", "daemon-reload"])
     upload = {"command": ["/usr/bin/rclone", "--config", "/etc/aodv2/rclone.conf", "copyto", "{path}",
                           UPLOAD_DIR + "/{type}/{name}"], "retries": 2, "backoff_sec": 1.0, "timeout_sec": 60.0}
-    write_config(merged({"capture": {"cooldown_sec": 300.0}, "upload": upload}))
+    write_config({"capture": {"cooldown_sec": 300.0}, "upload": upload})
     r = run(["systemctl", "restart", CORE], timeout=120)  # a new ReadWritePaths= needs a restart
     c.check("core restarted with the upload drop-in", r.returncode == 0 and wait_for(lambda: active(CORE), 60))
     cur = cursor()
@@ -694,10 +521,15 @@ def s3b_operator_tools(c: Checks) -> None:
             up_snap.get("ok", 0) >= 1 and up_snap.get("failed", 0) >= 1, up_snap)
     # back to the scenarios' config, without the hook
     os.unlink(UPLOAD_DROPIN)
+    os.unlink("/etc/aodv2/rclone.conf")  # not the package's: left behind, purge (scenario 10) keeps /etc/aodv2
     run(["systemctl", "daemon-reload"])
-    write_config(merged({}))
+    write_config({})
     r = run(["systemctl", "restart", CORE], timeout=120)
     c.check("core restarted without the hook", r.returncode == 0 and wait_for(lambda: active(CORE), 60))
+    # the restart restarted the tracer too (bcc compile, 25-50 s under TCG): the next scenario needs it attached
+    t = time.monotonic()
+    wait_for(lambda: "tracers attached: smb" in prop("StatusText"), 300, 1.0)
+    c.detail["tracer_reattached_s"] = round(time.monotonic() - t, 1)
 
 
 def s4_errors(c: Checks) -> None:
@@ -810,19 +642,19 @@ def s6_tracer_dies(c: Checks) -> None:
     kind, _ = reload_config({})
     c.check("config reloaded", kind == "ok")
     core, tpid = main_pid(CORE), main_pid(TRACER)
-    n0 = int(prop(TRACER, "NRestarts") or 0)
+    n0 = int(prop("NRestarts", TRACER) or 0)
     c.check("tracer running", tpid > 0 and active(TRACER), tpid)
     t = time.monotonic()
     os.kill(tpid, 9)
     back = wait_for(lambda: main_pid(TRACER) not in (0, tpid) and active(TRACER), 300, 1.0)
     c.times["kill_to_tracer_active_s"] = round(time.monotonic() - t, 1)
-    n1 = int(prop(TRACER, "NRestarts") or 0)
+    n1 = int(prop("NRestarts", TRACER) or 0)
     c.detail.update({"tracer_pid": [tpid, main_pid(TRACER)], "NRestarts": [n0, n1], "core_pid": [core, main_pid(CORE)]})
     c.check("systemd restarted the tracer (new PID, active)", back)
     c.check("NRestarts incremented", n1 == n0 + 1, [n0, n1])
     c.check("core stayed up with the same PID", main_pid(CORE) == core and active(CORE), [core, main_pid(CORE)])
-    c.check("tracer state attached", wait_for(lambda: "tracers attached: smb" in prop(CORE, "StatusText"), 30),
-            prop(CORE, "StatusText"))
+    c.check("tracer state attached", wait_for(lambda: "tracers attached: smb" in prop("StatusText"), 30),
+            prop("StatusText"))
     detection_works(c, "after_tracer_restart")
 
 
@@ -850,9 +682,9 @@ def s7_core_hangs(c: Checks) -> None:
     c.check("tracer active (kept running or came back)", wait_for(lambda: active(TRACER), 300, 1.0))
     c.times["tracer_active_after_core_back_s"] = round(time.monotonic() - t2, 1)
     c.detail.update({"core_pid": [core, main_pid(CORE)], "tracer_pid": [tpid, main_pid(TRACER)],
-                     "tracer_restarted": main_pid(TRACER) != tpid, "core_NRestarts": prop(CORE, "NRestarts")})
-    c.check("core STATUS: tracer attached", wait_for(lambda: "tracers attached: smb" in prop(CORE, "StatusText"), 60),
-            prop(CORE, "StatusText"))
+                     "tracer_restarted": main_pid(TRACER) != tpid, "core_NRestarts": prop("NRestarts")})
+    c.check("core STATUS: tracer attached", wait_for(lambda: "tracers attached: smb" in prop("StatusText"), 60),
+            prop("StatusText"))
     detection_works(c, "after_core_restart")
 
 
@@ -951,7 +783,7 @@ def s9_retention(c: Checks) -> None:
         netem(None)
         c.detail["workload"] = load.stop()
     time.sleep(6)  # queued captures finish, then a retention pass (1 s)
-    written = [e["AOD_BUNDLE"] for e in journal("", mid="bundle") if e.get("AOD_BUNDLE")]
+    written = [e["AOD_BUNDLE"] for e in journal(0, mid="bundle") if e.get("AOD_BUNDLE")]
     written_now = [e["AOD_BUNDLE"] for e in journal(cur, mid="bundle") if e.get("AOD_BUNDLE")]
     pruned = [e for e in journal(cur, mid="pruned") if e.get("AOD_BUNDLE")]
     left = bundles()
@@ -991,7 +823,7 @@ def s10_purge(c: Checks) -> None:
     c.check("/etc/aodv2 removed", not os.path.exists("/etc/aodv2"))
 
 
-SCENARIOS: List[Tuple[str, Callable[[Checks], None]]] = [
+SCENARIOS: List[Scenario] = [
     ("1_install_enable", s1_install_enable),
     ("2_quiet_baseline", s2_quiet_baseline),
     ("3_latency", s3_latency),
@@ -1019,39 +851,12 @@ def main() -> int:
     ap.add_argument("--keep-dir", default="/share/e2e-bundles", help="copy inspected bundles here")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers (1 is always run)")
     ARGS = ap.parse_args()
-    only = {s for s in ARGS.only.split(",") if s}
+    guestkit.setup("e2e", BASE)
     if os.path.isdir(os.path.dirname(ARGS.keep_dir)):
         os.makedirs(ARGS.keep_dir, exist_ok=True)
-    report: Dict[str, Any] = {}
-    t_all = time.monotonic()
-    for name, fn in SCENARIOS:
-        num = name.split("_", 1)[0]
-        if only and num != "1" and num not in only:
-            continue
-        log(f"===== scenario {name}")
-        c = Checks()
-        cur = cursor()
-        t = time.monotonic()
-        try:
-            fn(c)
-        except Exception as e:  # a driver or product surprise: the scenario fails, the run goes on
-            c.check(f"no exception ({e!r})", False)
-            traceback.print_exc()
-            netem(None)
-        secs = round(time.monotonic() - t, 1)
-        entry: Dict[str, Any] = {"pass": c.ok, "detail": {"checks": c.items, **c.detail}, "seconds": secs, **c.times}
-        if not c.ok:
-            entry["detail"]["journal_tail"] = diagnostics(cur)
-        report[name] = entry
-        log(f"===== {name}: {'PASS' if c.ok else 'FAIL'} in {secs}s")
-        with open(ARGS.report, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-    report["_run"] = {"pass": all(v["pass"] for v in report.values()), "seconds": round(time.monotonic() - t_all, 1),
-                      "kernel": os.uname().release, "deb": os.path.basename(ARGS.deb),
-                      "failed": [k for k, v in report.items() if not v["pass"]]}
-    with open(ARGS.report, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    return 0 if report["_run"]["pass"] else 1
+    return guestkit.run_scenarios(SCENARIOS, ARGS.report, ARGS.only, always=("1",),
+                                  diag_units=(CORE, "aodv2-tracer@*"), cleanup=lambda: netem(None),
+                                  info={"deb": os.path.basename(ARGS.deb)})
 
 
 if __name__ == "__main__":

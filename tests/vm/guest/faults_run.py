@@ -21,43 +21,48 @@ signals and control socket are closed to an unprivileged user:
 Needs: root, aodv2 installed and active with the config faults.sh writes, samba serving the
 mount at --mount, user aodtest. Writes {part: {"pass", "detail": {"checks", ...}, "seconds", times}}
 (the e2e report's shape: tests/vm/e2e_summary.py prints either)
-and exits 0 iff every part passed.
+and exits 0 iff every part passed. The shared helpers (journal, config, checks, the loop) are in guestkit.py.
 """
 from __future__ import annotations
 
 import argparse
 import glob
-import io
 import json
 import os
 import stat
 import subprocess
 import sys
-import tarfile
 import time
-import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-import yaml
-import zstandard
+import guestkit
+from guestkit import (
+    CORE,
+    MID,
+    OUT,
+    PIN_DIR,
+    Checks,
+    Scenario,
+    active,
+    cursor,
+    journal,
+    log,
+    main_pid,
+    prop,
+    read_bundle,
+    reload_config,
+    run,
+    summary_of,
+    wait_for,
+    wait_journal,
+    write_config,
+)
 
-CONFIG = "/etc/aodv2/config.yaml"
-OUT = "/var/log/aodv2"
-PIN_DIR = "/sys/fs/bpf/aodv2"
 RING = PIN_DIR + "/events"
 RUN_DIR = "/run/aodv2"
 SOCK = RUN_DIR + "/control.sock"
-CORE = "aodv2.service"
 USER = "aodtest"
 HERE = os.path.dirname(os.path.abspath(__file__))
-MID = {  # aod/log.py MESSAGE_IDS (man aodv2, MESSAGE IDS)
-    "ready": "a0d20002c0de4b1a9f0e7d6c5b4a3921",
-    "bundle": "a0d20006c0de4b1a9f0e7d6c5b4a3921",
-    "capture_failed": "a0d20007c0de4b1a9f0e7d6c5b4a3921",
-    "action_failed": "a0d20008c0de4b1a9f0e7d6c5b4a3921",
-    "reloaded": "a0d2000ac0de4b1a9f0e7d6c5b4a3921",
-    "reload_failed": "a0d2000bc0de4b1a9f0e7d6c5b4a3921",
-}
 # Quiet: nothing but SIGUSR1 captures (no latency, error or reconnect anomalies from the freeze).
 BASE: Dict[str, Any] = {
     "watch_interval_sec": 1.0,
@@ -75,78 +80,12 @@ LOOP_MB = 4
 ARGS: argparse.Namespace
 
 
-def log(msg: str) -> None:
-    print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def run(argv: List[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)  # noqa: S603
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        return subprocess.CompletedProcess(argv, 124, out, f"timeout after {timeout}s")
-
-
 def as_user(argv: List[str], timeout: float = 60) -> subprocess.CompletedProcess:
     return run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--"] + argv, timeout)
 
 
-def mono_us() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5) -> Any:
-    end = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(step)
-
-
-# ---------------------------------------------------------------- systemd / journal
-
-def prop(name: str, unit: str = CORE) -> str:
-    return run(["systemctl", "show", "-p", name, "--value", unit]).stdout.strip()
-
-
-def active(unit: str = CORE) -> bool:
-    return run(["systemctl", "is-active", unit]).stdout.strip() == "active"
-
-
 def core_state() -> Dict[str, Any]:
     return {"active": active(), "pid": prop("MainPID"), "restarts": prop("NRestarts")}
-
-
-def journal(mark: int, mid: str = "") -> List[Dict[str, Any]]:
-    """aodv2.service records logged after CLOCK_MONOTONIC mark (us), optionally one MESSAGE_ID kind."""
-    wall = time.time() - (mono_us() - mark) / 1e6 - 2.0
-    out = []
-    r = run(["journalctl", "-o", "json", "--no-pager", "-b", f"--since=@{int(wall)}", "-u", CORE], timeout=60)
-    for line in r.stdout.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        for k, v in list(e.items()):
-            if isinstance(v, list):  # binary field or repeated field
-                e[k] = bytes(v).decode("utf-8", "replace") if v and isinstance(v[0], int) else v[-1]
-        if int(e.get("__MONOTONIC_TIMESTAMP", 0)) <= mark:
-            continue
-        if mid and e.get("MESSAGE_ID") != MID[mid]:
-            continue
-        out.append(e)
-    return out
-
-
-def wait_record(mark: int, mids: Tuple[str, ...], timeout: float,
-                where: Callable[[Dict[str, Any]], bool] = lambda e: True) -> Optional[Dict[str, Any]]:
-    def find() -> Optional[Dict[str, Any]]:
-        for e in journal(mark):
-            if e.get("MESSAGE_ID") in [MID[m] for m in mids] and where(e):
-                return e
-        return None
-    return wait_for(find, timeout, 0.5)
 
 
 def manual(e: Dict[str, Any]) -> bool:
@@ -155,45 +94,14 @@ def manual(e: Dict[str, Any]) -> bool:
 
 def usr1_capture(timeout: float = 90) -> Tuple[Optional[Dict[str, Any]], float]:
     """`systemctl kill -s USR1 aodv2`; the manual capture's bundle or capture_failed record, seconds."""
-    mark = mono_us()
+    mark = cursor()
     t = time.monotonic()
     r = run(["systemctl", "kill", "-s", "USR1", CORE])
     if r.returncode:
         log(f"systemctl kill -s USR1: {r.stderr.strip()}")
-    e = wait_record(mark, ("bundle", "capture_failed"), timeout,
-                    lambda e: manual(e) and (bool(e.get("AOD_BUNDLE")) or "failed" in e.get("MESSAGE", "")))
+    e = wait_journal(mark, ("bundle", "capture_failed"), timeout,
+                     lambda e: manual(e) and (bool(e.get("AOD_BUNDLE")) or "failed" in e.get("MESSAGE", "")))
     return e, round(time.monotonic() - t, 1)
-
-
-def write_config(over: Dict[str, Any]) -> None:
-    cfg = json.loads(json.dumps(BASE))
-    for k, v in over.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
-    tmp = CONFIG + ".faults-tmp"
-    with open(tmp, "w") as f:
-        f.write("# written by tests/vm/guest/faults_run.py\n" + yaml.safe_dump(cfg, sort_keys=False))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, CONFIG)
-
-
-def reload_config(over: Dict[str, Any]) -> str:
-    write_config(over)
-    mark = mono_us()
-    run(["systemctl", "reload", CORE], timeout=60)
-    e = wait_record(mark, ("reloaded", "reload_failed"), 30,
-                    lambda e: "reloaded from" in e.get("MESSAGE", "") or e.get("MESSAGE_ID") == MID["reload_failed"])
-    return "none" if not e else ("failed" if e.get("MESSAGE_ID") == MID["reload_failed"] else "ok")
-
-
-def summary_of(path: str) -> Dict[str, Any]:
-    with open(path, "rb") as raw:
-        zr = zstandard.ZstdDecompressor().stream_reader(raw)
-        with tarfile.open(fileobj=zr, mode="r|") as tar:
-            for ti in tar:
-                if ti.name.endswith("/summary.json") and ti.isfile():
-                    f = tar.extractfile(ti)
-                    return json.load(io.BytesIO(f.read() if f else b"{}"))
-    return {}
 
 
 def mode_of(path: str) -> str:
@@ -202,23 +110,6 @@ def mode_of(path: str) -> str:
     except OSError as e:
         return f"missing ({e.strerror})"
     return f"{stat.S_IMODE(st.st_mode):04o} uid={st.st_uid}"
-
-
-class Checks:
-    def __init__(self) -> None:
-        self.items: Dict[str, bool] = {}
-        self.detail: Dict[str, Any] = {}
-        self.times: Dict[str, Any] = {}
-
-    def check(self, name: str, ok: Any, info: Any = None) -> bool:
-        ok = bool(ok)
-        self.items[name] = ok
-        log(f"{'PASS' if ok else 'FAIL'} {name}" + ("" if info is None else f"  ({info})"))
-        return ok
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.items) and all(self.items.values())
 
 
 # ---------------------------------------------------------------- 1: security
@@ -264,10 +155,10 @@ def s_security(c: Checks) -> None:
     c.check("root control: list, read bundle, BPF_OBJ_GET the ring all succeed",
             all((root.get(k) or {}).get("ok") for k in ("list_out_dir", "read_bundle", "bpf_obj_get_ring")), root)
 
-    pid = int(prop("MainPID") or 0)
+    pid = main_pid()
     state0 = core_state()
     n0 = len(glob.glob(os.path.join(OUT, "aod_*.tar.zst")))
-    mark = mono_us()
+    mark = cursor()
     u = probes(True, bundle, kill=pid)
     c.detail["user_probes"] = u
     c.check(f"probes ran as {USER} with no capabilities",
@@ -348,8 +239,37 @@ def mount_works(tag: str, timeout: float) -> Tuple[bool, str]:
     return r.returncode == 0, (r.stderr.strip()[-200:] or "ok")
 
 
+def capture_actions(c: Checks, what: str, min_s: float) -> Optional[Dict[str, Dict[str, Any]]]:
+    """SIGUSR1 with smbd down: a bundle, its AOD_DURATION in [min_s, HANG_TIMEOUT + HANG_MARGIN];
+    summary.json's actions by name (None: no bundle)."""
+    ev, secs = usr1_capture(timeout=HANG_TIMEOUT + 90)
+    c.times["usr1_to_record_s"] = secs
+    if not c.check(f"a bundle is written {what}", ev and ev.get("AOD_BUNDLE"), ev and ev.get("MESSAGE")) or not ev:
+        return None
+    dur = float(ev.get("AOD_DURATION") or 0)
+    c.times["capture_duration_s"] = dur
+    c.check(f"capture finished within action_timeout_sec + {HANG_MARGIN:g} s (AOD_DURATION)",
+            min_s <= dur <= HANG_TIMEOUT + HANG_MARGIN, dur)
+    acts = {a["name"]: a for a in summary_of(read_bundle(ev["AOD_BUNDLE"])[1]).get("actions", [])}
+    c.detail["actions"] = {k: {"status": a.get("status"), "duration_s": a.get("duration_s"),
+                               "error": (a.get("error") or "")[:200]} for k, a in acts.items()}
+    return acts
+
+
+def others_ok(c: Checks, acts: Dict[str, Dict[str, Any]]) -> None:
+    """The actions that do not touch the server succeeded."""
+    for a in ("cifs_stats", "mounts", "kernel_log", "journal", "cifs_debug"):
+        c.check(f"summary.json: {a} ok", acts.get(a, {}).get("status") == "ok", c.detail["actions"].get(a))
+
+
+def nothing_left(c: Checks, state0: Dict[str, Any]) -> None:
+    c.check("no smbinfo process left behind", wait_for(no_smbinfo, 10), run(["pgrep", "-ax", "smbinfo"]).stdout)
+    state1 = core_state()
+    c.check("core still active, same pid, no restart", state1 == state0 and state1["active"], [state0, state1])
+
+
 def s_hang(c: Checks) -> None:
-    kind = reload_config({"capture": {"action_timeout_sec": HANG_TIMEOUT}})
+    kind, _ = reload_config({"capture": {"action_timeout_sec": HANG_TIMEOUT}})
     c.check(f"systemctl reload: capture.action_timeout_sec = {HANG_TIMEOUT:g}", kind == "ok", kind)
     ok, why = mount_works("before", 60)
     c.check("mount works before the freeze", ok, why)
@@ -369,33 +289,21 @@ def s_hang(c: Checks) -> None:
         hung = probe.poll() is None
         probe.kill()
         c.check("a lookup on the mount hangs while smbd is stopped", hung, f"stat rc={probe.poll()}")
-        mark = mono_us()
-        ev, secs = usr1_capture(timeout=HANG_TIMEOUT + 90)
-        c.times["usr1_to_record_s"] = secs
-        if not c.check("a bundle is written despite the hung server", ev and ev.get("AOD_BUNDLE"),
-                       ev and ev.get("MESSAGE")) or not ev:
+        mark = cursor()
+        acts = capture_actions(c, "despite the hung server", HANG_TIMEOUT)
+        if acts is None:
             return
-        dur = float(ev.get("AOD_DURATION") or 0)
-        c.times["capture_duration_s"] = dur
-        c.check(f"capture finished within action_timeout_sec + {HANG_MARGIN:g} s (AOD_DURATION)",
-                HANG_TIMEOUT <= dur <= HANG_TIMEOUT + HANG_MARGIN, dur)
-        acts = {a["name"]: a for a in summary_of(ev["AOD_BUNDLE"]).get("actions", [])}
-        c.detail["actions"] = {k: {"status": a.get("status"), "duration_s": a.get("duration_s"),
-                                   "error": (a.get("error") or "")[:200]} for k, a in acts.items()}
         sm = acts.get("smbinfo", {})
         c.check("summary.json: smbinfo timed out and was killed",
                 sm.get("status") == "timeout" and f"timed out after {HANG_TIMEOUT:g}s (killed)" in sm.get("error", ""),
                 c.detail["actions"].get("smbinfo"))
         c.check("smbinfo ran about action_timeout_sec", HANG_TIMEOUT <= float(sm.get("duration_s") or 0)
                 <= HANG_TIMEOUT + 5, sm.get("duration_s"))
-        for a in ("cifs_stats", "mounts", "kernel_log", "journal", "cifs_debug"):
-            c.check(f"summary.json: {a} ok", acts.get(a, {}).get("status") == "ok", c.detail["actions"].get(a))
-        af = [e for e in journal(mark, "action_failed") if e.get("AOD_ACTION") == "smbinfo"]
+        others_ok(c, acts)
+        af = [e for e in journal(mark, mid="action_failed") if e.get("AOD_ACTION") == "smbinfo"]
         c.check("journal: action_failed for smbinfo (AOD_STATUS=timeout)",
                 af and af[0].get("AOD_STATUS") == "timeout", af and af[0].get("MESSAGE"))
-        c.check("no smbinfo process left behind", wait_for(no_smbinfo, 10), run(["pgrep", "-ax", "smbinfo"]).stdout)
-        state1 = core_state()
-        c.check("core still active, same pid, no restart", state1 == state0 and state1["active"], [state0, state1])
+        nothing_left(c, state0)
     finally:
         run(["systemctl", "kill", "-s", "SIGCONT", "smbd.service"])
         c.times["frozen_s"] = round(time.monotonic() - t_freeze, 1)
@@ -405,7 +313,7 @@ def s_hang(c: Checks) -> None:
     c.times["mount_recovered_s"] = round(time.monotonic() - t, 1)
     c.check("after SIGCONT the mount works again (write, read, delete)", ok, why)
     c.check("core still active after the thaw", active())
-    kind = reload_config({})
+    kind, _ = reload_config({})
     c.check("config restored (action_timeout_sec 15)", kind == "ok", kind)
 
 
@@ -415,7 +323,7 @@ def smbd_listening() -> bool:
 
 def s_stopped(c: Checks) -> None:
     """The server goes away (connection closed, cifs reconnecting): smbinfo fails or is killed."""
-    kind = reload_config({"capture": {"action_timeout_sec": HANG_TIMEOUT}})
+    kind, _ = reload_config({"capture": {"action_timeout_sec": HANG_TIMEOUT}})
     c.check(f"systemctl reload: capture.action_timeout_sec = {HANG_TIMEOUT:g}", kind == "ok", kind)
     state0 = core_state()
     r = run(["systemctl", "stop", "smbd.service"], timeout=120)
@@ -423,27 +331,15 @@ def s_stopped(c: Checks) -> None:
     try:
         c.check("systemctl stop smbd: no smbd left, nothing on :445",
                 r.returncode == 0 and not smbd_pids() and not smbd_listening(), r.stderr.strip())
-        ev, secs = usr1_capture(timeout=HANG_TIMEOUT + 90)
-        c.times["usr1_to_record_s"] = secs
-        if not c.check("a bundle is written with the server down", ev and ev.get("AOD_BUNDLE"),
-                       ev and ev.get("MESSAGE")) or not ev:
+        acts = capture_actions(c, "with the server down", 0.0)
+        if acts is None:
             return
-        dur = float(ev.get("AOD_DURATION") or 0)
-        c.times["capture_duration_s"] = dur
-        c.check(f"capture finished within action_timeout_sec + {HANG_MARGIN:g} s (AOD_DURATION)",
-                dur <= HANG_TIMEOUT + HANG_MARGIN, dur)
-        acts = {a["name"]: a for a in summary_of(ev["AOD_BUNDLE"]).get("actions", [])}
-        c.detail["actions"] = {k: {"status": a.get("status"), "duration_s": a.get("duration_s"),
-                                   "error": (a.get("error") or "")[:200]} for k, a in acts.items()}
         sm = acts.get("smbinfo", {})
         c.check("summary.json: smbinfo failed or timed out, with the reason",
                 sm.get("status") in ("failed", "timeout") and "/mnt/smb" in sm.get("error", ""),
                 c.detail["actions"].get("smbinfo"))
-        for a in ("cifs_stats", "mounts", "kernel_log", "journal", "cifs_debug"):
-            c.check(f"summary.json: {a} ok", acts.get(a, {}).get("status") == "ok", c.detail["actions"].get(a))
-        c.check("no smbinfo process left behind", wait_for(no_smbinfo, 10), run(["pgrep", "-ax", "smbinfo"]).stdout)
-        state1 = core_state()
-        c.check("core still active, same pid, no restart", state1 == state0 and state1["active"], [state0, state1])
+        others_ok(c, acts)
+        nothing_left(c, state0)
     finally:
         run(["systemctl", "start", "smbd.service"], timeout=120)
         c.times["server_down_s"] = round(time.monotonic() - t_stop, 1)
@@ -452,17 +348,17 @@ def s_stopped(c: Checks) -> None:
     ok = wait_for(lambda: mount_works("restarted", 30)[0], 180, 2.0)
     c.times["mount_recovered_s"] = round(time.monotonic() - t, 1)
     c.check("the mount works again after smbd restarts (cifs reconnected)", ok, c.times["mount_recovered_s"])
-    kind = reload_config({})
+    kind, _ = reload_config({})
     c.check("config restored (action_timeout_sec 15)", kind == "ok", kind)
 
 
 # ---------------------------------------------------------------- 3: full and read-only disk
 
 def start_core(c: Checks, what: str) -> None:
-    mark = mono_us()
+    mark = cursor()
     r = run(["systemctl", "start", CORE], timeout=180)
     c.check(f"{what}: systemctl start aodv2", r.returncode == 0, r.stderr.strip()[-200:])
-    ready = wait_record(mark, ("ready",), 90)
+    ready = wait_journal(mark, "ready", 90)
     c.check(f"{what}: core ready", ready and active(), ready and ready.get("MESSAGE"))
 
 
@@ -553,7 +449,7 @@ def s_disk(c: Checks) -> None:
     start_core(c, "restored")
 
 
-PARTS: List[Tuple[str, Callable[[Checks], None]]] = [
+PARTS: List[Scenario] = [
     ("1_security", s_security),
     ("2_action_hangs", s_hang),
     ("2b_server_stopped", s_stopped),
@@ -569,41 +465,11 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated part numbers, e.g. 2,3")
     ap.add_argument("--write-config", action="store_true", help="only write the quiet test config and exit")
     ARGS = ap.parse_args()
+    guestkit.setup("faults", BASE)
     if ARGS.write_config:
         write_config({})
         return 0
-    only = {s for s in ARGS.only.split(",") if s}
-    report: Dict[str, Any] = {}
-    t_all = time.monotonic()
-    for name, fn in PARTS:
-        if only and name.split("_", 1)[0] not in only:
-            continue
-        log(f"===== part {name}")
-        c = Checks()
-        mark = mono_us()
-        t = time.monotonic()
-        try:
-            fn(c)
-        except Exception as e:  # a driver or product surprise: the part fails, the run goes on
-            c.check(f"no exception ({e!r})", False)
-            traceback.print_exc()
-        secs = round(time.monotonic() - t, 1)
-        entry: Dict[str, Any] = {"pass": c.ok, "seconds": secs, **c.times, "detail": {"checks": c.items, **c.detail}}
-        if not c.ok:
-            j = run(["journalctl", "--no-pager", "-b", "-o", "short-monotonic", "-u", CORE,
-                     f"--since=@{int(time.time() - (mono_us() - mark) / 1e6) - 2}"], timeout=60).stdout.splitlines()
-            print("----- journalctl -u aodv2 (this part, last 80 lines)\n" + "\n".join(j[-80:]), flush=True)
-            entry["journal_tail"] = j[-20:]
-        report[name] = entry
-        log(f"===== {name}: {'PASS' if c.ok else 'FAIL'} in {secs}s")
-        with open(ARGS.report, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-    report["_run"] = {"pass": all(v["pass"] for v in report.values()), "seconds": round(time.monotonic() - t_all, 1),
-                      "kernel": os.uname().release,
-                      "failed": [k for k, v in report.items() if not v["pass"]]}
-    with open(ARGS.report, "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    return 0 if report["_run"]["pass"] else 1
+    return guestkit.run_scenarios(PARTS, ARGS.report, ARGS.only, word="part")
 
 
 if __name__ == "__main__":
