@@ -189,3 +189,17 @@ vm_collect_logs() {
     cp -r /var/log/samba "$VM_SHARE/logs/" 2>/dev/null
     true
 }
+
+# vm_report REPORT PREFIX RC WHAT: print a driver's JSON report, check its exit status RC,
+# and record one FACT per scenario (PREFIX_<scenario>=PASS|FAIL <seconds>s).
+vm_report() {
+    echo "===== $1"
+    cat "$1" 2>/dev/null || echo "(no report)"
+    echo
+    vm_check "$4 all passed (exit $3)" test "$3" -eq 0
+    python3 - "$1" "$2" <<'PY' 2>/dev/null | while read -r k v; do vm_fact "$k" "$v"; done
+import json, sys
+for k, v in json.load(open(sys.argv[1])).items():
+    print(f"{sys.argv[2]}_{k}", ("PASS" if v.get("pass") else "FAIL") + f" {v.get('seconds')}s")
+PY
+}

@@ -28,16 +28,7 @@ vm_check "root-only file is denied through the mount" vm_access_denied
 python3 -u "$VM_LIB_DIR/e2e_run.py" --deb "${DEB:-/share/missing.deb}" --report /share/e2e-report.json \
     --mount "$SMB_MNT" ${E2E_ARGS:-}
 RC=$?
-echo "===== /share/e2e-report.json"
-cat /share/e2e-report.json 2>/dev/null || echo "(no report)"
-echo
-vm_check "e2e scenarios all passed (e2e_run.py exit $RC)" test "$RC" -eq 0
-python3 - <<'PY' 2>/dev/null | while read -r k v; do vm_fact "$k" "$v"; done
-import json
-r = json.load(open("/share/e2e-report.json"))
-for k, v in r.items():
-    print(f"e2e_{k}", ("PASS" if v.get("pass") else "FAIL") + f" {v.get('seconds')}s")
-PY
+vm_report /share/e2e-report.json e2e "$RC" "e2e scenarios (e2e_run.py)"
 vm_cifs_umount 2>/dev/null
 vm_collect_logs
 vm_fact scenario_s "$(vm_since "$T0")"

@@ -46,17 +46,7 @@ vm_fact install_to_ready_s "$(vm_since "$t")"
 
 python3 -u "$VM_LIB_DIR/faults_run.py" --report /share/faults-report.json --mount "$SMB_MNT" ${FAULTS_ARGS:-}
 RC=$?
-echo "===== /share/faults-report.json"
-cat /share/faults-report.json 2>/dev/null || echo "(no report)"
-echo
-vm_check "faults parts all passed (faults_run.py exit $RC)" test "$RC" -eq 0
-python3 - <<'PY' 2>/dev/null | while read -r k v; do vm_fact "$k" "$v"; done
-import json
-r = json.load(open("/share/faults-report.json"))
-for k, v in r.items():
-    if not k.startswith("_"):
-        print(f"faults_{k}", ("PASS" if v.get("pass") else "FAIL") + f" {v.get('seconds')}s")
-PY
+vm_report /share/faults-report.json faults "$RC" "faults parts (faults_run.py)"
 systemctl status --no-pager aodv2.service 2>&1 | sed -n '1,12p'
 vm_cifs_umount 2>/dev/null
 vm_collect_logs
