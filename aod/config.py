@@ -819,7 +819,7 @@ def _upload(errs: _Errors, raw: Any) -> UploadConfig:
     for k in ("retries", "backoff_sec", "timeout_sec"):
         if k in sec:
             kw[k] = _num_field(errs, sec, "upload", k, f"upload.{k}", getattr(d, k))
-    if "command" in sec and sec["command"] is not None:
+    if "command" in sec:
         items = _list(errs, sec["command"], "upload.command", "argv strings (no shell)")
         argv: list[str] = []
         for i, v in enumerate(items or []):
