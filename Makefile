@@ -81,9 +81,11 @@ clean-packaging:
 # make vm-faults -> the .deb under faults in the VM: unprivileged user, hung or dead SMB server,
 #                   full and read-only disk (~4 min); report in $(VM_SHARE)/faults/faults-report.json
 # make bench     -> benchmarks (python -m bench; bench/RESULTS.md); bench-quick: CI's short mode
-# make vm-bench  -> the VM tracer run that bench figure 6 reads (dist/vm/tracer/)
+# make vm-overhead -> bench figure 6 in the VM: SMB workload rounds with the tracer's programs
+#                   detached/attached (ABBA, one load; ~6 min, not in CI); $(VM_SHARE)/overhead/overhead.json
+# make vm-bench  -> the VM runs that bench figure 6 reads (vm-tracer, then vm-overhead)
 VM_SHARE ?= $(CURDIR)/dist/vm
-.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench
+.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench vm-overhead
 test:
 	tests/run
 demo:
@@ -93,6 +95,9 @@ vm-image:
 vm-tracer: vm-image
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/tracer --script tests/vm/scenarios/tracer.sh \
 	    --copy aod --copy bpf --timeout 2400
+vm-overhead: vm-image
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/overhead --script tests/vm/scenarios/overhead.sh \
+	    --copy aod --copy bpf --timeout 1800
 vm-package: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1500
@@ -108,4 +113,5 @@ bench:
 	$(PYTHON) -m bench
 bench-quick:
 	$(PYTHON) -m bench --quick
-vm-bench: vm-tracer
+vm-bench: vm-tracer  # then vm-overhead, never both VMs at once (make -j)
+	$(MAKE) vm-overhead
