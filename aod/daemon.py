@@ -277,16 +277,14 @@ class Core:
         self.notifier.ready(self.status_text())
         return True
 
-    def status_text(self) -> str:
-        r = self.watcher.rates
-        with self.lock:
-            n = sum(self.stats.anomalies.values())
-            last = os.path.basename(self.stats.last_bundle.get("path", "")) or "none"
-        sup = sum(self.throttle.suppressed.values())
-        tracers = (tracerstate.describe(tracerstate.read_states(self.tracer_dir, self.cfg.tracers))
-                   if self.tracer_dir else "file ring")
-        return (f"{tracers}; {r.events_per_sec:.0f} events/s, drops {r.drops_total}, anomalies {n} "
-                f"(suppressed {sup}), bundles {self.stats.bundles}, last bundle {last}")
+    def status_text(self, snap: Optional[dict[str, Any]] = None) -> str:
+        """systemd's STATUS= line, from a snapshot (taken now if not given)."""
+        s = snap or self.snapshot()
+        tracers = tracerstate.describe(s["tracers"]) if self.tracer_dir else "file ring"
+        last = os.path.basename((s["last_bundle"] or {}).get("path", "")) or "none"
+        return (f"{tracers}; {s['events_per_sec']:.0f} events/s, drops {s['drops_total']}, "
+                f"anomalies {sum(s['anomalies'].values())} (suppressed {sum(s['suppressed'].values())}), "
+                f"bundles {s['bundles_written']}, last bundle {last}")
 
     def tracer_states(self) -> dict[str, str]:
         return tracerstate.read_states(self.tracer_dir, self.cfg.tracers) if self.tracer_dir else {}
@@ -335,9 +333,8 @@ class Core:
             log.emit("metrics_failed", WARNING, f"AOD cannot write {what}: {err.strerror or err}",
                      AOD_PATH=what, AOD_ERROR=str(err))
 
-    def publish(self, up: bool = True, with_metrics: bool = True) -> None:
+    def publish(self, snap: dict[str, Any], up: bool = True, with_metrics: bool = True) -> None:
         """Write status.json and (with_metrics) the Prometheus textfile. Never raises OSError."""
-        snap = self.snapshot()
         if not up:
             snap["state"] = "stopped"
         if self.state_dir:
@@ -398,9 +395,10 @@ class Core:
             if self.supervisor.failed and not ping:
                 self.stop_event.set()  # no watchdog to restart us: exit non-zero instead
             if now - last_status >= 1.0:
-                self.notifier.status(self.status_text())
+                snap = self.snapshot()  # one read of tracer states and disk use for both
+                self.notifier.status(self.status_text(snap))
                 metrics_due = now - last_metrics >= self.cfg.metrics.interval_sec
-                self.publish(with_metrics=metrics_due)
+                self.publish(snap, with_metrics=metrics_due)
                 last_status = now
                 if metrics_due:
                     last_metrics = now
@@ -416,7 +414,7 @@ class Core:
         log.emit("stopping", logging.INFO, "AOD core stopping")
         stuck = self.supervisor.join(timeout=5.0)
         self._report_suppressed()
-        self.publish(up=False)
+        self.publish(self.snapshot(), up=False)
         if stuck:
             log.emit("stopping", WARNING, f"AOD components did not stop in time: {','.join(stuck)}")
         return 1 if self.supervisor.failed else 0
