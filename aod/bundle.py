@@ -249,7 +249,12 @@ def _unlink_quietly(path: str) -> None:
 
 def list_bundles(output_dir: str) -> list[str]:
     """Finished bundles (name pattern, regular files), oldest first, newest last."""
-    found: list[tuple[float, str, int, str]] = []
+    return [e[0] for e in bundle_entries(output_dir)]
+
+
+def bundle_entries(output_dir: str) -> list[tuple[str, float, int]]:
+    """(path, mtime, size) of the finished bundles, oldest first; one lstat each."""
+    found: list[tuple[float, str, int, str, int]] = []
     try:
         names = os.listdir(output_dir)
     except OSError:
@@ -264,8 +269,8 @@ def list_bundles(output_dir: str) -> list[str]:
         except OSError:  # vanished
             continue
         if stat.S_ISREG(st.st_mode):
-            found.append((st.st_mtime, m.group(2), int(m.group(3)), path))
-    return [f[3] for f in sorted(found)]
+            found.append((st.st_mtime, m.group(2), int(m.group(3)), path, st.st_size))
+    return [(f[3], f[0], f[4]) for f in sorted(found)]
 
 
 def read_bundle(path: str, limit: int = READ_LIMIT) -> dict[str, bytes]:

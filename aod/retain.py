@@ -20,7 +20,7 @@ import time
 from typing import Callable, Optional
 
 from . import log
-from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, list_bundles, owner_pid
+from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, bundle_entries, owner_pid
 from .config import Config
 
 STALE_SEC = 3600.0
@@ -96,13 +96,7 @@ def prune(
         return []
     os.listdir(output_dir)  # unreadable dir: raise to the caller
     pruned, errors = clean_stale(output_dir, now, stale_sec)
-    entries: list[tuple[str, float, int]] = []
-    for path in list_bundles(output_dir):  # oldest first
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        entries.append((path, st.st_mtime, st.st_size))
+    entries = bundle_entries(output_dir)  # oldest first
     if not entries:
         return pruned
     keep_last = entries.pop()  # newest: always kept
@@ -173,11 +167,5 @@ class Retention:
 
 def usage(output_dir: str) -> tuple[int, int]:
     """(bytes, count) of the finished bundles in output_dir; (0, 0) if it cannot be read."""
-    total = n = 0
-    for path in list_bundles(output_dir):
-        try:
-            total += os.lstat(path).st_size
-            n += 1
-        except OSError:
-            continue
-    return total, n
+    entries = bundle_entries(output_dir)
+    return sum(e[2] for e in entries), len(entries)
