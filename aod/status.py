@@ -8,14 +8,13 @@ formats it for people.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import time
 from typing import Any, Optional
 
 from .atomicfile import write_atomic
-from .tracerstate import RUN_DIR
+from .tracerstate import RUN_DIR, pid_alive
 
 STATUS_FILE = "status.json"
 SCHEMA = 1
@@ -61,20 +60,6 @@ def read(state_dir: str = RUN_DIR) -> dict[str, Any]:
     return snap
 
 
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError as e:
-        return e.errno != errno.ESRCH
-    return True
-
-
 def assess(snap: dict[str, Any], now: Optional[float] = None) -> tuple[str, str]:
     """(state, reason): running | stopped | gone (pid dead) | stale (alive, not updating)."""
     now = time.time() if now is None else now
@@ -82,7 +67,7 @@ def assess(snap: dict[str, Any], now: Optional[float] = None) -> tuple[str, str]
     age = now - updated
     if snap.get("state") == "stopped":
         return "stopped", f"stopped at {_when(updated)}"
-    if not _pid_alive(snap.get("pid")):
+    if not pid_alive(snap.get("pid")):
         return "gone", f"pid {snap.get('pid')} is gone (last update {_when(updated)})"
     limit = max(STALE_MIN_SEC, 3 * float(snap.get("watch_interval_sec", 1.0)))
     if age > limit:

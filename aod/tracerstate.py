@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .atomicfile import write_atomic
 
@@ -33,6 +33,21 @@ def write_state(state_dir: Optional[str], name: str, state: str) -> Optional[str
     return None
 
 
+def pid_alive(pid: Any) -> bool:
+    """A process with this pid exists (also when it belongs to another user)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):  # a pid no kernel has (corrupt file)
+        return False
+    return True
+
+
 def read_states(state_dir: str, names: Sequence[str]) -> dict[str, str]:
     """name -> waiting | attached | stopped | down (no file, unreadable, or its process is gone)."""
     out: dict[str, str] = {}
@@ -41,8 +56,7 @@ def read_states(state_dir: str, names: Sequence[str]) -> dict[str, str]:
             with open(state_path(state_dir, name), encoding="utf-8") as f:
                 d = json.load(f)
             pid, state = d.get("pid"), d.get("state")
-            alive = isinstance(pid, int) and pid > 0 and os.path.exists(f"/proc/{pid}")
-            out[name] = state if alive and isinstance(state, str) else "down"
+            out[name] = state if pid_alive(pid) and isinstance(state, str) else "down"
         except (OSError, ValueError, AttributeError):
             out[name] = "down"
     return out

@@ -37,3 +37,13 @@ def test_write_failure_is_reported_not_raised(tmp_path: Path) -> None:
     f.write_text("")
     err = ts.write_state(str(f), "smb", "waiting")
     assert err is not None and "tracer-smb.json" in err
+
+
+def test_corrupt_pid_reads_as_down(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from aod import tracerstate
+
+    for pid in (2**40, -1, True, "12"):
+        (tmp_path / "tracer-smb.json").write_text(json.dumps({"name": "smb", "pid": pid, "state": "attached"}))
+        assert tracerstate.read_states(str(tmp_path), ["smb"]) == {"smb": "down"}, pid
