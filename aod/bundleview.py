@@ -1,71 +1,45 @@
 """Operator views of finished bundles: `aodv2 show BUNDLE` and `aodv2 list` (reads what collect wrote).
 
 ring -> dispatch -> detect -> collect -> retain; this module sits after collect and only reads
-the bundles of bundle.py. `show` makes one streaming pass over a .tar.zst (members, summary.json,
-events.npy, end-of-archive check); `list` inflates only the head of each bundle, because
-summary.json is its first file (bundle.FIRST_MEMBERS). `--extract` never calls tarfile.extract*:
-each member is checked, then written through directory fds with O_NOFOLLOW | O_EXCL (files 0600,
-dirs 0700), so it is equally safe on Python 3.9, which has no extraction filters.
+the bundles of bundle.py, through bundleread.py: `show` makes one streaming pass over a .tar.zst
+(members, summary.json, events.npy, end-of-archive check); `list` inflates only the head of each
+bundle, because summary.json is its first file (bundle.FIRST_MEMBERS). `--extract` is
+bundleextract.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
-import io
 import json
 import os
-import stat
 import sys
-import tarfile
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Optional
 
 import numpy as np
-import zstandard
 
 from . import bundle
 from . import config as config_mod
+from .bundleextract import extract
+from .bundleread import (
+    EX_FAIL,
+    EX_NOPERM,
+    EX_USAGE,
+    BundleView,
+    Member,
+    ViewError,
+    human_bytes,
+    name_parts,
+    os_error,
+    peek_summary,
+    read_view,
+)
 from .record import HIST_BUCKETS, KIND_COMPLETION, hist_bucket
 from .smb2 import COMMAND_NAMES
 from .summary import bucket_bounds_us
 
-EX_FAIL, EX_USAGE, EX_NOPERM = 1, 2, 77  # as in cli.py
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-HEAD_LIMIT = 16 * 1024 * 1024  # list: inflate at most this much looking for summary.json
-SUMMARY_LIMIT = 8 * 1024 * 1024
-EVENTS_LIMIT = 256 * 1024 * 1024
-MAX_MEMBERS = 100_000
 BAR_WIDTH = 40
 _EIGHTHS = " ▏▎▍▌▋▊▉"
-_BLOCK = tarfile.BLOCKSIZE
-
-
-class ViewError(Exception):
-    """A bundle or directory cannot be read: one-line message and the exit code to use."""
-
-    def __init__(self, message: str, code: int = EX_FAIL) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass
-class Member:
-    name: str  # as stored in the tar
-    size: int
-    kind: str  # file | dir | symlink | hardlink | chardev | blockdev | fifo | other
-    linkname: str = ""
-
-
-@dataclass
-class BundleView:
-    path: str
-    size: int  # compressed bytes on disk
-    members: list[Member] = field(default_factory=list)
-    summary: Optional[dict[str, Any]] = None
-    events: Optional[np.ndarray] = None
-    problems: list[str] = field(default_factory=list)  # events.npy unreadable, ...
-    error: str = ""  # the bundle is corrupt or truncated (what was read before is kept)
 
 
 @dataclass
@@ -80,15 +54,6 @@ class ListRow:
     error: str = ""  # set: the row is flagged, the other fields come from the file name
 
 
-@dataclass
-class ExtractResult:
-    dest: str
-    files: list[str] = field(default_factory=list)
-    dirs: list[str] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)  # (member name, reason)
-    error: str = ""  # the stream broke off (files written before it are kept)
-
-
 # ------------------------------------------------------------------ small formatting helpers
 
 _CTRL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
@@ -97,18 +62,6 @@ _CTRL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 def clean(v: Any) -> str:
     """Text from a bundle, safe for a terminal: control characters (escape sequences) shown as \\xNN."""
     return str(v).translate(_CTRL)
-
-
-def human_bytes(n: Optional[float]) -> str:
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "-"
-    if n < 1024:
-        return f"{int(n)} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        n /= 1024.0
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}"
-    return "-"  # not reached
 
 
 def _num(v: float) -> str:
@@ -167,240 +120,17 @@ def _ascii_only(stream: IO[str]) -> bool:
         return True
 
 
-# ------------------------------------------------------------------ reading a bundle as a stream
-
-
-def _open(path: str) -> IO[bytes]:
-    """The bundle file, checked: exists, regular, readable, zstd magic. Raises ViewError."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as e:
-        raise _os_error(path, e, "cannot open bundle") from None
-    try:
-        st = os.fstat(fd)
-    except OSError as e:
-        os.close(fd)
-        raise _os_error(path, e, "cannot read bundle") from None
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ViewError(f"{path}: is a directory, expected a bundle (aod_*.tar.zst); "
-                            "for a directory of bundles use: aodv2 list --dir DIR")
-        raise ViewError(f"{path}: not a regular file, expected a bundle (aod_*.tar.zst)")
-    f = os.fdopen(fd, "rb")
-    try:
-        magic = f.read(4)
-        if not magic:
-            raise ViewError(f"{path}: empty file, expected a bundle (aod_*.tar.zst)")
-        if magic != ZSTD_MAGIC:
-            raise ViewError(f"{path}: not zstd-compressed, expected a bundle (aod_*.tar.zst)")
-        f.seek(0)
-    except ViewError:
-        f.close()
-        raise
-    except OSError as e:
-        f.close()
-        raise _os_error(path, e, "cannot read bundle") from None
-    return f
-
-
-def _os_error(path: str, e: OSError, what: str) -> ViewError:
-    if e.errno in (errno.EACCES, errno.EPERM):
-        hint = " (needs root: bundles are root's, 0600 in a 0700 directory; try sudo)" if os.geteuid() != 0 else ""
-        return ViewError(f"{what} {path}: permission denied{hint}", EX_NOPERM)
-    if e.errno == errno.ENOENT:
-        return ViewError(f"{what} {path}: no such file or directory")
-    return ViewError(f"{what} {path}: {e.strerror or e}")
-
-
-class _Inflated:
-    """Decompressed bytes for tarfile's stream mode, with a size cap and end-of-archive checking.
-
-    tarfile stops silently at a missing or garbled header after the first member, so a bundle cut
-    off between two members would look whole; finish() tells: after the last member a tar has
-    at least one zero block and nothing but zeros.
-    """
-
-    def __init__(self, raw: IO[bytes], path: str, limit: int) -> None:
-        self._zr = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        self.path, self.limit = path, limit
-        self.pos = 0
-        self.last_nonzero = 0  # end offset of the last non-zero byte seen
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._zr.read(n if n is not None and n >= 0 else 1 << 20)
-        self.pos += len(data)
-        if self.pos > self.limit:
-            raise ViewError(f"{self.path}: inflates to more than {human_bytes(self.limit)}; not read further")
-        tail = data.rstrip(b"\0")
-        if tail:
-            self.last_nonzero = self.pos - len(data) + len(tail)
-        return data
-
-    def finish(self, tar_end: int) -> str:
-        """'' if the archive ends properly at offset tar_end, else what is wrong."""
-        while self.pos < tar_end + 64 * 1024 and self.read(65536):
-            pass
-        if self.last_nonzero > tar_end:
-            return "corrupt: data after the last good member is not a tar header"
-        if self.pos < tar_end + _BLOCK:
-            return f"truncated: the archive breaks off after {tar_end} bytes (no end-of-archive block)"
-        return ""
-
-
-def _kind(m: tarfile.TarInfo) -> str:
-    if m.isreg():
-        return "file"
-    if m.isdir():
-        return "dir"
-    if m.issym():
-        return "symlink"
-    if m.islnk():
-        return "hardlink"
-    if m.ischr():
-        return "chardev"
-    if m.isblk():
-        return "blockdev"
-    if m.isfifo():
-        return "fifo"
-    return "other"
-
-
-def _parts(name: str) -> list[str]:
-    return [p for p in name.split("/") if p not in ("", ".")]
-
-
 def _rel(name: str, top: str) -> str:
-    parts = _parts(name)
+    parts = name_parts(name)
     if top and len(parts) > 1 and parts[0] == top:
         parts = parts[1:]
     return "/".join(parts)
 
 
-def _stream(path: str, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], limit: int,
-            check_end: bool = True) -> str:
-    """Call visit(tar, member) for each member until it returns False. Returns '' when the
-    archive was read to its proper end (or visit stopped), else why it is corrupt/truncated.
-    Raises ViewError when the file cannot be opened or is not a zstd file at all."""
-    with _open(path) as raw:
-        inflated = _Inflated(raw, path, limit)
-        try:
-            with tarfile.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
-                for m in tar:
-                    if not visit(tar, m):
-                        return ""
-                return inflated.finish(tar.offset) if check_end else ""
-        except ViewError:
-            raise
-        except OSError as e:  # disk read errors; ZstdError is not an OSError
-            raise _os_error(path, e, "cannot read bundle") from None
-        except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, UnicodeError) as e:
-            msg = str(e) or type(e).__name__
-            if inflated.pos == 0:
-                return f"truncated or corrupt: the zstd stream yields no data ({msg})"
-            if msg in ("empty file", "truncated header", "invalid header", "bad checksum") \
-                    and inflated.pos <= _BLOCK:
-                return f"not a tar archive inside the zstd stream, or truncated ({msg})"
-            return f"corrupt: {msg}"
-
-
 def _top(members: list[Member]) -> str:
     """The one top directory all members sit under ('' if there is none)."""
-    firsts = {_parts(m.name)[0] for m in members if _parts(m.name)}
+    firsts = {name_parts(m.name)[0] for m in members if name_parts(m.name)}
     return firsts.pop() if len(firsts) == 1 else ""
-
-
-def _is_summary(name: str) -> bool:
-    p = _parts(name)
-    return p == ["summary.json"] or (len(p) == 2 and p[1] == "summary.json")
-
-
-def _parse_summary(data: bytes, path: str) -> dict[str, Any]:
-    try:
-        s = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ViewError(f"{path}: summary.json is not valid JSON ({e})") from None
-    if not isinstance(s, dict):
-        raise ViewError(f"{path}: summary.json is not a JSON object")
-    return s
-
-
-def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, cap: int) -> Optional[bytes]:
-    if m.size > cap:
-        return None
-    f = tar.extractfile(m)
-    return f.read() if f is not None else b""
-
-
-def _load_events(data: bytes) -> np.ndarray:
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
-    names = arr.dtype.names or ()
-    if arr.ndim != 1 or not {"kind", "command", "latency_ns"} <= set(names):
-        raise ValueError(f"expected a 1-d array of event records, got shape {arr.shape} dtype {arr.dtype}")
-    return arr
-
-
-def read_view(path: str, limit: int = bundle.READ_LIMIT) -> BundleView:
-    """Members, summary and events of a bundle in one pass. Raises ViewError when nothing can be
-    read (missing, unreadable, not a zstd file) or when no summary.json was found."""
-    try:
-        size = os.stat(path).st_size
-    except OSError as e:
-        raise _os_error(path, e, "cannot open bundle") from None
-    view = BundleView(path, size)
-
-    def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bool:
-        if len(view.members) >= MAX_MEMBERS:
-            raise ViewError(f"{path}: more than {MAX_MEMBERS} members; not an aodv2 bundle")
-        view.members.append(Member(m.name, int(m.size), _kind(m), m.linkname))
-        p = _parts(m.name)
-        if not m.isreg() or len(p) > 2:
-            return True
-        if _is_summary(m.name) and view.summary is None:
-            data = _read_member(tar, m, SUMMARY_LIMIT)
-            if data is None:
-                raise ViewError(f"{path}: summary.json is {human_bytes(m.size)}, larger than expected")
-            view.summary = _parse_summary(data, path)
-        elif p[-1] == "events.npy" and view.events is None:
-            data = _read_member(tar, m, EVENTS_LIMIT)
-            try:
-                if data is None:
-                    raise ValueError(f"{human_bytes(m.size)} is more than expected")
-                view.events = _load_events(data)
-            except (ValueError, OSError, EOFError) as e:
-                view.problems.append(f"events.npy unreadable: {e}")
-        return True
-
-    view.error = _stream(path, visit, limit)
-    if view.summary is None:
-        if view.error:
-            raise ViewError(f"{path}: {view.error}")
-        raise ViewError(f"{path}: no summary.json in it: not an aodv2 bundle")
-    return view
-
-
-def peek_summary(path: str, limit: int = HEAD_LIMIT) -> dict[str, Any]:
-    """summary.json of a bundle, inflating only until it is found (it is the first file)."""
-    found: list[dict[str, Any]] = []
-
-    def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bool:
-        if m.isreg() and _is_summary(m.name):
-            data = _read_member(tar, m, SUMMARY_LIMIT)
-            if data is None:
-                raise ViewError(f"{path}: summary.json is {human_bytes(m.size)}, larger than expected")
-            found.append(_parse_summary(data, path))
-            return False
-        return True
-
-    try:
-        err = _stream(path, visit, limit, check_end=False)
-    except ViewError as e:
-        if not found and "inflates to more than" in str(e):
-            raise ViewError(f"{path}: no summary.json in its first {human_bytes(limit)}") from None
-        raise
-    if found:
-        return found[0]
-    raise ViewError(f"{path}: {err}" if err else f"{path}: no summary.json in it: not an aodv2 bundle")
 
 
 # ------------------------------------------------------------------ histograms
@@ -508,7 +238,7 @@ def format_show(view: BundleView, ascii_only: bool = False) -> str:
     out += ["", f"members{f' (under {clean(top)}/)' if top else ''}"]
     for m in view.members:
         rel = _rel(m.name, top)
-        if m.kind == "dir" and (not rel or _parts(m.name) == [top]):
+        if m.kind == "dir" and (not rel or name_parts(m.name) == [top]):
             continue
         size = human_bytes(m.size) if m.kind == "file" else m.kind
         link = f" -> {clean(m.linkname)}" if m.linkname else ""
@@ -549,141 +279,6 @@ def show_json(view: BundleView) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------ extract
-
-
-def _member_problem(m: tarfile.TarInfo, parts: list[str], refused: set[str]) -> str:
-    """Why member m must not be extracted ('' if it may)."""
-    if m.name.startswith("/"):
-        return "absolute path"
-    if ".." in parts:
-        return "path leaves the target directory ('..')"
-    if not parts:
-        return "empty name"
-    if any("\0" in p for p in parts):
-        return "NUL byte in the name"
-    for i in range(1, len(parts)):
-        if "/".join(parts[:i]) in refused:
-            return f"inside {'/'.join(parts[:i])!r}, which was refused"
-    kind = _kind(m)
-    if kind in ("symlink", "hardlink"):
-        return f"{kind} to {m.linkname!r}: links are never extracted"
-    if kind in ("chardev", "blockdev", "fifo"):
-        return f"{kind}: device files and fifos are never extracted"
-    if kind == "other":
-        return f"unsupported member type {m.type!r}"
-    return ""
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _open_dirs(root_fd: int, parts: list[str], made: list[str], prefix: str) -> int:
-    """fd of root/parts..., creating missing dirs 0700; never through a symlink (ELOOP/ENOTDIR)."""
-    fd = os.dup(root_fd)
-    try:
-        for i, p in enumerate(parts):
-            try:
-                nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                os.mkdir(p, 0o700, dir_fd=fd)
-                nfd = os.open(p, _DIR_FLAGS, dir_fd=fd)
-                os.fchmod(nfd, 0o700)
-                made.append(os.path.join(prefix, *parts[: i + 1]))
-            os.close(fd)
-            fd = nfd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def extract(path: str, dest: str, limit: int = bundle.READ_LIMIT) -> ExtractResult:
-    """Unpack the bundle under dest (created 0700 if missing; its parent must exist). Files 0600,
-    dirs 0700, existing files never overwritten. Refused (and listed): absolute and '..' paths,
-    links, device files, fifos, anything under a refused member, paths through a symlink."""
-    res = ExtractResult(dest)
-    try:
-        os.mkdir(dest, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise _os_error(dest, e, "cannot create") from None
-    try:
-        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        raise _os_error(dest, e, "cannot open directory") from None
-    refused: set[str] = set()
-    total = [0]
-
-    def refuse(name: str, parts: list[str], why: str) -> None:
-        res.refused.append((name, why))
-        refused.add("/".join(parts))
-
-    def visit(tar: tarfile.TarFile, m: tarfile.TarInfo) -> bool:
-        parts = _parts(m.name)
-        why = _member_problem(m, parts, refused)
-        if why:
-            refuse(m.name, parts, why)
-            return True
-        try:
-            if m.isdir():
-                os.close(_open_dirs(root_fd, parts, res.dirs, dest))
-                return True
-            pfd = _open_dirs(root_fd, parts[:-1], res.dirs, dest)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
-                refuse(m.name, parts, "its path goes through a symlink or a non-directory")
-                return True
-            if e.errno == errno.ENAMETOOLONG:
-                refuse(m.name, parts, "name too long")
-                return True
-            raise _os_error(os.path.join(dest, *parts), e, "cannot create") from None
-        try:
-            try:
-                fd = os.open(parts[-1], _FILE_FLAGS, 0o600, dir_fd=pfd)
-            except OSError as e:
-                if e.errno in (errno.EEXIST, errno.ELOOP, errno.EISDIR):
-                    refuse(m.name, parts, "already exists in the target directory; not overwritten")
-                    return True
-                if e.errno == errno.ENAMETOOLONG:
-                    refuse(m.name, parts, "name too long")
-                    return True
-                raise _os_error(os.path.join(dest, *parts), e, "cannot create") from None
-            out = os.path.join(dest, *parts)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    os.fchmod(f.fileno(), 0o600)
-                    src = tar.extractfile(m)
-                    while src is not None:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        total[0] += len(chunk)
-                        if total[0] > limit:
-                            raise ViewError(f"{path}: unpacks to more than {human_bytes(limit)}; stopped")
-                        f.write(chunk)
-            except BaseException as e:  # never leave a half-written file behind
-                try:
-                    os.unlink(parts[-1], dir_fd=pfd)
-                except OSError:
-                    pass
-                if isinstance(e, OSError) and e.errno:
-                    raise _os_error(out, e, "cannot write") from None
-                raise
-            res.files.append(out)
-        finally:
-            os.close(pfd)
-        return True
-
-    try:
-        res.error = _stream(path, visit, limit)
-    finally:
-        os.close(root_fd)
-    return res
-
-
 # ------------------------------------------------------------------ list
 
 
@@ -703,7 +298,7 @@ def list_rows(output_dir: str) -> list[ListRow]:
         with os.scandir(output_dir):
             pass
     except OSError as e:
-        raise _os_error(output_dir, e, "cannot list output directory") from None
+        raise os_error(output_dir, e, "cannot list output directory") from None
     rows: list[ListRow] = []
     for path in bundle.list_bundles(output_dir):
         t, when = _name_fields(path)
