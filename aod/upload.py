@@ -37,9 +37,13 @@ _BEAT_SEC = 0.5  # backoff wait step
 _KILL_WAIT_SEC = 1.0  # after SIGKILL, wait this long to reap the leader
 _READ_CHUNK = 65536
 # systemd hands these to the daemon only; an upload tool must not notify or take sockets
-_DROP_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+# systemd hands these to the daemon, not to its hook; JOURNAL_STREAM would make journald-aware
+# tools (rclone) prefix each stderr line with "<3>", though their stderr is our pipe.
+_DROP_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+             "JOURNAL_STREAM")
 _ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_PRIO_RE = re.compile(r"^<[0-7]>")  # sd-daemon(3) priority prefix
 
 
 @dataclass(frozen=True)
@@ -78,9 +82,10 @@ def backoff_delay(backoff_sec: float, k: int) -> float:
 
 
 def clean_tail(data: bytes, limit: int = TAIL_BYTES) -> str:
-    """Output bytes -> one printable line (ANSI and control chars gone, lines joined by ' | ')."""
+    """Output bytes -> one printable line (ANSI, control chars and <N> priority prefixes gone,
+    lines joined by ' | ')."""
     text = _ANSI_RE.sub("", data[-limit:].decode("utf-8", "replace"))
-    lines = [" ".join(_CTRL_RE.sub(" ", ln).split()) for ln in re.split(r"[\r\n]+", text)]
+    lines = [" ".join(_CTRL_RE.sub(" ", _PRIO_RE.sub("", ln)).split()) for ln in re.split(r"[\r\n]+", text)]
     out = " | ".join(ln for ln in lines if ln)
     return out if len(out) <= limit else "..." + out[-(limit - 3):]
 

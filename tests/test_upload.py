@@ -108,6 +108,7 @@ def test_clean_tail_is_one_printable_line() -> None:
     s = clean_tail(b"x" * 5000 + b"\n\x1b[31mred\x1b[0m\rprogress 50%\r\nlast\x07 line\n")
     assert s.endswith("red | progress 50% | last line") and len(s) <= TAIL_BYTES
     assert "\x1b" not in s and "\n" not in s
+    assert clean_tail(b"<3>ERROR : failed to copy\n<5>note <3> kept\n") == "ERROR : failed to copy | note <3> kept"
 
 
 # ---------------------------------------------------------------- uploads
@@ -118,11 +119,13 @@ def test_success_passes_hostile_values_literally(tmp_path: Path, holder: list[Co
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PWN", str(tmp_path))
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")  # the daemon's, not the hook's
+    monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
     (tmp_path / "victim").mkdir()
     out = tmp_path / "argv.json"
     prog = script(tmp_path, "up", f"""
 json.dump({{"argv": sys.argv[1:], "stdin": sys.stdin.read(), "own_session": os.getsid(0) == os.getpid(),
-           "cwd": os.getcwd(), "notify": "NOTIFY_SOCKET" in os.environ}}, open({str(out)!r}, "w"))""")
+           "cwd": os.getcwd(), "notify": "NOTIFY_SOCKET" in os.environ,
+           "journal": "JOURNAL_STREAM" in os.environ}}, open({str(out)!r}, "w"))""")
     # a shell would run: rm -rf /victim...; cd $PWN; touch semi; $(...) and `...`
     odir = tmp_path / "a; rm -rf "
     name = ("victim; cd $PWN; touch semi; rm -rf victim; $(cd $PWN; touch dollar) `cd $PWN; touch tick` "
@@ -134,7 +137,7 @@ json.dump({{"argv": sys.argv[1:], "stdin": sys.stdin.read(), "own_session": os.g
     wait_for(lambda: running.up.stats()["ok"] == 1, 10, "upload ok")
     got = json.loads(out.read_text())
     assert got["argv"] == [f"--src={path}", name, kind, str(odir), f"remote:x/{kind}/{name}"]
-    assert got["stdin"] == "" and got["own_session"] and got["cwd"] == "/" and not got["notify"]
+    assert got["stdin"] == "" and got["own_session"] and got["cwd"] == "/" and not got["notify"] and not got["journal"]
     assert (tmp_path / "victim").is_dir()
     assert not [p for p in ("semi", "dollar", "tick", "kind") if (tmp_path / p).exists()]
     st = running.up.stats()
