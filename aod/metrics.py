@@ -111,7 +111,7 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
     o.family("aodv2_bundle_written_bytes_total", "counter", "Bytes of bundles written.",
              [("", {}, snap.get("bundle_bytes_written", 0))])
     disk = snap.get("disk") or {}
-    o.family("aodv2_bundles_bytes", "gauge", "Bytes of bundles on disk in the output dir.",
+    o.family("aodv2_bundles_bytes", "gauge", "Bytes counted in the retention budget (bundles, anomalies.jsonl).",
              [("", {}, disk.get("used_bytes", 0))])
     o.family("aodv2_bundles", "gauge", "Bundles on disk in the output dir.", [("", {}, disk.get("bundles", 0))])
     o.family("aodv2_bundles_budget_bytes", "gauge", "retention.max_total_mb in bytes.",

@@ -2,9 +2,10 @@
 
 ring -> dispatch -> detect -> collect -> **retain**.
 
-Only finished bundles (bundle.BUNDLE_RE names) count and are pruned, oldest first (by
-mtime): first those over max_age, then more until the total fits max_total_bytes. The
-newest bundle is always kept. Leftover `.partial` files and `.stage-*` dirs of a crashed
+Only finished bundles (bundle.BUNDLE_RE names) are pruned, oldest first (by mtime): first
+those over max_age, then more until the total fits max_total_bytes. The total also counts the
+anomaly history (anomalies.jsonl and its logrotate rotations), which logrotate, not this module,
+trims. The newest bundle is always kept. Leftover `.partial` files and `.stage-*` dirs of a crashed
 process are removed once they are older than STALE_SEC (a live writer touches them); those
 of this process never are (a wall clock stepped forward must not delete a running capture).
 """
@@ -13,18 +14,38 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import stat
 import threading
 import time
 from typing import Callable, Optional
 
-from . import log
+from . import history, log
 from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, bundle_entries, owner_pid
 from .config import Config
 
 STALE_SEC = 3600.0
 _MiB = 1024 * 1024
+_HISTORY_RE = re.compile(re.escape(history.FILENAME) + r"(\.\d+|-\d{8,10})?(\.gz)?")  # logrotate names
+
+
+def history_bytes(output_dir: str) -> int:
+    """Bytes of the anomaly history files in output_dir (counted in the budget, never pruned here)."""
+    total = 0
+    try:
+        with os.scandir(output_dir) as it:
+            for e in it:
+                if _HISTORY_RE.fullmatch(e.name):
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        total += st.st_size
+    except OSError:
+        pass
+    return total
 
 
 def _newest_mtime(path: str, st: os.stat_result) -> float:
@@ -107,7 +128,7 @@ def prune(
                 continue
         survivors.append((path, mtime, size))
     if max_total_bytes > 0:
-        total = keep_last[2] + sum(e[2] for e in survivors)
+        total = keep_last[2] + sum(e[2] for e in survivors) + history_bytes(output_dir)
         for path, _mtime, size in survivors:
             if total <= max_total_bytes:
                 break
@@ -166,6 +187,6 @@ class Retention:
 
 
 def usage(output_dir: str) -> tuple[int, int]:
-    """(bytes, count) of the finished bundles in output_dir; (0, 0) if it cannot be read."""
+    """(bytes counted against the budget, bundle count) in output_dir; (0, 0) if it cannot be read."""
     entries = bundle_entries(output_dir)
-    return sum(e[2] for e in entries), len(entries)
+    return sum(e[2] for e in entries) + history_bytes(output_dir), len(entries)

@@ -114,7 +114,8 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
     budget = float(disk.get("budget_bytes", 0))
     pct = f" ({100 * float(disk.get('used_bytes', 0)) / budget:.1f}%)" if budget else ""
     lines.append(f"  disk: {_mb(disk.get('used_bytes', 0))} of {_mb(budget)}{pct} in {disk.get('bundles', 0)} "
-                 f"bundles under {snap.get('output_dir', '?')}, max age {disk.get('max_age_days', '?')} days")
+                 f"bundles and the anomaly history under {snap.get('output_dir', '?')}, "
+                 f"max age {disk.get('max_age_days', '?')} days")
     th = snap.get("thresholds") or {}
     per = ", ".join(f"{k} {v:g}" for k, v in sorted((th.get("per_command_ms") or {}).items()))
     lines.append(f"  latency: mode {th.get('mode', '?')}, default {th.get('default_ms', '?')} ms"

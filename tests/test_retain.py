@@ -46,6 +46,16 @@ def test_size_budget_deletes_oldest_first(tmp_path: Path, records: list[logging.
     assert [r.AOD_REASON for r in records if r.getMessage().startswith("AOD pruned")] == ["size"] * 3  # type: ignore[attr-defined]
 
 
+def test_history_counts_in_the_budget_but_is_not_pruned(tmp_path: Path) -> None:
+    b = bundles(tmp_path, [(100, 50), (100, 40), (100, 30)])
+    hist = [put(tmp_path, n, 60, 5) for n in ("anomalies.jsonl", "anomalies.jsonl.1", "anomalies.jsonl.2.gz")]
+    put(tmp_path, "anomalies.jsonl.bak", 10_000, 5)  # not a logrotate name: not ours, not counted
+    out = prune(str(tmp_path), 400, 0, now=NOW)  # 300 of bundles + 180 of history > 400
+    assert out == [(str(b[0]), "size")]
+    assert all(p.exists() for p in hist)
+    assert retain.usage(str(tmp_path)) == (200 + 180, 2)
+
+
 def test_age_limit(tmp_path: Path) -> None:
     b = bundles(tmp_path, [(10, 3 * DAY), (10, 2 * DAY), (10, 0.5 * DAY), (10, 60)])
     out = prune(str(tmp_path), 10**9, 1 * DAY, now=NOW)
