@@ -34,7 +34,7 @@ _OBJ_GET = struct.Struct("<QII")  # u64 pathname, u32 bpf_fd, u32 file_flags
 _LOOKUP = struct.Struct("<IIQQQ")  # u32 map_fd, pad, u64 key, u64 value, u64 flags
 _INFO = struct.Struct("<IIQ")  # u32 bpf_fd, u32 info_len, u64 info
 # u32 map_type, key_size, value_size, max_entries, map_flags, inner_map_fd, numa_node, char map_name[16]
-_CREATE = struct.Struct("<IIIIIII16s")  # u32 bpf_fd, u32 info_len, u64 info
+_CREATE = struct.Struct("<IIIIIII16s")  # BPF_MAP_CREATE prefix, fields as in the line above
 # struct bpf_map_info prefix: type, id, key_size, value_size, max_entries, map_flags, name[16]
 _MAP_INFO = struct.Struct("<IIIIII16s")
 MAP_INFO_LEN = 88  # sizeof(struct bpf_map_info) in 6.x; the kernel accepts shorter/longer

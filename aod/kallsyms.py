@@ -11,6 +11,9 @@ it receives the mid, changed over time:
   * `release_mid(struct mid_q_entry *)`                 last resort (an exported
     put wrapper on some 6.x kernels; fires on every put, not only the last)
 
+In tracepoint mode two kprobes name the connection of each request for the pairing key
+(see bpf/smb.bpf.c): smb2_mid_entry_alloc(shdr, server) and cifsd's find_mid(server, buf).
+
 A `struct kref *` points at `mid_q_entry.refcount`, which sits after the
 16-byte `qhead` list_head on 64-bit kernels, so the mid is the pointer - 16.
 Everything here is pure (text in, choice out) and unit-tested.
@@ -22,6 +25,9 @@ import re
 from typing import NamedTuple, Optional
 
 ALLOC_SYMBOL = "smb2_mid_entry_alloc"
+# cifsd's lookup of the request a response answers: (server, buf). The inner one where it exists
+# (5.17+: both smb2_find_mid and the dequeueing variant call it).
+RECV_SYMBOLS = ("__smb2_find_mid", "smb2_find_mid")
 KREF_OFFSET = 16  # offsetof(struct mid_q_entry, refcount) on 64-bit
 SERVER_ARG_SINCE = (6, 19)  # __release_mid(server, mid) from this kernel on
 
@@ -78,3 +84,10 @@ def choose_kprobes(kallsyms_text: str, release: str) -> Optional[KprobePlan]:
         return None
     rel = choose_release(kallsyms_text, release)
     return KprobePlan(ALLOC_SYMBOL, rel) if rel else None
+
+
+def choose_conn_probes(kallsyms_text: str) -> Optional[tuple[str, str]]:
+    """(alloc, recv) symbols that give the pairing key its connection, or None."""
+    syms = symbols(kallsyms_text)
+    recv = next((r for r in RECV_SYMBOLS if r in syms), None)
+    return (ALLOC_SYMBOL, recv) if ALLOC_SYMBOL in syms and recv else None

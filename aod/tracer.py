@@ -5,8 +5,9 @@ pinned ring <pin dir>/events + pinned per-CPU maps `drops`, `cmd_stats` ->
 core (ring.py, counters.py).
 
 One process per tracer, run by systemd as aodv2-tracer@NAME.service:
-wait for the cifs tracepoints (module not loaded yet is normal), compile and
-attach, sd_notify READY=1, then sleep until SIGTERM/SIGINT and exit 0.
+sd_notify READY=1 with STATUS=waiting while the cifs tracepoints are missing (module
+not loaded yet is normal), compile and attach when they appear (STATUS=attached), then
+sleep until SIGTERM/SIGINT and exit 0.
 The ring and maps are pinned in bpffs and reused, never recreated, so either
 side can restart at any time. bcc is imported lazily: only this command needs it.
 
@@ -370,6 +371,7 @@ class AttachPlan:
     kprobes: tuple[tuple[str, str, str], ...] = ()  # ("kprobe"|"kretprobe", symbol, function)
     defines: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # things worth one log line
+    optional_kprobes: tuple[tuple[str, str, str], ...] = ()  # attach failure: a warning, not an error
 
 
 def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
@@ -379,8 +381,18 @@ def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
     notes = tuple(f"cifs:{t} not used: {why}" for t, why in tps.items() if why)
     have_required = all(t in usable for t in REQUIRED_TRACEPOINTS)
     if have_required and not force_kprobes:
+        defines = tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable)
+        conn = kallsyms.choose_conn_probes(kallsyms_text or "")
+        if conn is None:
+            return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable), defines=defines, notes=notes + (
+                f"no connection probes ({kallsyms.ALLOC_SYMBOL} and one of {'/'.join(kallsyms.RECV_SYMBOLS)} "
+                "are not in /proc/kallsyms): requests are paired without their connection, so two "
+                "connections or channels with the same message id in flight may share an entry",))
         return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable),
-                          defines=tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable), notes=notes)
+                          optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"),
+                                            ("kprobe", conn[1], "aod_conn_recv")),
+                          defines=defines + ("AOD_CONN_PROBES=1",),
+                          notes=notes + (f"pairing key names the connection: kprobes on {conn[0]} and {conn[1]}",))
     kp = kallsyms.choose_kprobes(kallsyms_text or "", release)
     if kp is None:
         raise SetupError(
@@ -445,9 +457,11 @@ class CifsWatch:
 class Loaded:
     """What a loader returns: something holding the attachment until close()."""
 
-    def __init__(self, obj: Any, attached: int) -> None:
+    def __init__(self, obj: Any, attached: int, kprobes: int = 0, failed: Sequence[str] = ()) -> None:
         self.obj = obj
-        self.attached = attached
+        self.attached = attached  # tracepoints
+        self.kprobes = kprobes
+        self.failed = list(failed)  # optional kprobes that did not attach: "symbol: error"
 
     def close(self) -> None:
         cleanup = getattr(self.obj, "cleanup", None)
@@ -476,12 +490,15 @@ def bcc_load(bcc: Any, source: str, flags: list[str], plan: AttachPlan, ring_pat
             time.sleep(0.5)
     assert b is not None
     for kind, sym, fn in plan.kprobes:
-        if kind == "kretprobe":
-            b.attach_kretprobe(event=sym, fn_name=fn)
-        else:
+        (b.attach_kretprobe if kind == "kretprobe" else b.attach_kprobe)(event=sym, fn_name=fn)
+    failed = []
+    for _kind, sym, fn in plan.optional_kprobes:
+        try:
             b.attach_kprobe(event=sym, fn_name=fn)
+        except Exception as e:  # bcc: plain Exception("Failed to attach BPF program ...")
+            failed.append(f"{sym}: {e}")
     n = b.num_open_tracepoints() if hasattr(b, "num_open_tracepoints") else len(plan.tracepoints)
-    return Loaded(b, int(n))
+    return Loaded(b, int(n), len(plan.kprobes) + len(plan.optional_kprobes) - len(failed), failed)
 
 
 # ---------------------------------------------------------------- main
@@ -586,8 +603,10 @@ def run(opts: Options, env: Env) -> int:
 
         if name == "smb":
             def on_wait() -> None:
-                env.notifier.status("waiting for cifs tracepoints")
+                # READY now, not at attach: a start job pending until cifs loads (maybe never)
+                # would keep boot from finishing (`systemctl is-system-running --wait` hangs).
                 _state(env.state_dir, name, "waiting")
+                env.notifier.ready("waiting for cifs tracepoints")
                 _emit(logging.INFO, name, "waiting for the cifs module (tracepoints in "
                       f"{' or '.join(env.tracefs)}/events/cifs)")
                 if not any(os.path.isdir(os.path.join(t, "events")) for t in env.tracefs):
@@ -617,7 +636,10 @@ def run(opts: Options, env: Env) -> int:
         return e.code
 
     try:
-        what = f"{loaded.attached} tracepoints" + (f", {len(plan.kprobes)} kprobes" if plan.kprobes else "")
+        what = f"{loaded.attached} tracepoints" + (f", {loaded.kprobes} kprobes" if loaded.kprobes else "")
+        for err in loaded.failed:
+            _emit(logging.WARNING, name, f"connection probe not attached ({err}); requests are paired "
+                  "without their connection")
         _state(env.state_dir, name, "attached")  # before READY: the core's STATUS is right at once
         env.notifier.ready(f"attached ({what})")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",

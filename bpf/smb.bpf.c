@@ -10,18 +10,25 @@
  *   AOD_HAVE_<TRACEPOINT> for each cifs tracepoint found in tracefs,
  *   AOD_KPROBE_MODE + AOD_RELEASE_ARG + AOD_RELEASE_OFF for the kprobe fallback.
  *
- * Pairing key (enter -> done/err): {sesid, mid, tid, cmd}. The cifs tracepoints
- * carry nothing that names the connection (channel), and mids are allocated per
- * connection, so two channels of one multichannel session could in principle
- * have the same {sesid, tid, cmd, mid} in flight at once; the later enter then
- * overwrites the earlier one (one latency is short, the other unpaired).
- * That needs the same tree, command and mid on two channels at the same
- * moment, which is rare; overwriting (not BPF_NOEXIST) means stale entries
- * from lost completions can never block a new request. Two request headers
- * change between request and response: SESSION_SETUP gets its SessionId in the
- * response and TREE_CONNECT its TreeId, so those fields are zeroed in the key
- * for those commands (and NEGOTIATE, which has neither).
- * In-flight entries live in an LRU hash, so lost completions cannot leak.
+ * Pairing key (enter -> done/err): {conn, sesid, mid, tid, cmd}. Message ids are
+ * allocated per connection (each channel of a multichannel session, each server),
+ * so the key must name the connection, and the cifs tracepoints carry nothing
+ * that does. With AOD_CONN_PROBES, two kprobes record per thread the connection
+ * (struct TCP_Server_Info *) it last worked for: smb2_mid_entry_alloc(shdr,
+ * server), which fires smb3_cmd_enter in the issuing task, and the receive
+ * path's find_mid(server, buf) in the connection's cifsd thread. smb3_cmd_done
+ * and smb3_cmd_err fire either in the issuer (synchronous requests, after it was
+ * woken) or in that cifsd (async reads and writes), so both sides see the same
+ * connection. A completion in any other thread (a decryption worker) falls back
+ * to req_conn, the connection of the latest enter of that {sesid, mid, tid,
+ * cmd}. Without the kprobes conn is 0 and the key is as before: two connections
+ * negotiating at once (mid 0, no session yet) or two channels with the same mid
+ * in flight would then share an entry. Two request headers change between
+ * request and response: SESSION_SETUP gets its SessionId in the response and
+ * TREE_CONNECT its TreeId, so those fields are zeroed in the key for those
+ * commands (and NEGOTIATE, which has neither). Entries are overwritten, never
+ * refused (BPF_NOEXIST), so stale entries from lost completions can never block
+ * a new request, and every map is an LRU hash, so lost completions cannot leak.
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -41,6 +48,9 @@
 #endif
 #ifndef AOD_INFLIGHT_MAX
 #define AOD_INFLIGHT_MAX 16384
+#endif
+#ifndef AOD_CONN_THREADS
+#define AOD_CONN_THREADS 4096
 #endif
 #ifndef AOD_RELEASE_OFF
 #define AOD_RELEASE_OFF 16 /* offsetof(struct mid_q_entry, refcount) on 64-bit */
@@ -73,6 +83,7 @@ BPF_TABLE_PINNED("percpu_array", u32, u64, drops, 1, AOD_DROPS_PIN);
 BPF_TABLE_PINNED("percpu_array", u32, struct aod_cmd_stats, cmd_stats, AOD_CMD_SLOTS, AOD_STATS_PIN);
 
 struct aod_key {
+	u64 conn; /* struct TCP_Server_Info * of the connection, 0 if unknown */
 	u64 sesid;
 	u64 mid;
 	u32 tid;
@@ -88,6 +99,10 @@ struct aod_start {
 };
 
 BPF_TABLE("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_MAX);
+/* thread (pid_tgid) -> the connection it last issued or received a request for */
+BPF_TABLE("lru_hash", u64, u64, ctx_conn, AOD_CONN_THREADS);
+/* {0, sesid, mid, tid, cmd} -> connection of its latest enter (for completions elsewhere) */
+BPF_TABLE("lru_hash", struct aod_key, u64, req_conn, AOD_INFLIGHT_MAX);
 
 static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 cmd, u64 mid)
 {
@@ -98,13 +113,55 @@ static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 
 	k->mid = mid;
 }
 
+static __always_inline void set_conn(u64 conn)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	ctx_conn.update(&id, &conn);
+}
+
+static __always_inline u64 cur_conn(void)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	u64 *c = ctx_conn.lookup(&id);
+	return c ? *c : 0;
+}
+
 static __always_inline void start(struct aod_key *k)
 {
 	struct aod_start s = {};
 	s.ts = bpf_ktime_get_ns();
 	s.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+	k->conn = cur_conn();
 	inflight.update(k, &s);
+	if (k->conn) {
+		struct aod_key r = *k;
+		r.conn = 0;
+		req_conn.update(&r, &k->conn);
+	}
+}
+
+/* the in-flight entry of a completion (k: key with conn 0), copied out and removed; 0 if none */
+static __always_inline int finish(struct aod_key *k, struct aod_start *out)
+{
+	struct aod_key r = *k;
+	k->conn = cur_conn();
+	struct aod_start *s = inflight.lookup(k);
+	if (!s) {
+		u64 *c = req_conn.lookup(&r);
+		if (!c || *c == k->conn)
+			return 0; /* enter not seen (attached mid-flight, or evicted) */
+		k->conn = *c;
+		s = inflight.lookup(k);
+		if (!s)
+			return 0;
+	}
+	*out = *s;
+	inflight.delete(k);
+	u64 *c = req_conn.lookup(&r);
+	if (c && *c == k->conn)
+		req_conn.delete(&r);
+	return 1;
 }
 
 static __always_inline void emit(struct aod_event *ev)
@@ -206,12 +263,25 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_done)
 	u64 sesid = args->sesid, mid = args->mid;
 	u32 tid = args->tid;
 	make_key(&k, sesid, tid, cmd, mid);
-	struct aod_start *s = inflight.lookup(&k);
-	if (!s)
-		return 0; /* enter not seen (attached mid-flight, or evicted) */
-	struct aod_start copy = *s;
-	inflight.delete(&k);
-	completed(cmd, sesid, tid, mid, &copy);
+	struct aod_start copy;
+	if (finish(&k, &copy))
+		completed(cmd, sesid, tid, mid, &copy);
+	return 0;
+}
+#endif
+
+#ifdef AOD_CONN_PROBES
+/* smb2_mid_entry_alloc(const struct smb2_hdr *shdr, struct TCP_Server_Info *server) */
+int aod_conn_alloc(struct pt_regs *ctx)
+{
+	set_conn(PT_REGS_PARM2(ctx));
+	return 0;
+}
+
+/* find_mid(struct TCP_Server_Info *server, char *buf): cifsd, before it handles a response */
+int aod_conn_recv(struct pt_regs *ctx)
+{
+	set_conn(PT_REGS_PARM1(ctx));
 	return 0;
 }
 #endif
@@ -232,11 +302,9 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 	ev.err = rc < 0 ? -rc : rc;
 #ifndef AOD_KPROBE_MODE
 	struct aod_key k;
+	struct aod_start copy;
 	make_key(&k, sesid, tid, cmd, mid);
-	struct aod_start *s = inflight.lookup(&k);
-	if (s) {
-		struct aod_start copy = *s;
-		inflight.delete(&k);
+	if (finish(&k, &copy)) {
 		u64 now = bpf_ktime_get_ns();
 		ev.latency_ns = now > copy.ts ? now - copy.ts : 0;
 		count(cmd, ev.latency_ns, 1, 1);

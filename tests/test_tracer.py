@@ -247,6 +247,58 @@ def test_plan_smb_tracepoints() -> None:
     assert p.tracepoints == ("cifs:smb3_cmd_enter", "cifs:smb3_cmd_done", "cifs:smb3_cmd_err")
     assert "AOD_HAVE_SMB3_CMD_ERR=1" in p.defines and not any("RECONNECT" in d for d in p.defines)
     assert any("smb3_reconnect" in n for n in p.notes)
+    assert p.optional_kprobes == () and "AOD_CONN_PROBES=1" not in p.defines  # no kallsyms: no conn probes
+    assert any("paired without their connection" in n for n in p.notes)
+
+
+def test_plan_smb_connection_probes() -> None:
+    tps = {"smb3_cmd_enter": "", "smb3_cmd_done": ""}
+    both = KALLSYMS_60 + "0 t __smb2_find_mid\t[cifs]\n0 t smb2_find_mid\t[cifs]\n"
+    p = tracer.plan_smb(tps, both, "6.1.0")
+    assert p.mode == "tracepoint" and p.kprobes == () and "AOD_CONN_PROBES=1" in p.defines
+    assert p.optional_kprobes == (("kprobe", "smb2_mid_entry_alloc", "aod_conn_alloc"),
+                                  ("kprobe", "__smb2_find_mid", "aod_conn_recv"))
+    old = tracer.plan_smb(tps, KALLSYMS_60 + "0 t smb2_find_mid [cifs]\n", "5.10.0")  # before __smb2_find_mid
+    assert old.optional_kprobes[1] == ("kprobe", "smb2_find_mid", "aod_conn_recv")
+    assert kallsyms.choose_conn_probes("0 t __smb2_find_mid [cifs]\n") is None  # no alloc symbol
+    assert kallsyms.choose_conn_probes("0 t __smb2_find_mid [nfs]\n0 t smb2_mid_entry_alloc [cifs]\n") is None
+
+
+class FakeBcc:
+    """bcc.BPF stand-in for bcc_load: records attaches; `refuse` symbols fail like bcc does."""
+
+    def __init__(self, refuse: tuple[str, ...]) -> None:
+        self.refuse, self.attached = refuse, []  # type: ignore[var-annotated]
+        outer = self
+
+        class BPF:
+            def __init__(self, src_file: bytes, cflags: list) -> None:
+                pass
+
+            def attach_kprobe(self, event: str, fn_name: str) -> None:
+                if event in outer.refuse:
+                    raise Exception(f"Failed to attach BPF program b'{fn_name}' to kprobe b'{event}'")
+                outer.attached.append(event)
+
+            attach_kretprobe = attach_kprobe
+
+            def num_open_tracepoints(self) -> int:
+                return 2
+
+        self.BPF = BPF
+
+
+def test_optional_kprobes_that_fail_to_attach_are_reported_not_fatal(tmp_path: Path) -> None:
+    plan = tracer.AttachPlan("tracepoint", ("cifs:smb3_cmd_enter", "cifs:smb3_cmd_done"),
+                             optional_kprobes=(("kprobe", "smb2_mid_entry_alloc", "aod_conn_alloc"),
+                                               ("kprobe", "__smb2_find_mid", "aod_conn_recv")))
+    fake = FakeBcc(refuse=("__smb2_find_mid",))
+    loaded = tracer.bcc_load(fake, "x.c", [], plan, str(tmp_path / "ring"))
+    assert fake.attached == ["smb2_mid_entry_alloc"] and loaded.kprobes == 1 and loaded.attached == 2
+    assert len(loaded.failed) == 1 and loaded.failed[0].startswith("__smb2_find_mid: Failed to attach")
+    required = tracer.AttachPlan("kprobe", (), kprobes=(("kprobe", "__smb2_find_mid", "aod_release"),))
+    with pytest.raises(Exception, match="Failed to attach"):
+        tracer.bcc_load(FakeBcc(refuse=("__smb2_find_mid",)), "x.c", [], required, str(tmp_path / "ring"))
 
 
 def test_plan_smb_kprobe_fallback_and_none() -> None:
@@ -380,7 +432,7 @@ def test_run_waits_for_cifs_then_attaches(tmp_path: Path, monkeypatch: pytest.Mo
     while h.sleeps < 3 and not deadline.wait(0.01):
         pass
     assert not h.loads
-    assert "STATUS=waiting for cifs tracepoints" in h.notifier.sent
+    assert h.notifier.sent == ["READY=1 STATUS=waiting for cifs tracepoints"]  # started: boot need not wait
     sleeps_before = h.sleeps
     make_cifs_events(h.tracefs)  # "modprobe cifs"
     assert h.attached.wait(10)
@@ -516,16 +568,22 @@ static int sim_ringbuf_output(void *d, u64 n, u64 f) {
   if (sim_ring_fail || sim_nevents >= 256 || n != 72) return -11;
   memcpy(sim_events + 72 * sim_nevents++, d, n); return 0; }
 #define ringbuf_output(a, b, c) max_entries * 0 + sim_ringbuf_output(a, b, c)
+/* hash: update fails when full (-E2BIG); lru_hash: evicts the least recently used entry */
 #define BPF_F_TABLE(_type, _k, _v, _name, _n, _f) \
-  _k _name##_keys[_n]; _v _name##_vals[_n]; int _name##_used[_n]; \
+  _k _name##_keys[_n]; _v _name##_vals[_n]; int _name##_used[_n]; u64 _name##_seen[_n], _name##_clock; \
   static _v *_name##_lookup(_k *k) { \
     if (strstr(_type, "array")) { u32 i = *(u32 *)k; return i < (u32)(_n) ? &_name##_vals[i] : 0; } \
     for (int i = 0; i < (_n); i++) \
-      if (_name##_used[i] && !memcmp(&_name##_keys[i], k, sizeof(_k))) return &_name##_vals[i]; \
+      if (_name##_used[i] && !memcmp(&_name##_keys[i], k, sizeof(_k))) { \
+        _name##_seen[i] = ++_name##_clock; return &_name##_vals[i]; } \
     return 0; } \
   static int _name##_update(_k *k, _v *v) { _v *p = _name##_lookup(k); \
     for (int i = 0; !p && i < (_n); i++) \
-      if (!_name##_used[i]) { _name##_used[i] = 1; memcpy(&_name##_keys[i], k, sizeof(_k)); p = &_name##_vals[i]; } \
+      if (!_name##_used[i]) { _name##_used[i] = 1; memcpy(&_name##_keys[i], k, sizeof(_k)); p = &_name##_vals[i]; \
+        _name##_seen[i] = ++_name##_clock; } \
+    if (!p && strstr(_type, "lru")) { int o = 0; \
+      for (int i = 1; i < (_n); i++) if (_name##_seen[i] < _name##_seen[o]) o = i; \
+      memcpy(&_name##_keys[o], k, sizeof(_k)); _name##_seen[o] = ++_name##_clock; p = &_name##_vals[o]; } \
     if (!p) { return -7; } \
     memcpy(p, v, sizeof(_v)); return 0; } \
   static int _name##_delete(_k *k) { for (int i = 0; i < (_n); i++) \
@@ -652,6 +710,68 @@ def test_bpf_completion_pairing_threshold_and_stats(tmp_path: Path) -> None:
 
 
 @needs_cc
+def test_bpf_pairing_key_names_the_connection(tmp_path: Path) -> None:
+    """Two servers negotiating at once (mid 0, no session yet) and two channels of one session with
+    the same mid in flight pair correctly: the kprobes name each request's connection."""
+    s = Sim(tmp_path, "smb.bpf.c", TP_ALL + ["AOD_EMIT_MIN_NS=0ULL", "AOD_CONN_PROBES=1"])
+    srv_a, srv_b, ch1, ch2 = 0xA000, 0xB000, 0xC100, 0xC200
+
+    def issue(pid: int, comm: bytes, conn: int, at: int, **key: int) -> None:
+        s.task(pid, comm)
+        s.now.value = at * MS
+        s.lib.aod_conn_alloc(ctypes.byref(PtRegs(si=conn)))  # smb2_mid_entry_alloc(shdr, server)
+        s.tp("smb3_cmd_enter", **key)
+
+    def received(pid: int, conn: int, at: int, event: str = "smb3_cmd_done", **key: int) -> None:
+        s.task(pid, b"cifsd")
+        s.now.value = at * MS
+        s.lib.aod_conn_recv(ctypes.byref(PtRegs(di=conn)))  # find_mid(server, buf)
+        s.tp(event, **key)
+
+    neg = {"tid": 0, "sesid": 0, "cmd": 0, "mid": 0}
+    issue(10, b"mount.a", srv_a, 100, **neg)
+    issue(11, b"mount.b", srv_b, 150, **neg)
+    s.task(11, b"mount.b")  # synchronous: the response is handled in the issuer
+    s.now.value = 160 * MS
+    s.tp("smb3_cmd_done", **neg)
+    s.task(10, b"mount.a")
+    s.now.value = 400 * MS
+    s.tp("smb3_cmd_done", **neg)
+    w = {"tid": 5, "sesid": 0x77, "cmd": 9, "mid": 42}
+    issue(20, b"kworker", ch1, 1000, **w)  # async writes on two channels, same mid
+    issue(20, b"kworker", ch2, 1001, **w)
+    received(31, ch2, 1003, **w)  # each channel's cifsd completes its own
+    received(30, ch1, 1500, **w)
+    issue(21, b"reader", ch1, 2000, **{**w, "cmd": 8, "mid": 43})
+    s.task(40, b"kworker/dec")  # a worker with no connection context: req_conn finds it
+    s.now.value = 2010 * MS
+    s.tp("smb3_cmd_done", **{**w, "cmd": 8, "mid": 43})
+    issue(22, b"cat", ch2, 3000, **{**w, "cmd": 5, "mid": 44})
+    received(31, ch2, 3020, event="smb3_cmd_err", status=0xC0000022, rc=-13, **{**w, "cmd": 5, "mid": 44})
+    ev = s.events()
+    got = [(int(e["command"]), int(e["pid"]), int(e["latency_ns"]) // MS) for e in ev]
+    assert got == [(0, 11, 10), (0, 10, 300), (9, 20, 2), (9, 20, 500), (8, 21, 10), (5, 22, 20)]
+    assert ev[-1]["nt_status"] == 0xC0000022
+    assert s.stats()["hist"].sum() == 6
+
+
+@needs_cc
+def test_bpf_lost_completions_do_not_block_new_requests(tmp_path: Path) -> None:
+    """The in-flight map is an LRU: with more lost completions than it holds (64 here), a new
+    request still pairs (a plain hash would refuse the insert and lose it)."""
+    s = Sim(tmp_path, "smb.bpf.c", TP_ALL + ["AOD_EMIT_MIN_NS=0ULL"])
+    s.task(5, b"app")
+    for mid in range(64 + 10):
+        s.tp("smb3_cmd_enter", tid=1, sesid=2, cmd=8, mid=mid)  # completions never come
+    s.now.value = 7 * MS
+    s.tp("smb3_cmd_enter", tid=1, sesid=2, cmd=8, mid=1000)
+    s.now.value = 9 * MS
+    s.tp("smb3_cmd_done", tid=1, sesid=2, cmd=8, mid=1000)
+    ev = s.events()
+    assert list(ev["mid"]) == [1000] and int(ev[0]["latency_ns"]) == 2 * MS
+
+
+@needs_cc
 def test_bpf_errors_reconnects_and_drops(tmp_path: Path) -> None:
     from aod.record import KIND_ERROR, KIND_RECONNECT
 
@@ -772,3 +892,34 @@ def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp
     h.stop.set()
     t.join(10)
     assert second.closed
+
+
+def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from aod import bpfsys
+    from aod.record import CMD_STATS_DTYPE
+
+    paths = tracer.pin_paths(config_mod.RingConfig(path=str(tmp_path / "events")))
+    for p in (paths.ring, paths.drops, paths.cmd_stats):
+        Path(p).write_bytes(b"")
+    infos = {paths.ring: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_RINGBUF, 1, 0, 0, 256 * 1024, 0, "events"),
+             paths.drops: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 2, 4, 8, 1, 0, "drops"),
+             paths.cmd_stats: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 3, 4, CMD_STATS_DTYPE.itemsize,
+                                             tracer.CMD_SLOTS, 0, "cmd_stats")}
+    fds: dict[int, str] = {}
+
+    def obj_get(path: str, flags: int = 0) -> int:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        fds[fd] = path
+        return fd
+
+    monkeypatch.setattr(bpfsys, "obj_get", obj_get)
+    monkeypatch.setattr(bpfsys, "map_info", lambda fd, what="": infos[fds[fd]])
+    assert tracer.check_pinned(paths, 256 * 1024, "smb") == []
+    warn = tracer.check_pinned(paths, 512 * 1024, "smb")  # the config asks for another size: reused
+    assert len(warn) == 1 and "256 KiB" in warn[0] and "512 KiB" in warn[0]
+    infos[paths.cmd_stats] = infos[paths.cmd_stats]._replace(value_size=8)  # an older layout
+    with pytest.raises(tracer.SetupError) as ei:
+        tracer.check_pinned(paths, 256 * 1024, "smb")
+    assert ei.value.code == tracer.EX_CONFIG and f"rm {paths.cmd_stats}" in str(ei.value)
+    assert tracer.check_pinned(paths, 256 * 1024, "synthetic") == []  # synthetic pins no cmd_stats

@@ -82,6 +82,8 @@ def main() -> int:
         "bad_version": int((ev["version"] != 1).sum() + (ev["size"] != 72).sum()),
         "comms": sorted({c.decode(errors="replace") for c in smbc["comm"]})[:12],
         "pids_nonzero": bool(len(smbc) == 0 or (smbc["pid"] != 0).all()),
+        "negotiates": [[int(e["pid"]), e["comm"].decode(errors="replace"), round(int(e["latency_ns"]) / 1e6, 1)]
+                       for e in smbc[smbc["command"] == 0]],
         "synthetic_mids_unique": int(len(set(int(m) for m in ev[ev["tracer_id"] == 2]["mid"]))),
         "map_id": map_id,
         "ring_bytes": ring_bytes,

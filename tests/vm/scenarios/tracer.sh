@@ -125,6 +125,24 @@ vm_check "STATUS_ACCESS_DENIED error record (errno 13)" py $R/r3.json "any(e[1] 
 vm_check "STATUS_OBJECT_NAME_NOT_FOUND error record (errno 2)" py $R/r3.json "any(e[1] == '0xC0000034' and e[2] == 2 for e in d['errors'])"
 vm_check "cmd_stats counts errors" py $R/r3.json "d['cmd_stats_errors'] >= 2"
 
+# --- 4b. two connections negotiating at once: same mid (0), no session yet; the pairing key
+# names the connection (kprobes), so each mount's NEGOTIATE pairs with its own response
+vm_check "pairing key names the connection (kprobes attached)" grep -q "pairing key names the connection" $R/t1.log
+vm_netem_add 100ms
+reader_start $R/r3b.json
+mkdir -p /mnt/smb-a /mnt/smb-b
+O="credentials=$SMB_CRED,vers=3.1.1,nosharesock"
+mount -t cifs //127.0.0.1/share /mnt/smb-a -o "$O" & MA=$!
+mount -t cifs //127.0.0.1/share /mnt/smb-b -o "$O" & MB=$!
+wait $MA; RA=$?; wait $MB; RB=$?
+reader_stop $R/r3b.json
+vm_netem_del
+umount /mnt/smb-a /mnt/smb-b 2>/dev/null
+vm_fact parallel_negotiates "$(j $R/r3b.json negotiates)"
+vm_check "two parallel nosharesock mounts" test "$RA$RB" = 00
+vm_check "both NEGOTIATEs paired, each with its own mount's pid and >= 150 ms" py $R/r3b.json \
+    "len({p for p, c, ms in d['negotiates'] if ms >= 150}) >= 2"
+
 # --- 5. reconnect: restart smbd under the mount
 reader_start $R/r4.json
 systemctl restart smbd; vm_wait 60 vm_samba_listening
