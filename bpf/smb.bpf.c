@@ -358,7 +358,7 @@ struct aod_kstart {
 	struct aod_start s;
 	struct aod_key k;
 };
-BPF_HASH(alloc_args, u64, struct aod_key, 4096);
+BPF_TABLE("lru_hash", u64, struct aod_key, alloc_args, 4096); /* a missed kretprobe cannot leak */
 BPF_TABLE("lru_hash", u64, struct aod_kstart, inflight_ptr, AOD_INFLIGHT_MAX);
 
 /* smb2_hdr wire offsets */
