@@ -96,6 +96,15 @@ def qemu_argv(img: image.Image, share: Path, memory_mb: int = 4096, smp: int = 2
     ]
 
 
+def stale_packages(share: Path, src: Path) -> List[Path]:
+    """Other versions of the package file `src` (NAME_VERSION_ARCH.deb) left in a persistent share:
+    a guest script globbing NAME_*.deb must find only the copy of this run."""
+    if not src.name.endswith(".deb") or "_" not in src.name or src.is_dir():
+        return []
+    pkg = src.name.split("_", 1)[0]
+    return [p for p in share.glob(f"{pkg}_*.deb") if p.is_file() and p.name != src.name]
+
+
 def prepare_share(share: Path, script: Path, timeout: int,
                   copies: Sequence[Path] = ()) -> None:
     share.mkdir(parents=True, exist_ok=True)
@@ -114,6 +123,8 @@ def prepare_share(share: Path, script: Path, timeout: int,
         dst = share / src.name
         if dst.exists():
             shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+        for old in stale_packages(share, src):
+            old.unlink()
         if src.is_dir():
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
                 "__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"))

@@ -1,8 +1,11 @@
-"""Host-side tests of the VM harness (tests/vm/image.py, tests/vm/run.py).
+"""Host-side tests of the VM harness (tests/vm/image.py, tests/vm/run.py, tests/vm/e2e_summary.py,
+the guest drivers' loop tests/vm/guest/guestkit.py, .ci/run).
 
 No root, qemu or kernel: a fake `qemu-system-x86_64` on PATH plays the guest
 (prints the runner's console marks, writes /share/guest-exit), so run.py's
 share preparation, qemu argv and outcome classification are checked fast.
+guestkit's scenario loop runs here with trivial scenarios and a fake `run`
+(no journalctl or systemctl), and e2e_summary prints the report it writes.
 The real VM run is `make vm-smoke` (see tests/vm/README.md).
 """
 
@@ -11,10 +14,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable, Dict, List
 
 import pytest
 
@@ -34,8 +40,17 @@ def _load(name: str) -> ModuleType:
     return mod
 
 
+def _load_guest(name: str) -> ModuleType:
+    """A guest driver module (tests/vm/guest/, imported by name as in /share/vmlib)."""
+    guest = str(VM_DIR / "guest")
+    if guest not in sys.path:
+        sys.path.append(guest)
+    return importlib.import_module(name)
+
+
 image = _load("image")
 run = _load("run")
+summary = _load("e2e_summary")
 
 FAKE_QEMU = r'''#!{python}
 import json, os, sys, time
@@ -211,3 +226,221 @@ def test_overlay_has_runner_unit_and_9p() -> None:
     unit = (ov / "etc/systemd/system/aodv2-vmtest.service").read_text()
     assert "FailureAction=poweroff-force" in unit and "SuccessAction=poweroff-force" in unit
     assert os.access(ov / "usr/local/sbin/aodv2-vmtest", os.X_OK)
+
+
+def test_stale_package_removed_from_a_persistent_share(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "aodv2_0.0.9-1_all.deb").write_text("old")
+    (share / "aodv2_0.1.0-1_all.deb").write_text("same name, older build")
+    (share / "other_1.0_all.deb").write_text("another package")
+    new = tmp_path / "dist" / "aodv2_0.1.0-1_all.deb"
+    new.parent.mkdir()
+    new.write_text("new")
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\n")
+    run.prepare_share(share, script, 10, [new])
+    assert sorted(p.name for p in share.glob("*.deb")) == ["aodv2_0.1.0-1_all.deb", "other_1.0_all.deb"]
+    assert (share / "aodv2_0.1.0-1_all.deb").read_text() == "new"
+
+
+# ---------------------------------------------------------------- e2e_summary and guestkit's loop
+
+def _report(tmp_path: Path, rep: Dict[str, Any]) -> str:
+    p = tmp_path / "report.json"
+    p.write_text(json.dumps(rep))
+    return str(p)
+
+
+RUN_OK = {"pass": True, "seconds": 1.0, "kernel": "6.1", "failed": [], "skipped": []}
+
+
+def test_summary_of_a_failed_scenario_prints_journal_and_status(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    journal = [f"[ 10.{i:03d}] aodv2[42]: line {i}" for i in range(60)]
+    status = ["x aodv2.service - aodv2 core", "     Active: failed (Result: watchdog)",
+              "x aodv2-tracer@smb.service - aodv2 tracer smb"] + [f"status {i}" for i in range(100)]
+    rep = {"1_install_enable": {"pass": True, "detail": {"checks": {"ok": True}}, "seconds": 3.0},
+           "7_core_hangs": {"pass": False, "seconds": 9.0, "stop_to_core_active_s": 80.0,
+                            "detail": {"checks": {"core restarted": False, "config reloaded": True},
+                                       "journal_tail": journal, "unit_status": status}},
+           "_run": dict(RUN_OK, **{"pass": False, "failed": ["7_core_hangs"]})}
+    assert summary.main(_report(tmp_path, rep)) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    fail = next(i for i, ln in enumerate(lines) if ln.startswith("FAIL 7_core_hangs"))
+    assert "'core restarted'" in lines[fail] and "stop_to_core_active_s" in lines[fail]
+    after = "\n".join(lines[fail + 1:])
+    assert "      [ 10.059] aodv2[42]: line 59" in after  # the newest journal line, indented
+    assert "line 19" not in after and "line 20" in after  # capped to the last 40
+    assert "      x aodv2-tracer@smb.service - aodv2 tracer smb" in after
+    assert "Active: failed (Result: watchdog)" in after
+    assert "status 56" in after and "status 57" not in after  # capped to the first 60
+    assert "PASS 1_install_enable" in out and "line" not in out.split("FAIL 7_core_hangs")[0]
+
+
+def test_summary_of_a_passing_report_is_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rep = {"1_install_enable": {"pass": True, "detail": {"checks": {"ok": True}}, "seconds": 3.0, "install_s": 2.0},
+           "_run": RUN_OK}
+    assert summary.main(_report(tmp_path, rep)) == 0
+    out = capsys.readouterr().out
+    assert 'PASS 1_install_enable {"seconds": 3.0, "install_s": 2.0}' in out and "RUN PASS" in out
+
+
+@pytest.mark.parametrize("rep,needle", [
+    ({"1_a": {"pass": True, "seconds": 1.0}, "2_b": {"pass": False, "skipped": True, "seconds": 0},
+      "_run": dict(RUN_OK, **{"pass": False, "skipped": ["2_b"]})}, "SKIP 2_b"),
+    ({"_run": RUN_OK}, "has no scenario"),
+    ({}, "has no scenario"),
+    ({"1_a": {"pass": True, "seconds": 1.0}}, "RUN INCOMPLETE"),  # the driver died before the end
+    ([1, 2], "expected a JSON object"),
+])
+def test_summary_fails_on_skipped_missing_or_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        rep: Any, needle: str) -> None:
+    assert summary.main(_report(tmp_path, rep)) == 1
+    assert needle in capsys.readouterr().out
+
+
+def test_summary_of_an_unreadable_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert summary.main(str(tmp_path / "missing.json")) == 1
+    assert "cannot read" in capsys.readouterr().out
+
+
+@pytest.fixture
+def guestkit(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """guestkit with `run` faked: journalctl prints 60 lines, systemctl status 3 units; calls recorded."""
+    gk = _load_guest("guestkit")
+    calls: List[List[str]] = []
+
+    def fake_run(argv: List[str], timeout: float = 120, env: Any = None) -> subprocess.CompletedProcess:
+        calls.append(list(argv))
+        if argv[0] == "journalctl":
+            return subprocess.CompletedProcess(argv, 0, "".join(f"j{i}\n" for i in range(60)), "")
+        if argv[:2] == ["systemctl", "status"]:
+            return subprocess.CompletedProcess(argv, 3, "* aodv2.service\n* aodv2-tracer@smb.service\n", "")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    monkeypatch.setattr(gk, "run", fake_run)
+    monkeypatch.setattr(gk, "calls", calls, raising=False)
+    return gk
+
+
+def _scenarios(ran: List[str]) -> List[Any]:
+    def ok(name: str) -> Callable[[Any], None]:
+        return lambda c: (ran.append(name), c.check("fine", True))[1]
+
+    def bad(c: Any) -> None:
+        ran.append("2_bad")
+        c.check("broken", False, "details")
+    return [("1_install", ok("1_install")), ("2_bad", bad), ("3_late", ok("3_late")), ("3b_later", ok("3b_later"))]
+
+
+def test_run_scenarios_records_unselected_as_skipped_and_keeps_diagnostics(
+        guestkit: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ran: List[str] = []
+    path = tmp_path / "r.json"
+    rc = guestkit.run_scenarios(_scenarios(ran), str(path), only="2", always=("1",),
+                                diag_units=("aodv2.service", "aodv2-tracer@*"))
+    assert rc == 1 and ran == ["1_install", "2_bad"]
+    rep = json.loads(path.read_text())
+    assert list(rep) == ["1_install", "2_bad", "3_late", "3b_later", "_run"]
+    assert rep["3_late"] == {"pass": False, "skipped": True, "seconds": 0} == rep["3b_later"]
+    assert rep["_run"]["skipped"] == ["3_late", "3b_later"] and rep["_run"]["failed"] == ["2_bad"]
+    assert rep["_run"]["pass"] is False and rep["1_install"]["pass"] is True
+    d = rep["2_bad"]["detail"]
+    assert d["journal_tail"] == [f"j{i}" for i in range(20, 60)]  # the last 40 lines
+    assert d["unit_status"] == ["* aodv2.service", "* aodv2-tracer@smb.service"]
+    j = next(a for a in guestkit.calls if a[0] == "journalctl")
+    st = next(a for a in guestkit.calls if a[:2] == ["systemctl", "status"])
+    assert ["-u", "aodv2-tracer@*"] == j[j.index("aodv2-tracer@*") - 1:j.index("aodv2-tracer@*") + 1]
+    assert st[-2:] == ["aodv2.service", "aodv2-tracer@*"]
+    assert "detail" not in rep["1_install"] or "journal_tail" not in rep["1_install"]["detail"]
+    capsys.readouterr()
+    assert summary.main(str(path)) == 1
+    out = capsys.readouterr().out
+    assert "SKIP 3_late" in out and "SKIP 3b_later" in out and "FAIL 2_bad" in out
+    assert "      j59" in out and "      * aodv2-tracer@smb.service" in out
+
+
+def test_run_scenarios_all_selected_and_passing_is_0(guestkit: Any, tmp_path: Path) -> None:
+    # faults_run.py's call: no `always`, word="part", all parts; here without the failing one
+    ran: List[str] = []
+    parts = [s for s in _scenarios(ran) if s[0] != "2_bad"]
+    path = tmp_path / "r.json"
+    assert guestkit.run_scenarios(parts, str(path), "", word="part") == 0
+    rep = json.loads(path.read_text())
+    assert ran == ["1_install", "3_late", "3b_later"]
+    assert rep["_run"]["pass"] is True and rep["_run"]["skipped"] == [] and rep["_run"]["failed"] == []
+    assert not [a for a in guestkit.calls if a[0] in ("journalctl", "systemctl")]  # no diagnostics
+    assert summary.main(str(path)) == 0
+
+
+def test_run_scenarios_exception_fails_only_that_scenario(guestkit: Any, tmp_path: Path) -> None:
+    cleaned: List[int] = []
+
+    def boom(c: Any) -> None:
+        raise RuntimeError("tc missing")
+    path = tmp_path / "r.json"
+    rc = guestkit.run_scenarios([("1_boom", boom), ("2_ok", lambda c: c.check("ok", True))], str(path),
+                                only="1,2", cleanup=lambda: cleaned.append(1))
+    rep = json.loads(path.read_text())
+    assert rc == 1 and cleaned == [1] and rep["2_ok"]["pass"] and not rep["1_boom"]["pass"]
+    assert any("tc missing" in k for k in rep["1_boom"]["detail"]["checks"])
+
+
+def test_guest_run_missing_tool_is_127() -> None:
+    gk = _load_guest("guestkit")
+    r = gk.run(["/nonexistent/aodv2-no-such-tool", "x"])
+    assert r.returncode == 127 and "aodv2-no-such-tool" in r.stderr
+
+
+@pytest.mark.parametrize("text,secs", [
+    ("30s", 30.0), ("1min", 60.0), ("1min 30s", 90.0), ("500ms", 0.5), ("2h 1min", 7260.0),
+    ("30000000", 30.0), ("750\u00b5s", 0.00075), ("750us", 0.00075), ("0", 0.0),
+    ("", None), ("infinity", None), ("30 parsecs", None), ("s30", None), ("30s x", None),
+])
+def test_timespan_s(text: str, secs: Any) -> None:
+    got = _load_guest("guestkit").timespan_s(text)
+    assert got == (pytest.approx(secs) if secs is not None else None)
+
+
+@pytest.mark.parametrize("p50,ok", [(786.432, True), (800.0, True), (400.0, True), (2400.0, True),
+                                    (399.0, False), (2401.0, False), (786432.0, False), (0.786, False),
+                                    (None, False)])
+def test_e2e_p50_bounds_catch_a_wrong_unit(p50: Any, ok: bool) -> None:
+    e2e = _load_guest("e2e_run")
+    assert e2e.LAT_DELAY_MS == 400 and e2e.P50_MAX_FACTOR == 6
+    assert e2e.p50_reflects_delay(p50, e2e.LAT_DELAY_MS) is ok
+
+
+@pytest.fixture
+def ci_copy(tmp_path: Path) -> Path:
+    """.ci/run in a tree whose tests/run only records that it ran (never the real suite)."""
+    root = VM_DIR.parent.parent
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(root / ".ci" / "run", tmp_path / ".ci" / "run")
+    (tmp_path / "tests").mkdir()
+    fake = tmp_path / "tests" / "run"
+    fake.write_text('#!/bin/sh\necho "RAN AOD_REQUIRE_VM=$AOD_REQUIRE_VM"\n')
+    fake.chmod(0o755)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fid = bindir / "id"
+    fid.write_text('#!/bin/sh\necho "$FAKE_UID"\n')
+    fid.chmod(0o755)
+    return tmp_path
+
+
+@pytest.mark.parametrize("uid,skip,ok,needle", [
+    ("0", None, True, "RAN AOD_REQUIRE_VM=1"),
+    ("0", "0", True, "RAN AOD_REQUIRE_VM=1"),
+    ("0", "1", False, "AOD_SKIP_VM=1 is set"),
+    ("1000", None, False, "must run as root"),
+])
+def test_ci_run_requires_root_and_the_vm(ci_copy: Path, uid: str, skip: Any, ok: bool, needle: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("AOD_SKIP_VM", "AOD_REQUIRE_VM")}
+    env.update(PATH=f"{ci_copy / 'bin'}{os.pathsep}{env.get('PATH', '')}", FAKE_UID=uid)
+    if skip is not None:
+        env["AOD_SKIP_VM"] = skip
+    r = subprocess.run([str(ci_copy / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=30)
+    assert (r.returncode == 0) == ok and needle in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+    assert ("RAN" in r.stdout) == ok

@@ -6,6 +6,7 @@ pinned ring -> dispatch -> detect -> collect -> retain) through what an operator
 sees: systemctl, journalctl, /etc/aodv2/config.yaml and /var/log/aodv2.
 
     e2e_run.py --deb /share/aodv2_*.deb --report /share/e2e-report.json [--only N,N]
+    (scenarios --only leaves out are reported as skipped, and a skip fails the run)
 
 Needs: samba serving //127.0.0.1/share mounted at --mount (lib.sh vm_samba_start,
 vm_cifs_mount), root, tc. Every scenario asserts; a failed one prints the aodv2
@@ -50,6 +51,7 @@ from guestkit import (
     reload_config,
     run,
     summary_of,
+    timespan_s,
     wait_for,
     wait_journal,
     write_config,
@@ -61,6 +63,8 @@ UPLOAD_DIR = "/srv/aodv2-uploads"
 UPLOAD_DROPIN = "/etc/systemd/system/aodv2.service.d/upload.conf"
 CHANGE_NOTIFY = 15
 KIND_COMPLETION, KIND_ERROR = 1, 2
+LAT_DELAY_MS = 400  # scenario 3: netem delay on lo, each way: a round trip takes 2x
+P50_MAX_FACTOR = 6  # p50 of a slowed command <= this x LAT_DELAY_MS (2x expected; TCG noise)
 
 # Thresholds far above the TCG baseline (10-20 ms, more on a loaded host).
 BASE: Dict[str, Any] = {
@@ -270,8 +274,8 @@ def s1_install_enable(c: Checks) -> None:
     ck = run(["aodv2", "check-config", CONFIG])
     c.check("aodv2 check-config of the test config", ck.returncode == 0, ck.stdout.strip() + ck.stderr.strip())
     cur = cursor()
-    # cifs is loaded and mounted already (e2e.sh), so the tracer can attach at once instead of
-    # staying "activating" (TimeoutStartSec=infinity) until the module appears.
+    # cifs is loaded and mounted already (e2e.sh), so the tracer attaches at once (without cifs it
+    # would be active with STATUS=waiting for cifs tracepoints).
     t = time.monotonic()
     r = run(["systemctl", "enable", "--now", "aodv2"], timeout=300)
     c.times["enable_now_cmd_s"] = round(time.monotonic() - t, 1)
@@ -328,7 +332,7 @@ def s3_latency(c: Checks) -> None:
     cur = cursor()
     t0 = time.monotonic()
     # 400 ms each way on lo: ~800 ms per round trip, over 300 ms, under the 3000 ms emergency
-    alert, stats = slow_until(cur, "400ms", 16, 30, "latency", "lat", extra=ARGS.slow_after)
+    alert, stats = slow_until(cur, f"{LAT_DELAY_MS}ms", 16, 30, "latency", "lat", extra=ARGS.slow_after)
     c.detail["workload"] = stats
     if not c.check("journal: 'AOD detected anomaly: latency with N events'",
                    alert and re.match(r"AOD detected anomaly: latency with \d+ events$", alert.get("MESSAGE", "")),
@@ -377,8 +381,10 @@ def s3_latency(c: Checks) -> None:
     affected = {k: v for k, v in pc.items() if v.get("slow_events")}
     c.detail["p50_ms_affected"] = {k: v.get("p50_ms") for k, v in affected.items()}
     c.detail["p50_source"] = sorted({v.get("source") for v in affected.values()})
-    c.check("summary p50 of the affected commands reflects the delay (>= 400 ms)",
-            affected and all((v.get("p50_ms") or 0) >= 400 for v in affected.values()), c.detail["p50_ms_affected"])
+    c.check(f"summary p50 of the affected commands reflects the delay "
+            f"({LAT_DELAY_MS} ms <= p50 <= {P50_MAX_FACTOR * LAT_DELAY_MS} ms; 2x netem expected)",
+            affected and all(p50_reflects_delay(v.get("p50_ms"), LAT_DELAY_MS) for v in affected.values()),
+            c.detail["p50_ms_affected"])
     tm = alert_timing(alert, b["events"], 300.0)
     c.times.update(tm)
     c.times["alert_to_bundle_journal_s"] = round(entry_wall(be) - entry_wall(alert), 2)
@@ -390,6 +396,12 @@ def s3_latency(c: Checks) -> None:
             tm["first_over_to_alert_s"])
     c.check("bundle finished within 60 s of the alert", c.times["alert_to_bundle_journal_s"] <= 60,
             c.times["alert_to_bundle_journal_s"])
+
+
+def p50_reflects_delay(p50_ms: Any, delay_ms: float) -> bool:
+    """A slowed command's p50 (ms) against the netem delay on lo: a round trip crosses lo twice, so ~2x;
+    at least 1x, at most P50_MAX_FACTOR x (a wrong unit, us or s, is off by 1000x either way)."""
+    return isinstance(p50_ms, (int, float)) and delay_ms <= p50_ms <= P50_MAX_FACTOR * delay_ms
 
 
 def scrape() -> str:
@@ -570,11 +582,10 @@ def s4_errors(c: Checks) -> None:
     if not c.check("journal: error anomaly alerted", alert, alert and alert.get("MESSAGE")):
         return
     c.detail["alert_fields"] = {k: alert.get(k) for k in ("MESSAGE", "AOD_ANOMALY", "AOD_RULE", "AOD_COUNT",
-                                                           "AOD_COMMAND", "MESSAGE_ID")}
+                                                           "AOD_COMMAND", "AOD_STATUS", "MESSAGE_ID")}
     c.check("alert names the rule access_denied", alert.get("AOD_RULE") == "access_denied", alert.get("AOD_RULE"))
-    c.check("journal alert names the NT status (STATUS_ACCESS_DENIED / 0xC0000022)",
-            any(s in json.dumps(alert) for s in ("STATUS_ACCESS_DENIED", "0xC0000022", "0xc0000022")),
-            c.detail["alert_fields"])
+    c.check("journal alert field AOD_STATUS is STATUS_ACCESS_DENIED",
+            alert.get("AOD_STATUS") == "STATUS_ACCESS_DENIED", c.detail["alert_fields"])
     be = wait_bundle(cur, "error", 120)
     if not c.check("error bundle written", be, be and be.get("MESSAGE")):
         return
@@ -661,20 +672,25 @@ def s6_tracer_dies(c: Checks) -> None:
 def s7_core_hangs(c: Checks) -> None:
     kind, _ = reload_config({})
     c.check("config reloaded", kind == "ok")
+    raw = prop("WatchdogUSec")
+    wd_s = timespan_s(raw)
+    c.detail["WatchdogUSec"] = raw
+    if not c.check("aodv2.service has a watchdog (systemctl show -p WatchdogUSec)", wd_s, raw) or not wd_s:
+        return
     core, tpid = main_pid(CORE), main_pid(TRACER)
     cur = cursor()
     t = time.monotonic()
     os.kill(core, 19)  # SIGSTOP
-    back = wait_for(lambda: main_pid(CORE) not in (0, core) and active(CORE), 240, 1.0)
+    back = wait_for(lambda: main_pid(CORE) not in (0, core) and active(CORE), max(240.0, wd_s + 120), 1.0)
     c.times["stop_to_core_active_s"] = round(time.monotonic() - t, 1)
     wd = [e for e in journal(cur) if "atchdog timeout" in e.get("MESSAGE", "")]
     if wd:
         c.times["stop_to_watchdog_timeout_s"] = round(entry_mono_us(wd[0]) / 1e6 - t, 1)
     c.check("systemd: 'Watchdog timeout' for aodv2.service", wd, wd and wd[0].get("MESSAGE"))
-    c.check("watchdog fired within WatchdogSec (30 s) + 10 s",
-            wd and c.times["stop_to_watchdog_timeout_s"] <= 40, c.times.get("stop_to_watchdog_timeout_s"))
+    c.check(f"watchdog fired within WatchdogSec ({wd_s:g} s) + 10 s",
+            wd and c.times["stop_to_watchdog_timeout_s"] <= wd_s + 10, c.times.get("stop_to_watchdog_timeout_s"))
     c.check("core restarted (new PID, active)", back, [core, main_pid(CORE)])
-    c.check("core back within WatchdogSec + 45 s", back and c.times["stop_to_core_active_s"] <= 75,
+    c.check(f"core back within WatchdogSec ({wd_s:g} s) + 45 s", back and c.times["stop_to_core_active_s"] <= wd_s + 45,
             c.times["stop_to_core_active_s"])
     ready = wait_journal(cur, "ready", 30)
     c.check("journal: new core ready", ready, ready and ready.get("MESSAGE"))
@@ -796,7 +812,11 @@ def s9_retention(c: Checks) -> None:
                      "pruned": len(pruned), "prune_reasons": sorted({e.get("AOD_REASON", "") for e in pruned})})
     c.check("many anomalies captured (>= 5 bundles)", len(written_now) >= 5, len(written_now))
     c.check("bundles pruned for size", any(e.get("AOD_REASON") == "size" for e in pruned), len(pruned))
-    c.check("output dir bundles within the budget", total <= budget or len(left) == 1, f"{total} <= {int(budget)}")
+    hist = size_of([os.path.join(OUT, n) for n in os.listdir(OUT) if n.startswith("anomalies.jsonl")])
+    c.detail["history_bytes"] = hist
+    c.check("bundles plus anomalies.jsonl within the budget", total + hist <= budget,
+            f"{total} + {hist} <= {int(budget)}")
+    c.check("several bundles kept under the budget (not just the newest)", len(left) >= 2, len(left))
     present = [w for w in written if os.path.exists(w)]
     c.check("the newest bundles are the ones kept", left and set(left) == set(present)
             and present == written[-len(present):], [os.path.basename(p) for p in left])
@@ -849,7 +869,8 @@ def main() -> int:
     ap.add_argument("--retention-sec", type=float, default=15.0)
     ap.add_argument("--budget-mb", type=float, default=0.02)
     ap.add_argument("--keep-dir", default="/share/e2e-bundles", help="copy inspected bundles here")
-    ap.add_argument("--only", default="", help="comma-separated scenario numbers (1 is always run)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated scenario numbers (1 is always run; the others are reported skipped)")
     ARGS = ap.parse_args()
     guestkit.setup("e2e", BASE)
     if os.path.isdir(os.path.dirname(ARGS.keep_dir)):

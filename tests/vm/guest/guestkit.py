@@ -9,11 +9,14 @@ flow ring -> dispatch -> detect -> collect -> retain). run.py copies tests/vm/gu
     log, run, wait_for       output line, subprocess without a shell, polling
     prop, main_pid, active   systemctl show / is-active of a unit (default aodv2.service)
     cursor, journal, wait_journal, since_arg, diagnostics
-                             journal records after a CLOCK_MONOTONIC mark
+                             journal records after a CLOCK_MONOTONIC mark; a failed scenario's
+                             journal tail and `systemctl status` (printed and kept in the report)
+    timespan_s               seconds of a systemd time span ("30s", "1min 30s", bare microseconds)
     merged, write_config, reload_config
                              the driver's base config plus overrides; `systemctl reload`
     read_bundle, summary_of  members of a .tar.zst bundle
     Checks, run_scenarios    named pass/fail checks; the scenario loop writing the JSON report
+                             (tests/vm/e2e_summary.py prints it on the host; unselected = skipped)
 
 Guest python only (Debian 12's python3.11 with yaml and zstandard).
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -67,12 +71,14 @@ def log(msg: str) -> None:
 
 
 def run(argv: List[str], timeout: float = 120, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    """argv without a shell; a timeout gives returncode 124 and what was read so far."""
+    """argv without a shell; a timeout gives returncode 124 and what was read so far, a missing tool 127."""
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)  # noqa: S603
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         return subprocess.CompletedProcess(argv, 124, out, f"timeout after {timeout}s")
+    except OSError as e:  # tool missing or not executable: 127, like a shell
+        return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: {e.strerror or e}")
 
 
 def mono_us() -> int:
@@ -159,18 +165,46 @@ def wait_journal(mark: int, mids: Union[str, Tuple[str, ...]], timeout: float,
     return wait_for(find, timeout, step)
 
 
-def diagnostics(mark: int, units: Sequence[str] = (CORE,)) -> List[str]:
-    """Print why a scenario failed: the journal of `units` since `mark`, their status; the last 20 lines."""
+JOURNAL_TAIL = 40  # journal lines of a failed scenario kept in the report (tests/run prints them)
+STATUS_LINES = 80  # `systemctl status` lines kept
+
+
+def diagnostics(mark: int, units: Sequence[str] = (CORE,)) -> Dict[str, List[str]]:
+    """Why a scenario failed. Prints (guest-output.log) the journal of `units` (names or globs such as
+    "aodv2-tracer@*") since `mark` and their `systemctl status`; returns the report's part of it:
+    {"journal_tail": last JOURNAL_TAIL journal lines, "unit_status": first STATUS_LINES status lines}."""
     j = run(["journalctl", "--no-pager", "-b", "-o", "short-monotonic"] + [a for u in units for a in ("-u", u)]
-            + since_arg(mark), timeout=60).stdout.splitlines()
+            + since_arg(mark), timeout=60)
+    jl = j.stdout.splitlines() or [ln for ln in j.stderr.splitlines() if ln.strip()]
     names = " ".join(units)
     print(f"----- journalctl {names} (since the scenario began, last 150 lines)")
-    print("\n".join(j[-150:]))
+    print("\n".join(jl[-150:]))
     st = run(["systemctl", "status", "--no-pager", "-l", "--lines=15", *units])
+    sl = (st.stdout + st.stderr).splitlines()
     print(f"----- systemctl status {names}")
-    print(st.stdout + st.stderr)
+    print("\n".join(sl))
     print("-----", flush=True)
-    return j[-20:]
+    return {"journal_tail": jl[-JOURNAL_TAIL:], "unit_status": sl[:STATUS_LINES]}
+
+
+_UNITS = {u: f for f, us in ((1e-6, ("us", "usec", "\u00b5s", "\u03bcs")), (1e-3, ("ms", "msec")),
+                              (1.0, ("s", "sec", "second", "seconds")), (60.0, ("m", "min", "minute", "minutes")),
+                              (3600.0, ("h", "hr", "hour", "hours")), (86400.0, ("d", "day", "days")),
+                              (604800.0, ("w", "week", "weeks")))
+          for u in us}
+_SPAN = r"(\d+(?:\.\d+)?)\s*([^\d\s.]+)"
+
+
+def timespan_s(text: str) -> Optional[float]:
+    """Seconds of a systemd time span as `systemctl show` prints it ("30s", "1min 30s", "500ms",
+    "2h 1min", "750\u00b5s", or bare microseconds "30000000"); None if empty, "infinity" or unparsable."""
+    t = text.strip()
+    if t.isdigit():
+        return int(t) / 1e6
+    parts = re.findall(_SPAN, t)
+    if not parts or re.sub(_SPAN + r"|\s+", "", t) or any(u not in _UNITS for _, u in parts):
+        return None
+    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 # ---------------------------------------------------------------- config
@@ -267,15 +301,24 @@ def run_scenarios(scenarios: Sequence[Scenario], report_path: str, only: str = "
                   cleanup: Optional[Callable[[], None]] = None, info: Optional[Dict[str, Any]] = None) -> int:
     """Run each scenario ("N_name", fn(Checks)) whose N is in `only` (comma-separated; all if empty)
     or in `always`; an exception fails that scenario (then `cleanup`) and the run goes on. A failed
-    scenario prints diagnostics(diag_units). The report, rewritten after every scenario:
-    {name: {"pass", "detail": {"checks", ...}, "seconds", times}, "_run": {"pass", "seconds", "kernel",
-    "failed", **info}}. 0 iff every scenario passed."""
-    sel = {s for s in only.split(",") if s}
+    scenario prints diagnostics(diag_units) and keeps their journal tail and unit status in its detail.
+    An unselected scenario is not left out: it is recorded as skipped, which fails the run. The report,
+    rewritten after every scenario: {name: {"pass", "detail": {"checks", "journal_tail"?, "unit_status"?,
+    ...}, "seconds", times} or {"pass": false, "skipped": true, "seconds": 0}, "_run": {"pass", "seconds",
+    "kernel", "failed", "skipped", **info}}. 0 iff every scenario ran and passed."""
+    sel = {s.strip() for s in only.split(",") if s.strip()}
+    known = {name.split("_", 1)[0] for name, _ in scenarios}
+    if sel - known:
+        log(f"--only names no such {word}: {','.join(sorted(sel - known))} (known: {','.join(sorted(known))})")
     report: Dict[str, Any] = {}
+    skipped: List[str] = []
     t_all = time.monotonic()
     for name, fn in scenarios:
         num = name.split("_", 1)[0]
         if sel and num not in always and num not in sel:
+            log(f"===== {name}: SKIPPED (not selected by --only {only})")
+            skipped.append(name)
+            report[name] = {"pass": False, "skipped": True, "seconds": 0}
             continue
         log(f"===== {word} {name}")
         c = Checks()
@@ -291,12 +334,13 @@ def run_scenarios(scenarios: Sequence[Scenario], report_path: str, only: str = "
         secs = round(time.monotonic() - t, 1)
         entry: Dict[str, Any] = {"pass": c.ok, "detail": {"checks": c.items, **c.detail}, "seconds": secs, **c.times}
         if not c.ok:
-            entry["detail"]["journal_tail"] = diagnostics(mark, diag_units)
+            entry["detail"].update(diagnostics(mark, diag_units))
         report[name] = entry
         log(f"===== {name}: {'PASS' if c.ok else 'FAIL'} in {secs}s")
         _write_report(report_path, report)
-    report["_run"] = {"pass": all(v["pass"] for v in report.values()), "seconds": round(time.monotonic() - t_all, 1),
-                      "kernel": os.uname().release, **(info or {}),
-                      "failed": [k for k, v in report.items() if not v["pass"]]}
+    failed = [k for k, v in report.items() if not v["pass"] and not v.get("skipped")]
+    report["_run"] = {"pass": bool(scenarios) and not failed and not skipped,
+                      "seconds": round(time.monotonic() - t_all, 1), "kernel": os.uname().release, **(info or {}),
+                      "failed": failed, "skipped": skipped}
     _write_report(report_path, report)
     return 0 if report["_run"]["pass"] else 1

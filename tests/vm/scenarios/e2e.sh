@@ -8,14 +8,23 @@
 # Results: /share/e2e-report.json ({scenario: {"pass", "detail", "seconds", measured times}},
 # printed at the end), /share/results.txt, /share/logs/; exit 0 iff every scenario passed.
 # A failed scenario prints the aodv2 journal since it began and `systemctl status` of every
-# aodv2 unit.
+# aodv2 unit, and keeps their tails in the report (tests/vm/e2e_summary.py prints them in CI).
+# E2E_ARGS="--only N,N" runs fewer scenarios; the others are reported as skipped (a failure).
 set -u
 . /share/vmlib/lib.sh
 rm -f "$VM_RESULTS" /share/e2e-report.json
 T0=$(vm_now)
-DEB=$(ls /share/aodv2_*_all.deb 2>/dev/null | head -1)
-vm_check "a .deb was copied into the share" test -n "$DEB"
-vm_fact deb "$(basename "${DEB:-none}")"
+# Exactly one package: run.py removes older aodv2_*.deb from the share before copying, and a
+# stale one left next to the new must not be the one tested.
+shopt -s nullglob
+DEBS=(/share/aodv2_*_all.deb)
+shopt -u nullglob
+vm_fact debs_in_share "${#DEBS[@]}: ${DEBS[*]:-none}"
+DEB=""
+[ ${#DEBS[@]} -eq 1 ] && DEB=${DEBS[0]}
+vm_check "exactly one aodv2 .deb in the share (found ${#DEBS[@]})" test -n "$DEB"
+[ -n "$DEB" ] || { vm_summary; exit 1; }
+vm_fact deb "$(basename "$DEB")"
 vm_fact kernel "$(uname -r)"
 
 # An SMB client first: samba on 127.0.0.1 and the CIFS mount (this loads cifs, so the tracer
@@ -25,7 +34,7 @@ vm_check "cifs mounted" vm_cifs_mount
 vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
 vm_check "root-only file is denied through the mount" vm_access_denied
 
-python3 -u "$VM_LIB_DIR/e2e_run.py" --deb "${DEB:-/share/missing.deb}" --report /share/e2e-report.json \
+python3 -u "$VM_LIB_DIR/e2e_run.py" --deb "$DEB" --report /share/e2e-report.json \
     --mount "$SMB_MNT" ${E2E_ARGS:-}
 RC=$?
 vm_report /share/e2e-report.json e2e "$RC" "e2e scenarios (e2e_run.py)"
