@@ -37,7 +37,6 @@ READ_LIMIT = 1024 * 1024 * 1024  # read_bundle refuses to inflate more than this
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _seq = itertools.count(1)
 _seq_lock = threading.Lock()
-_warned_dirs: set[str] = set()
 
 
 class BundleError(Exception):
@@ -81,22 +80,17 @@ def _fail(what: str, path: str, e: BaseException) -> BundleError:
 
 
 def ensure_output_dir(path: str) -> None:
-    """Create output_dir 0700 if missing; tighten group/other-writable modes; warn if readable."""
+    """Create output_dir 0700 if missing; force an existing one with any group/other bits to 0700
+    (bundle names and the anomaly history are nobody else's business) and log that."""
     if os.path.lexists(path) and not os.path.isdir(path):
         raise BundleError(f"output directory {path} is not a directory", path, errno.ENOTDIR)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o022:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
             os.chmod(path, 0o700)
             log.emit("bundle", logging.WARNING,
                      f"AOD output directory {path} was mode {mode:04o}; set to 0700", AOD_OUTPUT=path)
-        elif mode & 0o077 and path not in _warned_dirs:
-            _warned_dirs.add(path)
-            log.emit("bundle", logging.WARNING,
-                     f"AOD output directory {path} is mode {mode:04o}; bundles stay 0600, 0700 is advised",
-                     AOD_OUTPUT=path)
     except OSError as e:
         raise _fail("cannot use output directory", path, e) from e
 

@@ -613,6 +613,7 @@ def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
         if k in sec:
             got = _number(errs, f"{p}.{k}", sec[k], _NUMS[f"{p}.{k}"])
             kw[k] = got  # None marks invalid
+    th_keys: dict[int, str] = {}  # command -> its key path, for errors found later
     if "thresholds_ms" in sec:
         tsec = _mapping(errs, sec["thresholds_ms"], f"{p}.thresholds_ms", None, "a mapping of command -> ms")
         if tsec is not None:
@@ -624,7 +625,7 @@ def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
                 if cmd is not None and val is not None:
                     if cmd in th:
                         errs.add(sub, f"expected each command once, got {command_name(cmd)} twice")
-                    th[cmd] = val
+                    th[cmd], th_keys[cmd] = val, sub
             kw["thresholds_ms"] = MappingProxyType(th)
 
     lists: dict[str, Optional[dict[int, int]]] = {"track": {}, "exclude": {c: -1 for c in d.exclude}}
@@ -660,6 +661,12 @@ def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
         else:
             want = f"a number <= latency.emergency_threshold_ms ({_g(emer)}, its default; raise it too)"
             errs.add(f"{p}.default_threshold_ms", f"expected {want}, got {_g(dflt)}")
+    if emer is not None:  # the same per command: anything over a higher threshold is an emergency anyway
+        hint = "" if "emergency_threshold_ms" in sec else ", its default; raise it too"
+        for cmd, ms in kw.get("thresholds_ms", {}).items():
+            if ms > emer:
+                want = f"a number <= latency.emergency_threshold_ms ({_g(emer)}{hint})"
+                errs.add(th_keys[cmd], f"expected {want}, got {_g(ms)}")
     kw = {k: v for k, v in kw.items() if v is not None}
     return dataclasses.replace(d, **kw)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -57,8 +58,35 @@ class _Rule:
         return m
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """Everything a config decides for the detectors, built once per config and never changed:
+    `reconfigure` swaps in a new one with a single assignment, and each `immediate` / `window`
+    call reads `Detector.tables` once, so a batch or window never sees a mix of two configs."""
+
+    cfg: Config
+    tracked: np.ndarray  # bool[65536]: command watched for latency (read-only)
+    thresholds_ns: np.ndarray  # u8[65536]: threshold, _NEVER where untracked (read-only)
+    emergency_ns: np.uint64
+    min_threshold_ns: np.uint64
+    rules: tuple[_Rule, ...]
+
+
+def _tables(cfg: Config) -> _Tables:
+    lookup = threshold_lookup(cfg.latency)
+    tracked = np.isfinite(lookup)
+    thresholds = np.where(tracked, lookup, 0).astype(np.uint64)
+    thresholds[~tracked] = _NEVER
+    tracked.flags.writeable = thresholds.flags.writeable = False
+    return _Tables(cfg=cfg, tracked=tracked, thresholds_ns=thresholds,
+                   emergency_ns=np.uint64(round(cfg.latency.emergency_threshold_ms * 1e6)),
+                   min_threshold_ns=thresholds.min(), rules=tuple(_Rule(r) for r in cfg.errors))
+
+
 class Detector:
-    """Stateless apart from the config-derived lookup tables; swap with `reconfigure`."""
+    """Stateless apart from the config-derived `tables`; swap them with `reconfigure`."""
+
+    tables: _Tables
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
                  mono: Callable[[], int] = time.monotonic_ns,
@@ -69,14 +97,12 @@ class Detector:
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
-        lookup = threshold_lookup(cfg.latency)
-        self.tracked = np.isfinite(lookup)
-        self.thresholds_ns = np.where(self.tracked, lookup, 0).astype(np.uint64)
-        self.thresholds_ns[~self.tracked] = _NEVER
-        self.emergency_ns = np.uint64(round(cfg.latency.emergency_threshold_ms * 1e6))
-        self.min_threshold_ns = self.thresholds_ns.min()
-        self.rules = [_Rule(r) for r in cfg.errors]
-        self.cfg = cfg
+        """Build the new tables aside, then publish them with one assignment (atomic for readers)."""
+        self.tables = _tables(cfg)
+
+    @property
+    def cfg(self) -> Config:
+        return self.tables.cfg
 
     def _bounded(self, ev: Events, rows: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
         """The records the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
@@ -107,20 +133,22 @@ class Detector:
         """Emergency and reconnect checks on a freshly drained batch (cols: its Columns, if extracted)."""
         if len(batch) == 0:
             return []
+        t = self.tables  # one config for the whole batch
         found: list[Found] = []
         ev = Events.of(batch, cols)
         kind, cmd, lat, ts = ev.parts[0]
 
-        cand = np.flatnonzero(lat > self.emergency_ns)  # rare: check the rest on these only
-        em = cand[_latency_kind(kind[cand]) & self.tracked[cmd[cand]]]
+        cand = np.flatnonzero(lat > t.emergency_ns)  # rare: check the rest on these only
+        em = cand[_latency_kind(kind[cand]) & t.tracked[cmd[cand]]]
         if len(em):
             worst = int(em[np.argmax(lat[em])])
+            emergency_ms = t.cfg.latency.emergency_threshold_ms
             found.append((
-                "emergency", f"latency>{self.cfg.latency.emergency_threshold_ms:g}ms", len(em), em, cmd[em],
-                {"emergency_threshold_ms": self.cfg.latency.emergency_threshold_ms,
+                "emergency", f"latency>{emergency_ms:g}ms", len(em), em, cmd[em],
+                {"emergency_threshold_ms": emergency_ms,
                  "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
                  "command": smb2.command_name(int(cmd[worst]))}))
-        if self.cfg.reconnect.enabled:
+        if t.cfg.reconnect.enabled:
             rc = kind == KIND_RECONNECT
             errs = np.flatnonzero(kind == KIND_ERROR)
             if len(errs):
@@ -136,15 +164,16 @@ class Detector:
     def window(self, events: np.ndarray | Events, start_ns: int, end_ns: int,
                stats: Optional[np.ndarray] = None) -> list[Anomaly]:
         """Latency-count and error rules over one closed window (records, or Events with columns)."""
+        t = self.tables  # one config for the whole window
         ev = events if isinstance(events, Events) else Events.of(events)
         if len(ev) == 0:
             return []
         found: list[Found] = []
-        lat_cfg = self.cfg.latency
-        floor = self.min_threshold_ns
+        lat_cfg, thresholds = t.cfg.latency, t.thresholds_ns
+        floor = t.min_threshold_ns
         cand = ev.where(lambda c: c.latency_ns > floor)  # the slow few: look up thresholds for these
         cmd = ev.at("command", cand)
-        ok = _latency_kind(ev.at("kind", cand)) & (ev.at("latency_ns", cand) > self.thresholds_ns[cmd])
+        ok = _latency_kind(ev.at("kind", cand)) & (ev.at("latency_ns", cand) > thresholds[cmd])
         over, over_cmd = cand[ok], cmd[ok]
         n = len(over)
         if n and n >= lat_cfg.acceptable_count:
@@ -153,11 +182,11 @@ class Detector:
                 "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, over, over_cmds,
                 {"acceptable_count": lat_cfg.acceptable_count,
                  "over_threshold_by_command": {smb2.command_name(c): int(k) for c, k in zip(over_cmds, counts)},
-                 "thresholds_ms": {smb2.command_name(c): float(self.thresholds_ns[c]) / 1e6 for c in over_cmds}}))
-        if self.rules:
+                 "thresholds_ms": {smb2.command_name(c): float(thresholds[c]) / 1e6 for c in over_cmds}}))
+        if t.rules:
             idx, sub = ev.errors()
             status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), ev.at("command", idx)
-            for r in self.rules:
+            for r in t.rules:
                 m = r.mask(status, err, ecmd)
                 n = int(np.count_nonzero(m))
                 if n and n >= r.rule.acceptable_count:

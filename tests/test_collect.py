@@ -196,12 +196,19 @@ def test_output_dir_not_a_directory(fake: dict[str, Any], records: list[logging.
     assert not r.ok and "not a directory" in r.error and str(fake["out"]) in r.error
 
 
-def test_loose_output_dir_mode_is_tightened(fake: dict[str, Any], records: list[logging.LogRecord]) -> None:
-    fake["out"].mkdir(mode=0o777)
-    os.chmod(fake["out"], 0o777)
+@pytest.mark.parametrize("mode", [0o777, 0o755, 0o750, 0o701], ids=lambda m: f"{m:04o}")
+def test_loose_output_dir_mode_is_tightened(fake: dict[str, Any], records: list[logging.LogRecord],
+                                            mode: int) -> None:
+    """Any group/other bit, writable or only readable/searchable (bundle names visible), goes."""
+    fake["out"].mkdir(mode=mode)
+    os.chmod(fake["out"], mode)
     assert capture(anomaly(), cfg(fake["out"]), fake["env"]).ok
     assert stat.S_IMODE(os.stat(fake["out"]).st_mode) == 0o700
-    assert any("set to 0700" in x.getMessage() for x in records)
+    (msg,) = [x.getMessage() for x in records if "set to 0700" in x.getMessage()]
+    assert f"{fake['out']} was mode {mode:04o}" in msg
+    records.clear()
+    assert capture(anomaly(), cfg(fake["out"]), fake["env"]).ok  # already 0700: nothing to say
+    assert not any("output directory" in x.getMessage() for x in records)
 
 
 def test_names_unique_in_one_second_and_never_clobber(fake: dict[str, Any]) -> None:

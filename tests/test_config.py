@@ -359,8 +359,23 @@ def test_emergency_below_default_threshold() -> None:
         ">= latency.default_threshold_ms (800)",
     )
     one_error("latency: {default_threshold_ms: 2000}", "latency.default_threshold_ms", "1000")
-    # equal is fine; a per-command threshold above the emergency one is allowed
-    load("latency: {default_threshold_ms: 700, emergency_threshold_ms: 700, thresholds_ms: {WRITE: 5000}}")
+    load("latency: {default_threshold_ms: 700, emergency_threshold_ms: 700}")  # equal is fine
+
+
+def test_per_command_threshold_above_emergency() -> None:
+    """Same rule as default_threshold_ms: a per-command threshold over the emergency one would
+    only ever see completions that already fired an emergency."""
+    msg = one_error("latency: {thresholds_ms: {WRITE: 2000}}", "latency.thresholds_ms.WRITE",
+                    "<= latency.emergency_threshold_ms (1000, its default; raise it too)", "got 2000")
+    assert msg == (f"{SRC}: latency.thresholds_ms.WRITE: expected a number <= latency.emergency_threshold_ms "
+                   "(1000, its default; raise it too), got 2000")
+    one_error("latency: {emergency_threshold_ms: 1500, thresholds_ms: {READ: 800, SMB2_WRITE: 1500.5}}",
+              "latency.thresholds_ms.SMB2_WRITE", "(1500)", "got 1500.5")
+    errs = errors_of("latency: {emergency_threshold_ms: 900, default_threshold_ms: 800,"
+                     " thresholds_ms: {WRITE: 901, READ: 5000, CREATE: 900}}")
+    assert [e.split(": ")[1] for e in errs] == ["latency.thresholds_ms.WRITE", "latency.thresholds_ms.READ"]
+    lat = load("latency: {emergency_threshold_ms: 5000, thresholds_ms: {WRITE: 5000}}").latency  # equal is fine
+    assert lat.thresholds_ms == {COMMANDS["WRITE"]: 5000.0}
 
 
 def test_error_rule_shape() -> None:
@@ -583,7 +598,8 @@ def lat_of(text: str) -> C.LatencyConfig:
 
 def test_threshold_lookup_all() -> None:
     lat = lat_of(
-        "latency: {mode: all, default_threshold_ms: 200, thresholds_ms: {WRITE: 1000.5}, exclude: [ECHO]}"
+        "latency: {mode: all, default_threshold_ms: 200, thresholds_ms: {WRITE: 1000.5}, exclude: [ECHO],"
+        " emergency_threshold_ms: 2000}"
     )
     t = C.threshold_lookup(lat)
     assert t.dtype == np.float64 and t.shape == (65536,)
@@ -595,15 +611,15 @@ def test_threshold_lookup_all() -> None:
 def test_threshold_lookup_trackonly() -> None:
     lat = lat_of(
         "latency: {mode: trackonly, track: [WRITE, READ], thresholds_ms: {WRITE: 5000, CREATE: 1},"
-        " default_threshold_ms: 300, emergency_threshold_ms: 2000}"
+        " default_threshold_ms: 300, emergency_threshold_ms: 5000}"
     )
     t = C.threshold_lookup(lat)
     assert t[9] == 5e9 and t[8] == 3e8
     assert np.isinf(t[5]) and np.isinf(t[0]) and np.isinf(t[65535])  # CREATE threshold unused
     assert np.isfinite(t).sum() == 2
     assert C.min_threshold_ns(lat) == 300_000_000
-    # all tracked thresholds above the emergency one: the emit filter is the emergency threshold
-    lat = lat_of("latency: {mode: trackonly, track: [WRITE], thresholds_ms: {WRITE: 5000}}")
+    # all tracked thresholds at the emergency one: the emit filter is the emergency threshold
+    lat = lat_of("latency: {mode: trackonly, track: [WRITE], thresholds_ms: {WRITE: 1000}}")
     assert C.min_threshold_ns(lat) == lat.emergency_ns == 1_000_000_000
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from aod import smb2
 from aod.config import Config, ErrorRule, LatencyConfig, ReconnectConfig
@@ -308,3 +309,77 @@ def test_immediate_with_columns_matches_without() -> None:
     plain, cols = d.immediate(batch), d.immediate(batch, Columns.of(batch))
     assert [(a.type, a.count, a.commands) for a in plain] == [(a.type, a.count, a.commands) for a in cols]
     assert [a.type for a in cols] == ["emergency", "reconnect"]
+
+
+def test_network_name_deleted_fires_a_reconnect_at_once() -> None:
+    """An error record with STATUS_NETWORK_NAME_DELETED (share gone, the client reconnects) is a
+    reconnect anomaly on the batch it arrives in, not a windowed error count."""
+    deleted = smb2.NT_STATUS["STATUS_NETWORK_NAME_DELETED"]
+    d = Detector(cfg())
+    batch = np.concatenate([ev(20, "READ", lat_ms=2.0), ev(1, "CREATE", kind=KIND_ERROR, status=deleted)])
+    (a,) = d.immediate(batch)
+    assert (a.type, a.rule, a.count) == ("reconnect", "reconnect", 1)
+    assert a.details["statuses"] == ["STATUS_NETWORK_NAME_DELETED"] and a.commands == (C["CREATE"],)
+    assert d.window(batch, 0, 2 * 10**9) == []  # no error rule matches it: nothing waits for the window
+    assert d.immediate(ev(1, "CREATE", kind=KIND_COMPLETION, status=deleted)) == []  # not an error record
+
+
+class ReloadDuringSearch(Events):
+    """A window whose first row search reloads the detector, as a SIGHUP on the main thread can
+    between two reads of the watcher thread."""
+
+    def __init__(self, records: np.ndarray, d: Detector, new: Config) -> None:
+        super().__init__([records], [Columns.of(records)])
+        self.d, self.new = d, new
+
+    def where(self, test):  # type: ignore[no-untyped-def]
+        if self.new is not None:
+            self.d.reconfigure(self.new)
+            self.new = None
+        return super().where(test)
+
+
+def test_reconfigure_mid_window_keeps_the_old_config_for_that_window() -> None:
+    """The detector reads its config once per window: a reload during a window applies from the
+    next one. (Read attribute by attribute, this window saw the old 100 ms floor with the new
+    trackonly table, so WRITE counted as untracked and nothing fired.)"""
+    d = Detector(cfg())
+    new = cfg(mode="trackonly", track=(C["READ"],), acceptable_count=1, emergency_threshold_ms=1500.0)
+    slow_writes = ev(10, "WRITE", lat_ms=150)
+    (a,) = d.window(ReloadDuringSearch(slow_writes, d, new), 0, 10**9)
+    assert (a.type, a.rule, a.count) == ("latency", "over_threshold>=5", 10)
+    assert a.details["thresholds_ms"] == {"WRITE": 100.0}
+    assert d.cfg is new and d.window(slow_writes, 0, 10**9) == []  # the next window: new config
+    assert len(d.window(ev(1, "READ", lat_ms=150), 0, 10**9)) == 1
+
+
+def test_reconfigure_mid_batch_keeps_the_old_config_for_that_batch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from aod import detect
+
+    d = Detector(cfg())
+    new = cfg(mode="trackonly", track=(C["READ"],), emergency_threshold_ms=1500.0)
+    real = detect._latency_kind
+    calls: list[int] = []
+
+    def reload_then(kind: np.ndarray) -> np.ndarray:  # reload between the batch's reads
+        if not calls:
+            d.reconfigure(new)
+        calls.append(1)
+        return real(kind)
+
+    monkeypatch.setattr(detect, "_latency_kind", reload_then)
+    (a,) = d.immediate(ev(1, "WRITE", lat_ms=1200))
+    assert calls and (a.type, a.rule) == ("emergency", "latency>1000ms")
+    assert a.details["emergency_threshold_ms"] == 1000.0
+    assert d.immediate(ev(1, "WRITE", lat_ms=1200)) == []  # next batch: WRITE untracked, 1500 ms
+
+
+def test_config_tables_are_immutable() -> None:
+    """The published tables are frozen: a reload replaces them, nobody edits them in place."""
+    d = Detector(cfg(mode="excludeonly", exclude=(C["ECHO"],)))
+    t = d.tables
+    assert not t.thresholds_ns.flags.writeable and not t.tracked.flags.writeable
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.cfg = cfg()  # type: ignore[misc]
+    d.reconfigure(cfg())
+    assert d.tables is not t and t.thresholds_ns[C["ECHO"]] == np.iinfo(np.uint64).max  # old one untouched

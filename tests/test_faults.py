@@ -131,6 +131,7 @@ def test_drops_before_core_starts_are_reported(tmp_path: Path, tap: LogTap, reco
         r.start()
         recs = tap.wait("before this core started")
         assert recs[0].levelno == logging.WARNING and int(recs[0].AOD_DROPS) == dropped  # type: ignore[attr-defined]
+        assert f", drops {dropped}, " in r.core.status_text()  # systemctl status shows them too
         wait_for(lambda: sum(anomaly_counts(tap)) >= written, 10, "records that fit detected", tap)
         assert sum(anomaly_counts(tap)) == written
         record_property("drops_reported_at_start", dropped)

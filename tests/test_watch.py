@@ -157,3 +157,56 @@ def test_dispatcher_hands_its_columns_to_on_batch() -> None:
     stop.clear()
     Dispatcher(OneBatchRing(), buf, lambda *a: calls.append(a)).run(stop, lambda: None)
     assert len(calls[-1]) == 1 and buf.size == 8
+
+
+class FakeTime:
+    """Monotonic clock for Watcher.run plus a stop event whose wait() advances that clock instead
+    of sleeping; drains scheduled at a clock time land in the buffer as the clock passes them."""
+
+    def __init__(self, buf: WindowBuffer, t0: int, drains: list[tuple[int, np.ndarray]], stop_at: int) -> None:
+        self.buf, self.now, self.drains, self.stop_at = buf, t0, sorted(drains, key=lambda d: d[0]), stop_at
+        self.stopped = False
+
+    def mono(self) -> int:
+        return self.now
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+    def wait(self, timeout: float) -> bool:
+        self.now += max(int(timeout * 1e9), 1)
+        while self.drains and self.drains[0][0] <= self.now:
+            self.buf.add(self.drains.pop(0)[1])  # what the dispatcher drained by now
+        self.stopped = self.now >= self.stop_at
+        return self.stopped
+
+
+def slow_ev(n: int, ts0: int, step: int = 1) -> np.ndarray:
+    e = ev(n, ts0)
+    e["latency_ns"] = 600 * 10**6  # over the 500 ms default threshold, under the emergency one
+    e["ts_ns"] = ts0 + step * np.arange(n)
+    return e
+
+
+def test_run_loop_detects_per_window_not_per_batch() -> None:
+    """Watcher.run on a fake clock: three drained batches in one window give one anomaly with
+    their sum; a batch drained just after the edge (within the grace) is split by completion time
+    between the two windows it straddles."""
+    w, buf, found = watcher()
+    ms = 10**6
+    straddling = np.concatenate([slow_ev(2, 10 * S + 990 * ms), slow_ev(3, 11 * S + 5 * ms)])
+    drains = [(10 * S + 210 * ms, slow_ev(2, 10 * S + 200 * ms)),
+              (10 * S + 410 * ms, slow_ev(2, 10 * S + 400 * ms)),
+              (10 * S + 610 * ms, slow_ev(2, 10 * S + 600 * ms)),
+              (11 * S + 20 * ms, straddling),  # drained in the grace after the 11 s edge
+              (11 * S + 510 * ms, slow_ev(3, 11 * S + 500 * ms))]
+    clock = FakeTime(buf, 10 * S + 100 * ms, drains, stop_at=12 * S + 500 * ms)
+    w.mono = clock.mono
+    beats: list[int] = []
+    w.run(clock, lambda: beats.append(clock.now))  # type: ignore[arg-type]
+    assert [(a.type, a.count, a.window_start_ns, a.window_end_ns) for a in found] == [
+        ("latency", 8, 10 * S, 11 * S), ("latency", 6, 11 * S, 12 * S)]
+    assert sorted(found[0].events["ts_ns"])[-2:] == [10 * S + 990 * ms, 10 * S + 990 * ms + 1]
+    assert int(found[1].events["ts_ns"].min()) == 11 * S + 5 * ms
+    assert w.rates.windows == 2 and w.rates.ring_records == 14 and buf.size == 0
+    assert len(beats) >= 3  # beats while idle between windows
