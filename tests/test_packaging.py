@@ -3,8 +3,10 @@
 Everything here checks how ring -> dispatch -> detect -> collect -> retain is shipped:
 the systemd units that run it, the files it writes, and the docs that describe it.
 
-Fast tests read the sources (man pages render without warnings, every config key and
-MESSAGE_ID is documented, units carry the settings the daemon relies on).
+Fast tests read the sources (man pages render without warnings, every config key,
+default, exit status and MESSAGE_ID is documented, units carry the settings the daemon
+relies on) and run the real tools on temp roots: systemctl --root enable/disable, the
+postrm purge branch, logrotate --force.
 Tests marked `slow` build the packages once per session (`make deb rpm` into a temp
 dir, about a minute) and inspect them: dpkg-deb -c, rpm -qlp, lintian, rpmlint,
 systemd-analyze verify/security on the unpacked .deb. `make check-packaging` builds
@@ -18,6 +20,7 @@ AOD_STRICT=1).
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import re
 import shutil
@@ -39,8 +42,9 @@ TRACER_UNIT = UNITS / "aodv2-tracer@.service"
 SHIPPED_CONFIG = ROOT / "etc" / "aodv2" / "config.yaml"
 SYS_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# systemd-analyze security exposure (0 best .. 10 worst); measured 1.1 and 1.7 with systemd 252
-MAX_EXPOSURE = {"aodv2.service": 1.5, "aodv2-tracer@smb.service": 2.0}
+# systemd-analyze security --offline exposure (0 best .. 10 worst), pinned to what systemd 252
+# measures (it prints one decimal): any loosening of the sandbox fails the test.
+MAX_EXPOSURE = {"aodv2.service": 1.1, "aodv2-tracer@smb.service": 1.7}
 
 
 def need(tool: str) -> str:
@@ -119,6 +123,90 @@ def test_tracer_exit_statuses_match_tracer_module() -> None:
     assert got == want
 
 
+def test_enable_core_enables_the_default_tracer_instance(tmp_path: Path) -> None:
+    """From a disabled state: `enable aodv2` links aodv2-tracer@smb into aodv2.service.wants/
+    (Also= + DefaultInstance=smb + WantedBy=aodv2.service), another instance adds a link,
+    and `disable aodv2` removes them again (the source units, as the packages ship them)."""
+    systemctl = need("systemctl")
+    units = tmp_path / "lib/systemd/system"
+    units.mkdir(parents=True)
+    for u in (CORE_UNIT, TRACER_UNIT):
+        shutil.copy(u, units / u.name)
+    etc = tmp_path / "etc/systemd/system"
+    wants = etc / "aodv2.service.wants"
+    core_link = etc / "multi-user.target.wants/aodv2.service"
+
+    def links() -> list[str]:
+        return sorted(p.name for p in wants.iterdir()) if wants.is_dir() else []
+
+    def sctl(*args: str) -> None:
+        r = run([systemctl, f"--root={tmp_path}", *args])
+        assert r.returncode == 0, f"systemctl {' '.join(args)}: {r.stderr}"
+
+    assert links() == [] and not core_link.is_symlink()
+    sctl("enable", "aodv2.service")
+    assert links() == ["aodv2-tracer@smb.service"]
+    assert os.readlink(wants / "aodv2-tracer@smb.service") == "/lib/systemd/system/aodv2-tracer@.service"
+    assert os.readlink(core_link) == "/lib/systemd/system/aodv2.service"
+    sctl("enable", "aodv2-tracer@foo.service")
+    assert links() == ["aodv2-tracer@foo.service", "aodv2-tracer@smb.service"]
+    sctl("disable", "aodv2.service")
+    assert "aodv2-tracer@smb.service" not in links() and not core_link.is_symlink()
+    # Also= names the template, so systemd (252) disables every instance with the core
+    assert links() == []
+
+
+POSTRM = ROOT / "debian" / "aodv2.postrm"
+POSTRM_PATHS = ("/etc/systemd/system", "/sys/fs/bpf/aodv2", "/var/log/aodv2", "/run/aodv2")
+
+
+def postrm_in(fake: Path) -> str:
+    """debian/aodv2.postrm with every path it touches moved under `fake`. Fails (never runs
+    it) if an absolute path other than /dev/null is left outside."""
+    alt = "|".join(re.escape(p) for p in POSTRM_PATHS)
+    text = re.sub(rf"(?<![\w./-])({alt})", lambda m: f"{fake}{m.group(1)}", POSTRM.read_text())
+    code = [ln for ln in text.splitlines()[1:] if not ln.lstrip().startswith("#")]
+    outside = [p for ln in code for p in re.findall(r"(?<![\w.-])/[\w./@*-]+", ln)
+               if not p.startswith(str(fake)) and p != "/dev/null"]
+    assert not outside, f"debian/aodv2.postrm touches paths this test does not redirect: {outside}"
+    return text
+
+
+def test_postrm_purge_removes_admin_enabled_tracer_links(tmp_path: Path) -> None:
+    """deb-systemd-helper purge removes only the links it recorded; the postrm removes the
+    tracer instance links the admin added, and nothing else (run against a fake root)."""
+    sh = need("sh")
+    fake = tmp_path / "root"
+    script = tmp_path / "postrm"
+    script.write_text(postrm_in(fake))
+    wants = fake / "etc/systemd/system/aodv2.service.wants"
+    for d in ("var/log/aodv2", "run/aodv2", "sys/fs/bpf/aodv2"):
+        (fake / d).mkdir(parents=True)
+    wants.mkdir(parents=True)
+    for inst in ("smb", "foo"):
+        (wants / f"aodv2-tracer@{inst}.service").symlink_to("/lib/systemd/system/aodv2-tracer@.service")
+    (wants / "other.service").symlink_to("/lib/systemd/system/other.service")
+    (wants / "aodv2-tracer@local.service").write_text("[Unit]\n")  # a file, not a link: kept
+
+    r = run([sh, str(script), "remove"])
+    assert r.returncode == 0, r.stderr
+    assert len(list(wants.iterdir())) == 4, "remove must leave the enablement links alone"
+
+    r = run([sh, str(script), "purge"])
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in wants.iterdir()) == ["aodv2-tracer@local.service", "other.service"]
+    assert not (fake / "var/log/aodv2").exists() and not (fake / "run/aodv2").exists()
+    assert (fake / "sys/fs/bpf/aodv2").is_dir(), "pins are only removed from a real bpffs"
+
+    for p in list(wants.iterdir()):
+        p.unlink()
+    (wants / "aodv2-tracer@bar.service").symlink_to("/lib/systemd/system/aodv2-tracer@.service")
+    r = run([sh, str(script), "purge"])
+    assert r.returncode == 0, r.stderr
+    assert not wants.exists(), "the emptied aodv2.service.wants/ is removed"
+    assert (fake / "etc/systemd/system").is_dir()
+
+
 # ---------------------------------------------------------------- tmpfiles and logrotate
 
 
@@ -148,6 +236,31 @@ def test_logrotate_config_parses(tmp_path: Path) -> None:
     text = conf.read_text()
     for word in ("weekly", "rotate 8", "compress", "missingok", "notifempty", "create 0600 root root"):
         assert re.search(rf"^\s*{word}\s*$", text, re.M), word
+
+
+def test_logrotate_rotates_and_recreates_0600(tmp_path: Path) -> None:
+    """The shipped stanza, pointed at a temp 0700 dir: --force rotates anomalies.jsonl to .1
+    (delaycompress) and creates a new empty one, mode 0600 root."""
+    logrotate = need("logrotate")
+    if os.geteuid() != 0:
+        pytest.skip("logrotate's create 0600 root root chowns to root: needs root")
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    logs.chmod(0o700)
+    live = logs / "anomalies.jsonl"
+    live.write_text('{"type": "latency"}\n')
+    live.chmod(0o600)
+    src = (ROOT / "etc" / "logrotate.d" / "aodv2").read_text()
+    assert src.count("/var/log/aodv2/anomalies.jsonl") == 1
+    conf = tmp_path / "aodv2.logrotate"
+    conf.write_text(src.replace("/var/log/aodv2/anomalies.jsonl", str(live)))
+    conf.chmod(0o644)  # logrotate ignores a config writable by others
+    r = run([logrotate, "--force", "--state", str(tmp_path / "state"), str(conf)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    rotated = logs / "anomalies.jsonl.1"
+    assert rotated.read_text() == '{"type": "latency"}\n', sorted(p.name for p in logs.iterdir())
+    st = live.stat()
+    assert (st.st_size, st.st_mode & 0o7777, st.st_uid) == (0, 0o600, 0)
 
 
 # ---------------------------------------------------------------- man pages
@@ -259,6 +372,41 @@ def test_every_default_key_is_documented_with_its_default() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def man_section(page: Path, title: str) -> str:
+    m = re.search(rf"^\.SH {re.escape(title)}\n(.*?)(?=^\.SH |\Z)", page.read_text(), re.M | re.S)
+    assert m, f"no section {title} in {page.name}"
+    return m.group(1)
+
+
+def test_default_error_rules_in_man_match_code() -> None:
+    """The "Default rules:" block of aodv2.yaml(5), parsed by aod/config.py, is the default."""
+    sec = man_section(MAN / "aodv2.yaml.5", "ERROR RULES")
+    m = re.search(r"^Default rules:\n.*?^\.nf\n(.*?)^\.fi$", sec, re.M | re.S)
+    assert m, "ERROR RULES has no 'Default rules:' .nf block"
+    block = m.group(1).replace("\\-", "-")
+    assert config.load_text(block, "aodv2.yaml(5)").errors == config.defaults().errors
+    assert config.load_text("{}").errors == config.defaults().errors
+    # per-rule defaults: acceptable_count, and no command limit
+    entries = man_entries(MAN / "aodv2.yaml.5")
+    rule = config.load_text("errors: [{name: x, status: [STATUS_IO_TIMEOUT]}]").errors[0]
+    assert re.search(rf"Default: {rule.acceptable_count}\b", entries["errors[].acceptable_count"])
+    assert rule.commands == frozenset() and "Default: [] (any command)" in entries["errors[].commands"]
+
+
+def test_default_actions_in_man_match_code() -> None:
+    """ACTIONS: every anomaly type is listed, and its default is every action in this order."""
+    sec = man_section(MAN / "aodv2.yaml.5", "ACTIONS")
+    types = re.findall(r"^\.B actions\.(\w+)$", sec, re.M)
+    defaults = config.defaults().actions
+    assert sorted(types) == sorted(defaults)
+    m = re.search(r"^Default: every action, in this order:\n\.RS\n(.*?)^\.RE$", sec, re.M | re.S)
+    assert m, "ACTIONS no longer says 'Default: every action, in this order:' before an .RS list"
+    listed = tuple(re.findall(r"^\.TP\n\.B (\w+)$", m.group(1), re.M))
+    assert len(listed) >= 5
+    for kind, names in defaults.items():
+        assert names == listed, f"actions.{kind}: code {names}, man {listed}"
+
+
 def test_every_message_id_is_documented() -> None:
     text = (MAN / "aodv2.8").read_text()
     for kind, mid in MESSAGE_IDS.items():
@@ -283,15 +431,90 @@ def test_every_journal_field_is_documented() -> None:
     assert not missing, f"journal fields missing from man/aodv2.8 (JOURNAL FIELDS): {missing}"
 
 
+# functions whose return value is the exit status of `aodv2 VERB` (cli.main returns it), and the
+# exceptions that carry one in .code (second argument, or the class's default)
+EXIT_FUNCTIONS = {
+    "cli": ("main", "cmd_*"),
+    "demo": ("run",),
+    "bundleview": ("cmd_show", "cmd_list"),
+    "daemon": ("Core.run", "Core.shutdown"),
+    "tracer": ("main", "run"),
+}
+EXIT_ERRORS = {"StatusError": "status", "ControlError": "control", "ViewError": "bundleread",
+               "SetupError": "tracer"}
+
+
+def _int_values(node: ast.AST, names: dict[str, int]) -> set[int]:
+    """Every int constant or EX_* name inside an expression (both arms of `a if c else b`,
+    the values and default of `{...}.get(k, d)`)."""
+    out: set[int] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Constant) and type(n.value) is int:
+            out.add(n.value)
+        elif isinstance(n, (ast.Name, ast.Attribute)):
+            name = n.id if isinstance(n, ast.Name) else n.attr
+            if name in names:
+                out.add(names[name])
+    return out
+
+
+def exit_codes_from_code() -> set[int]:
+    """The exit statuses `aodv2` can return, read from aod/ (not from the man page)."""
+    import importlib
+
+    codes: set[int] = set()
+    for modname, wanted in EXIT_FUNCTIONS.items():
+        mod = importlib.import_module(f"aod.{modname}")
+        names = {k: v for k, v in vars(mod).items() if k.startswith("EX_") and isinstance(v, int)}
+        tree = ast.parse(Path(mod.__file__ or "").read_text())
+        found = set()
+        scopes: list[tuple[str, ast.AST]] = [("", tree)]
+        while scopes:
+            prefix, scope = scopes.pop()
+            for node in ast.iter_child_nodes(scope):
+                if isinstance(node, ast.ClassDef):
+                    scopes.append((f"{node.name}.", node))
+                elif isinstance(node, ast.FunctionDef):
+                    qual = prefix + node.name
+                    if any(qual == w or (w.endswith("*") and qual.startswith(w[:-1])) for w in wanted):
+                        found.add(qual)
+                        for r in ast.walk(node):
+                            if isinstance(r, ast.Return) and r.value is not None:
+                                codes |= _int_values(r.value, names)
+        assert len(found) >= len([w for w in wanted if not w.endswith("*")]), (modname, wanted, found)
+    for src in (ROOT / "aod").glob("*.py"):
+        mod = importlib.import_module(f"aod.{src.stem}")
+        names = {k: v for k, v in vars(mod).items() if k.startswith("EX_") and isinstance(v, int)}
+        for node in ast.walk(ast.parse(src.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in EXIT_ERRORS):
+                continue
+            given = node.args[1:2] + [k.value for k in node.keywords if k.arg == "code"]
+            if given:
+                codes |= _int_values(given[0], names)
+            else:
+                cls = getattr(importlib.import_module(f"aod.{EXIT_ERRORS[node.func.id]}"), node.func.id)
+                codes.add(inspect.signature(cls.__init__).parameters["code"].default)
+    return codes
+
+
+def exit_codes_in_man(page: Path) -> set[int]:
+    return {int(c) for c in re.findall(r"^\.B (\d+)$", man_section(page, "EXIT STATUS"), re.M)}
+
+
 def test_man_documents_cli_verbs_and_exit_codes() -> None:
-    from aod import cli
+    from aod import cli, tracer
 
     text = (MAN / "aodv2.8").read_text()
     sub = next(a for a in cli._parser()._actions if a.dest == "verb")
     for verb in sub.choices:  # type: ignore[union-attr]
         assert f".B {verb.replace('-', chr(92) + '-')}" in text, verb
-    for code in (0, 1, 2, cli.EX_NOPERM, cli.EX_CONFIG):
-        assert f".B {code}\n" in text, code
+    codes = exit_codes_from_code()
+    # the derivation finds what is known to exist (130: Ctrl-C; 69-71: `aodv2 tracer`)
+    assert {0, 1, 2, 3, cli.EX_NOPERM, cli.EX_CONFIG, 130, tracer.EX_UNAVAILABLE, tracer.EX_SOFTWARE,
+            tracer.EX_OSERR} <= codes, codes
+    assert exit_codes_in_man(MAN / "aodv2.8") == codes
+    tracer_codes = {tracer.EX_OK} | {v for k, v in vars(tracer).items() if k.startswith("EX_")}
+    assert exit_codes_in_man(MAN / "aodv2-tracer.8") == tracer_codes
 
 
 # ---------------------------------------------------------------- versions
@@ -394,6 +617,8 @@ def test_deb_control_and_scripts(built: Built, tmp_path: Path) -> None:
     postrm = (c / "postrm").read_text()
     purge = postrm[postrm.index("purge)"):]
     assert "rm -rf /var/log/aodv2" in purge and "remove_pins" in purge
+    links = purge.index("aodv2.service.wants/aodv2-tracer@*.service")
+    assert purge.index("deb-systemd-helper purge") < links < purge.index("rmdir /etc/systemd/system/aodv2")
     assert "cafe4a11" in postrm, "pins are only removed from a real bpffs"
 
 

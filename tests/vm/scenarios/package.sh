@@ -5,9 +5,13 @@
 #         --copy dist/aodv2_0.1.0-1_all.deb --timeout 900
 # Proves: install from the local .deb alone (the guest has no network; runtime deps are in
 # the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
-# and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox, quick
-# actions still work under the hardening (journal, /proc/fs/cifs, smbinfo), reload, upgrade
-# restarts the core, `man aodv2` renders, and purge leaves no unit, process, pin or log dir.
+# and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox,
+# `systemd-analyze verify` of the installed units prints nothing, `disable --now` stops both and
+# removes both links and `enable --now` brings both back, quick actions still work under the
+# hardening (journal, /proc/fs/cifs, smbinfo), reload, upgrade restarts the core, a second
+# tracer instance (aodv2-tracer@synthetic) runs next to smb and `aodv2 status` reports it once
+# config `tracers` names it, `man aodv2` renders, and purge leaves no unit (not even the link
+# of an instance the admin enabled), process, pin or log dir.
 # Results: /share/results.txt (PASS/FAIL/FACT), /share/logs/; exit 0 iff every check passed.
 set -u
 . /share/vmlib/lib.sh
@@ -19,6 +23,16 @@ vm_check "a .deb was copied into the share" test -n "$DEB"
 vm_fact deb "$(basename "$DEB")"
 
 active() { [ "$(systemctl is-active "$1" 2>/dev/null)" = active ]; }
+inactive() { [ "$(systemctl is-active "$1" 2>/dev/null)" = inactive ]; }
+# journal_since UNIT EPOCH PATTERN: the unit logged PATTERN since EPOCH (date +%s)
+journal_since() { journalctl -u "$1" --since "@$2" --no-pager -o cat 2>/dev/null | grep -q "$3"; }
+# status_tracers: "name=state ..." of `aodv2 status --json` (sorted)
+status_tracers() {
+    aodv2 status --json 2>/dev/null | python3 -c 'import json, sys
+print(" ".join(f"{k}={v}" for k, v in sorted(json.load(sys.stdin).get("tracers", {}).items())))'
+}
+status_tracers_are() { [ "$(status_tracers)" = "$1" ]; }
+WANTS=/etc/systemd/system/aodv2.service.wants
 journal_has() { journalctl -u "$1" -b --no-pager -o cat 2>/dev/null | grep -q "$2"; }
 main_pid() { systemctl show -p MainPID --value aodv2.service; }
 no_aodv2_procs() { ! pgrep -f '/usr/bin/aodv2 ' >/dev/null; }
@@ -30,10 +44,9 @@ no_units() {
     ! systemctl list-unit-files aodv2.service 'aodv2-tracer@*' --no-legend 2>/dev/null | grep -q .
 }
 
-# --- an SMB client with traffic, so the cifs tracepoints exist and the tracer can attach
+# --- a SMB server; the cifs module is loaded only after the install (the tracer waits for it)
 vm_check "samba up" vm_samba_start
-vm_check "cifs mounted" vm_cifs_mount
-vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
+vm_check "cifs not loaded before the install" test ! -d /sys/module/cifs
 
 # --- install: local file only, no download
 t=$(vm_now)
@@ -49,22 +62,59 @@ vm_check "/sys/fs/bpf/aodv2 exists (tmpfiles)" test -d /sys/fs/bpf/aodv2
 vm_check "enabled after install" systemctl is-enabled --quiet aodv2.service
 vm_check "tracer instance wanted by the core" test -L /etc/systemd/system/aodv2.service.wants/aodv2-tracer@smb.service
 
-# --- the user's command
+# --- the user's command, on a host where cifs is not loaded yet: the tracer is started and
+#     READY with STATUS=waiting (no start job left pending, so boot could finish), and attaches
+#     once the module is loaded
 t=$(vm_now)
 systemctl enable --now aodv2; vm_fact enable_now_rc "$?"
-vm_check "aodv2-tracer@smb active (attached)" vm_wait 300 active aodv2-tracer@smb.service
-vm_fact tracer_active_s "$(vm_since "$t")"
+vm_check "aodv2-tracer@smb active while cifs is not loaded" vm_wait 120 active aodv2-tracer@smb.service
+vm_fact tracer_active_waiting_s "$(vm_since "$t")"
+vm_check "tracer STATUS says it waits for cifs" vm_wait 30 sh -c \
+    'systemctl show -p StatusText --value aodv2-tracer@smb.service | grep -q "waiting for cifs"'
+vm_check "tracer state file says waiting" grep -q '"waiting"' /run/aodv2/tracer-smb.json
+vm_check "no aodv2 start job left pending" sh -c '! systemctl list-jobs --no-legend | grep -q aodv2'
+vm_fact system_state_while_waiting "$(systemctl is-system-running)"
+vm_check "cifs mounted" vm_cifs_mount
+vm_check "cifs tracepoints" vm_tracepoint_wait smb3_cmd_done 30
+t=$(vm_now)
+vm_check "tracer attached after modprobe" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
+vm_fact modprobe_to_attached_s "$(vm_since "$t")"
+vm_check "aodv2-tracer@smb active (attached)" active aodv2-tracer@smb.service
 vm_check "aodv2.service active" vm_wait 120 active aodv2.service
 vm_fact core_active_s "$(vm_since "$t")"
 vm_check "journal: AOD core ready" vm_wait 30 journal_has aodv2.service "AOD core ready"
 vm_check "pinned ring exists" test -e /sys/fs/bpf/aodv2/events
-vm_check "tracer state file says attached" grep -q '"attached"' /run/aodv2/tracer-smb.json
 cat /run/aodv2/tracer-smb.json 2>&1; echo
 systemctl status --no-pager aodv2.service aodv2-tracer@smb.service | sed -n '1,40p'
 vm_fact core_status "$(systemctl show -p StatusText --value aodv2.service)"
 vm_fact tracer_status "$(systemctl show -p StatusText --value aodv2-tracer@smb.service)"
 vm_fact security_core "$(systemd-analyze security aodv2.service 2>/dev/null | tail -1)"
 vm_fact security_tracer "$(systemd-analyze security aodv2-tracer@smb.service 2>/dev/null | tail -1)"
+
+# --- the installed units: verify exits 0 on warnings, so its output must be empty
+verify_out=$(systemd-analyze verify aodv2.service aodv2-tracer@smb.service 2>&1); verify_rc=$?
+printf '%s\n' "$verify_out"
+vm_check "systemd-analyze verify exits 0 (rc $verify_rc)" test "$verify_rc" = 0
+vm_check "systemd-analyze verify prints nothing" test -z "$verify_out"
+
+# --- from a disabled state: disable --now stops the core and (PartOf=) the tracer and removes
+#     both links (Also= names the template); enable --now recreates them and starts both
+vm_check "systemctl disable --now aodv2" systemctl disable --now aodv2
+vm_check "disabled: aodv2.service inactive" vm_wait 60 inactive aodv2.service
+vm_check "disabled: aodv2-tracer@smb inactive" vm_wait 60 inactive aodv2-tracer@smb.service
+vm_check "disabled: is-enabled says disabled" test "$(systemctl is-enabled aodv2.service 2>/dev/null)" = disabled
+vm_check "disabled: no multi-user.target.wants/aodv2.service link" \
+    test ! -L /etc/systemd/system/multi-user.target.wants/aodv2.service
+vm_check "disabled: no aodv2.service.wants/aodv2-tracer@smb.service link" test ! -L "$WANTS/aodv2-tracer@smb.service"
+ls -la "$WANTS" 2>&1
+t=$(vm_now)
+systemctl enable --now aodv2; vm_fact reenable_now_rc "$?"
+vm_check "re-enabled: is-enabled says enabled" systemctl is-enabled --quiet aodv2.service
+vm_check "re-enabled: tracer link back" test -L "$WANTS/aodv2-tracer@smb.service"
+vm_check "re-enabled: aodv2-tracer@smb active" vm_wait 300 active aodv2-tracer@smb.service
+vm_check "re-enabled: aodv2.service active" vm_wait 120 active aodv2.service
+vm_fact reenable_active_s "$(vm_since "$t")"
+vm_check "re-enabled: tracer state file says attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
 
 # --- quick actions inside the sandbox: a manual capture must still read /proc/fs/cifs,
 #     the journal and run smbinfo
@@ -114,16 +164,59 @@ pid2=$(main_pid)
 vm_check "upgrade restarted the core (pid $pid1 -> $pid2)" test "$pid1" != "$pid2"
 vm_check "tracer active after upgrade" vm_wait 300 active aodv2-tracer@smb.service
 
+# --- a second tracer instance next to smb: the synthetic one (bpf/synthetic.bpf.c; getppid()
+#     calls become events, no driver needed to attach). The core reports the tracers that
+#     config `tracers` names, so `aodv2 status` lists it only once that names it.
+vm_check "synthetic.bpf.c shipped in the .deb" sh -c 'dpkg -L aodv2 | grep -qx /usr/share/aodv2/bpf/synthetic.bpf.c'
+aodv2 tracer no-such-tracer >/dev/null 2>&1; rc=$?
+vm_check "aodv2 tracer rejects an unknown name (exit 2, got $rc)" test "$rc" = 2
+t=$(vm_now)
+systemctl enable --now aodv2-tracer@synthetic.service; vm_fact synthetic_enable_now_rc "$?"
+vm_check "synthetic: link in aodv2.service.wants" test -L "$WANTS/aodv2-tracer@synthetic.service"
+vm_check "synthetic: aodv2-tracer@synthetic active" vm_wait 300 active aodv2-tracer@synthetic.service
+vm_fact synthetic_active_s "$(vm_since "$t")"
+vm_check "synthetic: state file says attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-synthetic.json
+cat /run/aodv2/tracer-synthetic.json 2>&1; echo
+vm_check "both tracer units active at once" sh -c \
+    'systemctl is-active --quiet aodv2-tracer@smb.service && systemctl is-active --quiet aodv2-tracer@synthetic.service'
+vm_check "status --json lists smb only (config tracers: [smb])" vm_wait 30 status_tracers_are "smb=attached"
+vm_fact status_tracers_default "$(status_tracers)"
+cp -p /etc/aodv2/config.yaml /root/config.yaml.orig
+sed -i 's/^tracers: \[smb\]$/tracers: [smb, synthetic]/' /etc/aodv2/config.yaml
+vm_check "config now names both tracers" grep -qx 'tracers: \[smb, synthetic\]' /etc/aodv2/config.yaml
+t0=$(date +%s)
+systemctl reload aodv2.service
+vm_check "status --json lists both tracers attached after reload" \
+    vm_wait 30 status_tracers_are "smb=attached synthetic=attached"
+vm_fact status_tracers_both "$(status_tracers)"
+vm_check "reload reached aodv2-tracer@smb (ReloadPropagatedFrom=)" \
+    vm_wait 30 journal_since aodv2-tracer@smb.service "$t0" "nothing the program compiles in changed"
+vm_check "reload reached aodv2-tracer@synthetic" \
+    vm_wait 30 journal_since aodv2-tracer@synthetic.service "$t0" "nothing the program compiles in changed"
+cp -p /root/config.yaml.orig /etc/aodv2/config.yaml
+systemctl reload aodv2.service
+vm_check "status --json lists smb only again" vm_wait 30 status_tracers_are "smb=attached"
+vm_check "systemctl disable --now aodv2-tracer@synthetic" systemctl disable --now aodv2-tracer@synthetic.service
+vm_check "synthetic: inactive" vm_wait 60 inactive aodv2-tracer@synthetic.service
+vm_check "synthetic: link gone" test ! -L "$WANTS/aodv2-tracer@synthetic.service"
+vm_check "synthetic: state file says stopped" grep -q '"stopped"' /run/aodv2/tracer-synthetic.json
+vm_check "smb tracer still active" active aodv2-tracer@smb.service
+vm_check "core still active" active aodv2.service
+
 # --- docs
 vm_check "man aodv2 renders" sh -c 'MANWIDTH=80 man aodv2 2>/dev/null | grep -q "always-on diagnostics"'
 vm_check "man aodv2.yaml renders" sh -c 'MANWIDTH=80 man 5 aodv2.yaml 2>/dev/null | grep -q "watch_interval_sec"'
 vm_check "man aodv2-tracer renders" sh -c 'MANWIDTH=80 man aodv2-tracer 2>/dev/null | grep -q "PartOf"'
 
-# --- purge
+# --- purge, with a tracer instance the admin enabled (not started): deb-systemd-helper did not
+#     record its link, the postrm must remove it
+systemctl enable aodv2-tracer@synthetic.service
+vm_check "admin-enabled instance link before purge" test -L "$WANTS/aodv2-tracer@synthetic.service"
 t=$(vm_now)
 vm_check "apt purge aodv2" env DEBIAN_FRONTEND=noninteractive apt-get purge -y aodv2
 vm_fact purge_s "$(vm_since "$t")"
 vm_check "no aodv2 unit left" no_units
+vm_check "purge removed the admin-enabled instance link" test ! -L "$WANTS/aodv2-tracer@synthetic.service"
 vm_check "no aodv2 process left" vm_wait 30 no_aodv2_procs
 vm_check "no pinned ring dir left" test ! -e /sys/fs/bpf/aodv2
 vm_check "no /var/log/aodv2 left" test ! -e /var/log/aodv2
