@@ -79,20 +79,37 @@ def _fail(what: str, path: str, e: BaseException) -> BundleError:
     return BundleError(f"{what} {path}: {reason}", path, getattr(e, "errno", None))
 
 
+_warned_dirs: set[str] = set()
+
+
 def ensure_output_dir(path: str) -> None:
-    """Create output_dir 0700 if missing; force an existing one with any group/other bits to 0700
-    (bundle names and the anomaly history are nobody else's business) and log that."""
+    """Create output_dir 0700 if missing. An existing one of ours with group/other bits is set to
+    0700 (bundle names and the anomaly history are nobody else's business) and that is logged;
+    one we do not own, or that refuses chmod (cifs, vfat), is used as it is, with one warning."""
     if os.path.lexists(path) and not os.path.isdir(path):
         raise BundleError(f"output directory {path} is not a directory", path, errno.ENOTDIR)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-        if mode & 0o077:
-            os.chmod(path, 0o700)
-            log.emit("bundle", logging.WARNING,
-                     f"AOD output directory {path} was mode {mode:04o}; set to 0700", AOD_OUTPUT=path)
+        st = os.stat(path)
     except OSError as e:
         raise _fail("cannot use output directory", path, e) from e
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        if st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, "owned by another user")
+        os.chmod(path, 0o700)
+        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+            raise PermissionError(errno.EPERM, "the filesystem ignores chmod")
+    except OSError as e:
+        if path not in _warned_dirs:
+            _warned_dirs.add(path)
+            log.emit("bundle", logging.WARNING, f"AOD output directory {path} is mode {mode:04o} and cannot "
+                     f"be set to 0700 ({e.strerror or e}); bundles stay 0600 in it", AOD_OUTPUT=path)
+        return
+    log.emit("bundle", logging.WARNING,
+             f"AOD output directory {path} was mode {mode:04o}; set to 0700", AOD_OUTPUT=path)
 
 
 def new_stage(output_dir: str, anomaly_type: str, wall: float) -> str:

@@ -66,7 +66,7 @@ class _Tables:
 
     cfg: Config
     tracked: np.ndarray  # bool[65536]: command watched for latency (read-only)
-    thresholds_ns: np.ndarray  # u8[65536]: threshold, _NEVER where untracked (read-only)
+    thresholds_ns: np.ndarray  # uint64[65536] ns by command: threshold, _NEVER where untracked (read-only)
     emergency_ns: np.uint64
     min_threshold_ns: np.uint64
     rules: tuple[_Rule, ...]

@@ -16,7 +16,9 @@ In tracepoint mode two kprobes name the connection of each request for the pairi
 
 A `struct kref *` points at `mid_q_entry.refcount`, which sits after the
 16-byte `qhead` list_head on 64-bit kernels, so the mid is the pointer - 16.
-Everything here is pure (text in, choice out) and unit-tested.
+Symbols come from tracefs available_filter_functions (readable in the tracer's sandbox, where
+ProtectKernelTunables= hides /proc/kallsyms), else /proc/kallsyms. Everything here is pure
+(text in, choice out) and unit-tested.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ ALLOC_SYMBOL = "smb2_mid_entry_alloc"
 # (5.17+: both smb2_find_mid and the dequeueing variant call it).
 RECV_SYMBOLS = ("__smb2_find_mid", "smb2_find_mid")
 KREF_OFFSET = 16  # offsetof(struct mid_q_entry, refcount) on 64-bit
-SERVER_ARG_SINCE = (6, 19)  # __release_mid(server, mid) from this kernel on
+SERVER_ARG_SINCE = (6, 19)
+_HEX = re.compile(r"[0-9a-fA-F]+")  # __release_mid(server, mid) from this kernel on
 
 
 class ReleaseProbe(NamedTuple):
@@ -44,17 +47,22 @@ class KprobePlan(NamedTuple):
 
 
 def symbols(kallsyms_text: str, module: Optional[str] = "cifs") -> set[str]:
-    """Function names (t/T) from /proc/kallsyms text, in `module` or built in."""
+    """Function names in `module` (or built in) from /proc/kallsyms text ("ADDR t NAME [MOD]", t/T
+    only) or from tracefs available_filter_functions text ("NAME [MOD]", all functions)."""
     out: set[str] = set()
     for line in kallsyms_text.splitlines():
         parts = line.split()
-        if len(parts) < 3 or parts[1] not in ("t", "T"):
-            continue
-        if len(parts) >= 4:
-            mod = parts[3].strip("[]")
-            if module is not None and mod != module:
+        if len(parts) >= 3 and _HEX.fullmatch(parts[0]):  # kallsyms
+            if parts[1] not in ("t", "T"):
                 continue
-        out.add(parts[2])
+            name, mod = parts[2], parts[3] if len(parts) >= 4 else ""
+        elif 1 <= len(parts) <= 2:  # available_filter_functions
+            name, mod = parts[0], parts[1] if len(parts) == 2 else ""
+        else:
+            continue
+        if mod and module is not None and mod.strip("[]") != module:
+            continue
+        out.add(name)
     return out
 
 

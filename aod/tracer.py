@@ -374,19 +374,31 @@ class AttachPlan:
     optional_kprobes: tuple[tuple[str, str, str], ...] = ()  # attach failure: a warning, not an error
 
 
+def function_list(tracefs: Sequence[str], kallsyms_path: str) -> tuple[Optional[str], str]:
+    """(text, where from) of the kernel's function names: tracefs available_filter_functions
+    (the unit's ProtectKernelTunables= hides /proc/kallsyms), else kallsyms_path; (None, tried)."""
+    tried = [os.path.join(t, "available_filter_functions") for t in tracefs] + [kallsyms_path]
+    for path in tried:
+        text = _read(path)
+        if text:
+            return text, path
+    return None, " or ".join(tried)
+
+
 def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
-             force_kprobes: bool = False) -> AttachPlan:
+             force_kprobes: bool = False, symbols_from: str = "/proc/kallsyms") -> AttachPlan:
     """How to trace SMB here: tracepoints if enter+done are usable, else kprobes. Raises SetupError."""
     usable = [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]
     notes = tuple(f"cifs:{t} not used: {why}" for t, why in tps.items() if why)
     have_required = all(t in usable for t in REQUIRED_TRACEPOINTS)
     if have_required and not force_kprobes:
         defines = tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable)
+        where = f"are not in {symbols_from}" if kallsyms_text else f"cannot be looked up: cannot read {symbols_from}"
         conn = kallsyms.choose_conn_probes(kallsyms_text or "")
         if conn is None:
             return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable), defines=defines, notes=notes + (
                 f"no connection probes ({kallsyms.ALLOC_SYMBOL} and one of {'/'.join(kallsyms.RECV_SYMBOLS)} "
-                "are not in /proc/kallsyms): requests are paired without their connection, so two "
+                f"{where}): requests are paired without their connection, so two "
                 "connections or channels with the same message id in flight may share an entry",))
         return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable),
                           optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"),
@@ -398,7 +410,7 @@ def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
         raise SetupError(
             "cannot trace SMB on this kernel: the cifs tracepoints smb3_cmd_enter/smb3_cmd_done are "
             f"missing or unusable and no kprobe fallback symbols ({kallsyms.ALLOC_SYMBOL} and a mid release "
-            "function) are in /proc/kallsyms", EX_CONFIG)
+            f"function) are in {symbols_from}" + ("" if kallsyms_text else " (not readable)"), EX_CONFIG)
     extra = [t for t in usable if t not in REQUIRED_TRACEPOINTS]
     rel = kp.release
     return AttachPlan(
@@ -543,6 +555,12 @@ def _state(state_dir: Optional[str], name: str, state: str) -> None:
         _emit(logging.WARNING, name, err)
 
 
+def _warn_failed(name: str, loaded: Loaded) -> None:
+    for err in loaded.failed:
+        _emit(logging.WARNING, name, f"connection probe not attached ({err}); requests are paired "
+              "without their connection where it is missing")
+
+
 def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded, flags: list,
             make_flags: Callable[[config_mod.Config], list], load: Callable[[list], Loaded],
             what: str) -> tuple[Loaded, list]:
@@ -567,6 +585,7 @@ def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded,
             _emit(logging.ERROR, name, f"reload failed, keeping the running program: {e}")
             return loaded, flags
         loaded.close()
+        _warn_failed(name, new)
         min_ms = config_mod.min_threshold_ns(cfg.latency) / 1e6
         _emit(logging.INFO, name, f"reloaded: the new emit filter is attached (completions >= {min_ms:g} ms)")
         return new, new_flags
@@ -619,7 +638,8 @@ def run(opts: Options, env: Env) -> int:
                 _emit(logging.INFO, name, "stopped before the cifs module appeared")
                 return EX_OK
             tps = usable_tracepoints(events_dir or None, SMB_TRACEPOINTS)
-            plan = plan_smb(tps, _read(env.kallsyms), env.release, opts.force_kprobes)
+            funcs, funcs_from = function_list(env.tracefs, env.kallsyms)
+            plan = plan_smb(tps, funcs, env.release, opts.force_kprobes, funcs_from)
         else:
             plan = AttachPlan("syscall", ("syscalls:sys_enter_getppid",))
         for note in plan.notes:
@@ -637,9 +657,7 @@ def run(opts: Options, env: Env) -> int:
 
     try:
         what = f"{loaded.attached} tracepoints" + (f", {loaded.kprobes} kprobes" if loaded.kprobes else "")
-        for err in loaded.failed:
-            _emit(logging.WARNING, name, f"connection probe not attached ({err}); requests are paired "
-                  "without their connection")
+        _warn_failed(name, loaded)
         _state(env.state_dir, name, "attached")  # before READY: the core's STATUS is right at once
         env.notifier.ready(f"attached ({what})")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",

@@ -36,7 +36,6 @@ _IDLE_SEC = 0.5  # idle queue wait
 _BEAT_SEC = 0.5  # backoff wait step
 _KILL_WAIT_SEC = 1.0  # after SIGKILL, wait this long to reap the leader
 _READ_CHUNK = 65536
-# systemd hands these to the daemon only; an upload tool must not notify or take sockets
 # systemd hands these to the daemon, not to its hook; JOURNAL_STREAM would make journald-aware
 # tools (rclone) prefix each stderr line with "<3>", though their stderr is our pipe.
 _DROP_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",

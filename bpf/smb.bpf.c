@@ -99,19 +99,11 @@ struct aod_start {
 };
 
 BPF_TABLE("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_MAX);
+#ifdef AOD_CONN_PROBES
 /* thread (pid_tgid) -> the connection it last issued or received a request for */
 BPF_TABLE("lru_hash", u64, u64, ctx_conn, AOD_CONN_THREADS);
 /* {0, sesid, mid, tid, cmd} -> connection of its latest enter (for completions elsewhere) */
 BPF_TABLE("lru_hash", struct aod_key, u64, req_conn, AOD_INFLIGHT_MAX);
-
-static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 cmd, u64 mid)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->sesid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP) ? 0 : sesid;
-	k->tid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP || cmd == SMB2_TREE_CONNECT) ? 0 : tid;
-	k->cmd = cmd;
-	k->mid = mid;
-}
 
 static __always_inline void set_conn(u64 conn)
 {
@@ -125,6 +117,16 @@ static __always_inline u64 cur_conn(void)
 	u64 *c = ctx_conn.lookup(&id);
 	return c ? *c : 0;
 }
+#endif
+
+static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 cmd, u64 mid)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->sesid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP) ? 0 : sesid;
+	k->tid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP || cmd == SMB2_TREE_CONNECT) ? 0 : tid;
+	k->cmd = cmd;
+	k->mid = mid;
+}
 
 static __always_inline void start(struct aod_key *k)
 {
@@ -132,35 +134,50 @@ static __always_inline void start(struct aod_key *k)
 	s.ts = bpf_ktime_get_ns();
 	s.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
+#ifdef AOD_CONN_PROBES
 	k->conn = cur_conn();
-	inflight.update(k, &s);
 	if (k->conn) {
 		struct aod_key r = *k;
 		r.conn = 0;
 		req_conn.update(&r, &k->conn);
 	}
+#endif
+	inflight.update(k, &s);
 }
 
 /* the in-flight entry of a completion (k: key with conn 0), copied out and removed; 0 if none */
 static __always_inline int finish(struct aod_key *k, struct aod_start *out)
 {
+	struct aod_start *s;
+#ifdef AOD_CONN_PROBES
 	struct aod_key r = *k;
-	k->conn = cur_conn();
-	struct aod_start *s = inflight.lookup(k);
+	u64 ctx = cur_conn();
+	k->conn = ctx;
+	s = inflight.lookup(k);
 	if (!s) {
+		/* completed in a thread without this connection (a worker), or the enter was
+		 * stored without one (the alloc probe is not attached): the latest enter's */
 		u64 *c = req_conn.lookup(&r);
-		if (!c || *c == k->conn)
-			return 0; /* enter not seen (attached mid-flight, or evicted) */
-		k->conn = *c;
-		s = inflight.lookup(k);
-		if (!s)
-			return 0;
+		u64 alt = (c && *c != ctx) ? *c : 0;
+		if (alt != ctx) {
+			k->conn = alt;
+			s = inflight.lookup(k);
+		}
 	}
+	if (!s)
+		return 0; /* enter not seen (attached mid-flight, or evicted) */
 	*out = *s;
 	inflight.delete(k);
 	u64 *c = req_conn.lookup(&r);
 	if (c && *c == k->conn)
 		req_conn.delete(&r);
+#else
+	s = inflight.lookup(k);
+	if (!s)
+		return 0; /* enter not seen (attached mid-flight, or evicted) */
+	*out = *s;
+	inflight.delete(k);
+#endif
 	return 1;
 }
 

@@ -211,6 +211,19 @@ def test_loose_output_dir_mode_is_tightened(fake: dict[str, Any], records: list[
     assert not any("output directory" in x.getMessage() for x in records)
 
 
+def test_output_dir_that_refuses_chmod_is_used_with_one_warning(fake: dict[str, Any], records: list[logging.LogRecord],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that ignores chmod (cifs, vfat) or refuses it: captures go on, one warning."""
+    fake["out"].mkdir(mode=0o755)
+    os.chmod(fake["out"], 0o755)
+    monkeypatch.setattr(os, "chmod", lambda p, m: None)  # ignored, like vfat
+    for _ in range(2):
+        res = capture(anomaly(), cfg(fake["out"]), fake["env"])
+        assert res.ok and stat.S_IMODE(os.stat(res.path).st_mode) == 0o600
+    msgs = [x.getMessage() for x in records if "output directory" in x.getMessage()]
+    assert len(msgs) == 1 and "cannot be set to 0700 (the filesystem ignores chmod)" in msgs[0]
+
+
 def test_names_unique_in_one_second_and_never_clobber(fake: dict[str, Any]) -> None:
     a = anomaly()
     c = cfg(fake["out"], actions={"latency": ()})

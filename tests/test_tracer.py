@@ -748,11 +748,15 @@ def test_bpf_pairing_key_names_the_connection(tmp_path: Path) -> None:
     s.tp("smb3_cmd_done", **{**w, "cmd": 8, "mid": 43})
     issue(22, b"cat", ch2, 3000, **{**w, "cmd": 5, "mid": 44})
     received(31, ch2, 3020, event="smb3_cmd_err", status=0xC0000022, rc=-13, **{**w, "cmd": 5, "mid": 44})
+    s.task(23, b"noalloc")  # the alloc probe did not attach: the enter has no connection
+    s.now.value = 4000 * MS
+    s.tp("smb3_cmd_enter", **{**w, "cmd": 16, "mid": 45})
+    received(31, ch2, 4005, **{**w, "cmd": 16, "mid": 45})  # cifsd knows its connection: still pairs
     ev = s.events()
     got = [(int(e["command"]), int(e["pid"]), int(e["latency_ns"]) // MS) for e in ev]
-    assert got == [(0, 11, 10), (0, 10, 300), (9, 20, 2), (9, 20, 500), (8, 21, 10), (5, 22, 20)]
-    assert ev[-1]["nt_status"] == 0xC0000022
-    assert s.stats()["hist"].sum() == 6
+    assert got == [(0, 11, 10), (0, 10, 300), (9, 20, 2), (9, 20, 500), (8, 21, 10), (5, 22, 20), (16, 23, 5)]
+    assert ev[-3]["nt_status"] == 0 and ev[-2]["nt_status"] == 0xC0000022
+    assert s.stats()["hist"].sum() == 7
 
 
 @needs_cc
@@ -923,3 +927,26 @@ def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Pat
         tracer.check_pinned(paths, 256 * 1024, "smb")
     assert ei.value.code == tracer.EX_CONFIG and f"rm {paths.cmd_stats}" in str(ei.value)
     assert tracer.check_pinned(paths, 256 * 1024, "synthetic") == []  # synthetic pins no cmd_stats
+
+
+def test_symbols_from_available_filter_functions(tmp_path: Path) -> None:
+    """The unit's ProtectKernelTunables= hides /proc/kallsyms; tracefs lists the functions too."""
+    aff = "do_one_initcall\nsmb2_mid_entry_alloc [cifs]\n__smb2_find_mid [cifs]\n__release_mid [cifs]\nnfs_x [nfs]\n"
+    assert kallsyms.symbols(aff) == {"do_one_initcall", "smb2_mid_entry_alloc", "__smb2_find_mid", "__release_mid"}
+    assert kallsyms.choose_conn_probes(aff) == ("smb2_mid_entry_alloc", "__smb2_find_mid")
+    assert kallsyms.choose_kprobes(aff, "6.1.0") == kallsyms.KprobePlan(
+        "smb2_mid_entry_alloc", kallsyms.ReleaseProbe("__release_mid", 0, 16))
+    assert kallsyms.symbols("ffffffffc09b6c10 d smb2_find_mid\t[cifs]\n") == set()  # kallsyms data symbol
+    tfs = tmp_path / "tracing"
+    tfs.mkdir()
+    ks = tmp_path / "kallsyms"
+    ks.write_text(KALLSYMS_60)
+    assert tracer.function_list([str(tfs)], str(ks)) == (KALLSYMS_60, str(ks))  # no tracefs list: kallsyms
+    (tfs / "available_filter_functions").write_text(aff)
+    assert tracer.function_list([str(tfs)], str(ks)) == (aff, str(tfs / "available_filter_functions"))
+    (tfs / "available_filter_functions").unlink()
+    ks.unlink()
+    text, tried = tracer.function_list([str(tfs)], str(ks))
+    assert text is None and str(ks) in tried and "available_filter_functions" in tried
+    p = tracer.plan_smb({"smb3_cmd_enter": "", "smb3_cmd_done": ""}, None, "6.1.0", symbols_from=tried)
+    assert any("cannot read" in n and str(ks) in n for n in p.notes)

@@ -106,7 +106,7 @@ class Held:
             key = tp.encode()
             if key not in self.bpf.tracepoint_fds:
                 self.bpf.attach_tracepoint(tp=key, fn_name=b"tracepoint__" + key.replace(b":", b"__"))
-        for kind, sym, fn in self.plan.kprobes:
+        for kind, sym, fn in self.plan.kprobes + self.plan.optional_kprobes:
             ev = (b"r_" if kind == "kretprobe" else b"p_") + sym.encode().replace(b"+", b"_").replace(b".", b"_")
             if fn.encode() in self.bpf.kprobe_fds.get(ev, {}):
                 continue
@@ -119,7 +119,7 @@ class Held:
         assert self.plan is not None
         for key in list(self.bpf.tracepoint_fds):
             self.bpf.detach_tracepoint(key)
-        for kind, sym, fn in self.plan.kprobes:
+        for kind, sym, fn in self.plan.kprobes + self.plan.optional_kprobes:
             try:
                 if kind == "kretprobe":
                     self.bpf.detach_kretprobe(sym, fn)
