@@ -80,6 +80,11 @@ t=$(vm_now)
 vm_check "tracer attached after modprobe" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
 vm_fact modprobe_to_attached_s "$(vm_since "$t")"
 vm_check "aodv2-tracer@smb active (attached)" active aodv2-tracer@smb.service
+# inside the unit's sandbox (no /proc/kallsyms) the connection probes still engage and attach
+vm_check "tracer under the unit: pairing key names the connection" \
+    journal_has aodv2-tracer@smb.service "pairing key names the connection"
+vm_check "tracer under the unit: no probe failed to attach" sh -c \
+    '! journalctl -u aodv2-tracer@smb.service -b --no-pager -o cat | grep -q "probe not attached"'
 vm_check "aodv2.service active" vm_wait 120 active aodv2.service
 vm_fact core_active_s "$(vm_since "$t")"
 vm_check "journal: AOD core ready" vm_wait 30 journal_has aodv2.service "AOD core ready"
