@@ -444,3 +444,14 @@ def test_ci_run_requires_root_and_the_vm(ci_copy: Path, uid: str, skip: Any, ok:
     r = subprocess.run([str(ci_copy / ".ci" / "run")], capture_output=True, text=True, env=env, timeout=30)
     assert (r.returncode == 0) == ok and needle in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
     assert ("RAN" in r.stdout) == ok
+
+
+@pytest.mark.parametrize("state, up", [("active", True), ("reloading", True), ("activating", False),
+                                       ("inactive", False), ("failed", False), ("", False)])
+def test_active_counts_a_propagated_reload_as_up(monkeypatch: pytest.MonkeyPatch, state: str, up: bool) -> None:
+    """A reload of aodv2 propagates to the tracer (ReloadPropagatedFrom=): 'reloading' for a moment
+    is up, not down (CI once failed 'tracer running' on it)."""
+    gk = _load_guest("guestkit")
+    monkeypatch.setattr(gk, "run", lambda argv, timeout=120, env=None: subprocess.CompletedProcess(
+        argv, 0 if up else 3, state + "\n", ""))
+    assert gk.active("aodv2-tracer@smb.service") is up

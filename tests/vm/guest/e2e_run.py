@@ -654,7 +654,7 @@ def s6_tracer_dies(c: Checks) -> None:
     c.check("config reloaded", kind == "ok")
     core, tpid = main_pid(CORE), main_pid(TRACER)
     n0 = int(prop("NRestarts", TRACER) or 0)
-    c.check("tracer running", tpid > 0 and active(TRACER), tpid)
+    c.check("tracer running", tpid > 0 and wait_for(lambda: active(TRACER), 30), tpid)
     t = time.monotonic()
     os.kill(tpid, 9)
     back = wait_for(lambda: main_pid(TRACER) not in (0, tpid) and active(TRACER), 300, 1.0)

@@ -109,7 +109,8 @@ def main_pid(unit: str = CORE) -> int:
 
 
 def active(unit: str = CORE) -> bool:
-    return run(["systemctl", "is-active", unit]).stdout.strip() == "active"
+    """Up: active, or reloading (a reload of aodv2 propagates to the tracers for a moment)."""
+    return run(["systemctl", "is-active", unit]).stdout.strip() in ("active", "reloading")
 
 
 def cursor() -> int:
