@@ -392,19 +392,20 @@ def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
     notes = tuple(f"cifs:{t} not used: {why}" for t, why in tps.items() if why)
     have_required = all(t in usable for t in REQUIRED_TRACEPOINTS)
     if have_required and not force_kprobes:
-        defines = tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable)
-        where = f"are not in {symbols_from}" if kallsyms_text else f"cannot be looked up: cannot read {symbols_from}"
+        plan = AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable),
+                          defines=tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable), notes=notes)
         conn = kallsyms.choose_conn_probes(kallsyms_text or "")
         if conn is None:
-            return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable), defines=defines, notes=notes + (
+            where = (f"are not in {symbols_from}" if kallsyms_text
+                     else f"cannot be looked up: cannot read {symbols_from}")
+            return dataclasses.replace(plan, notes=notes + (
                 f"no connection probes ({kallsyms.ALLOC_SYMBOL} and one of {'/'.join(kallsyms.RECV_SYMBOLS)} "
                 f"{where}): requests are paired without their connection, so two "
                 "connections or channels with the same message id in flight may share an entry",))
-        return AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable),
-                          optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"),
-                                            ("kprobe", conn[1], "aod_conn_recv")),
-                          defines=defines + ("AOD_CONN_PROBES=1",),
-                          notes=notes + (f"pairing key names the connection: kprobes on {conn[0]} and {conn[1]}",))
+        return dataclasses.replace(
+            plan, optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"), ("kprobe", conn[1], "aod_conn_recv")),
+            defines=plan.defines + ("AOD_CONN_PROBES=1",),
+            notes=notes + (f"pairing key names the connection: kprobes on {conn[0]} and {conn[1]}",))
     kp = kallsyms.choose_kprobes(kallsyms_text or "", release)
     if kp is None:
         raise SetupError(
