@@ -100,7 +100,7 @@ vm-overhead: vm-image
 	    --copy aod --copy bpf --timeout 1800
 vm-package: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
-	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1500
+	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --copy tests/vm/releases --timeout 2100
 vm-e2e: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/e2e --script tests/vm/scenarios/e2e.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 2100

@@ -158,6 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EX_NOPERM
     if args.ring_file:
         cfg = dataclasses.replace(cfg, ring=dataclasses.replace(cfg.ring, path=args.ring_file))
+    for w in cfg.warnings:
+        log.emit("started", log.logging.WARNING, f"AOD config: {w}", AOD_CONFIG=args.config)
     try:
         ring, counters = _open_ring(cfg, args.ring_file)
     except OSError as e:
@@ -171,12 +173,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    errors = config_mod.check(args.file)
-    if errors:
-        for e in errors:
-            print(e, file=sys.stderr)
-        print(f"{args.file}: {len(errors)} error(s)", file=sys.stderr)
+    try:
+        cfg = config_mod.load(args.file)
+    except config_mod.ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        print(f"{args.file}: {len(e.errors)} error(s)", file=sys.stderr)
         return EX_USAGE
+    for w in cfg.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"{args.file}: OK")
     return 0
 

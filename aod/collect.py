@@ -93,7 +93,7 @@ def _prepare_dirs(stage: str, steps: list[Step]) -> None:
 
 def _write_meta(stage: str, anomaly: Anomaly, summary: dict[str, Any]) -> None:
     buf = io.BytesIO()
-    np.save(buf, anomaly.events, allow_pickle=False)
+    np.save(buf, anomaly.records(), allow_pickle=False)
     bundle.write_member(stage, "events.npy", buf.getvalue())
     bundle.write_member(stage, "summary.json", json.dumps(summary, indent=2).encode() + b"\n")
 

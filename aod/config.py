@@ -23,7 +23,8 @@ import numpy as np
 import yaml
 
 from .actions import ACTION_NAMES
-from .smb2 import COMMANDS, ERRNOS, NT_STATUS, command_name, errno_name, status_name
+from .record import IGNORED_MAX
+from .smb2 import COMMANDS, ERRNOS, NT_STATUS, RECONNECT_STATUSES, command_name, errno_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
 ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual")
@@ -40,8 +41,12 @@ class LatencyConfig:
     thresholds_ms: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))  # cmd id -> ms
     track: tuple[int, ...] = ()  # cmd ids, used when mode == trackonly
     exclude: tuple[int, ...] = (15,)  # cmd ids, used when mode == excludeonly (CHANGE_NOTIFY)
-    acceptable_count: int = 10  # anomaly when count over threshold in a window >= this
+    acceptable_count: int = 10  # count rule: this many over threshold within horizon_sec fire at once
     emergency_threshold_ms: float = 1000.0
+    horizon_sec: float = 10.0  # sliding horizon of the count rule
+    share: float = 0.5  # share rule: this share of watched completions over threshold (0: off) ...
+    share_min_count: int = 5  # ... and at least this many of them, within share_horizon_sec
+    share_horizon_sec: float = 60.0
 
     @property
     def emergency_ns(self) -> int:
@@ -54,7 +59,11 @@ class ErrorRule:
     statuses: frozenset[int] = frozenset()  # NT status codes
     errnos: frozenset[int] = frozenset()  # positive errno values
     commands: frozenset[int] = frozenset()  # empty = any command
-    acceptable_count: int = 1  # anomaly when matching errors in a window >= this
+    acceptable_count: int = 1  # count rule: this many matching errors within horizon_sec
+    horizon_sec: float = 10.0
+    share: float = 0.0  # share rule: matching errors / completions (of `commands`) >= this (0: off) ...
+    share_min_count: int = 5  # ... with at least this many matching errors, within share_horizon_sec
+    share_horizon_sec: float = 60.0
 
 
 # Session-expired / name-deleted are the reconnect detector's job, not error rules.
@@ -69,6 +78,7 @@ DEFAULT_ERROR_RULES: tuple[ErrorRule, ...] = (
         name="access_denied",
         statuses=frozenset({NT_STATUS["STATUS_ACCESS_DENIED"]}),
         acceptable_count=20,
+        share=0.2,  # a denied open costs successful lookups too: a client failing every open shows ~40%
     ),
     ErrorRule(
         name="handle_errors",
@@ -76,6 +86,18 @@ DEFAULT_ERROR_RULES: tuple[ErrorRule, ...] = (
         acceptable_count=5,
     ),
 )
+
+
+# Statuses every client sees in normal work: the end of each directory listing, reads at
+# EOF, session setup round trips, lookups of names that do not exist. The tracer drops them
+# in the kernel (they are completions, not errors) and counts them per command.
+DEFAULT_IGNORED_STATUSES: frozenset[int] = frozenset(NT_STATUS[n] for n in (
+    "STATUS_NO_MORE_FILES",
+    "STATUS_END_OF_FILE",
+    "STATUS_MORE_PROCESSING_REQUIRED",
+    "STATUS_OBJECT_NAME_NOT_FOUND",
+    "STATUS_OBJECT_PATH_NOT_FOUND",
+))
 
 
 def _default_actions() -> Mapping[str, tuple[str, ...]]:
@@ -135,6 +157,9 @@ class Config:
     output_dir: str = "/var/log/aodv2"
     latency: LatencyConfig = LatencyConfig()
     errors: tuple[ErrorRule, ...] = DEFAULT_ERROR_RULES
+    ignored_statuses: frozenset[int] = DEFAULT_IGNORED_STATUSES
+    # things worth saying that do not stop the config (check-config prints them, the core logs them)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
     reconnect: ReconnectConfig = ReconnectConfig()
     # anomaly type -> action names
     actions: Mapping[str, tuple[str, ...]] = field(default_factory=_default_actions)
@@ -247,6 +272,10 @@ def to_dict(cfg: Config) -> dict[str, Any]:
             "exclude": [command_name(c) for c in lat.exclude],
             "acceptable_count": int(lat.acceptable_count),
             "emergency_threshold_ms": float(lat.emergency_threshold_ms),
+            "horizon_sec": float(lat.horizon_sec),
+            "share": float(lat.share),
+            "share_min_count": int(lat.share_min_count),
+            "share_horizon_sec": float(lat.share_horizon_sec),
         },
         "errors": [
             {
@@ -255,9 +284,14 @@ def to_dict(cfg: Config) -> dict[str, Any]:
                 "errno": [_errno_out(e) for e in sorted(r.errnos)],
                 "commands": [command_name(c) for c in sorted(r.commands)],
                 "acceptable_count": int(r.acceptable_count),
+                "horizon_sec": float(r.horizon_sec),
+                "share": float(r.share),
+                "share_min_count": int(r.share_min_count),
+                "share_horizon_sec": float(r.share_horizon_sec),
             }
             for r in cfg.errors
         ],
+        "ignored_statuses": [status_name(s) for s in sorted(cfg.ignored_statuses)],
         "reconnect": {"enabled": bool(cfg.reconnect.enabled)},
         "actions": {t: list(names) for t, names in cfg.actions.items()},
         "capture": _plain(cfg.capture),
@@ -296,6 +330,8 @@ class _Num(NamedTuple):
 
 _MS = _Num(False, 0, True, MAX_MS, "milliseconds")
 _COUNT = _Num(True, 1, False, 1_000_000_000, "")
+_HORIZON = _Num(False, 0, True, 3600, "seconds")
+_SHARE = _Num(False, 0, False, 1, "a share of completions; 0 turns the share rule off")
 
 # dotted path (lists as []) -> allowed range
 _NUMS: dict[str, _Num] = {
@@ -304,7 +340,15 @@ _NUMS: dict[str, _Num] = {
     "latency.thresholds_ms.*": _MS,
     "latency.acceptable_count": _COUNT,
     "latency.emergency_threshold_ms": _MS,
+    "latency.horizon_sec": _HORIZON,
+    "latency.share": _SHARE,
+    "latency.share_min_count": _COUNT,
+    "latency.share_horizon_sec": _HORIZON,
     "errors[].acceptable_count": _COUNT,
+    "errors[].horizon_sec": _HORIZON,
+    "errors[].share": _SHARE,
+    "errors[].share_min_count": _COUNT,
+    "errors[].share_horizon_sec": _HORIZON,
     "capture.cooldown_sec": _Num(False, 0, False, 7 * 86400, "seconds"),
     "capture.max_per_hour": _Num(True, 1, False, 3600, ""),
     "capture.concurrency": _Num(True, 1, False, 64, ""),
@@ -319,9 +363,10 @@ _NUMS: dict[str, _Num] = {
     "upload.timeout_sec": _Num(False, 0, True, 86400, "seconds"),
 }
 
-_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name != "source")
+_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("source", "warnings"))
 _LATENCY_KEYS = tuple(f.name for f in dataclasses.fields(LatencyConfig))
-_RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count")
+_RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count", "horizon_sec", "share", "share_min_count",
+              "share_horizon_sec")
 
 
 # ---------------------------------------------------------------- reading and parsing
@@ -564,10 +609,17 @@ def _build(errs: _Errors, data: dict[str, Any]) -> Config:
         kw["output_dir"] = _abs_path(errs, "output_dir", top["output_dir"], d.output_dir)
     if "latency" in top:
         kw["latency"] = _latency(errs, top["latency"])
+    rules_raw = top.get("errors")
     if "errors" in top:
-        kw["errors"] = _error_rules(errs, top["errors"])
+        kw["errors"] = _error_rules(errs, rules_raw)
+    if "ignored_statuses" in top:
+        kw["ignored_statuses"] = _ignored_statuses(errs, top["ignored_statuses"])
     if "reconnect" in top:
         kw["reconnect"] = _reconnect(errs, top["reconnect"])
+    ignored, warnings = _check_ignored(errs, kw.get("errors", d.errors), rules_raw if "errors" in top else None,
+                                       kw.get("ignored_statuses", d.ignored_statuses), kw.get("reconnect", d.reconnect),
+                                       "ignored_statuses" in top)
+    kw["ignored_statuses"], kw["warnings"] = ignored, tuple(warnings)
     if "actions" in top:
         kw["actions"] = _actions(errs, top["actions"])
     for name in ("capture", "retention"):
@@ -609,7 +661,8 @@ def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
             want = ", ".join(LATENCY_MODES)
             errs.add(f"{p}.mode", f"expected one of: {want}, {_got(v)}{_suggest(v, LATENCY_MODES)}")
             mode = None
-    for k in ("default_threshold_ms", "acceptable_count", "emergency_threshold_ms"):
+    for k in ("default_threshold_ms", "acceptable_count", "emergency_threshold_ms", "horizon_sec", "share",
+              "share_min_count", "share_horizon_sec"):
         if k in sec:
             got = _number(errs, f"{p}.{k}", sec[k], _NUMS[f"{p}.{k}"])
             kw[k] = got  # None marks invalid
@@ -717,12 +770,59 @@ def _error_rules(errs: _Errors, raw: Any) -> tuple[ErrorRule, ...]:
         if "commands" in sec:
             cmds = _commands(errs, sec["commands"], f"{p}.commands")
         count = _num_field(errs, sec, p, "acceptable_count", "errors[].acceptable_count", 1)
+        d = ErrorRule("-")
+        extra = {k: _num_field(errs, sec, p, k, f"errors[].{k}", getattr(d, k))
+                 for k in ("horizon_sec", "share", "share_min_count", "share_horizon_sec")}
         st, en = sets["status"], sets["errno"]
         if st is not None and en is not None and not st and not en:
             errs.add(p, "expected at least one entry in 'status' or 'errno', got none")
         if isinstance(name, str):
-            rules.append(ErrorRule(name, st or frozenset(), en or frozenset(), frozenset(cmds or ()), count))
+            rules.append(ErrorRule(name, st or frozenset(), en or frozenset(), frozenset(cmds or ()), count, **extra))
     return tuple(rules)
+
+
+def _ignored_statuses(errs: _Errors, raw: Any) -> frozenset[int]:
+    items = _list(errs, raw, "ignored_statuses", "NT status names or hex codes")
+    if items is None:
+        return DEFAULT_IGNORED_STATUSES
+    out: set[int] = set()
+    for j, v in enumerate(items):
+        got = _status(errs, f"ignored_statuses[{j}]", v)
+        if got is not None:
+            out.add(got)
+    if len(out) > IGNORED_MAX:
+        errs.add("ignored_statuses", f"expected at most {IGNORED_MAX} statuses (the tracer's map), got {len(out)}")
+    return frozenset(out)
+
+
+def _check_ignored(errs: _Errors, rules: Sequence[ErrorRule], rules_raw: Any, ignored: frozenset[int],
+                   reconnect: ReconnectConfig, ignored_given: bool) -> tuple[frozenset[int], list[str]]:
+    """An ignored status is dropped in the kernel: a rule naming it could never fire, and the
+    reconnect detector would never see a session loss. With ignored_statuses set that is an
+    error; left to its default, a status a rule names is not ignored (a warning), so a config
+    written before the key existed keeps working. Returns (ignored statuses, warnings)."""
+    warnings: list[str] = []
+    for i, r in enumerate(rules):
+        named = (rules_raw[i].get("status") if isinstance(rules_raw, list) and i < len(rules_raw)
+                 and isinstance(rules_raw[i], dict) else None)
+        for s in sorted(r.statuses & ignored):
+            if not ignored_given:
+                warnings.append(f"{errs.source}: ignored_statuses: {status_name(s)} is not ignored (it is in the "
+                                f"defaults) because error rule {r.name} names it; set ignored_statuses to choose")
+                continue
+            j = next((k for k, v in enumerate(named or []) if v in (status_name(s), s, f"0x{s:08X}",
+                                                                      f"0x{s:08x}")), None)
+            path = f"errors[{i}].status" + (f"[{j}]" if j is not None else "")
+            rule = "" if rules_raw is not None else f" (the default rule {r.name})"
+            errs.add(path, f"expected a status that is not in ignored_statuses, got {status_name(s)}{rule}: the "
+                           "tracer drops it in the kernel, so this rule could never match it")
+    if not ignored_given:
+        ignored = ignored - frozenset().union(*(r.statuses for r in rules))
+    if reconnect.enabled:
+        for s in sorted(ignored & RECONNECT_STATUSES):
+            errs.add("ignored_statuses", f"expected no session-loss status while reconnect.enabled is true, got "
+                                         f"{status_name(s)}: the reconnect detector needs it")
+    return ignored, warnings
 
 
 def _reconnect(errs: _Errors, raw: Any) -> ReconnectConfig:
@@ -767,6 +867,9 @@ def _ring(errs: _Errors, raw: Any) -> RingConfig:
     kw: dict[str, Any] = {}
     if "path" in sec:
         kw["path"] = _abs_path(errs, "ring.path", sec["path"], d.path)
+        if "." in os.path.basename(kw["path"]):  # bpf_lookup() refuses it: EPERM at pin time
+            errs.add("ring.path", f"expected a bpffs path whose name has no '.' (bpffs refuses it), "
+                                  f"{_got(sec['path'])}")
     if "size_kb" in sec:
         v = sec["size_kb"]
         ok = isinstance(v, int) and not isinstance(v, bool)

@@ -19,12 +19,14 @@ from typing import Any, Optional, Protocol
 import numpy as np
 
 from aod import bpfsys
-from aod.record import CMD_SLOTS, CMD_STATS_DTYPE
+from aod.pins import CMD_STATS, CMD_STATS_V1
+from aod.record import CMD_SLOTS, CMD_STATS_DTYPE, CMD_STATS_V1_DTYPE, cmd_stats_from_v1
 
 
 class Counters(Protocol):
     available: bool
     reason: str
+    source: str  # which map or region the last read came from; a change means counting starts again
 
     def drops(self) -> int: ...
 
@@ -59,6 +61,7 @@ class FileCounters:
         self.path = path
         self.available = False
         self.reason = "not opened yet"
+        self.source = path
         self._mm: Optional[mmap.mmap] = None
         self._drops: Any = None
         self._stats: Any = None
@@ -103,17 +106,21 @@ class FileCounters:
 
 
 class PinnedCounters:
-    """Pinned per-CPU arrays `<dir>/drops` (u32 0 -> u64) and `<dir>/cmd_stats`
+    """Pinned per-CPU arrays `<dir>/drops` (u32 0 -> u64) and `<dir>/cmd_stats_v2`
     (u32 slot -> struct aod_cmd_stats). Opened afresh on each read, so a tracer that
-    re-pins its maps is followed."""
+    re-pins its maps is followed. Until a tracer of this version has pinned its
+    cmd_stats, the previous layout (`<dir>/cmd_stats`, pinned by an aodv2 0.1 tracer
+    still running after an upgrade) is read instead, with `ignored` zero."""
 
     def __init__(self, pin_dir: str) -> None:
         self.dir = pin_dir
         self.available = False
         self.reason = "not read yet"
+        self.source = ""
 
     def _read(self, name: str, value_size: int, keys: int) -> Optional[np.ndarray]:
-        """u64 matrix [keys, words] summed over CPUs, or None (available/reason set)."""
+        """u64 matrix [keys, words] summed over CPUs, or None (available/reason set: the caller
+        restores them when the map is not the one they stand for)."""
         path = os.path.join(self.dir, name)
         try:
             fd = bpfsys.obj_get(path, bpfsys.BPF_F_RDONLY)
@@ -148,11 +155,22 @@ class PinnedCounters:
         return out
 
     def drops(self) -> int:
+        """The ring-full drop count (0 if unreadable); `available` stays about cmd_stats."""
+        state = (self.available, self.reason)
         m = self._read("drops", 8, 1)
+        self.available, self.reason = state
         return 0 if m is None else int(m[0, 0])
 
     def cmd_stats(self) -> np.ndarray:
-        m = self._read("cmd_stats", CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
+        name, old = CMD_STATS, CMD_STATS_V1
+        if not os.path.exists(os.path.join(self.dir, name)) and os.path.exists(os.path.join(self.dir, old)):
+            m = self._read(old, CMD_STATS_V1_DTYPE.itemsize, CMD_SLOTS)
+            self.source = old
+            if m is None:
+                return zero_stats()
+            return cmd_stats_from_v1(np.ascontiguousarray(m).view(CMD_STATS_V1_DTYPE).reshape(CMD_SLOTS))
+        m = self._read(name, CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
+        self.source = name
         if m is None:
             return zero_stats()
         return np.ascontiguousarray(m).view(CMD_STATS_DTYPE).reshape(CMD_SLOTS)

@@ -1,4 +1,4 @@
-"""The core daemon (main thread): wires ring -> dispatch -> detect -> collect -> retain.
+"""The core daemon (main thread): wires ring -> dispatch -> detect -> policy -> collect -> retain.
 
 Runs every component as a supervised worker thread, restarts one that raises,
 talks to systemd (READY, STATUS, WATCHDOG only while all heartbeats are fresh,
@@ -21,20 +21,20 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import __version__, history, log, metrics, retain, status, tracerstate
+from . import __version__, log, metrics, retain, status, tracerstate
 from . import config as config_mod
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
 from .config import Config
 from .control import Control
 from .counters import Counters
-from .detect import Detector, Throttle
-from .dispatch import Columns, Dispatcher, WindowBuffer
+from .detect import Detector
+from .dispatch import Columns, Dispatcher, RecentEvents
 from .notify import Notifier
+from .policy import Policy
 from .retain import Retention
-from .smb2 import command_name, errno_name, status_name
 from .upload import Uploader
-from .watch import Watcher
+from .watch import Tally, Watcher
 
 WARNING = logging.WARNING
 
@@ -116,10 +116,9 @@ class Supervisor:
 
 @dataclass
 class CoreStats:
-    anomalies: dict = field(default_factory=dict)
     captures: dict = field(default_factory=dict)  # bundles written by anomaly type
     bundles: int = 0
-    capture_failures: int = 0
+    capture_failures: int = 0  # captures that failed (the policy counts those a full queue dropped)
     bundle_bytes_written: int = 0
     last_bundle: dict = field(default_factory=dict)  # path, type, time, bytes
 
@@ -149,15 +148,17 @@ class Core:
         self._flags: set[str] = set()
         self._wake = threading.Event()  # a signal arrived: run the main loop now
         self._extra_on_result = on_result
-        self.buffer = WindowBuffer()
-        self.throttle = Throttle(cfg.capture.cooldown_sec, cfg.capture.max_per_hour)
-        self.detector = Detector(cfg, suppressing=self.throttle.suppressing)
         kw = {} if collector_env is None else {"env": collector_env}
         self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
-        self.dispatcher = Dispatcher(ring, self.buffer, self._on_batch, with_columns=True)
-        self.watcher = Watcher(self.buffer, self.detector, counters,
-                               lambda: self.cfg.watch_interval_sec, self.raise_anomaly,
-                               bad_records=lambda: getattr(ring, "bad_records", 0) + getattr(ring, "foreign", 0))
+        self.policy = Policy(lambda: self.cfg, self.collector.submit)
+        self.recent = RecentEvents(lambda: self.detector.keep_ns())
+        self.tally = Tally()
+        self.detector = Detector(cfg, suppressing=self.policy.suppressing, recent=self.recent,
+                                 stats_since=lambda ns: self.watcher.horizon.since(ns))
+        self.dispatcher = Dispatcher(ring, self.recent, self._on_batch)
+        self.watcher = Watcher(self.tally, self.detector, counters, lambda: self.cfg.watch_interval_sec,
+                               self.raise_anomaly, bad_records=lambda: self.bad_records()["total"],
+                               overflow=lambda: self.recent.overflow, on_window=self.policy.flush)
         self.retention = Retention(lambda: self.cfg)
         self.uploader = Uploader(lambda: self.cfg)  # idle while upload.command is empty
         workers: list[Any] = [self.dispatcher, self.watcher, self.collector, self.retention, self.uploader]
@@ -165,33 +166,22 @@ class Core:
             workers.append(Control(state_dir, self.collect_now))
         self.supervisor = Supervisor(workers, self.stop_event, heartbeat_timeout=heartbeat_timeout)
 
-    # --- detect -> collect ---------------------------------------------------
-    def _on_batch(self, batch: np.ndarray, cols: Optional[Columns] = None) -> None:
+    # --- detect -> policy -> collect ------------------------------------------
+    def _on_batch(self, batch: np.ndarray, cols: Columns) -> None:
+        self.tally.add(batch, cols)
         for a in self.detector.immediate(batch, cols):
             self.raise_anomaly(a)
 
     def raise_anomaly(self, a: Anomaly) -> bool:
-        """Alert and capture, unless the cooldown or hourly cap suppresses it. True if queued."""
-        with self.lock:
-            self.stats.anomalies[a.type] = self.stats.anomalies.get(a.type, 0) + 1
-        if not self.throttle.allow(a.type, force=a.type == "manual"):
-            return False
-        cmds = ",".join(command_name(c) for c in a.commands)
-        statuses = a.details.get("statuses") or ()  # error: {name: count}; reconnect: [names]
-        extra = {"AOD_STATUS": ",".join(statuses)} if statuses else {}
-        log.emit("anomaly", log.ALERT, f"AOD detected anomaly: {a.type} with {a.count} events",
-                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule, **extra)
-        err = history.append(self.cfg.output_dir, a)
-        if err:
-            log.emit("capture_failed", WARNING, f"AOD anomaly history: {err}", AOD_ANOMALY=a.type)
-        if not self.collector.submit(a):
-            with self.lock:
-                self.stats.capture_failures += 1
-            log.emit("capture_failed", logging.ERROR,
-                     f"AOD capture for {a.type} anomaly dropped: collector queue is full",
-                     AOD_ANOMALY=a.type)
-            return False
-        return True
+        """Hand an anomaly to the policy (policy.py). True if its capture was queued."""
+        return self.policy.raise_(a)
+
+    def bad_records(self) -> dict[str, int]:
+        """Ring records skipped, by reason, and their total."""
+        out = {"corrupt": int(getattr(self.ring, "bad_records", 0)), "foreign": int(getattr(self.ring, "foreign", 0)),
+               "future": self.dispatcher.future}
+        out["total"] = sum(out.values())
+        return out
 
     def _on_result(self, r: BundleResult) -> None:
         with self.lock:
@@ -204,6 +194,7 @@ class Core:
             else:
                 self.stats.capture_failures += 1
             waiter = self._waiters.pop(id(r.anomaly), None)
+        self.policy.on_result(r.anomaly, r.path, r.ok)
         if r.ok and r.path and self.uploader.enabled() and not self.uploader.submit(r.path, r.anomaly.type):
             log.emit("upload_failed", WARNING, f"AOD upload of {r.path} skipped: upload queue is full",
                      AOD_BUNDLE=r.path)
@@ -218,7 +209,7 @@ class Core:
         """Capture now (SIGUSR1, `aodv2 collect`). With `waiter`, its event is set when the bundle
         is done. False if the capture could not be queued."""
         now_ns = time.monotonic_ns()
-        events = np.concatenate([self.watcher.last_window, self.buffer.peek()])
+        events = self.recent.events(now_ns - self.detector.keep_ns()).records()
         start = int(events["ts_ns"].min()) if len(events) else now_ns
         a = Anomaly(type="manual", rule=reason, count=len(events), detected_wall=time.time(),
                     detected_mono_ns=now_ns, window_start_ns=start, window_end_ns=now_ns, events=events)
@@ -271,9 +262,11 @@ class Core:
             new = dataclasses.replace(new, ring=self.cfg.ring, output_dir=self.cfg.output_dir)
         self.cfg = new
         self.detector.reconfigure(new)
-        self.throttle.set_limits(new.capture.cooldown_sec, new.capture.max_per_hour)
+        self.policy.set_limits(new)
         log.emit("reloaded", logging.INFO, f"AOD config reloaded from {self.config_path}",
                  AOD_CONFIG=self.config_path)
+        for w in new.warnings:
+            log.emit("reloaded", WARNING, f"AOD config: {w}", AOD_CONFIG=self.config_path)
         self.notifier.ready(self.status_text())
         return True
 
@@ -283,6 +276,7 @@ class Core:
         tracers = tracerstate.describe(s["tracers"]) if self.tracer_dir else "file ring"
         last = os.path.basename((s["last_bundle"] or {}).get("path", "")) or "none"
         return (f"{tracers}; {s['events_per_sec']:.0f} events/s, drops {s['drops_total']}, "
+                f"bad records {s['bad_records']}, overflow {s['event_buffer_overflow']}, "
                 f"anomalies {sum(s['anomalies'].values())} (suppressed {sum(s['suppressed'].values())}), "
                 f"bundles {s['bundles_written']}, last bundle {last}")
 
@@ -292,40 +286,40 @@ class Core:
     def snapshot(self) -> dict[str, Any]:
         """What `aodv2 status` shows and the metrics export (JSON-able)."""
         cfg, r = self.cfg, self.watcher.rates
-        lat = cfg.latency
         used, n = retain.usage(cfg.output_dir)
         with self.lock:
-            st = dataclasses.replace(self.stats, anomalies=dict(self.stats.anomalies),
-                                     captures=dict(self.stats.captures), last_bundle=dict(self.stats.last_bundle))
+            st = dataclasses.replace(self.stats, captures=dict(self.stats.captures),
+                                     last_bundle=dict(self.stats.last_bundle))
+        pol = self.policy.snapshot()
+        bad = self.bad_records()
         return {
             "schema": status.SCHEMA, "state": "running", "pid": os.getpid(), "aodv2_version": __version__,
             "started": self.started, "updated": time.time(), "config": self.config_path or "",
             "ring": cfg.ring.path, "ring_kind": "pinned" if self.tracer_dir else "file ring",
             "output_dir": cfg.output_dir, "watch_interval_sec": cfg.watch_interval_sec,
-            "tracers": self.tracer_states(), "healthy": self.supervisor.healthy(),
+            "tracers": self.tracer_states(), "counters": self._counters_state(), "healthy": self.supervisor.healthy(),
             "unhealthy": self.supervisor.stale() + ([self.supervisor.failed] if self.supervisor.failed else []),
             "events_per_sec": r.events_per_sec, "ring_records": r.ring_records, "drops_total": r.drops_total,
-            "drops_last_window": r.drops_last_window, "bad_records": r.bad_records_total,
-            "anomalies": st.anomalies, "suppressed": dict(self.throttle.suppressed), "captures": st.captures,
-            "bundles_written": st.bundles, "capture_failures": st.capture_failures,
+            "drops_last_window": r.drops_last_window, "bad_records": bad.pop("total"),
+            "bad_records_by_reason": bad, "event_buffer_overflow": self.recent.overflow,
+            "anomalies": pol["anomalies"], "suppressed": self.policy.suppressed, "refused": pol["refused"],
+            "captures": st.captures, "bundles_written": st.bundles,
+            "capture_failures": st.capture_failures + pol["capture_failures"],
             "bundle_bytes_written": st.bundle_bytes_written, "last_bundle": st.last_bundle or None,
             "disk": {"used_bytes": used, "bundles": n, "budget_bytes": int(cfg.retention.max_total_mb * 1024 * 1024),
                      "max_age_days": cfg.retention.max_age_days},
-            "thresholds": {
-                "mode": lat.mode, "default_ms": lat.default_threshold_ms,
-                "per_command_ms": {command_name(c): ms for c, ms in sorted(lat.thresholds_ms.items())},
-                "track": [command_name(c) for c in lat.track] if lat.mode == "trackonly" else [],
-                "exclude": [command_name(c) for c in lat.exclude] if lat.mode == "excludeonly" else [],
-                "acceptable_count": lat.acceptable_count, "emergency_ms": lat.emergency_threshold_ms,
-                "error_rules": [{"name": e.name, "acceptable_count": e.acceptable_count,
-                                 "match": [status_name(s) for s in sorted(e.statuses)]
-                                 + [errno_name(x) for x in sorted(e.errnos)],
-                                 "commands": [command_name(c) for c in sorted(e.commands)]} for e in cfg.errors],
-            },
+            "thresholds": status.thresholds(cfg),
             "capture": {"cooldown_sec": cfg.capture.cooldown_sec, "max_per_hour": cfg.capture.max_per_hour},
             "upload": self.uploader.stats() if cfg.upload.command else None,
             "metrics_path": metrics.textfile_path(cfg.metrics) or "",
         }
+
+    def _counters_state(self) -> Optional[dict[str, Any]]:
+        """Which all-traffic counters the watcher reads (a pinned map and its layout, or a file ring)."""
+        c = self.watcher.counters
+        if c is None:
+            return None
+        return {"source": c.source, "available": c.available, "reason": c.reason}
 
     def _write_error(self, what: str, err: OSError) -> None:
         if what not in self._state_errors:  # once per kind until it works again
@@ -354,22 +348,16 @@ class Core:
             except Exception as e:  # noqa: BLE001 - a metrics bug must not take the main loop down
                 self._write_error(mpath, OSError(0, f"internal error {e!r}"))
 
-    def _report_suppressed(self) -> None:
-        for type_, n in self.throttle.take_unreported().items():
-            log.emit("suppressed", logging.INFO,
-                     f"AOD suppressed {n} {type_} anomalies (cooldown {self.cfg.capture.cooldown_sec:g}s, "
-                     f"max {self.cfg.capture.max_per_hour}/h)", AOD_ANOMALY=type_, AOD_SUPPRESSED=n)
-
     def start(self) -> None:
         self.supervisor.start()
         log.emit("ready", logging.INFO, f"AOD core ready, reading {self.cfg.ring.path}",
                  AOD_RING=self.cfg.ring.path, AOD_OUTPUT=self.cfg.output_dir)
         self.notifier.ready(self.status_text())
 
-    def run(self, tick: float = 1.0, suppressed_every: float = 60.0) -> int:
+    def run(self, tick: float = 1.0) -> int:
         self.start()
         ping = self.notifier.ping_interval()
-        last_ping = last_status = last_supp = last_metrics = 0.0
+        last_ping = last_status = last_metrics = 0.0
         withheld = False
         while not self.stop_event.is_set():
             self._wake.wait(tick if ping is None else min(tick, ping / 4))
@@ -402,9 +390,6 @@ class Core:
                 last_status = now
                 if metrics_due:
                     last_metrics = now
-            if now - last_supp >= suppressed_every:
-                self._report_suppressed()
-                last_supp = now
         return self.shutdown()
 
     def shutdown(self) -> int:
@@ -413,7 +398,7 @@ class Core:
         self.notifier.stopping()
         log.emit("stopping", logging.INFO, "AOD core stopping")
         stuck = self.supervisor.join(timeout=5.0)
-        self._report_suppressed()
+        self.policy.flush()  # refused anomalies of the last, unfinished window
         self.publish(self.snapshot(), up=False)
         if stuck:
             log.emit("stopping", WARNING, f"AOD components did not stop in time: {','.join(stuck)}")

@@ -96,7 +96,7 @@ def run(workdir: Optional[str] = None, out: TextIO = sys.stdout, timeout: float 
     core_thread = threading.Thread(target=core.run, name="aodv2-core", daemon=True)
     core_thread.start()
     tracer = SyntheticTracer(ringfile.FileRingWriter(cfg.ring.path),
-                             emit_min_ns=int(config_mod.min_threshold_ns(cfg.latency)))
+                             emit_min_ns=int(config_mod.min_threshold_ns(cfg.latency)), ignored=cfg.ignored_statuses)
     # (start s, what) - a timeline of trouble on top of steady traffic
     plan = [
         (2.0, "WRITE latency spike: 40 writes at 600-900 ms",

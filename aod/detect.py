@@ -1,19 +1,27 @@
-"""Detection (dispatch -> detect -> collect): vectorised rules over event columns.
+"""Detection (dispatch -> detect -> policy): vectorised rules over event columns.
 
-`Detector.immediate` runs on every drained batch (emergency, reconnect: fire at
-once); `Detector.window` runs once per closed window of watch_interval_sec
-(latency count, error rules). `Throttle` applies cooldown and the hourly cap.
-Both read the compact `Columns` the dispatcher extracted once per batch (kind,
-command, latency, ts), batch by batch, never the 72-byte records: error rules
-gather only the error rows, and whole records are gathered only when an anomaly
-fires (at most MAX_ANOMALY_EVENTS of them).
+`Detector.immediate` runs on every drained batch, in the dispatcher thread:
+  - emergency: one watched completion over latency.emergency_threshold_ms;
+  - reconnect: a reconnect record, or an error whose status means the session is gone;
+  - the count rules, latency and each error rule: they fire at the event that brings
+    acceptable_count matches within horizon_sec (sliding.CountRule), wherever the window
+    boundaries fall, so within one drained batch of it.
+`Detector.window` runs at each window close, in the watcher thread: the share rules
+(matches as a share of all completions, whose count comes from the tracers' histograms,
+read once a window) fire there.
+
+Both read the compact `Columns` the dispatcher extracted once per batch (kind, command,
+latency, ts), never the 72-byte records: error rules gather only the error rows. An
+anomaly carries the ring events of its horizon from `RecentEvents`, gathered only when
+it fires (at most MAX_ANOMALY_EVENTS, matching ones first).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections import deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -22,14 +30,16 @@ import numpy as np
 from . import smb2
 from .anomaly import Anomaly
 from .config import Config, ErrorRule, threshold_lookup
-from .dispatch import Columns, Events
-from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
+from .dispatch import Columns, Events, RecentEvents, since
+from .record import CMD_SLOTS, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, cmd_slot
+from .sliding import CountRule, Crossing, ShareHit, ShareRule
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
 _NEVER = np.iinfo(np.uint64).max
 MAX_ANOMALY_EVENTS = 50_000  # events an anomaly (and its bundle's events.npy) carries at most
+LATENCY = "latency"  # rule key of the latency rules; error rules are "error:NAME"
 
-Found = tuple[str, str, int, np.ndarray, np.ndarray, dict[str, Any]]  # type, rule, count, rows, commands, details
+Match = Callable[[Events], np.ndarray]  # ascending indices of an anomaly's own events in evidence
 
 
 def _latency_kind(kind: np.ndarray) -> np.ndarray:
@@ -41,14 +51,27 @@ def _set(values: frozenset[int], dtype: type) -> np.ndarray:
     return np.array(sorted(values), dtype=dtype)
 
 
+def _slots(commands: Any) -> np.ndarray:
+    """bool[CMD_SLOTS]: the histogram slots of these command ids (all slots when there are none)."""
+    cmds = np.asarray(list(commands), dtype=np.int64)
+    out = np.zeros(CMD_SLOTS, bool)
+    if len(cmds):
+        out[cmd_slot(cmds)] = True
+    else:
+        out[:] = True
+    return out
+
+
 class _Rule:
     """An ErrorRule as arrays, built once per config."""
 
     def __init__(self, rule: ErrorRule) -> None:
         self.rule = rule
+        self.key = f"error:{rule.name}"
         self.statuses = _set(rule.statuses, np.uint32)
         self.errnos = _set(rule.errnos, np.int32)
         self.commands = _set(rule.commands, np.uint16)
+        self.slots = _slots(rule.commands)
 
     def mask(self, status: np.ndarray, err: np.ndarray, command: np.ndarray) -> np.ndarray:
         """Over error rows only."""
@@ -56,6 +79,12 @@ class _Rule:
         if len(self.commands):
             m &= np.isin(command, self.commands)
         return m
+
+    def match(self, ev: Events) -> np.ndarray:
+        idx, rows = ev.errors()
+        if not len(idx):
+            return idx
+        return idx[self.mask(rows["nt_status"], rows["err"], ev.at("command", idx))]
 
 
 @dataclass(frozen=True)
@@ -69,7 +98,20 @@ class _Tables:
     thresholds_ns: np.ndarray  # uint64[65536] ns by command: threshold, _NEVER where untracked (read-only)
     emergency_ns: np.uint64
     min_threshold_ns: np.uint64
+    latency_slots: np.ndarray  # bool[CMD_SLOTS]: histogram slots of the watched commands
     rules: tuple[_Rule, ...]
+    count_params: dict[str, tuple[Any, ...]]  # rule key -> what its count state depends on
+    share_params: dict[str, tuple[Any, ...]]  # rule key -> what its share state depends on
+
+    @property
+    def longest_horizon_ns(self) -> int:
+        lat = self.cfg.latency
+        return max([_ns(lat.horizon_sec), _ns(lat.share_horizon_sec)]
+                   + [_ns(max(r.rule.horizon_sec, r.rule.share_horizon_sec)) for r in self.rules])
+
+
+def _ns(sec: float) -> int:
+    return int(sec * 1e9)
 
 
 def _tables(cfg: Config) -> _Tables:
@@ -78,22 +120,68 @@ def _tables(cfg: Config) -> _Tables:
     thresholds = np.where(tracked, lookup, 0).astype(np.uint64)
     thresholds[~tracked] = _NEVER
     tracked.flags.writeable = thresholds.flags.writeable = False
+    slots = np.zeros(CMD_SLOTS, bool)
+    slots[cmd_slot(np.flatnonzero(tracked))] = True
+    lat = cfg.latency
+    watched = hash(thresholds.tobytes())  # which completions match: a reload that keeps it keeps the counts
+    rules = tuple(_Rule(r) for r in cfg.errors)
+    count_params: dict[str, tuple[Any, ...]] = {LATENCY: (watched, lat.acceptable_count, lat.horizon_sec)}
+    share_params: dict[str, tuple[Any, ...]] = {LATENCY: (watched, lat.share, lat.share_min_count,
+                                                          lat.share_horizon_sec)}
+    for r in rules:
+        what = (r.rule.statuses, r.rule.errnos, r.rule.commands)
+        count_params[r.key] = (*what, r.rule.acceptable_count, r.rule.horizon_sec)
+        share_params[r.key] = (*what, r.rule.share, r.rule.share_min_count, r.rule.share_horizon_sec)
     return _Tables(cfg=cfg, tracked=tracked, thresholds_ns=thresholds,
-                   emergency_ns=np.uint64(round(cfg.latency.emergency_threshold_ms * 1e6)),
-                   min_threshold_ns=thresholds.min(), rules=tuple(_Rule(r) for r in cfg.errors))
+                   emergency_ns=np.uint64(round(lat.emergency_threshold_ms * 1e6)),
+                   min_threshold_ns=thresholds.min(), latency_slots=slots, rules=rules,
+                   count_params=count_params, share_params=share_params)
+
+
+@dataclass
+class _Found:
+    type: str
+    rule: str
+    count: int
+    commands: np.ndarray
+    details: dict[str, Any]
+    start_ns: int  # the anomaly's window: what it counted
+    end_ns: int
+    evidence_from_ns: int  # ring events carried from here on
+    match: Match
 
 
 class Detector:
-    """Stateless apart from the config-derived `tables`; swap them with `reconfigure`."""
+    """Rules over batches (`immediate`) and closed windows (`window`).
+
+    The config lives in `tables`, swapped whole by `reconfigure`; a rule's sliding state is kept
+    across a reload that leaves what it depends on unchanged (`_Tables.count_params`,
+    `share_params`), and starts afresh otherwise. Count state belongs to the dispatcher thread, share state
+    to the watcher thread; `_lock` guards what they tell each other (matches not yet part of an
+    anomaly, and rules to start afresh because the other kind fired).
+    """
 
     tables: _Tables
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
                  mono: Callable[[], int] = time.monotonic_ns,
-                 suppressing: Callable[[str], bool] = lambda _type: False) -> None:
+                 suppressing: Callable[[str], bool] = lambda _type: False,
+                 recent: Optional[RecentEvents] = None,
+                 stats_since: Callable[[int], Optional[np.ndarray]] = lambda _ns: None) -> None:
         self.clock = clock
         self.mono = mono
-        self.suppressing = suppressing  # Throttle.suppressing: that type's capture is sure to be refused
+        self.suppressing = suppressing  # Policy.suppressing: that type's capture is sure to be refused
+        self.recent = recent  # evidence; None: an anomaly carries its own batch only
+        self.stats_since = stats_since  # all-traffic CMD_STATS of the windows since a time (the watcher's)
+        self._lock = threading.Lock()
+        self._matched: dict[str, Counter[int]] = {}  # rule key -> matches by command since take_matched()
+        self._share_resets: set[str] = set()  # count rule fired: its share rule starts afresh
+        self._count_resets: set[str] = set()  # share rule fired: its count rule starts afresh
+        self._counts: dict[str, tuple[tuple[Any, ...], CountRule]] = {}  # key -> (params, state)
+        self._counts_for: Optional[_Tables] = None
+        self._latched: dict[str, int] = {}  # rule key -> ts before which its events are ignored (fired)
+        self._shares: dict[str, tuple[tuple[Any, ...], ShareRule]] = {}
+        self._shares_for: Optional[_Tables] = None
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
@@ -104,151 +192,260 @@ class Detector:
     def cfg(self) -> Config:
         return self.tables.cfg
 
-    def _bounded(self, ev: Events, rows: list[np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
-        """The records the anomalies of one call carry: all of them, or (over MAX_ANOMALY_EVENTS)
-        the matching rows of any rule from the older part plus the newest events, shared by all."""
-        n = len(ev)
-        if n <= MAX_ANOMALY_EVENTS:
-            return ev.records(), {}
-        cut = n - MAX_ANOMALY_EVENTS // 2
-        early = np.unique(np.concatenate([r[r < cut] for r in rows]))[-(MAX_ANOMALY_EVENTS // 2):]
-        newest = n - (MAX_ANOMALY_EVENTS - len(early))  # fill up with the newest events
-        return ev.take(early[early < newest], newest), {"events_in_window": n}  # each record once
+    def keep_ns(self) -> int:
+        """How far back the evidence of an anomaly reaches (RecentEvents keeps this much)."""
+        t = self.tables
+        return max(t.longest_horizon_ns, int(t.cfg.watch_interval_sec * 1e9))
 
-    def _build(self, found: list[Found], ev: Events, start: int, end: int,
-               stats: Optional[np.ndarray] = None) -> list[Anomaly]:
-        if not found:
-            return []
-        if all(self.suppressing(f[0]) for f in found):  # no capture will take them: copy nothing
-            kept, extra = ev.records()[:0], {"events_in_window": len(ev), "events_not_kept": "suppressed"}
-        else:
-            kept, extra = self._bounded(ev, [f[3] for f in found])
-        wall, mono = self.clock(), self.mono()
-        return [Anomaly(type=t, rule=r, count=n, detected_wall=wall, detected_mono_ns=mono, window_start_ns=start,
-                        window_end_ns=end, events=kept, commands=tuple(int(c) for c in np.unique(cmds)),
-                        details={**d, **extra}, window_stats=stats)
-                for t, r, n, _, cmds, d in found]
+    # ---- the count rules' state (dispatcher thread) -----------------------------------
+    def _count_rules(self, t: _Tables) -> dict[str, CountRule]:
+        if self._counts_for is not t:
+            old = self._counts
+            self._counts = {}
+            for key, params in t.count_params.items():
+                k, h = params[-2:]
+                kept = old.get(key)
+                self._counts[key] = kept if kept and kept[0] == params else (params, CountRule(k, _ns(h)))
+            self._counts_for = t
+        with self._lock:
+            resets, self._count_resets = self._count_resets, set()
+        for key in resets:
+            if key in self._counts:
+                self._counts[key][1].clear()
+        return {key: v[1] for key, v in self._counts.items()}
 
+    def _counted(self, key: str, commands: np.ndarray, fired: bool, statuses: Optional[np.ndarray] = None) -> None:
+        """Pass a batch's matches on to the share rule: by (command << 32 | status)."""
+        by_cmd: Counter[int] = Counter()
+        if not fired:
+            packed = commands.astype(np.uint64) << np.uint64(32)
+            if statuses is not None:
+                packed |= statuses.astype(np.uint64)
+            cmds, n = np.unique(packed, return_counts=True)
+            by_cmd.update(dict(zip(cmds.tolist(), n.tolist())))
+        with self._lock:
+            if fired:  # these matches are the anomaly's; the share rule starts over
+                self._share_resets.add(key)
+                self._matched.pop(key, None)
+            else:
+                self._matched.setdefault(key, Counter()).update(by_cmd)
+
+    def take_matched(self) -> tuple[dict[str, dict[int, int]], set[str]]:
+        """For the watcher, at a window close before it reads the histograms: matches by command
+        per rule since the last call, and the rules whose share history must start afresh."""
+        with self._lock:
+            m, self._matched = {k: dict(v) for k, v in self._matched.items()}, {}
+            r, self._share_resets = self._share_resets, set()
+        return m, r
+
+    # ---- immediate: every batch --------------------------------------------------------
     def immediate(self, batch: np.ndarray, cols: Optional[Columns] = None) -> list[Anomaly]:
-        """Emergency and reconnect checks on a freshly drained batch (cols: its Columns, if extracted)."""
+        """Emergency, reconnect and count rules on a freshly drained batch (cols: its Columns)."""
         if len(batch) == 0:
             return []
         t = self.tables  # one config for the whole batch
-        found: list[Found] = []
-        ev = Events.of(batch, cols)
-        kind, cmd, lat, ts = ev.parts[0]
+        counts = self._count_rules(t)
+        cols = Columns.of(batch) if cols is None else cols
+        kind, cmd, lat, ts = cols
+        found: list[_Found] = []
+        lat_cfg = t.cfg.latency
+        lat_h = _ns(lat_cfg.horizon_sec)
+        t0, t1 = int(ts.min()), int(ts.max()) + 1
 
-        cand = np.flatnonzero(lat > t.emergency_ns)  # rare: check the rest on these only
-        em = cand[_latency_kind(kind[cand]) & t.tracked[cmd[cand]]]
+        iv = max(int(t.cfg.watch_interval_sec * 1e9), 1)
+        cand = np.flatnonzero(lat > t.min_threshold_ns)  # the slow few: look up thresholds for these
+        over = cand[_latency_kind(kind[cand]) & (lat[cand] > t.thresholds_ns[cmd[cand]])]
+        em = self._unlatched("emergency", ts, over[lat[over] > t.emergency_ns], iv)
         if len(em):
             worst = int(em[np.argmax(lat[em])])
-            emergency_ms = t.cfg.latency.emergency_threshold_ms
-            found.append((
-                "emergency", f"latency>{emergency_ms:g}ms", len(em), em, cmd[em],
-                {"emergency_threshold_ms": emergency_ms,
+            found.append(_Found(
+                "emergency", f"latency>{lat_cfg.emergency_threshold_ms:g}ms", len(em), cmd[em],
+                {"emergency_threshold_ms": lat_cfg.emergency_threshold_ms,
                  "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
-                 "command": smb2.command_name(int(cmd[worst]))}))
+                 "command": smb2.command_name(int(cmd[worst]))},
+                t0, t1, t0 - lat_h, lambda ev: ev.where(
+                    lambda c: _latency_kind(c.kind) & t.tracked[c.command] & (c.latency_ns > t.emergency_ns))))
         if t.cfg.reconnect.enabled:
             rc = kind == KIND_RECONNECT
             errs = np.flatnonzero(kind == KIND_ERROR)
             if len(errs):
                 rc[errs] = np.isin(batch["nt_status"][errs], _RECONNECT_STATUSES)
-            rows = np.flatnonzero(rc)
+            rows = self._unlatched("reconnect", ts, np.flatnonzero(rc), iv)
             if len(rows):
                 statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rows] if s})
-                found.append(("reconnect", "reconnect", len(rows), rows, cmd[rows], {"statuses": statuses}))
-        if not found:
-            return []
-        return self._build(found, ev, int(ts.min()), int(ts.max()) + 1)
+                found.append(_Found("reconnect", "reconnect", len(rows), cmd[rows], {"statuses": statuses},
+                                    t0, t1, t0 - lat_h, _match_reconnect))
 
-    def window(self, events: np.ndarray | Events, start_ns: int, end_ns: int,
-               stats: Optional[np.ndarray] = None) -> list[Anomaly]:
-        """Latency-count and error rules over one closed window (records, or Events with columns)."""
-        t = self.tables  # one config for the whole window
-        ev = events if isinstance(events, Events) else Events.of(events)
-        if len(ev) == 0:
-            return []
-        found: list[Found] = []
-        lat_cfg, thresholds = t.cfg.latency, t.thresholds_ns
-        floor = t.min_threshold_ns
-        cand = ev.where(lambda c: c.latency_ns > floor)  # the slow few: look up thresholds for these
-        cmd = ev.at("command", cand)
-        ok = _latency_kind(ev.at("kind", cand)) & (ev.at("latency_ns", cand) > thresholds[cmd])
-        over, over_cmd = cand[ok], cmd[ok]
-        n = len(over)
-        if n and n >= lat_cfg.acceptable_count:
-            over_cmds, counts = np.unique(over_cmd, return_counts=True)
-            found.append((
-                "latency", f"over_threshold>={lat_cfg.acceptable_count}", n, over, over_cmds,
-                {"acceptable_count": lat_cfg.acceptable_count,
-                 "over_threshold_by_command": {smb2.command_name(c): int(k) for c, k in zip(over_cmds, counts)},
-                 "thresholds_ms": {smb2.command_name(c): float(thresholds[c]) / 1e6 for c in over_cmds}}))
+        over = self._unlatched(LATENCY, ts, over)
+        if len(over):
+            cr = counts[LATENCY].feed(ts[over], cmd[over])
+            self._counted(LATENCY, cmd[over], cr is not None)
+            if cr is not None:
+                self._latch(LATENCY, cr.crossing_ts, iv)
+                found.append(self._latency_found(t, cr))
         if t.rules:
-            idx, sub = ev.errors()
-            status, err, ecmd = np.array(sub["nt_status"]), np.array(sub["err"]), ev.at("command", idx)
-            for r in t.rules:
-                m = r.mask(status, err, ecmd)
-                n = int(np.count_nonzero(m))
-                if n and n >= r.rule.acceptable_count:
-                    sts, k = np.unique(status[m], return_counts=True)
-                    found.append(("error", r.rule.name, n, idx[m], ecmd[m],
-                                  {"acceptable_count": r.rule.acceptable_count,
-                                   "statuses": {smb2.status_name(s): int(c) for s, c in zip(sts, k)}}))
-        return self._build(found, ev, start_ns, end_ns, stats)
+            errs = np.flatnonzero(kind == KIND_ERROR)
+            if len(errs):
+                status, err, ecmd = batch["nt_status"][errs], batch["err"][errs], cmd[errs]
+                for r in t.rules:
+                    m = np.flatnonzero(r.mask(status, err, ecmd))
+                    m = m[ts[errs[m]] >= np.uint64(self._latched.get(r.key, 0))]
+                    if not len(m):
+                        continue
+                    cr = counts[r.key].feed(ts[errs[m]], ecmd[m], status[m])
+                    self._counted(r.key, ecmd[m], cr is not None, status[m])
+                    if cr is not None:
+                        self._latch(r.key, cr.crossing_ts, iv)
+                        found.append(self._error_found(r, cr))
+        return self._build(found, t, batch, cols) if found else []
+
+    def _unlatched(self, key: str, ts: np.ndarray, rows: np.ndarray, iv: int = 0) -> np.ndarray:
+        """rows whose events come after the rule's latch; a rule that fires now (iv given: emergency,
+        reconnect) is latched for the rest of the window its newest event falls in."""
+        until = self._latched.get(key, 0)
+        if until and len(rows):
+            rows = rows[ts[rows] >= np.uint64(until)]
+        if iv and len(rows):
+            self._latch(key, int(ts[rows].max()), iv)
+        return rows
+
+    def _latch(self, key: str, ts: int, iv: int) -> None:
+        """At most one anomaly per rule and window: after it fires, the rule ignores events until
+        the end of the window its crossing event falls in, then counts afresh."""
+        self._latched[key] = (ts // iv + 1) * iv
+
+    def _latency_found(self, t: _Tables, cr: Crossing) -> _Found:
+        lat = t.cfg.latency
+        cmds = np.array(sorted(cr.by_command), dtype=np.uint16)
+        return _Found(
+            "latency", f"over_threshold>={lat.acceptable_count} in {lat.horizon_sec:g}s", cr.count, cmds,
+            {"trigger": "count", "acceptable_count": lat.acceptable_count, "horizon_sec": lat.horizon_sec,
+             "crossing_mono_ns": cr.crossing_ts,
+             "over_threshold_by_command": {smb2.command_name(c): n for c, n in sorted(cr.by_command.items())},
+             "thresholds_ms": {smb2.command_name(c): float(t.thresholds_ns[c]) / 1e6 for c in cmds}},
+            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - _ns(lat.horizon_sec), lambda ev: _match_latency(t, ev))
+
+    def _error_found(self, r: _Rule, cr: Crossing) -> _Found:
+        statuses = {smb2.status_name(s): n for s, n in sorted(cr.by_status.items()) if s}  # 0: matched by errno
+        return _Found(
+            "error", r.rule.name, cr.count, np.array(sorted(cr.by_command), dtype=np.uint16),
+            {"trigger": "count", "acceptable_count": r.rule.acceptable_count, "horizon_sec": r.rule.horizon_sec,
+             "crossing_mono_ns": cr.crossing_ts, "statuses": statuses},
+            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - _ns(r.rule.horizon_sec), r.match)
+
+    # ---- window: every window close -------------------------------------------------
+    def _share_rules(self, t: _Tables) -> dict[str, ShareRule]:
+        if self._shares_for is not t:
+            old = self._shares
+            self._shares = {}
+            for key, params in t.share_params.items():
+                share, n, h = params[-3:]
+                kept = old.get(key)
+                self._shares[key] = kept if kept and kept[0] == params else (params, ShareRule(share, n, _ns(h)))
+            self._shares_for = t
+        return {key: v[1] for key, v in self._shares.items()}
+
+    def window(self, end_ns: int, stats: Optional[np.ndarray], matched: dict[str, dict[int, int]],
+               resets: Optional[set[str]] = None) -> list[Anomaly]:
+        """Share rules at a window close: stats is the window's all-traffic CMD_STATS delta (None
+        while the tracer's counters are unreadable: no denominator, no share rule), matched and
+        resets what `take_matched` returned before the histograms were read."""
+        t = self.tables
+        shares = self._share_rules(t)
+        resets = resets or set()
+        for key in resets:
+            if key in shares:
+                shares[key].clear()
+        if stats is None:
+            return []
+        hist = stats["hist"].sum(axis=1)
+        found: list[_Found] = []
+        for r in (None, *t.rules):
+            key = LATENCY if r is None else r.key
+            if key in resets:
+                continue  # its count rule fired in this window: these completions are that anomaly's
+            sr = shares[key]
+            slots = t.latency_slots if r is None else r.slots
+            hit = sr.add(end_ns, matched.get(key, {}), int(hist[slots].sum()))
+            if hit is None:
+                continue
+            with self._lock:
+                self._count_resets.add(key)
+            found.append(self._share_found(t, r, sr, hit, end_ns))
+        return self._build(found, t, None, None) if found else []
+
+    def _share_found(self, t: _Tables, r: Optional[_Rule], sr: ShareRule, hit: ShareHit, end_ns: int) -> _Found:
+        m, c = hit.matches, hit.completions
+        start = end_ns - sr.horizon_ns
+        per_cmd: Counter[int] = Counter()
+        per_status: Counter[int] = Counter()
+        for packed, n in hit.by_command.items():  # command << 32 | status
+            per_cmd[packed >> 32] += n
+            per_status[packed & 0xFFFFFFFF] += n
+        cmds = np.array(sorted(per_cmd), dtype=np.uint16)
+        by_cmd = {smb2.command_name(k): n for k, n in sorted(per_cmd.items())}
+        details: dict[str, Any] = {"trigger": "share", "share": sr.share, "share_min_count": sr.min_count,
+                                   "horizon_sec": sr.horizon_ns / 1e9, "matches": m, "completions": c,
+                                   "observed_share": round(m / c, 4) if c else 1.0}
+        if r is None:
+            lat = t.cfg.latency
+            details.update({"over_threshold_by_command": by_cmd,
+                            "thresholds_ms": {smb2.command_name(k): float(t.thresholds_ns[k]) / 1e6 for k in cmds}})
+            return _Found("latency", f"over_threshold_share>={lat.share:g} in {lat.share_horizon_sec:g}s", m, cmds,
+                          details, start, end_ns, start, lambda ev: _match_latency(t, ev))
+        details["by_command"] = by_cmd
+        details["statuses"] = {smb2.status_name(s): n for s, n in sorted(per_status.items()) if s}
+        return _Found("error", r.rule.name, m, cmds, details, start, end_ns, start, r.match)
+
+    # ---- anomalies ------------------------------------------------------------------------
+    def _build(self, found: list[_Found], t: _Tables, batch: Optional[np.ndarray],
+               cols: Optional[Columns]) -> list[Anomaly]:
+        """The anomalies, sharing one evidence: the ring events since the earliest evidence_from_ns,
+        taken as references now and gathered into one array when the collector needs it."""
+        if self.recent is not None:
+            snap = self.recent.snapshot()
+        else:
+            snap = [(batch, cols if cols is not None else Columns.of(batch))] if batch is not None else []
+        from_ns = min(f.evidence_from_ns for f in found)
+        gather: Optional[Callable[[], np.ndarray]] = None
+        extra: dict[str, Any] = {}
+        if all(self.suppressing(f.type) for f in found):  # no capture will take them: keep nothing
+            extra = {"events_not_kept": "suppressed"}
+        else:
+            n = sum(int(np.count_nonzero(c.ts_ns >= np.uint64(max(from_ns, 0)))) for _, c in snap)
+            if n > MAX_ANOMALY_EVENTS:
+                extra = {"events_in_horizon": n}
+            gather = functools.partial(_gather, snap, from_ns, tuple(f.match for f in found))
+        wall, mono = self.clock(), self.mono()
+        out = []
+        for f in found:
+            out.append(Anomaly(type=f.type, rule=f.rule, count=f.count, detected_wall=wall, detected_mono_ns=mono,
+                               window_start_ns=f.start_ns, window_end_ns=f.end_ns,
+                               commands=tuple(int(c) for c in np.unique(f.commands)),
+                               details={**f.details, **extra}, gather=gather,
+                               stats_gather=functools.partial(self.stats_since, f.start_ns)))
+        return out
 
 
-class Throttle:
-    """Per-type cooldown plus a global hourly cap on captures. Thread-safe."""
-
-    def __init__(self, cooldown_sec: float, max_per_hour: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.last: dict[str, float] = {}
-        self.recent: deque[float] = deque()
-        self.suppressed: dict[str, int] = {}
-        self.unreported: dict[str, int] = {}
-        self.set_limits(cooldown_sec, max_per_hour)
-
-    def set_limits(self, cooldown_sec: float, max_per_hour: int) -> None:
-        with self.lock:
-            self.cooldown = cooldown_sec
-            self.max_per_hour = max_per_hour
-
-    def suppressing(self, type_: str, margin: float = 1.0) -> bool:
-        """True if allow(type_) is certain to refuse for the next `margin` seconds (no side effect):
-        the detector then skips copying events for an anomaly no capture will take."""
-        now = self.clock() + margin
-        with self.lock:
-            last = self.last.get(type_)
-            cooling = last is not None and now - last < self.cooldown
-            recent = sum(1 for t in self.recent if now - t < 3600)
-            return cooling or recent >= self.max_per_hour
-
-    def allow(self, type_: str, force: bool = False) -> bool:
-        """True if a capture of this type may start now (and records it)."""
-        now = self.clock()
-        with self.lock:
-            while self.recent and now - self.recent[0] >= 3600:
-                self.recent.popleft()
-            last = self.last.get(type_)
-            ok = force or (
-                (last is None or now - last >= self.cooldown) and len(self.recent) < self.max_per_hour
-            )
-            if ok:
-                self.last[type_] = now
-                self.recent.append(now)
-            else:
-                self.suppressed[type_] = self.suppressed.get(type_, 0) + 1
-                self.unreported[type_] = self.unreported.get(type_, 0) + 1
-            return ok
-
-    def take_unreported(self) -> dict[str, int]:
-        with self.lock:
-            out, self.unreported = self.unreported, {}
-            return out
+def _gather(snap: list[tuple[np.ndarray, Columns]], from_ns: int, matches: tuple[Match, ...]) -> np.ndarray:
+    """The evidence records: all of them, or (over MAX_ANOMALY_EVENTS) the anomalies' own events
+    from the older part plus the newest events, each record once, in drain order."""
+    ev = since(snap, from_ns)
+    n = len(ev)
+    if n <= MAX_ANOMALY_EVENTS:
+        return ev.records()
+    cut = n - MAX_ANOMALY_EVENTS // 2
+    rows = [m(ev) for m in matches]
+    early = np.unique(np.concatenate([r[r < cut] for r in rows]))[-(MAX_ANOMALY_EVENTS // 2):]
+    newest = n - (MAX_ANOMALY_EVENTS - len(early))  # fill up with the newest events
+    return ev.take(early[early < newest], newest)
 
 
-def window_bounds(t_ns: int, interval_ns: int) -> tuple[int, int]:
-    start = t_ns - (t_ns % interval_ns)
-    return start, start + interval_ns
+def _match_latency(t: _Tables, ev: Events) -> np.ndarray:
+    return ev.where(lambda c: _latency_kind(c.kind) & (c.latency_ns > t.thresholds_ns[c.command]))
+
+
+def _match_reconnect(ev: Events) -> np.ndarray:
+    idx, rows = ev.errors()
+    lost = idx[np.isin(rows["nt_status"], _RECONNECT_STATUSES)] if len(idx) else idx
+    return np.union1d(ev.where(lambda c: c.kind == KIND_RECONNECT), lost).astype(np.intp)

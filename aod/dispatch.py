@@ -1,15 +1,17 @@
 """Dispatch (ring -> dispatch -> detect): drain the ring into numpy batches.
 
-The dispatcher thread waits on the ring, drains it, reads the few fields the
-detectors need out of each batch once (`Columns`, 19 of the 72 bytes a record),
-runs the immediate detectors on the batch and appends batch and columns to the
-`WindowBuffer`. The watcher takes a window's worth as `Events`: the record batches
-as drained (never concatenated unless an anomaly needs them) and their columns.
+The dispatcher thread waits on the ring, drains it, drops records stamped in the
+future, reads the few fields the detectors need out of each batch once (`Columns`,
+19 of the 72 bytes a record), keeps batch and columns in `RecentEvents` (the
+evidence of the last horizon) and hands both to the detectors, which run every rule
+on the batch. `Events` is a view over several batches: the record batches as drained
+(never concatenated unless an anomaly needs them) and their columns.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
@@ -19,6 +21,7 @@ from .record import EVENT_DTYPE, EVENT_SIZE, KIND_ERROR
 # Records are copied as opaque 72-byte items: numpy copies a structured dtype field by
 # field, several times slower (concatenate, fancy indexing, masks).
 _RAW = np.dtype((np.void, EVENT_SIZE))
+FUTURE_TOLERANCE_NS = 1_000_000_000  # CLOCK_MONOTONIC is one clock for tracer and core; 1 s is slack
 
 
 def raw(events: np.ndarray) -> np.ndarray:
@@ -152,106 +155,121 @@ class Events:
             self._errors = (idx, self.take(idx))
         return self._errors
 
-    def tail(self, n: int) -> list[np.ndarray]:
-        """The newest n records as views of the batches (no copy)."""
-        out: list[np.ndarray] = []
-        for b in reversed(self.batches):
-            if n <= 0:
-                break
-            out.append(b[-n:] if len(b) > n else b)
-            n -= len(b)
-        return out[::-1]
 
+class RecentEvents:
+    """The newest drained events, as the batches they arrived in: the evidence an anomaly carries
+    and what a manual capture takes. Thread-safe.
 
-class WindowBuffer:
-    """Bounded buffer of drained events between the dispatcher and the watcher.
-
-    Holds at most `capacity` events; beyond that the newest events are still
-    counted (`overflow`) but not kept, so memory stays bounded under a storm.
-    Each batch is kept with its `Columns`.
+    Holds the batches of the last `keep_ns()` nanoseconds (the longest rule horizon), and
+    at most `capacity` events: past that the oldest are let go, and those still inside the
+    horizon are counted in `overflow` (a bundle can then miss part of its horizon; detection
+    never does, it runs on each batch as it is drained).
     """
 
-    def __init__(self, capacity: int = 2_000_000) -> None:
+    def __init__(self, keep_ns: Callable[[], int], capacity: int = 65536,
+                 mono: Callable[[], int] = time.monotonic_ns) -> None:
+        self.keep_ns = keep_ns
         self.capacity = capacity
+        self.mono = mono
         self.lock = threading.Lock()
         self.batches: list[np.ndarray] = []
         self.columns: list[Columns] = []
+        self.newest: list[int] = []  # newest ts of each batch
         self.size = 0
         self.overflow = 0
-        self.total = 0
 
-    def add(self, batch: np.ndarray, cols: Optional[Columns] = None) -> None:
-        """Append a drained batch; cols are its Columns (extracted here when not given)."""
-        if cols is None:
-            cols = Columns.of(batch)
+    def add(self, batch: np.ndarray, cols: Columns) -> None:
+        if not len(batch):
+            return
+        newest = int(cols.ts_ns.max())
         with self.lock:
-            self.total += len(batch)
-            room = max(self.capacity - self.size, 0)
-            if len(batch) > room:
-                self.overflow += len(batch) - room
-                batch, cols = batch[:room], cols.select(slice(0, room))
-            if len(batch):
-                self.batches.append(batch)
-                self.columns.append(cols)
-                self.size += len(batch)
+            self.batches.append(batch)
+            self.columns.append(cols)
+            self.newest.append(newest)
+            self.size += len(batch)
+            oldest = self.mono() - self.keep_ns()
+            while self.batches:
+                if self.newest[0] < oldest and len(self.batches) > 1:  # all older than the horizon (not the new one)
+                    self._pop(len(self.batches[0]))
+                elif self.size > self.capacity:
+                    cut = min(self.size - self.capacity, len(self.batches[0]))
+                    self.overflow += int(np.count_nonzero(self.columns[0].ts_ns[:cut] >= oldest))
+                    self._pop(cut)
+                else:
+                    break
 
-    def take(self, end_ns: int) -> Events:
-        """Remove and return every event completed before end_ns (late ones included)."""
+    def _pop(self, n: int) -> None:
+        if n >= len(self.batches[0]):
+            del self.batches[0], self.columns[0], self.newest[0]
+        else:
+            self.batches[0] = self.batches[0][n:]
+            self.columns[0] = self.columns[0].select(slice(n, None))
+        self.size -= n
+
+    def snapshot(self) -> list[tuple[np.ndarray, Columns]]:
+        """The batches held now (references: batches are never changed once drained)."""
         with self.lock:
-            batches, self.batches = self.batches, []
-            cols, self.columns = self.columns, []
-            self.size = 0
-        taken: list[tuple[np.ndarray, Columns]] = []
-        keep: list[tuple[np.ndarray, Columns]] = []
-        for b, c in zip(batches, cols):  # split batch by batch, on the ts column
-            early = c.ts_ns < end_ns
-            n = int(np.count_nonzero(early))
-            if n == len(b):
-                taken.append((b, c))
-            elif n == 0:
-                keep.append((b, c))
-            elif early[:n].all():  # in time order (the usual case): views, no copy
-                taken.append((b[:n], c.select(slice(0, n))))
-                keep.append((b[n:], c.select(slice(n, None))))
-            else:
-                late = ~early
-                taken.append((raw(b)[early].view(EVENT_DTYPE), c.select(early)))
-                keep.append((raw(b)[late].view(EVENT_DTYPE), c.select(late)))
-        del batches, cols
-        if keep:
-            with self.lock:
-                self.batches[:0] = [b for b, _ in keep]
-                self.columns[:0] = [c for _, c in keep]
-                self.size += sum(len(b) for b, _ in keep)
-        return Events([b for b, _ in taken], [c for _, c in taken])
+            return list(zip(self.batches, self.columns))
 
-    def take_until(self, end_ns: int) -> np.ndarray:
-        """`take` as one contiguous record array."""
-        return self.take(end_ns).records()
+    def events(self, since_ns: int = 0) -> Events:
+        """Events completed at or after since_ns."""
+        return since(self.snapshot(), since_ns)
 
-    def peek(self) -> np.ndarray:
-        with self.lock:
-            batches = list(self.batches)
-        return concat(batches)
+
+def since(pairs: Sequence[tuple[np.ndarray, Columns]], since_ns: int) -> Events:
+    """The rows of these batches completed at or after since_ns, as Events."""
+    out_b: list[np.ndarray] = []
+    out_c: list[Columns] = []
+    for b, c in pairs:
+        if not len(b) or int(c.ts_ns.max()) < since_ns:
+            continue
+        if int(c.ts_ns.min()) < since_ns:
+            keep = c.ts_ns >= since_ns
+            b, c = raw(b)[keep].view(EVENT_DTYPE), c.select(keep)
+        out_b.append(b)
+        out_c.append(c)
+    return Events(out_b, out_c)
+
+
+def drop_future(batch: np.ndarray, cols: Columns, now_ns: int,
+                tolerance_ns: int) -> tuple[np.ndarray, Columns, int]:
+    """Drop records stamped after now + tolerance (a clock the kernel does not have): kept, they
+    would sit at the head of every horizon. Returns the rest, its columns and how many were dropped."""
+    late = cols.ts_ns > np.uint64(now_ns + tolerance_ns)
+    n = int(np.count_nonzero(late))
+    if not n:
+        return batch, cols, 0
+    keep = ~late
+    return raw(batch)[keep].view(EVENT_DTYPE), cols.select(keep), n
 
 
 class Dispatcher:
-    """Worker: ring -> columns -> window buffer, immediate detection (`on_batch`).
+    """Worker: ring -> columns -> recent events, then `on_batch(batch, cols)` (immediate detection).
 
-    on_batch(batch), or on_batch(batch, cols) with with_columns=True, so the
-    immediate detectors reuse the columns extracted here.
-    """
+    Records stamped more than FUTURE_TOLERANCE_NS after now are dropped and counted in
+    `future` (a bad-record reason)."""
 
     name = "dispatcher"
 
-    def __init__(self, ring: Ring, buffer: WindowBuffer, on_batch: Callable[..., None],
-                 wait_sec: float = 1.0, with_columns: bool = False) -> None:
+    def __init__(self, ring: Ring, recent: RecentEvents, on_batch: Callable[[np.ndarray, Columns], None],
+                 wait_sec: float = 1.0, mono: Callable[[], int] = time.monotonic_ns) -> None:
         self.ring = ring
-        self.buffer = buffer
+        self.recent = recent
         self.on_batch = on_batch
         self.wait_sec = wait_sec
-        self.with_columns = with_columns
+        self.mono = mono
         self.records = 0
+        self.future = 0
+
+    def handle(self, batch: np.ndarray) -> None:
+        """One drained batch (the loop body; tests call it directly)."""
+        cols = Columns.of(batch)
+        batch, cols, n = drop_future(batch, cols, self.mono(), FUTURE_TOLERANCE_NS)
+        self.future += n
+        if len(batch):
+            self.records += len(batch)
+            self.recent.add(batch, cols)
+            self.on_batch(batch, cols)
 
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         while not stop.is_set():
@@ -260,10 +278,4 @@ class Dispatcher:
                 continue
             batch = self.ring.drain()
             if len(batch):
-                self.records += len(batch)
-                cols = Columns.of(batch)
-                self.buffer.add(batch, cols)
-                if self.with_columns:
-                    self.on_batch(batch, cols)
-                else:
-                    self.on_batch(batch)
+                self.handle(batch)

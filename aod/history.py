@@ -1,8 +1,10 @@
-"""Anomaly history (detect -> history): one JSON line per alerted anomaly for log shippers.
+"""Anomaly history (policy -> history): one JSON line per anomaly, for log shippers.
 
 <output_dir>/anomalies.jsonl, mode 0600, opened per record with O_APPEND so
-logrotate's `create` rotation needs no signal. Failures are returned, not raised:
-a full disk must never stop detection.
+logrotate's `create` rotation needs no signal. Captured anomalies get a line each
+("captured": true); refused ones one line per type and window ("captured": false,
+with the reason and how many). Failures are returned, not raised: a full disk must
+never stop detection.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .anomaly import Anomaly
 from .smb2 import command_name
@@ -19,28 +21,33 @@ from .smb2 import command_name
 FILENAME = "anomalies.jsonl"
 
 
-def record(a: Anomaly) -> dict[str, Any]:
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(a.detected_wall))
-        + f".{int(a.detected_wall % 1 * 1000):03d}Z",
-        "host": socket.gethostname(),
-        "type": a.type,
-        "rule": a.rule,
-        "count": a.count,
-        "commands": [command_name(c) for c in a.commands],
-        "details": dict(a.details),
-    }
+def iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
-def append(output_dir: str, a: Anomaly) -> Optional[str]:
+def base(type_: str, wall: float, rule: str, count: int, commands: Iterable[int]) -> dict[str, Any]:
+    return {"time": iso(wall), "host": socket.gethostname(), "type": type_, "rule": rule, "count": count,
+            "commands": [command_name(c) for c in commands]}
+
+
+def record(a: Anomaly, captured: bool = True, reason: str = "") -> dict[str, Any]:
+    out = base(a.type, a.detected_wall, a.rule, a.count, a.commands)
+    out["details"] = dict(a.details)
+    out["captured"] = captured
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def append(output_dir: str, line: dict[str, Any]) -> Optional[str]:
     """Append one line; returns an error text instead of raising."""
     path = os.path.join(output_dir, FILENAME)
-    line = (json.dumps(record(a), default=str, separators=(",", ":")) + "\n").encode()
+    data = (json.dumps(line, default=str, separators=(",", ":")) + "\n").encode()
     try:
         os.makedirs(output_dir, mode=0o700, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, line)
+            os.write(fd, data)
         finally:
             os.close(fd)
     except OSError as e:

@@ -14,6 +14,8 @@ from typing import Any
 
 ALERT = logging.CRITICAL + 10  # journald maps anything above CRITICAL to LOG_ALERT (1)
 logging.addLevelName(ALERT, "ALERT")
+NOTICE = logging.INFO + 5  # syslog notice (5): journal records of anomalies refused a capture
+logging.addLevelName(NOTICE, "NOTICE")
 
 LOGGER_NAME = "aodv2"
 SYSLOG_IDENTIFIER = "aodv2"
@@ -41,9 +43,16 @@ MESSAGE_IDS: dict[str, str] = {
     "upload_failed": "a0d20013c0de4b1a9f0e7d6c5b4a3921",
     "control": "a0d20014c0de4b1a9f0e7d6c5b4a3921",
     "metrics_failed": "a0d20015c0de4b1a9f0e7d6c5b4a3921",
+    "overflow": "a0d20016c0de4b1a9f0e7d6c5b4a3921",
 }
 
-_PRIORITY = {ALERT: 1, logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+_PRIORITY = {ALERT: 1, logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, NOTICE: 5, logging.INFO: 6,
+             logging.DEBUG: 7}
+
+
+def priority(levelno: int) -> int:
+    """syslog priority of a logging level (the nearest one at or above it)."""
+    return next((p for lv, p in sorted(_PRIORITY.items()) if levelno <= lv), 1)
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -61,8 +70,7 @@ class _StderrFormatter(logging.Formatter):
         )
         text = record.getMessage() + (f" [{fields}]" if fields else "")
         if self.journal_stream:
-            pri = next((p for lv, p in sorted(_PRIORITY.items()) if record.levelno <= lv), 1)
-            return f"<{pri}>{text}"
+            return f"<{priority(record.levelno)}>{text}"
         return f"aodv2 {record.levelname.lower()}: {text}"
 
 
@@ -78,7 +86,11 @@ def setup(level: int = logging.INFO, force_stderr: bool = False) -> str:
         try:
             from systemd.journal import JournalHandler  # type: ignore[import-not-found]
 
-            handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
+            class _Handler(JournalHandler):  # type: ignore[misc]
+                # systemd-python maps levels onto 7 priorities without notice; ours has it
+                map_priority = staticmethod(priority)
+
+            handler = _Handler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
             kind = "journal"
         except ImportError:
             handler = logging.StreamHandler(sys.stderr)

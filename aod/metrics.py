@@ -74,8 +74,12 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
              "SMB commands completed, counted in the kernel by the tracers (every completion).",
              [("", {"command": command_name(c)}, int(stats["hist"][c].sum())) for c in slots])
     o.family("aodv2_smb_command_errors_total", "counter",
-             "SMB commands that completed with an error, counted in the kernel.",
+             "SMB commands that completed with an error, counted in the kernel (ignored statuses excluded).",
              [("", {"command": command_name(c)}, int(stats["errors"][c])) for c in slots])
+    o.family("aodv2_smb_command_ignored_statuses_total", "counter",
+             "SMB commands that completed with a status in ignored_statuses (normal work: end of a listing, "
+             "a missing name), counted in the kernel and not as errors.",
+             [("", {"command": command_name(c)}, int(stats["ignored"][c])) for c in slots])
     errs = (totals or {}).get("errors") or {}
     o.family("aodv2_smb_errors_total", "counter", "SMB error records by command and NT status.",
              [("", {"command": command_name(c), "status": status_name(s)}, n)
@@ -98,13 +102,21 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
              [("", {}, snap.get("ring_records", 0))])
     o.family("aodv2_ring_drops_total", "counter", "Records the tracers dropped because the ring was full.",
              [("", {}, snap.get("drops_total", 0))])
-    o.family("aodv2_ring_bad_records_total", "counter", "Corrupt or foreign ring records skipped.",
-             [("", {}, snap.get("bad_records", 0))])
+    o.family("aodv2_ring_bad_records_total", "counter",
+             "Ring records skipped, by reason: corrupt, foreign (another layout), future (stamped after now).",
+             _by(snap.get("bad_records_by_reason"), "reason"))
+    o.family("aodv2_event_buffer_overflow_total", "counter",
+             "Ring events let go from the buffer of recent events before their detection horizon ended "
+             "(bundles carry the newest; detection is not affected).",
+             [("", {}, snap.get("event_buffer_overflow", 0))])
     o.family("aodv2_anomalies_total", "counter", "Anomalies detected, by type (captured or suppressed).",
              _by(snap.get("anomalies"), "type"))
     o.family("aodv2_anomalies_suppressed_total", "counter",
              "Anomalies not captured because of the cooldown or the hourly cap, by type.",
              _by(snap.get("suppressed"), "type"))
+    o.family("aodv2_anomalies_refused_total", "counter",
+             "Anomalies not captured, by reason: cooldown, hourly_cap, queue_full.",
+             _by(snap.get("refused"), "reason"))
     o.family("aodv2_captures_total", "counter", "Bundles written, by anomaly type.", _by(snap.get("captures"), "type"))
     o.family("aodv2_capture_failures_total", "counter", "Captures that failed or were dropped.",
              [("", {}, snap.get("capture_failures", 0))])

@@ -22,6 +22,8 @@ TRACER_NAMES = {TRACER_SMB: "smb", TRACER_SYNTHETIC: "synthetic", TRACER_FILE: "
 
 CMD_SLOTS = 32
 HIST_BUCKETS = 32
+CMD_STATS_VERSION = 2
+IGNORED_MAX = 256
 
 EVENT_DTYPE = np.dtype(
     [
@@ -45,8 +47,20 @@ EVENT_SIZE = EVENT_DTYPE.itemsize  # 72
 
 # numpy mirror of struct aod_cmd_stats, one row per command slot
 CMD_STATS_DTYPE = np.dtype(
+    [("hist", "<u8", (HIST_BUCKETS,)), ("latency_sum_ns", "<u8"), ("errors", "<u8"), ("ignored", "<u8")]
+)
+# struct aod_cmd_stats_v1: what aodv2 0.1 tracers pin as `cmd_stats` (no `ignored`)
+CMD_STATS_V1_DTYPE = np.dtype(
     [("hist", "<u8", (HIST_BUCKETS,)), ("latency_sum_ns", "<u8"), ("errors", "<u8")]
 )
+
+
+def cmd_stats_from_v1(old: np.ndarray) -> np.ndarray:
+    """CMD_STATS_V1_DTYPE rows as CMD_STATS_DTYPE (ignored = 0)."""
+    out = np.zeros(len(old), CMD_STATS_DTYPE)
+    for name in CMD_STATS_V1_DTYPE.names or ():
+        out[name] = old[name]
+    return out
 
 
 def empty(n: int = 0) -> np.ndarray:

@@ -44,7 +44,7 @@ CONS_OFF = 0
 HEADER_OFF = 2048  # in page 0, away from consumer_pos
 PROD_OFF = FILE_PAGE
 DATA_OFF = 2 * FILE_PAGE
-MAGIC = b"AODRING1"
+MAGIC = b"AODRING2"  # 2: counters hold CMD_STATS_DTYPE v2 (with `ignored`)
 _HEADER = struct.Struct("<8sQQQ")  # magic, data size, counters offset, counters length
 COUNTERS_USED = 8 + CMD_SLOTS * CMD_STATS_DTYPE.itemsize
 COUNTERS_LEN = -(-COUNTERS_USED // FILE_PAGE) * FILE_PAGE
@@ -275,7 +275,8 @@ class FileRingWriter:
 
     def record_stats(self, events: np.ndarray) -> None:
         """Add events to the per-command counters as the BPF tracer does for all traffic:
-        completions and errors go into hist and latency_sum_ns; errors also count in errors."""
+        completions and errors go into hist and latency_sum_ns; errors also count in errors;
+        completions with a status (an ignored one, see SyntheticTracer) count in ignored."""
         kind = events["kind"]
         done = (kind == KIND_COMPLETION) | (kind == KIND_ERROR)
         slot = cmd_slot(events["command"][done])
@@ -291,6 +292,8 @@ class FileRingWriter:
             self._stats["latency_sum_ns"] += sums
         errs = np.bincount(cmd_slot(events["command"][kind == KIND_ERROR]), minlength=CMD_SLOTS)
         self._stats["errors"] += errs.astype(np.uint64)
+        ign = (kind == KIND_COMPLETION) & (events["nt_status"] != 0)
+        self._stats["ignored"] += np.bincount(cmd_slot(events["command"][ign]), minlength=CMD_SLOTS).astype(np.uint64)
 
     def add_drops(self, n: int) -> None:
         self._drops[0] += n

@@ -14,6 +14,8 @@ import time
 from typing import Any, Optional
 
 from .atomicfile import write_atomic
+from .config import Config
+from .smb2 import command_name, errno_name, status_name
 from .tracerstate import RUN_DIR, pid_alive
 
 STATUS_FILE = "status.json"
@@ -95,6 +97,36 @@ def _counts(d: Any) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted((d or {}).items())) or "none"
 
 
+def thresholds(cfg: Config) -> dict[str, Any]:
+    """The detection settings in force, for status.json (`aodv2 status` shows them)."""
+    lat = cfg.latency
+    return {
+        "mode": lat.mode, "default_ms": lat.default_threshold_ms,
+        "per_command_ms": {command_name(c): ms for c, ms in sorted(lat.thresholds_ms.items())},
+        "track": [command_name(c) for c in lat.track] if lat.mode == "trackonly" else [],
+        "exclude": [command_name(c) for c in lat.exclude] if lat.mode == "excludeonly" else [],
+        "acceptable_count": lat.acceptable_count, "horizon_sec": lat.horizon_sec, "share": lat.share,
+        "share_min_count": lat.share_min_count, "share_horizon_sec": lat.share_horizon_sec,
+        "emergency_ms": lat.emergency_threshold_ms,
+        "error_rules": [{"name": e.name, "acceptable_count": e.acceptable_count, "horizon_sec": e.horizon_sec,
+                         "share": e.share, "share_min_count": e.share_min_count,
+                         "share_horizon_sec": e.share_horizon_sec,
+                         "match": [status_name(s) for s in sorted(e.statuses)]
+                         + [errno_name(x) for x in sorted(e.errnos)],
+                         "commands": [command_name(c) for c in sorted(e.commands)]} for e in cfg.errors],
+        "ignored_statuses": [status_name(s) for s in sorted(cfg.ignored_statuses)],
+    }
+
+
+def _rule(r: dict[str, Any]) -> str:
+    """'>= 10 in 10.0s, or share >= 0.5 (>= 5) in 60.0s' of a latency or error rule in the snapshot."""
+    out = f">= {r.get('acceptable_count', '?')} in {r.get('horizon_sec', '?')}s"
+    if r.get("share"):
+        out += (f", or share >= {r['share']:g} (>= {r.get('share_min_count', '?')}) "
+                f"in {r.get('share_horizon_sec', '?')}s")
+    return out
+
+
 def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
     """Human-readable `aodv2 status` output."""
     lines = [f"aodv2 core: {state} ({reason})",
@@ -102,10 +134,18 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
     tr = snap.get("tracers") or {}
     lines.append("  tracers: " + (", ".join(f"{n} {s}" for n, s in sorted(tr.items())) if tr else
                                   snap.get("ring_kind", "none")))
+    c = snap.get("counters")
+    if c:
+        lines.append(f"  counters: {os.path.basename(str(c.get('source') or '-'))}"
+                     + ("" if c.get("available") else f" (not readable: {c.get('reason')})"))
+    bad = {k: v for k, v in (snap.get("bad_records_by_reason") or {}).items() if v}
     lines.append(f"  events: {float(snap.get('events_per_sec', 0)):.0f}/s, ring records "
                  f"{snap.get('ring_records', 0)}, drops {snap.get('drops_total', 0)} "
-                 f"(last window {snap.get('drops_last_window', 0)}), bad records {snap.get('bad_records', 0)}")
-    lines.append(f"  anomalies: {_counts(snap.get('anomalies'))}; suppressed: {_counts(snap.get('suppressed'))}")
+                 f"(last window {snap.get('drops_last_window', 0)}), bad records {snap.get('bad_records', 0)}"
+                 + (f" ({_counts(bad)})" if bad else "")
+                 + f", event buffer overflow {snap.get('event_buffer_overflow', 0)}")
+    lines.append(f"  anomalies: {_counts(snap.get('anomalies'))}; suppressed: {_counts(snap.get('suppressed'))}"
+                 + (f" (by reason: {_counts(snap.get('refused'))})" if snap.get("refused") else ""))
     lines.append(f"  captures: {_counts(snap.get('captures'))}; failed {snap.get('capture_failures', 0)}")
     last = snap.get("last_bundle") or {}
     lines.append("  last bundle: " + (f"{last.get('path')} ({last.get('type')}, {_mb(last.get('bytes', 0))}, "
@@ -122,12 +162,12 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
                  + (f", {per} ms" if per else "")
                  + (f", excluded {','.join(th.get('exclude') or [])}" if th.get("exclude") else "")
                  + (f", tracked {','.join(th.get('track') or [])}" if th.get("track") else "")
-                 + f"; {th.get('acceptable_count', '?')} per {snap.get('watch_interval_sec', '?')}s window; "
-                 f"emergency {th.get('emergency_ms', '?')} ms")
+                 + f"; {_rule(th)}; emergency {th.get('emergency_ms', '?')} ms")
     for r in th.get("error_rules") or []:
-        lines.append(f"  error rule {r.get('name')}: {','.join(r.get('match') or [])} "
-                     f">= {r.get('acceptable_count')} per window"
+        lines.append(f"  error rule {r.get('name')}: {','.join(r.get('match') or [])} {_rule(r)}"
                      + (f" on {','.join(r.get('commands'))}" if r.get("commands") else ""))
+    if th.get("ignored_statuses"):
+        lines.append(f"  ignored statuses (not errors): {', '.join(th['ignored_statuses'])}")
     cap = snap.get("capture") or {}
     if cap:
         lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h")

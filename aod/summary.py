@@ -3,7 +3,7 @@
 ring -> dispatch -> detect -> **collect** (summary.py builds the bundle's summary) -> retain.
 
 Pure functions. Percentiles over all traffic come from the window's log2 histograms
-(anomaly.window_stats): they are approximate to the bucket, with linear interpolation
+(anomaly.stats()): they are approximate to the bucket, with linear interpolation
 inside it (bucket b covers [2^(b-1), 2^b) us, bucket 0 is < 1 us). Without histograms they
 come exactly from the events, which are only the slow/erroring ones.
 """
@@ -103,10 +103,10 @@ def _exact(lat_ns: np.ndarray) -> dict[str, Any]:
 
 
 def per_command(anomaly: Anomaly) -> dict[str, dict[str, Any]]:
-    ev = anomaly.events
+    ev = anomaly.records()
     comp = ev[ev["kind"] == KIND_COMPLETION]
     errs = ev[ev["kind"] == KIND_ERROR]
-    stats = anomaly.window_stats
+    stats = anomaly.stats()
     cmds = set(int(c) for c in np.unique(ev["command"])) if len(ev) else set()
     if stats is not None:
         cmds |= {s for s in range(min(CMD_SLOTS, len(stats)))
@@ -184,7 +184,7 @@ def build_summary(
     anomaly: Anomaly, config: Config, action_results: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
     """The summary.json dict (JSON-serialisable)."""
-    ev = anomaly.events
+    ev = anomaly.records()
     errs = ev[ev["kind"] == KIND_ERROR]
     statuses = Counter(status_name(int(s)) for s in errs["nt_status"] if int(s))
     errnos = Counter(errno_name(int(e)) for e in errs["err"] if int(e))

@@ -37,12 +37,15 @@ COMMS = [b"rsync", b"python3", b"cp", b"bash", b"backup-agent"]
 
 
 class SyntheticTracer:
-    """Generates traffic; `emit_min_ns` plays the BPF tracer's emit filter."""
+    """Generates traffic; `emit_min_ns` plays the BPF tracer's emit filter and `ignored` its
+    ignored_status map."""
 
     def __init__(self, writer: FileRingWriter, emit_min_ns: int, seed: int = 7,
-                 session_id: int = 0x1C0FFEE00001, tree_id: int = 5) -> None:
+                 session_id: int = 0x1C0FFEE00001, tree_id: int = 5,
+                 ignored: frozenset[int] = frozenset()) -> None:
         self.writer = writer
         self.emit_min_ns = emit_min_ns
+        self.ignored = np.array(sorted(ignored), dtype=np.uint32)
         self.rng = np.random.default_rng(seed)
         self.session_id = session_id
         self.tree_id = tree_id
@@ -92,7 +95,13 @@ class SyntheticTracer:
         return ev
 
     def emit(self, ev: np.ndarray) -> int:
-        """Count everything, ring only what the BPF filter would emit. Returns records written."""
+        """Count everything, ring only what the BPF filter would emit. Returns records written.
+        An error with an ignored status is a completion (that keeps its status), as in the kernel."""
+        ign = (ev["kind"] == KIND_ERROR) & np.isin(ev["nt_status"], self.ignored)
+        if ign.any():
+            ev = ev.copy()
+            ev["kind"][ign] = KIND_COMPLETION
+            ev["err"][ign] = 0
         self.writer.record_stats(ev)
         keep = (ev["kind"] != KIND_COMPLETION) | (ev["latency_ns"] >= self.emit_min_ns)
         out = ev[keep]

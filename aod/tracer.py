@@ -33,8 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from . import config as config_mod
-from . import kallsyms, log, tracerstate
-from .record import CMD_SLOTS, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_SMB, TRACER_SYNTHETIC
+from . import kallsyms, log, pins, tracerstate
+from .record import (
+    CMD_SLOTS,
+    IGNORED_MAX,
+    KIND_COMPLETION,
+    KIND_ERROR,
+    KIND_RECONNECT,
+    TRACER_SMB,
+    TRACER_SYNTHETIC,
+)
 
 EX_OK = 0
 EX_USAGE = 2
@@ -172,14 +180,16 @@ class PinPaths:
     ring: str
     drops: str
     cmd_stats: str
+    ignored: str
 
 
 def pin_paths(ring: config_mod.RingConfig, pin_dir: Optional[str] = None) -> PinPaths:
-    """Ring at config ring.path (or --pin-dir/<its basename>); drops, cmd_stats beside it."""
+    """Ring at config ring.path (or --pin-dir/<its basename>); drops, cmd_stats_v2, ignored_status beside it."""
     d = os.path.normpath(pin_dir) if pin_dir else os.path.dirname(os.path.normpath(ring.path))
     base = os.path.basename(ring.path) or "events"
-    paths = PinPaths(d, os.path.join(d, base), os.path.join(d, "drops"), os.path.join(d, "cmd_stats"))
-    for p in (paths.ring, paths.drops, paths.cmd_stats):
+    paths = PinPaths(d, os.path.join(d, base), os.path.join(d, "drops"), os.path.join(d, pins.CMD_STATS),
+                     os.path.join(d, pins.IGNORED))
+    for p in (paths.ring, paths.drops, paths.cmd_stats, paths.ignored):
         if not _SAFE_PATH.match(p) or ".." in p.split("/"):
             raise SetupError(f"pin path {p!r} must be absolute and use only A-Z a-z 0-9 _ . + - /", EX_CONFIG)
     return paths
@@ -222,6 +232,7 @@ def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
             f"-DAOD_EMIT_MIN_NS={config_mod.min_threshold_ns(cfg.latency)}ULL",
             f"-DAOD_EMIT_CMD_MASK={emit_cmd_mask(cfg.latency):#x}U",
             f"-DAOD_INFLIGHT_MAX={INFLIGHT_MAX}",
+            f'-DAOD_IGNORED_PIN="{paths.ignored}"',
         ]
     elif opts.name == "synthetic":
         out += [
@@ -275,12 +286,13 @@ def prepare_pin_dir(paths: PinPaths, mountinfo: str = "/proc/self/mountinfo") ->
 
 # expected shapes of maps that may already be pinned: path attr -> (type, key, value, max_entries)
 def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, int]]:
-    from .bpfsys import BPF_MAP_TYPE_PERCPU_ARRAY
+    from .bpfsys import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY
     from .record import CMD_STATS_DTYPE
 
     maps = {paths.drops: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)}
     if name == "smb":
         maps[paths.cmd_stats] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
+        maps[paths.ignored] = (BPF_MAP_TYPE_HASH, 4, 4, IGNORED_MAX)
     return maps
 
 
@@ -556,6 +568,20 @@ def _state(state_dir: Optional[str], name: str, state: str) -> None:
         _emit(logging.WARNING, name, err)
 
 
+def _sync_ignored(name: str, loaded: Loaded, statuses: frozenset[int]) -> None:
+    """Fill the ignored_status map from config (smb tracer; a program without the map is skipped)."""
+    get = getattr(loaded.obj, "get_table", None)
+    if name != "smb" or get is None:
+        return
+    try:
+        added, removed = pins.sync_ignored(get(pins.IGNORED), statuses)
+    except Exception as e:  # bcc raises plain Exception/KeyError: keep tracing, filter unchanged
+        _emit(logging.WARNING, name, f"cannot update the ignored statuses map: {e}")
+        return
+    if added or removed:
+        _emit(logging.INFO, name, f"ignored statuses: {len(statuses)} ({added} added, {removed} removed)")
+
+
 def _warn_failed(name: str, loaded: Loaded) -> None:
     for err in loaded.failed:
         _emit(logging.WARNING, name, f"connection probe not attached ({err}); requests are paired "
@@ -577,6 +603,7 @@ def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded,
             _emit(logging.ERROR, name, f"reload rejected, keeping the running program: {e}".replace("\n", "; "))
             return loaded, flags
         new_flags = make_flags(dataclasses.replace(cfg, ring=running.ring))
+        _sync_ignored(name, loaded, cfg.ignored_statuses)  # a map update: no rebuild needed
         if new_flags == flags:
             _emit(logging.INFO, name, "config reloaded; nothing the program compiles in changed")
             return loaded, flags
@@ -585,6 +612,7 @@ def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded,
         except Exception as e:  # compile or verifier error: the old program stays attached
             _emit(logging.ERROR, name, f"reload failed, keeping the running program: {e}")
             return loaded, flags
+        _sync_ignored(name, new, cfg.ignored_statuses)  # the same pinned map: a no-op unless it was missing
         loaded.close()
         _warn_failed(name, new)
         min_ms = config_mod.min_threshold_ns(cfg.latency) / 1e6
@@ -659,6 +687,10 @@ def run(opts: Options, env: Env) -> int:
     try:
         what = f"{loaded.attached} tracepoints" + (f", {loaded.kprobes} kprobes" if loaded.kprobes else "")
         _warn_failed(name, loaded)
+        _sync_ignored(name, loaded, cfg.ignored_statuses)
+        if name == "smb":
+            for gone in pins.remove_stale(paths.dir):
+                _emit(logging.INFO, name, f"removed the pin of an older layout: {gone}")
         _state(env.state_dir, name, "attached")  # before READY: the core's STATUS is right at once
         env.notifier.ready(f"attached ({what})")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",

@@ -1,16 +1,20 @@
 """Watcher (detect layer): closes one window every watch_interval_sec.
 
-Each tick it takes the window's events from the WindowBuffer, reads the
-all-traffic counters (per-command histograms, drops), runs the window
-detectors and publishes rates for STATUS=. It also keeps cumulative totals
-since this core started (`snapshot_totals`, for the metrics exporter): the
-counters' per-window deltas summed, and error / reconnect records by status.
+The rules that count events run per drained batch (detect.py). What needs a whole
+window runs here: each tick the watcher takes the matches the count rules passed on
+and the batch tallies (`Tally`: records, errors and reconnects by status), reads the
+all-traffic counters (per-command histograms, drops), runs the share rules, keeps the
+last horizon of histogram deltas (`HorizonStats`, for the percentiles of a bundle's
+summary), publishes rates for STATUS= and cumulative totals since this core started
+(`snapshot_totals`, for the metrics), and warns once about drops, bad records and a
+full event buffer.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -19,9 +23,9 @@ import numpy as np
 from . import log
 from .anomaly import Anomaly
 from .counters import Counters, delta, zero_stats
-from .detect import Detector, window_bounds
-from .dispatch import Events, WindowBuffer, concat
-from .record import KIND_RECONNECT
+from .detect import Detector
+from .dispatch import Columns
+from .record import KIND_ERROR, KIND_RECONNECT
 
 
 @dataclass
@@ -34,26 +38,99 @@ class Rates:
     windows: int = 0
 
 
-LAST_WINDOW_KEEP = 65536  # events of the last window kept for a manual capture
+def window_bounds(t_ns: int, interval_ns: int) -> tuple[int, int]:
+    start = t_ns - (t_ns % interval_ns)
+    return start, start + interval_ns
+
+
+class Tally:
+    """Counts of the drained batches since the last `take` (the dispatcher adds, the watcher takes)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records = 0
+        self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
+        self.reconnects: dict[int, int] = {}  # nt_status -> reconnect records
+
+    def add(self, batch: np.ndarray, cols: Columns) -> None:
+        errs: list[tuple[tuple[int, int], int]] = []
+        rcs: list[tuple[int, int]] = []
+        idx = np.flatnonzero(cols.kind == KIND_ERROR)
+        if len(idx):
+            key = (cols.command[idx].astype(np.uint64) << np.uint64(32)) | batch["nt_status"][idx]
+            errs = [((int(k) >> 32, int(k) & 0xFFFFFFFF), int(n)) for k, n in zip(*np.unique(key, return_counts=True))]
+        ridx = np.flatnonzero(cols.kind == KIND_RECONNECT)
+        if len(ridx):
+            rcs = [(int(s), int(n)) for s, n in zip(*np.unique(batch["nt_status"][ridx], return_counts=True))]
+        with self.lock:
+            self.records += len(batch)
+            for k, n in errs:
+                self.errors[k] = self.errors.get(k, 0) + n
+            for s, n in rcs:
+                self.reconnects[s] = self.reconnects.get(s, 0) + n
+
+    def take(self) -> tuple[int, dict[tuple[int, int], int], dict[int, int]]:
+        with self.lock:
+            out = (self.records, self.errors, self.reconnects)
+            self.records, self.errors, self.reconnects = 0, {}, {}
+        return out
+
+
+class HorizonStats:
+    """The all-traffic histogram deltas of the last windows (CMD_STATS per window, at most
+    MAX_WINDOWS of them: 9 KiB each), for the percentiles of a bundle's summary. Thread-safe."""
+
+    MAX_WINDOWS = 600
+
+    def __init__(self, keep_ns: Callable[[], int]) -> None:
+        self.keep_ns = keep_ns
+        self.lock = threading.Lock()
+        self.windows: deque[tuple[int, np.ndarray]] = deque(maxlen=self.MAX_WINDOWS)  # (end_ns, delta)
+
+    def add(self, end_ns: int, stats: np.ndarray) -> None:
+        with self.lock:
+            self.windows.append((end_ns, stats))
+            while len(self.windows) > 1 and self.windows[0][0] <= end_ns - self.keep_ns():
+                self.windows.popleft()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.windows.clear()
+
+    def since(self, start_ns: int) -> Optional[np.ndarray]:
+        """Sum of the windows that ended after start_ns (at least the newest); None if none."""
+        with self.lock:
+            ws = list(self.windows)
+        if not ws:
+            return None
+        newest = ws[-1][0]
+        out = zero_stats()
+        view = out.view(np.uint64)
+        for end, s in ws:
+            if end > start_ns or end == newest:
+                view += np.ascontiguousarray(s).view(np.uint64)
+        return out
 
 
 class Watcher:
     name = "watcher"
-    grace_ns = 50_000_000  # let the dispatcher drain completions stamped just before the edge
 
-    def __init__(self, buffer: WindowBuffer, detector: Detector, counters: Optional[Counters],
+    def __init__(self, tally: Tally, detector: Detector, counters: Optional[Counters],
                  interval: Callable[[], float], on_anomaly: Callable[[Anomaly], object],
-                 bad_records: Callable[[], int] = lambda: 0,
+                 bad_records: Callable[[], int] = lambda: 0, overflow: Callable[[], int] = lambda: 0,
+                 on_window: Callable[[], object] = lambda: None,
                  mono: Callable[[], int] = time.monotonic_ns) -> None:
-        self.buffer = buffer
+        self.tally = tally
         self.detector = detector
         self.counters = counters
         self.interval = interval
         self.on_anomaly = on_anomaly
+        self.on_window = on_window  # after each window: the policy records what it refused
         self.bad_records = bad_records
+        self.overflow = overflow  # events the evidence buffer had no room for
         self.mono = mono
         self.rates = Rates()
-        self._last: list[np.ndarray] = []  # views of the newest LAST_WINDOW_KEEP events of the last window
+        self.horizon = HorizonStats(detector.keep_ns)
         self.lock = threading.Lock()  # guards the totals below (read by other threads)
         self.totals = zero_stats()  # CMD_STATS summed over window deltas since this core started
         self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
@@ -61,18 +138,24 @@ class Watcher:
         self.drops = 0  # tracer drops seen by windows since this core started
         self._prev_stats: Optional[np.ndarray] = None
         self._prev_drops: Optional[int] = None
+        self._prev_source: Any = None
         self._prev_bad = 0
+        self._overflow_told = False
         self._window_start: Optional[int] = None
         self._told_earlier_drops = False
 
     def _read_counters(self) -> tuple[Optional[np.ndarray], int]:
         if self.counters is None:
             return None, 0
-        # read first: `available` is only known after a read (it starts False: "not read yet")
+        # read first: `available` (of cmd_stats) is only known after a read (it starts False)
         stats, drops = self.counters.cmd_stats(), self.counters.drops()
         if not self.counters.available:
             self._prev_stats = self._prev_drops = None  # baseline again once the maps appear
             return None, 0
+        source = getattr(self.counters, "source", None)
+        if self._prev_stats is not None and source != self._prev_source:
+            self._prev_stats = zero_stats()  # another map (a newer tracer's layout): all of it is new
+        self._prev_source = source
         d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)
         d_drops = 0 if self._prev_drops is None else max(drops - self._prev_drops, 0)
         if self._prev_drops is not None and drops < self._prev_drops:
@@ -81,56 +164,54 @@ class Watcher:
         self.rates.drops_total = drops
         return d_stats, d_drops
 
-    @property
-    def last_window(self) -> np.ndarray:
-        """The newest events (at most LAST_WINDOW_KEEP) of the last closed window, for manual captures."""
-        return concat(self._last)
-
-    def _account(self, events: Events, stats: Optional[np.ndarray], drops: int) -> None:
+    def _account(self, records: int, errors: dict[tuple[int, int], int], reconnects: dict[int, int],
+                 stats: Optional[np.ndarray], drops: int) -> None:
         """Add one window to the cumulative totals."""
-        idx, rows = events.errors()
-        errs: dict[tuple[int, int], int] = {}
-        if len(idx):
-            key = (events.at("command", idx).astype(np.uint64) << np.uint64(32)) | rows["nt_status"]
-            for k, n in zip(*np.unique(key, return_counts=True)):
-                errs[(int(k) >> 32, int(k) & 0xFFFFFFFF)] = int(n)
-        rc = np.zeros(0, np.uint32)
-        if len(events):
-            rc = events.take(events.where(lambda c: c.kind == KIND_RECONNECT))["nt_status"]
         with self.lock:
             if stats is not None and stats.shape == self.totals.shape:
                 t = self.totals.view(np.uint64)
                 t += np.ascontiguousarray(stats).view(np.uint64)
-            for k2, n2 in errs.items():
-                self.errors[k2] = self.errors.get(k2, 0) + n2
-            if len(rc):
-                for s, n3 in zip(*np.unique(rc, return_counts=True)):
-                    self.reconnects[int(s)] = self.reconnects.get(int(s), 0) + int(n3)
+            for k, n in errors.items():
+                self.errors[k] = self.errors.get(k, 0) + n
+            for s, n in reconnects.items():
+                self.reconnects[s] = self.reconnects.get(s, 0) + n
             self.drops += drops
-            self.rates.ring_records += len(events)
+            self.rates.ring_records += records
             self.rates.windows += 1
 
     def snapshot_totals(self) -> dict[str, Any]:
         """Copies of the cumulative totals since this core started, consistent with each other:
         cmd_stats (CMD_STATS_DTYPE[CMD_SLOTS], all traffic from the counters), errors
         {(command, nt_status): records}, reconnects {nt_status: records}, ring_records,
-        drops (tracer ring-full drops), windows, overflow (records the window buffer had no room for)."""
+        drops (tracer ring-full drops), windows."""
         with self.lock:
             return {"cmd_stats": self.totals.copy(), "errors": dict(self.errors),
                     "reconnects": dict(self.reconnects), "ring_records": self.rates.ring_records,
-                    "drops": self.drops, "windows": self.rates.windows, "overflow": self.buffer.overflow}
+                    "drops": self.drops, "windows": self.rates.windows}
 
     def close_window(self, start: int, end: int) -> list[Anomaly]:
-        """Close [start, end): run detectors, update rates and totals. Returns the anomalies raised."""
-        events = self.buffer.take(end)
+        """Close [start, end): share rules, rates, totals, warnings. Returns the anomalies raised."""
+        # the batch counts first, then the histograms: every event counted here is in them
+        matched, resets = self.detector.take_matched()
+        records, errors, reconnects = self.tally.take()
         stats, drops = self._read_counters()
         secs = max((end - start) / 1e9, 1e-9)
         if stats is not None and int(stats["hist"].sum()) > 0:
             self.rates.events_per_sec = float(stats["hist"].sum()) / secs
         else:
-            self.rates.events_per_sec = len(events) / secs
-        self._account(events, stats, drops)
+            self.rates.events_per_sec = records / secs
+        self._account(records, errors, reconnects, stats, drops)
+        if stats is not None:
+            self.horizon.add(end, stats)
         self.rates.drops_last_window = drops
+        self._warn(drops)
+        found = self.detector.window(end, stats, matched, resets)
+        for a in found:
+            self.on_anomaly(a)
+        self.on_window()
+        return found
+
+    def _warn(self, drops: int) -> None:
         if drops:
             log.emit("drops", log.logging.WARNING,
                      f"AOD ring full: {drops} events dropped by the tracers in the last window",
@@ -138,14 +219,16 @@ class Watcher:
         bad = self.bad_records()
         if bad > self._prev_bad:
             log.emit("bad_records", log.logging.WARNING,
-                     f"AOD skipped {bad - self._prev_bad} corrupt or foreign ring records",
+                     f"AOD skipped {bad - self._prev_bad} corrupt, foreign or future-stamped ring records",
                      AOD_COUNT=bad - self._prev_bad)
         self._prev_bad = self.rates.bad_records_total = bad
-        self._last = events.tail(LAST_WINDOW_KEEP)  # views: the rest of the window is freed after detection
-        found = self.detector.window(events, start, end, stats)
-        for a in found:
-            self.on_anomaly(a)
-        return found
+        over = self.overflow()
+        if over and not self._overflow_told:
+            self._overflow_told = True
+            log.emit("overflow", log.logging.WARNING,
+                     f"AOD event buffer full: {over} events of the detection horizon were let go before it ended; "
+                     "bundles carry the newest ones (detection is not affected; counted in aodv2 status)",
+                     AOD_COUNT=over)
 
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         if self._prev_stats is None:
@@ -161,12 +244,11 @@ class Watcher:
         while not stop.is_set():
             beat()
             interval_ns = int(self.interval() * 1e9)
-            now = self.mono()
-            start, end = window_bounds(now, interval_ns)
+            start, end = window_bounds(self.mono(), interval_ns)
             if self._window_start is None:
                 self._window_start = start
             while not stop.is_set():
-                left = end + self.grace_ns - self.mono()
+                left = end - self.mono()
                 if left <= 0:
                     break
                 beat()

@@ -50,25 +50,26 @@ def collapsed_summary(path: str, top: int = 15, prefix: str = "aod/") -> str:
 
 
 def detect_profile(out_dir: str) -> str:
-    from aod import config as config_mod
-    from aod.detect import Detector
+    from aod.counters import zero_stats
 
-    from .fig_detect import pipeline, window_events
+    from .fig_detect import detector, pipeline, window_events
 
     ev = window_events()
-    det = Detector(config_mod.defaults())
-    s, e = int(ev["ts_ns"][0]), int(ev["ts_ns"][-1]) + 1
-    pipeline(det, ev, s, e)
+    e = int(ev["ts_ns"][-1]) + 1
+    stats = zero_stats()
+    pipeline(detector(e), ev, e, stats)
+    dets = [detector(e) for _ in range(5)]
     pr = cProfile.Profile()
     pr.enable()
-    for _ in range(5):
-        pipeline(det, ev, s, e)
+    for det in dets:
+        pipeline(det, ev, e, stats)
     pr.disable()
     pr.dump_stats(os.path.join(out_dir, "detect.prof"))
     buf = io.StringIO()
     pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
     lines = [ln for ln in buf.getvalue().splitlines() if ln.strip()]
-    head = "figure 2, cProfile, 5 x the pipeline (columns, immediate per batch, window) on 1M events:\n"
+    head = ("figure 2, cProfile, 5 x the pipeline (columns, recent events, tally, rules per batch, window) "
+            "on 1M events:\n")
     return head + "\n".join(lines[2:])
 
 

@@ -23,6 +23,11 @@
 /* per-command latency statistics (pinned per-CPU array, key = command slot) */
 #define AOD_CMD_SLOTS 32
 #define AOD_HIST_BUCKETS 32 /* log2(latency in microseconds) */
+/* Layout version of struct aod_cmd_stats. Pins outlive the package, so a pinned
+ * map whose layout changes gets a new pin name: `cmd_stats` (v1), `cmd_stats_v2`
+ * (aod/record.py pin_name). The core reads the previous version for one release. */
+#define AOD_CMD_STATS_VERSION 2
+#define AOD_IGNORED_MAX 256 /* entries of the pinned `ignored_status` hash */
 
 struct aod_event {
 	__u16 version;     /* AOD_EVENT_VERSION */
@@ -43,6 +48,14 @@ struct aod_event {
 
 struct aod_cmd_stats {
 	__u64 hist[AOD_HIST_BUCKETS]; /* completions by log2(latency_us) */
+	__u64 latency_sum_ns;
+	__u64 errors;
+	__u64 ignored;     /* completions whose NT status is in the ignored_status map */
+};
+
+/* layout 1 (aodv2 0.1), pinned as `cmd_stats`: read by the core for one release */
+struct aod_cmd_stats_v1 {
+	__u64 hist[AOD_HIST_BUCKETS];
 	__u64 latency_sum_ns;
 	__u64 errors;
 };

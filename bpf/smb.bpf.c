@@ -6,11 +6,18 @@
  *
  * Compile-time constants come from aod/tracer.py as -D cflags:
  *   AOD_TRACER_ID, AOD_EMIT_MIN_NS, AOD_EMIT_CMD_MASK, AOD_RING_PAGES,
- *   AOD_RING_PIN, AOD_DROPS_PIN, AOD_STATS_PIN (string literals), AOD_INFLIGHT_MAX,
+ *   AOD_RING_PIN, AOD_DROPS_PIN, AOD_STATS_PIN, AOD_IGNORED_PIN (string literals), AOD_INFLIGHT_MAX,
  *   AOD_HAVE_<TRACEPOINT> for each cifs tracepoint found in tracefs,
  *   AOD_KPROBE_MODE + AOD_RELEASE_ARG + AOD_RELEASE_OFF for the kprobe fallback.
  *
- * Pairing key (enter -> done/err): {conn, sesid, mid, tid, cmd}. Message ids are
+ * Ignored statuses: smb3_cmd_err fires for every non-zero status, the ordinary
+ * ones too (STATUS_NO_MORE_FILES ends every directory listing). The tracer fills the
+ * pinned hash `ignored_status` from config ignored_statuses and updates it on reload
+ * (no rebuild). An error with such a status is a completion: it ends its in-flight
+ * entry, feeds the histogram, counts in cmd_stats.ignored, not in errors, and reaches
+ * the ring only when it is slow (a completion record that carries the status).
+ *
+ * Pairing key (enter -> done/err): {conn, sesid, mid, cmd}. Message ids are
  * allocated per connection (each channel of a multichannel session, each server),
  * so the key must name the connection, and the cifs tracepoints carry nothing
  * that does. With AOD_CONN_PROBES, two kprobes record per thread the connection
@@ -20,13 +27,15 @@
  * and smb3_cmd_err fire either in the issuer (synchronous requests, after it was
  * woken) or in that cifsd (async reads and writes), so both sides see the same
  * connection. A completion in any other thread (a decryption worker) falls back
- * to req_conn, the connection of the latest enter of that {sesid, mid, tid,
- * cmd}. Without the kprobes conn is 0 and the key is as before: two connections
- * negotiating at once (mid 0, no session yet) or two channels with the same mid
- * in flight would then share an entry. Two request headers change between
- * request and response: SESSION_SETUP gets its SessionId in the response and
- * TREE_CONNECT its TreeId, so those fields are zeroed in the key for those
- * commands (and NEGOTIATE, which has neither). Entries are overwritten, never
+ * to req_conn, the connection of the latest enter of that {sesid, mid,
+ * cmd}. Without the kprobes conn is 0: two connections negotiating at once
+ * (mid 0, no session yet) or two channels with the same mid in flight would then
+ * share an entry. The tree id is not in the key: a response that follows an interim
+ * STATUS_PENDING is async, and its header holds the AsyncId where the TreeId was, so
+ * its `tid` is not the request's; the record takes the tree id of the enter (the
+ * response's for TREE_CONNECT, which gets its tree id there). SESSION_SETUP gets
+ * its SessionId in the response, so sesid is zeroed in the key for it (and for
+ * NEGOTIATE, which has none). Entries are overwritten, never
  * refused (BPF_NOEXIST), so stale entries from lost completions can never block
  * a new request, and every map is an LRU hash, so lost completions cannot leak.
  */
@@ -81,20 +90,23 @@ struct events_table_t events = { .max_entries = AOD_RING_PAGES * PAGE_SIZE };
 
 BPF_TABLE_PINNED("percpu_array", u32, u64, drops, 1, AOD_DROPS_PIN);
 BPF_TABLE_PINNED("percpu_array", u32, struct aod_cmd_stats, cmd_stats, AOD_CMD_SLOTS, AOD_STATS_PIN);
+#ifdef AOD_IGNORED_PIN
+BPF_TABLE_PINNED("hash", u32, u32, ignored_status, AOD_IGNORED_MAX, AOD_IGNORED_PIN);
+#endif
 
 struct aod_key {
 	u64 conn; /* struct TCP_Server_Info * of the connection, 0 if unknown */
 	u64 sesid;
 	u64 mid;
-	u32 tid;
 	u16 cmd;
 	u16 pad;
+	u32 pad2;
 };
 
 struct aod_start {
 	u64 ts;
 	u32 pid;
-	u32 pad;
+	u32 tid; /* the request's tree id */
 	char comm[AOD_COMM_LEN];
 };
 
@@ -102,7 +114,7 @@ BPF_TABLE("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_M
 #ifdef AOD_CONN_PROBES
 /* thread (pid_tgid) -> the connection it last issued or received a request for */
 BPF_TABLE("lru_hash", u64, u64, ctx_conn, AOD_CONN_THREADS);
-/* {0, sesid, mid, tid, cmd} -> connection of its latest enter (for completions elsewhere) */
+/* {0, sesid, mid, cmd} -> connection of its latest enter (for completions elsewhere) */
 BPF_TABLE("lru_hash", struct aod_key, u64, req_conn, AOD_INFLIGHT_MAX);
 
 static __always_inline void set_conn(u64 conn)
@@ -119,20 +131,20 @@ static __always_inline u64 cur_conn(void)
 }
 #endif
 
-static __always_inline void make_key(struct aod_key *k, u64 sesid, u32 tid, u16 cmd, u64 mid)
+static __always_inline void make_key(struct aod_key *k, u64 sesid, u16 cmd, u64 mid)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->sesid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP) ? 0 : sesid;
-	k->tid = (cmd == SMB2_NEGOTIATE || cmd == SMB2_SESSION_SETUP || cmd == SMB2_TREE_CONNECT) ? 0 : tid;
 	k->cmd = cmd;
 	k->mid = mid;
 }
 
-static __always_inline void start(struct aod_key *k)
+static __always_inline void start(struct aod_key *k, u32 tid)
 {
 	struct aod_start s = {};
 	s.ts = bpf_ktime_get_ns();
 	s.pid = bpf_get_current_pid_tgid() >> 32;
+	s.tid = tid;
 	bpf_get_current_comm(&s.comm, sizeof(s.comm));
 #ifdef AOD_CONN_PROBES
 	k->conn = cur_conn();
@@ -191,16 +203,22 @@ static __always_inline void emit(struct aod_event *ev)
 	}
 }
 
-/* per-command statistics; hist = 0 only counts an error (kprobe mode) */
-static __always_inline void count(u16 cmd, u64 lat, int is_err, int hist)
+#define AOD_COUNT_ERR 1     /* an error */
+#define AOD_COUNT_HIST 2    /* a completion with a latency: histogram and sum */
+#define AOD_COUNT_IGNORED 4 /* its status is an ignored one */
+
+/* per-command statistics; without AOD_COUNT_HIST only the error or ignored count (kprobe mode) */
+static __always_inline void count(u16 cmd, u64 lat, int what)
 {
 	u32 slot = cmd < AOD_CMD_SLOTS ? cmd : AOD_CMD_SLOTS - 1;
 	struct aod_cmd_stats *st = cmd_stats.lookup(&slot);
 	if (!st)
 		return;
-	if (is_err)
+	if (what & AOD_COUNT_ERR)
 		st->errors++;
-	if (!hist)
+	if (what & AOD_COUNT_IGNORED)
+		st->ignored++;
+	if (!(what & AOD_COUNT_HIST))
 		return;
 	u64 us = lat / 1000;
 	u32 b = us ? bpf_log2l(us) : 0; /* bucket 0 = under 1 us (bpf_log2l(0) is 1) */
@@ -244,17 +262,28 @@ static __always_inline int emit_wanted(u16 cmd, u64 lat)
 	return lat >= AOD_EMIT_MIN_NS && ((AOD_EMIT_CMD_MASK >> slot) & 1);
 }
 
-/* a successful completion; s = in-flight entry (already looked up) */
-static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, struct aod_start *s)
+/* 1 if this NT status is one the config ignores (a completion, not an error) */
+static __always_inline int ignored(u32 status)
+{
+#ifdef AOD_IGNORED_PIN
+	return ignored_status.lookup(&status) != 0;
+#else
+	return 0;
+#endif
+}
+
+/* a completion (status 0, or an ignored one); s = in-flight entry (already looked up) */
+static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, struct aod_start *s, u32 status)
 {
 	u64 now = bpf_ktime_get_ns();
 	u64 lat = now > s->ts ? now - s->ts : 0;
-	count(cmd, lat, 0, 1);
+	count(cmd, lat, AOD_COUNT_HIST | (status ? AOD_COUNT_IGNORED : 0));
 	if (!emit_wanted(cmd, lat))
 		return;
 	struct aod_event ev = {};
-	fill(&ev, AOD_KIND_COMPLETION, cmd, sesid, tid, mid);
+	fill(&ev, AOD_KIND_COMPLETION, cmd, sesid, s->tid ? s->tid : tid, mid);
 	ev.latency_ns = lat;
+	ev.nt_status = status;
 	who(&ev, s);
 	emit(&ev);
 }
@@ -266,8 +295,8 @@ static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, stru
 TRACEPOINT_PROBE(cifs, smb3_cmd_enter)
 {
 	struct aod_key k;
-	make_key(&k, args->sesid, args->tid, args->cmd, args->mid);
-	start(&k);
+	make_key(&k, args->sesid, args->cmd, args->mid);
+	start(&k, args->tid);
 	return 0;
 }
 #endif
@@ -279,10 +308,10 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_done)
 	u16 cmd = args->cmd;
 	u64 sesid = args->sesid, mid = args->mid;
 	u32 tid = args->tid;
-	make_key(&k, sesid, tid, cmd, mid);
+	make_key(&k, sesid, cmd, mid);
 	struct aod_start copy;
 	if (finish(&k, &copy))
-		completed(cmd, sesid, tid, mid, &copy);
+		completed(cmd, sesid, tid, mid, &copy, 0);
 	return 0;
 }
 #endif
@@ -305,35 +334,50 @@ int aod_conn_recv(struct pt_regs *ctx)
 #endif /* !AOD_KPROBE_MODE */
 
 #ifdef AOD_HAVE_SMB3_CMD_ERR
-/* an error response; always emitted. In kprobe mode the latency is 0 (the
- * release probe measures it and counts the completion). */
+/* an error response; always emitted, unless its status is ignored (then it is a
+ * completion). In kprobe mode the latency is 0 (the release probe measures it and
+ * counts the completion). */
 TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 {
 	struct aod_event ev = {};
 	u16 cmd = args->cmd;
 	u64 sesid = args->sesid, mid = args->mid;
-	u32 tid = args->tid;
+	u32 tid = args->tid, status = args->status;
 	int rc = args->rc;
-	fill(&ev, AOD_KIND_ERROR, cmd, sesid, tid, mid);
-	ev.nt_status = args->status;
-	ev.err = rc < 0 ? -rc : rc;
 #ifndef AOD_KPROBE_MODE
 	struct aod_key k;
 	struct aod_start copy;
-	make_key(&k, sesid, tid, cmd, mid);
-	if (finish(&k, &copy)) {
+	make_key(&k, sesid, cmd, mid);
+	int paired = finish(&k, &copy);
+	if (ignored(status)) {
+		if (paired)
+			completed(cmd, sesid, tid, mid, &copy, status);
+		else
+			count(cmd, 0, AOD_COUNT_IGNORED);
+		return 0;
+	}
+	fill(&ev, AOD_KIND_ERROR, cmd, sesid, tid, mid);
+	if (paired) {
 		u64 now = bpf_ktime_get_ns();
 		ev.latency_ns = now > copy.ts ? now - copy.ts : 0;
-		count(cmd, ev.latency_ns, 1, 1);
+		ev.tree_id = copy.tid ? copy.tid : tid;
+		count(cmd, ev.latency_ns, AOD_COUNT_ERR | AOD_COUNT_HIST);
 		who(&ev, &copy);
 	} else {
-		count(cmd, 0, 1, 0);
+		count(cmd, 0, AOD_COUNT_ERR);
 		who(&ev, 0);
 	}
 #else
-	count(cmd, 0, 1, 0);
+	if (ignored(status)) {
+		count(cmd, 0, AOD_COUNT_IGNORED);
+		return 0;
+	}
+	fill(&ev, AOD_KIND_ERROR, cmd, sesid, tid, mid);
+	count(cmd, 0, AOD_COUNT_ERR);
 	who(&ev, 0);
 #endif
+	ev.nt_status = status;
+	ev.err = rc < 0 ? -rc : rc;
 	emit(&ev);
 	return 0;
 }
@@ -395,9 +439,9 @@ int aod_alloc_enter(struct pt_regs *ctx)
 	bpf_probe_read(&tid, sizeof(tid), shdr + SHDR_TREE_ID);
 	bpf_probe_read(&sesid, sizeof(sesid), shdr + SHDR_SESSION_ID);
 	struct aod_key k;
-	make_key(&k, sesid, tid, cmd, mid);
-	k.sesid = sesid; /* no response header to match: keep the real values */
-	k.tid = tid;
+	make_key(&k, sesid, cmd, mid);
+	k.sesid = sesid; /* no response header to match: keep the real value */
+	k.pad2 = tid; /* carried to the completion record (this key is only stored, never matched) */
 	u64 id = bpf_get_current_pid_tgid();
 	alloc_args.update(&id, &k);
 	return 0;
@@ -415,6 +459,7 @@ int aod_alloc_return(struct pt_regs *ctx)
 		ks.k = *k;
 		ks.s.ts = bpf_ktime_get_ns();
 		ks.s.pid = id >> 32;
+		ks.s.tid = k->pad2;
 		bpf_get_current_comm(&ks.s.comm, sizeof(ks.s.comm));
 		inflight_ptr.update(&ptr, &ks);
 	}
@@ -435,7 +480,7 @@ int aod_release(struct pt_regs *ctx)
 		return 0;
 	struct aod_kstart copy = *ks;
 	inflight_ptr.delete(&ptr);
-	completed(copy.k.cmd, copy.k.sesid, copy.k.tid, copy.k.mid, &copy.s);
+	completed(copy.k.cmd, copy.k.sesid, copy.s.tid, copy.k.mid, &copy.s, 0);
 	return 0;
 }
 #endif /* AOD_KPROBE_MODE */

@@ -163,7 +163,7 @@ class CoreRun:
     """A real Core on a file ring in a thread: ring -> dispatch -> detect -> collect -> retain."""
 
     def __init__(self, tmp: Path, cfg_text: str, env: Optional[ActionEnv] = None, ring_kb: int = 256,
-                 tick: float = 0.02, suppressed_every: float = 60.0, heartbeat_timeout: float = 10.0,
+                 tick: float = 0.02, heartbeat_timeout: float = 10.0,
                  start: bool = True, state_dir: Optional[Path] = None) -> None:
         self.tmp = tmp
         self.config_path = tmp / "config.yaml"
@@ -180,7 +180,7 @@ class CoreRun:
         self.core = Core(cfg, self.reader, self.counters, config_path=str(self.config_path),
                          collector_env=env, on_result=self.results.append,
                          heartbeat_timeout=heartbeat_timeout, state_dir=str(state_dir) if state_dir else None)
-        self.tick, self.suppressed_every = tick, suppressed_every
+        self.tick = tick
         self.rc: Optional[int] = None
         self.thread: Optional[threading.Thread] = None
         if start:
@@ -188,11 +188,16 @@ class CoreRun:
 
     def start(self) -> None:
         def main() -> None:
-            self.rc = self.core.run(tick=self.tick, suppressed_every=self.suppressed_every)
+            self.rc = self.core.run(tick=self.tick)
 
         self.thread = threading.Thread(target=main, name="core-main", daemon=True)
         self.thread.start()
         wait_for(lambda: all(s.thread is not None for s in self.core.supervisor.slots.values()), 5, "core start")
+
+    def next_window(self) -> None:
+        """Sleep into the next window: a rule that just fired ignores the rest of its window."""
+        iv = int(self.core.cfg.watch_interval_sec * 1e9)
+        time.sleep((iv - time.monotonic_ns() % iv) / 1e9 + 0.01)
 
     def ok_results(self) -> list[BundleResult]:
         return [r for r in list(self.results) if r.ok]

@@ -111,14 +111,21 @@ latency:
   exclude: [CHANGE_NOTIFY]
   acceptable_count: 3
   emergency_threshold_ms: 5000
+  horizon_sec: 30
+  share: 0.25
+  share_min_count: 8
 errors:
   - name: timeouts
     status: [0xC00000B5, "0xC0000203", STATUS_ACCESS_DENIED]
     errno: [ETIMEDOUT, 5]
     commands: [SMB2_WRITE, READ]
     acceptable_count: 2
+    horizon_sec: 2.5
+    share: 1
+    share_min_count: 3
   - name: eio-only
     errno: [EIO]
+ignored_statuses: [STATUS_END_OF_FILE, 0xC00000C9]
 reconnect: {enabled: false}
 actions: {latency: [journal], manual: []}
 capture: {cooldown_sec: 0, max_per_hour: 60, concurrency: 1, action_timeout_sec: 2.5, lookback_sec: 30}
@@ -139,7 +146,10 @@ def test_rich_config_values() -> None:
     r0 = cfg.errors[0]
     assert r0.statuses == frozenset({0xC00000B5, 0xC0000203, 0xC0000022})
     assert r0.errnos == frozenset({errno.ETIMEDOUT, 5}) and r0.commands == frozenset({9, 8})
+    assert (r0.horizon_sec, r0.share, r0.share_min_count) == (2.5, 1.0, 3)
+    assert (lat.horizon_sec, lat.share, lat.share_min_count) == (30.0, 0.25, 8)
     assert cfg.errors[1] == C.ErrorRule("eio-only", errnos=frozenset({errno.EIO}))
+    assert cfg.ignored_statuses == frozenset({0xC0000011, 0xC00000C9})  # reconnect is off: a session loss may be
     assert cfg.reconnect.enabled is False
     assert cfg.actions["latency"] == ("journal",) and cfg.actions["manual"] == ()
     assert cfg.actions["error"] == ACTION_NAMES  # untouched types keep the default
@@ -303,6 +313,12 @@ def test_errno_aliases_accepted() -> None:
         ("latency.thresholds_ms.WRITE", "1e12"),
         ("latency.acceptable_count", "0"),
         ("latency.acceptable_count", "-3"),
+        ("latency.horizon_sec", "0"),
+        ("latency.horizon_sec", "-10"),
+        ("latency.horizon_sec", "1e6"),
+        ("latency.share", "1.5"),
+        ("latency.share", "-0.1"),
+        ("latency.share_min_count", "0"),
         ("capture.cooldown_sec", "-1"),
         ("capture.max_per_hour", "0"),
         ("capture.concurrency", "0"),
@@ -326,6 +342,66 @@ def test_out_of_range_numbers(key: str, value: str) -> None:
 
 def test_error_rule_acceptable_count_zero() -> None:
     one_error("errors: [{name: a, errno: [EIO], acceptable_count: 0}]", "errors[0].acceptable_count", ">= 1")
+
+
+@pytest.mark.parametrize("key,value,hint", [("horizon_sec", "0", "> 0"), ("share", "2", "<= 1"),
+                                            ("share_min_count", "0.5", "integer"), ("share", "yes", "number")])
+def test_error_rule_horizon_and_share(key: str, value: str, hint: str) -> None:
+    one_error(f"errors: [{{name: a, errno: [EIO], {key}: {value}}}]", f"errors[0].{key}", hint)
+
+
+def test_a_rule_may_not_name_an_ignored_status() -> None:
+    """The tracer drops ignored statuses in the kernel: with ignored_statuses set, a rule on one
+    is an error (it could never fire)."""
+    one_error("errors: [{name: eof, status: [STATUS_IO_TIMEOUT, STATUS_END_OF_FILE]}]\n"
+              "ignored_statuses: [STATUS_END_OF_FILE]\n", "errors[0].status[1]",
+              "not in ignored_statuses, got STATUS_END_OF_FILE")
+    one_error("errors: [{name: nf, status: ['0xc0000034']}]\nignored_statuses: [STATUS_OBJECT_NAME_NOT_FOUND]\n",
+              "errors[0].status[0]", "could never match")
+    one_error("ignored_statuses: [STATUS_ACCESS_DENIED]\n", "errors[1].status", "the default rule access_denied")
+    # the default rules name none of the default ignored statuses; an empty list ignores nothing
+    assert not (C.defaults().ignored_statuses & frozenset().union(*(r.statuses for r in C.defaults().errors)))
+    cfg = load("ignored_statuses: []\nerrors: [{name: eof, status: [STATUS_END_OF_FILE]}]\n")
+    assert cfg.ignored_statuses == frozenset() and cfg.errors[0].statuses == frozenset({0xC0000011})
+
+
+def test_a_0_1_rule_on_a_status_now_ignored_by_default_keeps_working() -> None:
+    """Left to its default, ignored_statuses gives way to the rules: a 0.1 config whose rule names
+    STATUS_OBJECT_NAME_NOT_FOUND still loads (the core must not stop after an upgrade), that status
+    is not ignored, and the config says so as a warning."""
+    cfg = load("errors: [{name: nf, status: [STATUS_OBJECT_NAME_NOT_FOUND], acceptable_count: 50}]\n")
+    assert 0xC0000034 not in cfg.ignored_statuses
+    assert cfg.ignored_statuses == C.DEFAULT_IGNORED_STATUSES - {0xC0000034}
+    (w,) = cfg.warnings
+    assert "STATUS_OBJECT_NAME_NOT_FOUND is not ignored" in w and "rule nf" in w
+    assert C.defaults().warnings == ()
+
+
+def test_ignored_statuses_shape_and_session_losses() -> None:
+    one_error("ignored_statuses: [STATUS_NETWORK_NAME_DELETED]", "ignored_statuses",
+              "reconnect detector needs it")
+    assert load("ignored_statuses: [STATUS_NETWORK_NAME_DELETED]\nreconnect: {enabled: false}\n")
+    one_error("ignored_statuses: STATUS_END_OF_FILE", "ignored_statuses", "a list of NT status names")
+    one_error("ignored_statuses: [STATUS_END_OF_FLIE]", "ignored_statuses[0]", "did you mean 'STATUS_END_OF_FILE'")
+    one_error("ignored_statuses: [0]", "ignored_statuses[0]", "NT status")
+    many = ", ".join(f"0x{0xC0010000 + i:08X}" for i in range(257))
+    one_error(f"ignored_statuses: [{many}]", "ignored_statuses", "at most 256")
+    assert load("ignored_statuses: [STATUS_END_OF_FILE, '0xc0000011']\n").ignored_statuses == frozenset({0xC0000011})
+
+
+def test_a_0_1_config_is_still_valid(repo_root: Path) -> None:
+    """Configs written for aodv2 0.1 (no horizon, share or ignored_statuses keys) load unchanged,
+    with the new keys at their defaults."""
+    old = """watch_interval_sec: 1.0
+latency: {mode: excludeonly, default_threshold_ms: 250, exclude: [CHANGE_NOTIFY], acceptable_count: 10,
+          emergency_threshold_ms: 3000}
+errors:
+  - {name: timeouts, status: [STATUS_IO_TIMEOUT], errno: [ETIMEDOUT], commands: [], acceptable_count: 1}
+  - {name: access_denied, status: [STATUS_ACCESS_DENIED], errno: [], commands: [], acceptable_count: 20}
+"""
+    cfg = load(old)
+    assert (cfg.latency.horizon_sec, cfg.latency.share, cfg.latency.share_min_count) == (10.0, 0.5, 5)
+    assert cfg.errors[1].share == 0.0 and cfg.ignored_statuses == C.DEFAULT_IGNORED_STATUSES
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", ".NaN"])
@@ -390,6 +466,11 @@ def test_error_rule_shape() -> None:
 @pytest.mark.parametrize("value", ["3000", "2", "8192.0", "2097152", "6"])
 def test_ring_size(value: str) -> None:
     one_error(f"ring: {{size_kb: {value}}}", "ring.size_kb", "power of two")
+
+
+def test_ring_path_name_without_a_dot() -> None:
+    one_error("ring: {path: /sys/fs/bpf/aodv2/events.v2}", "ring.path", "no '.'")
+    assert load("ring: {path: /sys/fs/bpf/aodv2/events_2}").ring.path == "/sys/fs/bpf/aodv2/events_2"
 
 
 def test_ring_size_bounds_ok() -> None:

@@ -39,11 +39,14 @@ def _totals() -> dict[str, Any]:
         np.add.at(st["hist"][cmd], hist_bucket(ns), 1)
         st["latency_sum_ns"][cmd] = int(ns.sum())
     st["errors"][WRITE] = 4
+    st["ignored"][READ] = 7
     return {"cmd_stats": st, "errors": {(WRITE, TIMEOUT): 4}, "reconnects": {0: 2}, "ring_records": 14}
 
 
 SNAP = {"started": 1.7e9, "tracers": {"smb": "attached", "extra": "waiting"}, "ring_records": 14, "drops_total": 3,
-        "bad_records": 1, "anomalies": {"latency": 2, "error": 1}, "suppressed": {"latency": 1},
+        "bad_records": 3, "bad_records_by_reason": {"corrupt": 1, "foreign": 0, "future": 2},
+        "event_buffer_overflow": 5, "refused": {"cooldown": 1},
+        "anomalies": {"latency": 2, "error": 1}, "suppressed": {"latency": 1},
         "captures": {"latency": 1, "error": 1}, "capture_failures": 0, "bundle_bytes_written": 12345,
         "disk": {"used_bytes": 12000, "bundles": 2, "budget_bytes": 1 << 30},
         "last_bundle": {"time": 1.7e9 + 5}, "upload": {"ok": 1, "failed": 1, "attempts": 4, "pending": 0}}
@@ -63,6 +66,13 @@ def test_render_parses_and_carries_every_family() -> None:
     assert value(fams, "aodv2_ring_drops_total") == 3
     assert value(fams, "aodv2_anomalies_total", type="latency") == 2
     assert value(fams, "aodv2_anomalies_suppressed_total", type="latency") == 1
+    assert value(fams, "aodv2_anomalies_refused_total", reason="cooldown") == 1
+    assert value(fams, "aodv2_smb_command_ignored_statuses_total", command="READ") == 7
+    assert value(fams, "aodv2_smb_command_ignored_statuses_total", command="WRITE") == 0
+    assert value(fams, "aodv2_smb_command_errors_total", command="READ") == 0  # ignored ones are no errors
+    assert value(fams, "aodv2_ring_bad_records_total", reason="future") == 2
+    assert value(fams, "aodv2_ring_bad_records_total", reason="corrupt") == 1
+    assert value(fams, "aodv2_event_buffer_overflow_total") == 5
     assert value(fams, "aodv2_captures_total", type="error") == 1
     assert value(fams, "aodv2_bundles_bytes") == 12000
     assert value(fams, "aodv2_uploads_total", result="failed") == 1

@@ -136,7 +136,19 @@ def test_event_struct_matches_dtype(header: str, defines: Dict[str, int]) -> Non
 def test_cmd_stats_struct_matches_dtype(header: str, defines: Dict[str, int]) -> None:
     cs = parse_struct(header, "aod_cmd_stats", defines)
     assert compare(cs, record.CMD_STATS_DTYPE) == []
-    assert cs.size == record.CMD_STATS_DTYPE.itemsize == (record.HIST_BUCKETS + 2) * 8
+    assert cs.size == record.CMD_STATS_DTYPE.itemsize == (record.HIST_BUCKETS + 3) * 8
+    v1 = parse_struct(header, "aod_cmd_stats_v1", defines)  # what aodv2 0.1 tracers pin
+    assert compare(v1, record.CMD_STATS_V1_DTYPE) == []
+    assert v1.size == (record.HIST_BUCKETS + 2) * 8 and record.CMD_STATS_VERSION == 2
+
+
+def test_cmd_stats_from_v1_keeps_every_count() -> None:
+    old = np.zeros(record.CMD_SLOTS, record.CMD_STATS_V1_DTYPE)
+    old["hist"][5][3], old["latency_sum_ns"][5], old["errors"][7] = 11, 12345, 2
+    new = record.cmd_stats_from_v1(old)
+    assert new.dtype == record.CMD_STATS_DTYPE
+    assert new["hist"][5][3] == 11 and new["latency_sum_ns"][5] == 12345 and new["errors"][7] == 2
+    assert int(new["ignored"].sum()) == 0 and int(new["hist"].sum()) == 11
 
 
 @pytest.mark.parametrize(
@@ -197,7 +209,8 @@ def test_gcc_agrees_with_dtype(tmp_path: Path) -> None:
     gcc = shutil.which("gcc")
     if gcc is None:
         pytest.skip("gcc not installed")
-    structs = {"aod_event": record.EVENT_DTYPE, "aod_cmd_stats": record.CMD_STATS_DTYPE}
+    structs = {"aod_event": record.EVENT_DTYPE, "aod_cmd_stats": record.CMD_STATS_DTYPE,
+               "aod_cmd_stats_v1": record.CMD_STATS_V1_DTYPE}
     own_types = "\n".join([
         "#include <stdint.h>",
         "typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;",

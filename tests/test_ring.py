@@ -426,8 +426,8 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(bpfsys, "obj_get", enoent)
     pc = counters.PinnedCounters("/sys/fs/bpf/aodv2")
-    assert pc.drops() == 0 and not pc.available and "not pinned yet" in pc.reason
     assert np.array_equal(pc.cmd_stats(), counters.zero_stats())
+    assert pc.drops() == 0 and not pc.available and "not pinned yet" in pc.reason
 
     ncpu = 3
     stats_size = record.CMD_STATS_DTYPE.itemsize
@@ -439,7 +439,7 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
     drops = np.array([4, 0, 9], dtype="<u8")
     infos = {
         "drops": bpfsys.MapInfo(6, 1, 4, 8, 1, 0, "drops"),
-        "cmd_stats": bpfsys.MapInfo(6, 2, 4, stats_size, 32, 0, "cmd_stats"),
+        "cmd_stats_v2": bpfsys.MapInfo(6, 2, 4, stats_size, 32, 0, "cmd_stats"),
     }
     opened: List[int] = []
     names: Dict[int, str] = {}
@@ -460,20 +460,35 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
         return per_cpu[k].tobytes()
 
     monkeypatch.setattr(bpfsys, "obj_get", fake_get)
+    monkeypatch.setattr(os.path, "exists", lambda p: os.path.basename(p) in infos)
     monkeypatch.setattr(bpfsys, "map_info", lambda fd, what="": infos[names[fd]])
     monkeypatch.setattr(bpfsys, "map_lookup", fake_lookup)
     monkeypatch.setattr(bpfsys, "possible_cpus", lambda path="": ncpu)
-    assert pc.drops() == 13 and pc.available
     got = pc.cmd_stats()
+    assert pc.drops() == 13 and pc.available
     assert np.array_equal(got["hist"], per_cpu["hist"].sum(axis=1))
     assert np.array_equal(got["latency_sum_ns"], per_cpu["latency_sum_ns"].sum(axis=1))
     assert np.array_equal(got["errors"], per_cpu["errors"].sum(axis=1))
     for fd in opened:  # every map fd closed after the read
         with pytest.raises(OSError):
             os.fstat(fd)
-    infos["cmd_stats"] = bpfsys.MapInfo(6, 2, 4, 64, 32, 0, "cmd_stats")  # an older tracer's struct
+    assert pc.source == "cmd_stats_v2"
+    infos["cmd_stats_v2"] = bpfsys.MapInfo(6, 2, 4, 64, 32, 0, "cmd_stats")  # not our struct
     assert np.array_equal(pc.cmd_stats(), counters.zero_stats())
     assert not pc.available and "unexpected map" in pc.reason
+    assert pc.drops() == 13 and not pc.available and "unexpected map" in pc.reason  # drops do not hide it
+    # after an upgrade, until the new tracer pins cmd_stats_v2: an aodv2 0.1 tracer's cmd_stats
+    del infos["cmd_stats_v2"]
+    v1 = np.zeros((record.CMD_SLOTS, ncpu), dtype=record.CMD_STATS_V1_DTYPE)
+    for f in ("hist", "latency_sum_ns", "errors"):
+        v1[f] = per_cpu[f]
+    infos["cmd_stats"] = bpfsys.MapInfo(6, 3, 4, record.CMD_STATS_V1_DTYPE.itemsize, 32, 0, "cmd_stats")
+    per_cpu = v1  # what fake_lookup serves now
+    stats_size = record.CMD_STATS_V1_DTYPE.itemsize
+    old = pc.cmd_stats()
+    assert pc.available and pc.source == "cmd_stats" and old.dtype == record.CMD_STATS_DTYPE
+    assert np.array_equal(old["hist"], got["hist"]) and np.array_equal(old["errors"], got["errors"])
+    assert int(old["ignored"].sum()) == 0
 
 
 # ---- bpfsys pure parts --------------------------------------------------------------------
@@ -620,4 +635,27 @@ def test_fuzz_every_valid_record_read_once(
     assert r.records_read == len(want) and r.resyncs == 0
     assert counters.FileCounters(p).drops() == 0
     r.close()
+    w.close()
+
+
+def test_synthetic_tracer_treats_ignored_statuses_as_the_kernel_does(tmp_path: Path) -> None:
+    """As bpf/smb.bpf.c: an error with an ignored status is a completion (counted in `ignored`,
+    not `errors`), in the ring only when slow; other errors are errors."""
+    from aod import smb2
+    from aod.synthetic import SyntheticTracer
+
+    p = str(tmp_path / "ring")
+    ringfile.create(p, 64 * 1024)
+    w = ringfile.FileRingWriter(p)
+    eof, denied = smb2.NT_STATUS["STATUS_END_OF_FILE"], smb2.NT_STATUS["STATUS_ACCESS_DENIED"]
+    t = SyntheticTracer(w, emit_min_ns=100_000_000, ignored=frozenset({eof}))
+    ev = np.concatenate([t.errors(8, 3, eof, 61), t.errors(5, 2, denied, 13)])
+    ev["latency_ns"][0] = 400_000_000  # one slow read at EOF
+    assert t.emit(ev) == 3
+    with RingReader.open_file(p) as r:
+        got = r.drain()
+    assert sorted((int(k), int(s)) for k, s in zip(got["kind"], got["nt_status"])) == [
+        (record.KIND_COMPLETION, eof), (record.KIND_ERROR, denied), (record.KIND_ERROR, denied)]
+    st = counters.FileCounters(p).cmd_stats()
+    assert (st["ignored"][8], st["errors"][8], st["errors"][5], st["hist"][8].sum()) == (3, 0, 2, 3)
     w.close()

@@ -52,6 +52,19 @@ def test_status_file_reflects_the_running_core(tmp_path: Path) -> None:
         assert snap["ring_records"] >= 5
         text = status.format_text(snap, *status.assess(snap))
         assert "aodv2 core: running" in text and "latency 1" in text and bundles[-1] in text
+        assert "event buffer overflow 0" in text and "bad records 0," in text
+        assert ">= 3 in 10.0s, or share >= 0.5 (>= 5) in 60.0s" in text  # the latency rule in force
+        assert ("error rule access_denied: STATUS_ACCESS_DENIED >= 20 in 10.0s, or share >= 0.2 (>= 5) in 60.0s"
+                in text)
+        assert "ignored statuses (not errors): STATUS_NO_MORE_FILES" in text
+        assert snap["bad_records_by_reason"] == {"corrupt": 0, "foreign": 0, "future": 0}
+        r.writer.write(slow(5, 300))  # in the cooldown? config_text has none: captured again
+        future = slow(3, 300)
+        future["ts_ns"] += 3600 * 10**9
+        r.writer.write(future)
+        wait_for(lambda: _snap(sd)["bad_records_by_reason"]["future"] == 3, 10, "future records in status")
+        text = status.format_text(_snap(sd), "running", "")
+        assert "bad records 3 (future 3)" in text
     finally:
         r.stop()
     final = _snap(sd)

@@ -120,7 +120,8 @@ def test_cflags_from_config() -> None:
     assert f["-DAOD_RING_PAGES"] == str(8192 * 1024 // 4096)
     assert f["-DAOD_RING_PIN"] == '"/sys/fs/bpf/aodv2/events"'
     assert f["-DAOD_DROPS_PIN"] == '"/sys/fs/bpf/aodv2/drops"'
-    assert f["-DAOD_STATS_PIN"] == '"/sys/fs/bpf/aodv2/cmd_stats"'
+    assert f["-DAOD_STATS_PIN"] == '"/sys/fs/bpf/aodv2/cmd_stats_v2"'  # layout 2: a name of its own
+    assert f["-DAOD_IGNORED_PIN"] == '"/sys/fs/bpf/aodv2/ignored_status"'
     assert f["-DAOD_HAVE_X"] == "1"
     mask = int(f["-DAOD_EMIT_CMD_MASK"].rstrip("U"), 16)
     assert not mask & (1 << 15)  # CHANGE_NOTIFY excluded by default
@@ -138,15 +139,16 @@ def test_cflags_synthetic() -> None:
     assert f["-DAOD_TRACER_ID"] == "2"
     assert f["-DAOD_SYNTH_PID"] == "42" and f["-DAOD_SYNTH_KIND"] == "2"
     assert f["-DAOD_SYNTH_STATUS"] == "0xc0000022U" and f["-DAOD_SYNTH_LATENCY_NS"] == "1500000ULL"
-    assert "-DAOD_EMIT_MIN_NS" not in f
+    assert "-DAOD_EMIT_MIN_NS" not in f and "-DAOD_IGNORED_PIN" not in f
 
 
 def test_pin_paths_override_and_validation() -> None:
     ring = config_mod.RingConfig(path="/sys/fs/bpf/aodv2/events")
     p = tracer.pin_paths(ring, "/sys/fs/bpf/other/")
-    assert (p.dir, p.ring, p.drops, p.cmd_stats) == (
+    assert (p.dir, p.ring, p.drops, p.cmd_stats, p.ignored) == (
         "/sys/fs/bpf/other", "/sys/fs/bpf/other/events", "/sys/fs/bpf/other/drops",
-        "/sys/fs/bpf/other/cmd_stats")
+        "/sys/fs/bpf/other/cmd_stats_v2", "/sys/fs/bpf/other/ignored_status")
+    assert not any("." in os.path.basename(x) for x in (p.ring, p.drops, p.cmd_stats, p.ignored))  # bpffs: EPERM
     for bad in ('/sys/fs/bpf/a"b', "/sys/fs/bpf/a b", "/sys/fs/bpf/x\\y"):
         with pytest.raises(tracer.SetupError) as ei:
             tracer.pin_paths(ring, bad)
@@ -343,6 +345,40 @@ class FakeLoaded(tracer.Loaded):
         self.closed = True
 
 
+class FakeTable:
+    """bcc's HashTable of u32 -> u32 as pins.sync_ignored uses it (keys, set, del by ctypes key)."""
+
+    Key = ctypes.c_uint32
+    Leaf = ctypes.c_uint32
+
+    def __init__(self) -> None:
+        self.d: dict[int, int] = {}
+        self.ops: list[tuple[str, int]] = []
+
+    def keys(self) -> list[ctypes.c_uint32]:
+        return [ctypes.c_uint32(k) for k in self.d]
+
+    def __setitem__(self, k: ctypes.c_uint32, v: ctypes.c_uint32) -> None:
+        self.d[k.value] = v.value
+        self.ops.append(("set", k.value))
+
+    def __delitem__(self, k: ctypes.c_uint32) -> None:
+        if k.value not in self.d:
+            raise KeyError(k.value)
+        del self.d[k.value]
+        self.ops.append(("del", k.value))
+
+
+class FakeBPF:
+    """A loaded program's tables; the pinned ones are shared by every load (as bcc opens the pin)."""
+
+    def __init__(self, pinned: dict[str, FakeTable]) -> None:
+        self.pinned = pinned
+
+    def get_table(self, name: str) -> FakeTable:
+        return self.pinned.setdefault(name, FakeTable())
+
+
 class Harness:
     """A run() environment in tmp_path with counted sleeps and a recording loader."""
 
@@ -358,6 +394,7 @@ class Harness:
         self.sleeps = 0
         self.loads: list[tuple[str, list, tracer.AttachPlan]] = []
         self.loaded: Optional[FakeLoaded] = None
+        self.pinned: dict[str, FakeTable] = {}
         self.attached = threading.Event()
         self.notifier = FakeNotifier()
         self.bcc_missing = bcc_missing
@@ -374,7 +411,7 @@ class Harness:
     def load(self, bcc: Any, source: str, flags: list, plan: tracer.AttachPlan, ring: str) -> tracer.Loaded:
         self.loads.append((source, flags, plan))
         self.sleeps_at_load = self.sleeps
-        self.loaded = FakeLoaded(None, len(plan.tracepoints))
+        self.loaded = FakeLoaded(FakeBPF(self.pinned), len(plan.tracepoints))
         self.attached.set()
         return self.loaded
 
@@ -832,6 +869,18 @@ def test_bpf_kprobe_fallback(tmp_path: Path) -> None:
 
 
 @needs_cc
+def test_bpf_kprobe_fallback_ignores_statuses_too(tmp_path: Path) -> None:
+    s = Sim(tmp_path, "smb.bpf.c", ["AOD_KPROBE_MODE", "AOD_HAVE_SMB3_CMD_ERR", "AOD_RELEASE_ARG=0",
+                                    "AOD_RELEASE_OFF=16", "AOD_EMIT_MIN_NS=0ULL"] + IGNORE)
+    ignore(s, 0x80000006)
+    s.tp("smb3_cmd_err", tid=6, sesid=0x99, cmd=14, mid=301, status=0x80000006, rc=-61)  # STATUS_NO_MORE_FILES
+    s.tp("smb3_cmd_err", tid=6, sesid=0x99, cmd=5, mid=302, status=0xC0000022, rc=-13)
+    st = s.stats()
+    assert s.n.value == 1 and int(s.events()[0]["nt_status"]) == 0xC0000022
+    assert (st["ignored"][14], st["errors"][14], st["errors"][5]) == (1, 0, 1)
+
+
+@needs_cc
 def test_bpf_synthetic(tmp_path: Path) -> None:
     from aod.record import KIND_ERROR, TRACER_SYNTHETIC
 
@@ -854,9 +903,72 @@ def test_bpf_synthetic(tmp_path: Path) -> None:
     assert s.drops() == 1
 
 
+IGNORE = ["AOD_IGNORED_PIN=\"/sys/fs/bpf/aodv2/ignored_status\""]
+
+
+def ignore(s: Sim, *statuses: int) -> None:
+    """What the tracer's sync_ignored does to the pinned map, on the simulator's hash."""
+    keys = (ctypes.c_uint32 * 256).in_dll(s.lib, "ignored_status_keys")
+    used = (ctypes.c_int * 256).in_dll(s.lib, "ignored_status_used")
+    for i in range(256):
+        used[i] = 0
+    for i, st in enumerate(statuses):
+        keys[i], used[i] = st, 1
+
+
+@needs_cc
+def test_bpf_ignored_statuses_are_completions_not_errors(tmp_path: Path) -> None:
+    """An error whose status is in the ignored_status map ends its request like a completion: the
+    histogram and cmd_stats.ignored count it, errors do not, and it reaches the ring only when slow,
+    as a completion record that keeps its status. Other statuses are errors as before."""
+    from aod.record import KIND_COMPLETION, KIND_ERROR
+
+    s = Sim(tmp_path, "smb.bpf.c", SIM_FLAGS + IGNORE)
+    no_more_files, eof, denied = 0x80000006, 0xC0000011, 0xC0000022
+    ignore(s, no_more_files, eof)
+    s.task(42, b"ls")
+    for mid, cmd, status, ms in ((1, 14, no_more_files, 5), (2, 8, eof, 400), (3, 5, denied, 5)):
+        s.now.value = 1000 * MS * mid
+        s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=cmd, mid=mid)
+        s.now.value += ms * MS
+        s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=cmd, mid=mid, status=status, rc=-61)
+    s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=16, mid=9, status=eof, rc=-61)  # enter never seen: counted only
+    ev = s.events()
+    assert [(int(e["kind"]), int(e["command"]), int(e["nt_status"])) for e in ev] == [
+        (KIND_COMPLETION, 8, eof), (KIND_ERROR, 5, denied)]  # the fast QUERY_DIRECTORY end: not emitted
+    assert int(ev[0]["latency_ns"]) == 400 * MS and int(ev[0]["err"]) == 0
+    st = s.stats()
+    assert (st["ignored"][14], st["ignored"][8], st["ignored"][16], st["ignored"][5]) == (1, 1, 1, 0)
+    assert (st["errors"][14], st["errors"][8], st["errors"][5]) == (0, 0, 1)
+    assert (st["hist"][14].sum(), st["hist"][8].sum(), st["hist"][5].sum(), st["hist"][16].sum()) == (1, 1, 1, 0)
+    ignore(s)  # the config lists none: every status is an error again (a reload empties the map)
+    s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=14, mid=20)
+    s.tp("smb3_cmd_err", tid=5, sesid=1, cmd=14, mid=20, status=no_more_files, rc=-61)
+    assert int(s.events()[-1]["kind"]) == KIND_ERROR and s.stats()["errors"][14] == 1
+
+
+@needs_cc
+def test_bpf_async_response_pairs_without_its_tree_id(tmp_path: Path) -> None:
+    """A response after an interim STATUS_PENDING is async: where the request had its TreeId, its
+    header has the AsyncId, so done/err carry another tid. It still pairs, and the record names the
+    request's tree."""
+    s = Sim(tmp_path, "smb.bpf.c", SIM_FLAGS + IGNORE)
+    s.task(42, b"cp")
+    s.now.value = 1 * MS
+    s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=9, mid=77)
+    s.now.value = 901 * MS
+    s.tp("smb3_cmd_done", tid=0xDEAD, sesid=1, cmd=9, mid=77)  # high half of the AsyncId
+    s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=5, mid=78)
+    s.now.value = 1400 * MS
+    s.tp("smb3_cmd_err", tid=0xBEEF, sesid=1, cmd=5, mid=78, status=0xC0000022, rc=-13)
+    ev = s.events()
+    got = [(int(e["command"]), int(e["latency_ns"]) // MS, int(e["tree_id"])) for e in ev]
+    assert got == [(9, 900, 5), (5, 499, 5)]
+
+
 def test_cmd_stats_and_event_sizes_match_header() -> None:
     assert EVENT_SIZE == 72
-    assert CMD_STATS_DTYPE.itemsize == (32 + 2) * 8
+    assert CMD_STATS_DTYPE.itemsize == (32 + 3) * 8
 
 
 def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp_path: Path) -> None:
@@ -867,9 +979,12 @@ def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp
     base = cfg.read_text()
     cfg.write_text(base + "latency: {default_threshold_ms: 300, emergency_threshold_ms: 3000}\n")
     env = h.env()
-    t = threading.Thread(target=lambda: tracer.run(h.opts(), env))
+    t = threading.Thread(target=lambda: tracer.run(h.opts(), env), daemon=True)
     t.start()
     assert h.attached.wait(10)
+    deadline = time.monotonic() + 10  # the load returned; READY=1 follows once the map is filled
+    while time.monotonic() < deadline and not any(m.startswith("READY=1 STATUS=attached") for m in h.notifier.sent):
+        time.sleep(0.01)
     first = h.loaded
 
     def reload_and_wait(n_loads: int, text: str) -> None:
@@ -898,18 +1013,81 @@ def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp
     assert second.closed
 
 
+def test_ignored_statuses_reach_the_map_at_attach_and_on_reload_without_a_rebuild(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pinned ignored_status map holds config ignored_statuses from attach on; a reload that
+    changes only them updates the map (deletes first, then adds) and rebuilds nothing. The pin of
+    the older cmd_stats layout is removed once the new program is attached."""
+    from aod import bpfsys
+    from aod.config import DEFAULT_IGNORED_STATUSES
+    from aod.record import CMD_STATS_V1_DTYPE
+
+    v1 = bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 9, 4, CMD_STATS_V1_DTYPE.itemsize, 32, 0, "cmd_stats")
+    monkeypatch.setattr(bpfsys, "obj_get", lambda path, flags=0: os.open(path, os.O_RDONLY))
+    monkeypatch.setattr(bpfsys, "map_info", lambda fd, what="": v1)
+    h = Harness(tmp_path)
+    make_cifs_events(h.tracefs)
+    (tmp_path / "bpffs" / "aodv2").mkdir()
+    stale = tmp_path / "bpffs" / "aodv2" / "cmd_stats"
+    stale.write_bytes(b"")  # an aodv2 0.1 tracer pinned it
+    cfg = tmp_path / "config.yaml"
+    base = cfg.read_text()
+    env = h.env()
+    t = threading.Thread(target=lambda: tracer.run(h.opts(), env), daemon=True)
+    t.start()
+    try:
+        assert h.attached.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (stale.exists() or "ignored_status" not in h.pinned):
+            time.sleep(0.01)
+        table = h.pinned["ignored_status"]
+        assert set(table.d) == set(DEFAULT_IGNORED_STATUSES) and not stale.exists()
+        table.ops.clear()
+        cfg.write_text(base + "ignored_statuses: [STATUS_END_OF_FILE, STATUS_NO_SUCH_FILE]\n")
+        before = len(h.notifier.sent)
+        env.reload.set()
+        while time.monotonic() < deadline and not any(m.startswith("READY=1") for m in h.notifier.sent[before:]):
+            time.sleep(0.01)
+        assert set(table.d) == {0xC0000011, 0xC000000F} and len(h.loads) == 1  # no rebuild
+        assert table.ops[-1] == ("set", 0xC000000F) and all(op == "del" for op, _ in table.ops[:-1])
+    finally:
+        h.stop.set()
+        t.join(10)
+
+
+def test_remove_stale_takes_only_a_map_of_the_older_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pins.remove_stale unlinks `cmd_stats` only when it is the 0.1 tracer's map; anything else of
+    that name (another tool's pin, a file in a pin dir the config pointed elsewhere) stays."""
+    from aod import bpfsys, pins
+    from aod.record import CMD_STATS_V1_DTYPE
+
+    stale = tmp_path / "cmd_stats"
+    infos = {"v1": bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 9, 4, CMD_STATS_V1_DTYPE.itemsize, 32, 0, "x"),
+             "other": bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_HASH, 9, 8, 8, 1024, 0, "x")}
+    which = ["other"]
+    monkeypatch.setattr(bpfsys, "map_info", lambda fd, what="": infos[which[0]])
+    monkeypatch.setattr(bpfsys, "obj_get", lambda path, flags=0: os.open(path, os.O_RDONLY))
+    assert pins.remove_stale(str(tmp_path)) == []  # nothing there
+    stale.write_bytes(b"")
+    (done,) = pins.remove_stale(str(tmp_path))
+    assert "not an aodv2 map" in done and stale.exists()
+    which[0] = "v1"
+    assert pins.remove_stale(str(tmp_path)) == [str(stale)] and not stale.exists()
+
+
 def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from aod import bpfsys
     from aod.record import CMD_STATS_DTYPE
 
     paths = tracer.pin_paths(config_mod.RingConfig(path=str(tmp_path / "events")))
-    for p in (paths.ring, paths.drops, paths.cmd_stats):
+    for p in (paths.ring, paths.drops, paths.cmd_stats, paths.ignored):
         Path(p).write_bytes(b"")
     infos = {paths.ring: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_RINGBUF, 1, 0, 0, 256 * 1024, 0, "events"),
              paths.drops: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 2, 4, 8, 1, 0, "drops"),
              paths.cmd_stats: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 3, 4, CMD_STATS_DTYPE.itemsize,
-                                             tracer.CMD_SLOTS, 0, "cmd_stats")}
+                                             tracer.CMD_SLOTS, 0, "cmd_stats"),
+             paths.ignored: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_HASH, 4, 4, 4, 256, 0, "ignored_status")}
     fds: dict[int, str] = {}
 
     def obj_get(path: str, flags: int = 0) -> int:
@@ -927,6 +1105,10 @@ def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Pat
         tracer.check_pinned(paths, 256 * 1024, "smb")
     assert ei.value.code == tracer.EX_CONFIG and f"rm {paths.cmd_stats}" in str(ei.value)
     assert tracer.check_pinned(paths, 256 * 1024, "synthetic") == []  # synthetic pins no cmd_stats
+    infos[paths.cmd_stats] = infos[paths.cmd_stats]._replace(value_size=CMD_STATS_DTYPE.itemsize)
+    infos[paths.ignored] = infos[paths.ignored]._replace(type=bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)  # not a hash
+    with pytest.raises(tracer.SetupError):  # bcc itself would open it unchecked
+        tracer.check_pinned(paths, 256 * 1024, "smb")
 
 
 def test_symbols_from_available_filter_functions(tmp_path: Path) -> None:

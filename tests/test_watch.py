@@ -1,24 +1,27 @@
 """Watcher accounting: cumulative totals across windows and tracer restarts, error and
-reconnect counts by status, snapshot copies, last-window bound; Dispatcher column hand-off."""
+reconnect counts by status, snapshot copies; the window loop and the share rules on a fake
+clock; the Dispatcher's hand-off, future-stamped records and the recent events."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 import numpy as np
 
-from aod import smb2, watch
+from aod import log, smb2
 from aod.config import Config, LatencyConfig
 from aod.counters import zero_stats
 from aod.detect import Detector
-from aod.dispatch import Columns, Dispatcher, WindowBuffer
+from aod.dispatch import FUTURE_TOLERANCE_NS, Columns, Dispatcher, RecentEvents
 from aod.record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, empty
-from aod.watch import Watcher
+from aod.watch import Tally, Watcher
 
 C = smb2.COMMANDS
 ST = smb2.NT_STATUS
 S = 10**9
+MS = 10**6
 
 
 def ev(n: int, ts0: int, cmd: str = "READ", kind: int = KIND_COMPLETION, status: int = 0) -> np.ndarray:
@@ -35,6 +38,7 @@ class FakeCounters:
     def __init__(self) -> None:
         self.available = True
         self.reason = ""
+        self.source = "cmd_stats_v2"
         self.stats = zero_stats()
         self.drop_count = 0
 
@@ -53,11 +57,22 @@ class FakeCounters:
         pass
 
 
-def watcher(counters: Any = None) -> tuple[Watcher, WindowBuffer, list[Any]]:
-    cfg = Config(latency=LatencyConfig(acceptable_count=5), errors=())
-    buf, found = WindowBuffer(), []
-    w = Watcher(buf, Detector(cfg), counters, lambda: 1.0, found.append)
-    return w, buf, found
+class Tallied:
+    """A Tally fed like the dispatcher feeds it."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def add(self, batch: np.ndarray) -> None:
+        self.tally.add(batch, Columns.of(batch))
+
+
+def watcher(counters: Any = None, **lat: Any) -> tuple[Watcher, Tallied, list[Any]]:
+    cfg = Config(latency=LatencyConfig(**{"acceptable_count": 5, **lat}), errors=())
+    tally, found = Tally(), []
+    d = Detector(cfg, stats_since=lambda ns: w.horizon.since(ns))
+    w = Watcher(tally, d, counters, lambda: 1.0, found.append)
+    return w, Tallied(tally), found
 
 
 def test_totals_sum_window_deltas_across_a_tracer_restart() -> None:
@@ -85,8 +100,8 @@ def test_error_and_reconnect_records_counted_by_status() -> None:
     buf.add(np.concatenate([ev(10, 0), ev(2, 20, "WRITE", KIND_ERROR, timeout),
                             ev(1, 30, "READ", KIND_ERROR, timeout)]))
     buf.add(np.concatenate([ev(1, 40, "CREATE", KIND_ERROR, denied), ev(2, 50, "READ", KIND_RECONNECT)]))
-    buf.add(ev(3, S + 10, "WRITE", KIND_ERROR, timeout))  # next window
     w.close_window(0, S)
+    buf.add(ev(3, S + 10, "WRITE", KIND_ERROR, timeout))  # drained in the next window
     snap = w.snapshot_totals()
     assert snap["errors"] == {(C["WRITE"], timeout): 2, (C["READ"], timeout): 1, (C["CREATE"], denied): 1}
     assert snap["reconnects"] == {0: 2} and snap["ring_records"] == 16 and snap["windows"] == 1
@@ -122,14 +137,39 @@ def test_totals_without_counters_are_zero_and_snapshot_is_consistent_under_write
     assert s["ring_records"] == 200 and int(s["cmd_stats"]["hist"].sum()) == 0
 
 
-def test_last_window_keeps_only_the_newest_events(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(watch, "LAST_WINDOW_KEEP", 5)
-    w, buf, _ = watcher()
-    assert len(w.last_window) == 0
-    for i in range(3):
-        buf.add(ev(3, 100 * i))
+def test_a_new_counters_source_is_counted_from_zero() -> None:
+    """After an upgrade the core reads the older tracer's cmd_stats, then the newer tracer's
+    cmd_stats_v2 once it is pinned: that map's counts are all new, whatever the old values."""
+    fc = FakeCounters()
+    fc.source = "cmd_stats"
+    fc.add(C["READ"], 1000)
+    w, _, _ = watcher(fc)
+    w._read_counters()
+    fc.stats, fc.source = zero_stats(), "cmd_stats_v2"
+    fc.add(C["READ"], 1200)  # more than before in every field: a plain delta would say 200
     w.close_window(0, S)
-    assert list(w.last_window["ts_ns"]) == [101, 102, 200, 201, 202]
+    assert int(w.snapshot_totals()["cmd_stats"]["hist"][C["READ"]].sum()) == 1200
+
+
+def test_dispatcher_drops_future_records_and_keeps_going() -> None:
+    """A record stamped beyond the tolerance is counted as bad and never reaches the detectors or
+    the recent events; the batches after it are handled as usual."""
+    now = 50 * S
+    got: list[tuple[np.ndarray, Columns]] = []
+    recent = RecentEvents(lambda: 10 * S, mono=lambda: now)
+    d = Dispatcher(ring=None, recent=recent, on_batch=lambda b, c: got.append((b, c)),  # type: ignore[arg-type]
+                   mono=lambda: now)
+    poison = ev(3, now + FUTURE_TOLERANCE_NS + 1, "WRITE")
+    ok = ev(2, now - S, "READ")
+    d.handle(np.concatenate([poison[:1], ok, poison[1:]]))
+    assert d.future == 3 and d.records == 2
+    (b, cols), = got
+    assert list(b["ts_ns"]) == list(cols.ts_ns) == [now - S, now - S + 1]
+    d.handle(ev(1, now + FUTURE_TOLERANCE_NS, "READ"))  # at the tolerance: kept
+    d.handle(ev(4, now - 100, "READ"))
+    assert d.future == 3 and d.records == 7 and recent.size == 7 and len(got) == 3
+    d.handle(ev(2, 2**62, "READ"))  # only future ones: nothing handed on
+    assert d.future == 5 and len(got) == 3
 
 
 def test_dispatcher_hands_its_columns_to_on_batch() -> None:
@@ -149,22 +189,19 @@ def test_dispatcher_hands_its_columns_to_on_batch() -> None:
             stop.set()
             return batch
 
-    buf = WindowBuffer()
-    Dispatcher(OneBatchRing(), buf, lambda *a: calls.append(a), with_columns=True).run(stop, lambda: None)
+    recent = RecentEvents(lambda: 10 * S, mono=lambda: 0)
+    Dispatcher(OneBatchRing(), recent, lambda *a: calls.append(a), mono=lambda: 0).run(stop, lambda: None)
     (b, cols), = calls
-    assert b is batch and isinstance(cols, Columns) and cols is buf.columns[0]
+    assert b is batch and isinstance(cols, Columns) and cols is recent.columns[0]
     assert list(cols.command) == [C["WRITE"]] * 4
-    stop.clear()
-    Dispatcher(OneBatchRing(), buf, lambda *a: calls.append(a)).run(stop, lambda: None)
-    assert len(calls[-1]) == 1 and buf.size == 8
 
 
 class FakeTime:
     """Monotonic clock for Watcher.run plus a stop event whose wait() advances that clock instead
-    of sleeping; drains scheduled at a clock time land in the buffer as the clock passes them."""
+    of sleeping; batches scheduled at a clock time reach the detector as the clock passes them."""
 
-    def __init__(self, buf: WindowBuffer, t0: int, drains: list[tuple[int, np.ndarray]], stop_at: int) -> None:
-        self.buf, self.now, self.drains, self.stop_at = buf, t0, sorted(drains, key=lambda d: d[0]), stop_at
+    def __init__(self, feed: Any, t0: int, drains: list[tuple[int, np.ndarray]], stop_at: int) -> None:
+        self.feed, self.now, self.drains, self.stop_at = feed, t0, sorted(drains, key=lambda d: d[0]), stop_at
         self.stopped = False
 
     def mono(self) -> int:
@@ -176,37 +213,52 @@ class FakeTime:
     def wait(self, timeout: float) -> bool:
         self.now += max(int(timeout * 1e9), 1)
         while self.drains and self.drains[0][0] <= self.now:
-            self.buf.add(self.drains.pop(0)[1])  # what the dispatcher drained by now
+            self.feed(self.drains.pop(0)[1])  # what the dispatcher drained by now
         self.stopped = self.now >= self.stop_at
         return self.stopped
 
 
 def slow_ev(n: int, ts0: int, step: int = 1) -> np.ndarray:
-    e = ev(n, ts0)
-    e["latency_ns"] = 600 * 10**6  # over the 500 ms default threshold, under the emergency one
+    e = ev(n, ts0, "WRITE")
+    e["latency_ns"] = 600 * MS  # over the 500 ms default threshold, under the emergency one
     e["ts_ns"] = ts0 + step * np.arange(n)
     return e
 
 
-def test_run_loop_detects_per_window_not_per_batch() -> None:
-    """Watcher.run on a fake clock: three drained batches in one window give one anomaly with
-    their sum; a batch drained just after the edge (within the grace) is split by completion time
-    between the two windows it straddles."""
-    w, buf, found = watcher()
-    ms = 10**6
-    straddling = np.concatenate([slow_ev(2, 10 * S + 990 * ms), slow_ev(3, 11 * S + 5 * ms)])
-    drains = [(10 * S + 210 * ms, slow_ev(2, 10 * S + 200 * ms)),
-              (10 * S + 410 * ms, slow_ev(2, 10 * S + 400 * ms)),
-              (10 * S + 610 * ms, slow_ev(2, 10 * S + 600 * ms)),
-              (11 * S + 20 * ms, straddling),  # drained in the grace after the 11 s edge
-              (11 * S + 510 * ms, slow_ev(3, 11 * S + 500 * ms))]
-    clock = FakeTime(buf, 10 * S + 100 * ms, drains, stop_at=12 * S + 500 * ms)
+def test_run_loop_closes_windows_and_the_share_rule_fires_there() -> None:
+    """Watcher.run on a fake clock: one slow WRITE a second, among one completion a second. The
+    count rule (10 within 10 s) never fires; the share rule (>= 50 % over 10 s, >= 5 of them)
+    fires at the close of the window holding the 5th, and carries the histograms of its horizon."""
+    fc = FakeCounters()
+    w, tallied, found = watcher(fc, acceptable_count=10, share=0.5, share_min_count=5, horizon_sec=10.0)
+    immediate: list[Any] = []
+
+    def feed(batch: np.ndarray) -> None:  # the dispatcher's part
+        tallied.add(batch)
+        immediate.extend(w.detector.immediate(batch))
+        fc.add(C["WRITE"], len(batch))
+
+    drains = [(k * S + 900 * MS, slow_ev(1, k * S + 800 * MS)) for k in range(11, 20)]
+    clock = FakeTime(feed, 10 * S + 100 * MS, drains, stop_at=19 * S + 500 * MS)
     w.mono = clock.mono
     beats: list[int] = []
     w.run(clock, lambda: beats.append(clock.now))  # type: ignore[arg-type]
-    assert [(a.type, a.count, a.window_start_ns, a.window_end_ns) for a in found] == [
-        ("latency", 8, 10 * S, 11 * S), ("latency", 6, 11 * S, 12 * S)]
-    assert sorted(found[0].events["ts_ns"])[-2:] == [10 * S + 990 * ms, 10 * S + 990 * ms + 1]
-    assert int(found[1].events["ts_ns"].min()) == 11 * S + 5 * ms
-    assert w.rates.windows == 2 and w.rates.ring_records == 14 and buf.size == 0
-    assert len(beats) >= 3  # beats while idle between windows
+    assert immediate == []
+    got = [(a.type, a.count, a.details["trigger"], a.window_end_ns) for a in found]
+    assert got == [("latency", 5, "share", 16 * S)]
+    stats = found[0].stats()  # read now, after the run: every window from its start on
+    assert found[0].commands == (C["WRITE"],) and stats is not None and int(stats["hist"].sum()) == 8
+    assert w.rates.windows == 9 and w.rates.ring_records == 8
+    assert len(beats) >= 9  # beats while idle between windows
+
+
+def test_event_buffer_overflow_is_told_once(records: list[logging.LogRecord]) -> None:
+    over = [0]
+    w = Watcher(Tally(), Detector(Config()), None, lambda: 1.0, lambda a: None, overflow=lambda: over[0])
+    w.close_window(0, S)
+    over[0] = 7
+    w.close_window(S, 2 * S)
+    over[0] = 9
+    w.close_window(2 * S, 3 * S)
+    told = [r for r in records if getattr(r, "MESSAGE_ID", "") == log.MESSAGE_IDS["overflow"]]
+    assert len(told) == 1 and "7 events" in told[0].getMessage()

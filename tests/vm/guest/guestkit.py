@@ -42,6 +42,7 @@ CORE = "aodv2.service"
 MID = {  # aod/log.py MESSAGE_IDS (man aodv2(8), MESSAGE IDS)
     "ready": "a0d20002c0de4b1a9f0e7d6c5b4a3921",
     "anomaly": "a0d20004c0de4b1a9f0e7d6c5b4a3921",
+    "suppressed": "a0d20005c0de4b1a9f0e7d6c5b4a3921",
     "bundle": "a0d20006c0de4b1a9f0e7d6c5b4a3921",
     "capture_failed": "a0d20007c0de4b1a9f0e7d6c5b4a3921",
     "action_failed": "a0d20008c0de4b1a9f0e7d6c5b4a3921",

@@ -90,6 +90,10 @@ def main() -> int:
         "drops": drops,
         "cmd_stats_total": int(cs["hist"].sum()),
         "cmd_stats_errors": int(cs["errors"].sum()),
+        "cmd_stats_ignored": int(cs["ignored"].sum()),
+        "cmd_stats_source": pc.source,
+        "ignored_completions": sorted({(smb2.command_name(int(e["command"])), f"0x{int(e['nt_status']):08X}")
+                                       for e in comp[comp["nt_status"] != 0]}),
         "cmd_stats_by_cmd": {smb2.command_name(i): int(cs["hist"][i].sum()) for i in range(len(cs))
                              if cs["hist"][i].sum()},
         "reader": stats,

@@ -2,7 +2,7 @@
 # aodv2 VM scenario: the .deb on a real systemd host (Debian 12 guest, no network).
 # Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
-#         --copy dist/aodv2_0.1.0-1_all.deb --timeout 900
+#         --copy dist/aodv2_0.2.0-1_all.deb --timeout 900
 # Proves: install from the local .deb alone (the guest has no network; runtime deps are in
 # the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
 # and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox,
@@ -11,7 +11,9 @@
 # hardening (journal, /proc/fs/cifs, smbinfo), reload, upgrade restarts the core, a second
 # tracer instance (aodv2-tracer@synthetic) runs next to smb and `aodv2 status` reports it once
 # config `tracers` names it, `man aodv2` renders, and purge leaves no unit (not even the link
-# of an instance the admin enabled), process, pin or log dir.
+# of an instance the admin enabled), process, pin or log dir. Last, the last release
+# (tests/vm/releases/, --copy tests/vm/releases) installed and detecting, then `apt install` of
+# this .deb over it: same ring, new pins, the old layout read meanwhile, detection works.
 # Results: /share/results.txt (PASS/FAIL/FACT), /share/logs/; exit 0 iff every check passed.
 set -u
 . /share/vmlib/lib.sh
@@ -231,6 +233,73 @@ ls -la /sys/fs/bpf/ 2>&1
 ls -ld $OUR_UNITS 2>&1
 systemctl list-unit-files aodv2.service 'aodv2-tracer@*' --no-legend 2>&1
 pgrep -af aodv2 || true
+
+# --- upgrade from the last release (tests/vm/releases/), while it runs and traces: pins outlive
+#     the package, so the new core and tracer meet the old ring and maps. `apt install` of the
+#     new .deb must be all it takes (no conffile edited, so no prompt; no manual step).
+OLD=$(ls /share/releases/aodv2_*_all.deb 2>/dev/null | head -1)
+vm_check "the last release is in the share" test -n "$OLD"
+vm_fact old_deb "$(basename "${OLD:-none}")"
+# slowdown_alerts SINCE TYPE: netem 300 ms on lo (a 600 ms round trip: over the shipped 500 ms
+# threshold, under the 1000 ms emergency) and 4 workloads until a TYPE anomaly is in the journal
+slowdown_alerts() {
+    local since=$1 type=$2 end=$(( $(date +%s) + 90 )) rc=1
+    vm_netem_add 300ms
+    while [ "$(date +%s)" -lt "$end" ]; do
+        for i in 1 2 3 4; do vm_workload 2 >/dev/null & done
+        wait
+        if journalctl -u aodv2 --since "@$since" --no-pager -o cat | grep -q "AOD detected anomaly: $type"; then
+            rc=0; break
+        fi
+    done
+    vm_netem_del
+    return $rc
+}
+status_json() { python3 -c "import json; d = json.load(open('/run/aodv2/status.json')); print($1)" 2>/dev/null; }
+ring_id() { python3 -c 'import os; from aod import bpfsys
+fd = bpfsys.obj_get("/sys/fs/bpf/aodv2/events", bpfsys.BPF_F_RDONLY); print(bpfsys.map_info(fd).id); os.close(fd)'; }
+if [ -n "$OLD" ]; then
+    t0=$(date +%s)
+    vm_check "old: apt install the last release" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$OLD"
+    systemctl enable --now aodv2
+    vm_check "old: tracer attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
+    vm_check "old: core active" vm_wait 120 active aodv2.service
+    vm_fact old_version "$(dpkg-query -W -f='${Version}' aodv2)"
+    vm_check "old: cmd_stats pinned in layout 1" test -e /sys/fs/bpf/aodv2/cmd_stats -a ! -e /sys/fs/bpf/aodv2/cmd_stats_v2
+    vm_check "old: a slowdown alerts (the release detects)" slowdown_alerts "$t0" latency
+    RING_OLD=$(ring_id); CPID_OLD=$(main_pid)
+    TPID_OLD=$(systemctl show -p MainPID --value aodv2-tracer@smb.service)
+    t=$(vm_now); t1=$(date +%s)
+    vm_check "upgrade: apt install of the new .deb over the running release" \
+        env DEBIAN_FRONTEND=noninteractive apt-get install -y "$DEB"
+    vm_fact upgrade_install_s "$(vm_since "$t")"
+    vm_check "upgrade: the new version is installed" test "$(dpkg-query -W -f='${Version}' aodv2)" != "$(basename "$OLD" | cut -d_ -f2)"
+    vm_check "upgrade: core restarted (pid $CPID_OLD -> new)" vm_wait 120 sh -c "[ \"\$(systemctl show -p MainPID --value aodv2.service)\" != $CPID_OLD ] && systemctl is-active --quiet aodv2.service"
+    # the new core is up before the new tracer has compiled: it reads the old layout meanwhile
+    SEEN_V1=no
+    end=$(( $(date +%s) + 300 ))
+    while [ "$(date +%s)" -lt "$end" ] && ! grep -q '"attached"' /run/aodv2/tracer-smb.json 2>/dev/null; do
+        [ "$(status_json "d['counters']['source'] + str(d['counters']['available'])")" = cmd_statsTrue ] && SEEN_V1=yes
+        sleep 0.5
+    done
+    vm_fact core_read_layout1_before_the_new_tracer "$SEEN_V1"
+    vm_check "upgrade: tracer restarted and attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
+    vm_check "upgrade: tracer pid changed" test "$(systemctl show -p MainPID --value aodv2-tracer@smb.service)" != "$TPID_OLD"
+    vm_fact upgrade_to_attached_s "$(vm_since "$t")"
+    vm_check "upgrade: the core read the release's cmd_stats (layout 1) until the new tracer pinned its own" test "$SEEN_V1" = yes
+    vm_check "upgrade: same ring map (id $RING_OLD)" test "$(ring_id)" = "$RING_OLD"
+    vm_check "upgrade: cmd_stats_v2 and ignored_status pinned, the layout-1 pin removed" \
+        test -e /sys/fs/bpf/aodv2/cmd_stats_v2 -a -e /sys/fs/bpf/aodv2/ignored_status -a ! -e /sys/fs/bpf/aodv2/cmd_stats
+    vm_check "upgrade: the core reads cmd_stats_v2" vm_wait 30 sh -c \
+        "python3 -c \"import json, sys; c = json.load(open('/run/aodv2/status.json'))['counters']; sys.exit(0 if c['source'] == 'cmd_stats_v2' and c['available'] else 1)\""
+    vm_check "upgrade: tracer journal says it removed the older pin" \
+        journal_since aodv2-tracer@smb.service "$t1" "removed the pin of an older layout"
+    vm_check "upgrade: no failed aodv2 unit" sh -c '! systemctl --failed --no-legend | grep -q aodv2'
+    vm_check "upgrade: detection works (a slowdown alerts)" slowdown_alerts "$t1" latency
+    vm_check "upgrade: a bundle written after the upgrade" vm_wait 120 journal_since aodv2.service "$t1" "AOD bundle written"
+    vm_fact upgrade_status "$(systemctl show -p StatusText --value aodv2.service)"
+    vm_check "upgrade: purge" env DEBIAN_FRONTEND=noninteractive apt-get purge -y aodv2
+fi
 
 vm_cifs_umount
 vm_collect_logs

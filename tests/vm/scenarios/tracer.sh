@@ -116,15 +116,37 @@ B=$(j $R/r1.json median_latency_ms); D=$(j $R/r2.json median_latency_ms)
 # netem on lo delays both directions: the round trip grows by 2 x 200 ms
 vm_check "netem 200ms moves the median by the 400 ms round trip, +-50/+200 ms ($B -> $D)" python3 -c "import sys; m = float('${D:-0}') - float('${B:-0}'); sys.exit(0 if 350 <= m <= 600 else 1)"
 
-# --- 4. error records carry the NT status and errno
+# --- 4. error records carry the NT status and errno; ignored statuses (config ignored_statuses,
+# default: STATUS_OBJECT_NAME_NOT_FOUND among them) are dropped as errors in the kernel, through
+# the pinned ignored_status map, and a SIGHUP that empties the list makes them errors again
+vm_check "cmd_stats pinned in layout 2, ignored_status beside it" \
+    test -e /sys/fs/bpf/aodv2/cmd_stats_v2 -a -e /sys/fs/bpf/aodv2/ignored_status -a ! -e /sys/fs/bpf/aodv2/cmd_stats
 reader_start $R/r3.json
 vm_access_denied
 stat "$SMB_MNT/no-such-file-$$" >/dev/null 2>&1
+ls "$SMB_MNT" >/dev/null  # ends with STATUS_NO_MORE_FILES
 reader_stop $R/r3.json
 vm_fact errors_seen "$(j $R/r3.json errors)"
+vm_fact ignored_seen "ignored=$(j $R/r3.json cmd_stats_ignored) slow ones as completions: $(j $R/r3.json ignored_completions)"
 vm_check "STATUS_ACCESS_DENIED error record (errno 13)" py $R/r3.json "any(e[1] == '0xC0000022' and e[2] == 13 for e in d['errors'])"
-vm_check "STATUS_OBJECT_NAME_NOT_FOUND error record (errno 2)" py $R/r3.json "any(e[1] == '0xC0000034' and e[2] == 2 for e in d['errors'])"
-vm_check "cmd_stats counts errors" py $R/r3.json "d['cmd_stats_errors'] >= 2"
+vm_check "no STATUS_OBJECT_NAME_NOT_FOUND or NO_MORE_FILES error record (ignored)" py $R/r3.json \
+    "not any(e[1] in ('0xC0000034', '0x80000006') for e in d['errors'])"
+vm_check "cmd_stats counts the ignored ones (>= 2) apart from errors" py $R/r3.json \
+    "d['cmd_stats_ignored'] >= 2 and d['cmd_stats_errors'] >= 1 and d['cmd_stats_source'] == 'cmd_stats_v2'"
+cp $R/aod.yaml $R/aod-ign.yaml
+printf 'ignored_statuses: []\n' >> $R/aod.yaml
+kill -HUP $T1PID
+vm_check "SIGHUP: the tracer emptied its ignored_status map (no rebuild)" \
+    vm_wait 60 grep -q "ignored statuses: 0 (0 added, 5 removed)" $R/t1.log
+vm_check "SIGHUP: nothing rebuilt" grep -q "nothing the program compiles in changed" $R/t1.log
+reader_start $R/r3n.json
+stat "$SMB_MNT/no-such-file-2-$$" >/dev/null 2>&1
+reader_stop $R/r3n.json
+vm_check "with ignored_statuses: [] STATUS_OBJECT_NAME_NOT_FOUND is an error record again (errno 2)" py $R/r3n.json \
+    "any(e[1] == '0xC0000034' and e[2] == 2 for e in d['errors'])"
+cp $R/aod-ign.yaml $R/aod.yaml
+kill -HUP $T1PID
+vm_wait 60 grep -q "ignored statuses: 5 (5 added, 0 removed)" $R/t1.log
 
 # --- 4b. two connections negotiating at once: same mid (0), no session yet; the pairing key
 # names the connection (kprobes), so each mount's NEGOTIATE pairs with its own response
@@ -158,7 +180,8 @@ vm_check "reconnect record after smbd restart" py $R/r4.json "d['reconnects'] >=
 MAPID1=$(j $R/r1.json map_id)
 kill -KILL $T1PID; wait $T1PID 2>/dev/null
 vm_check "pinned ring survives SIGKILL" test -e $PIN
-vm_check "pinned drops/cmd_stats survive" test -e /sys/fs/bpf/aodv2/drops -a -e /sys/fs/bpf/aodv2/cmd_stats
+vm_check "pinned drops/cmd_stats_v2/ignored_status survive" \
+    test -e /sys/fs/bpf/aodv2/drops -a -e /sys/fs/bpf/aodv2/cmd_stats_v2 -a -e /sys/fs/bpf/aodv2/ignored_status
 vm_check "pin dir mode 0700" test "$(stat -c %a /sys/fs/bpf/aodv2)" = 700
 t=$(vm_now)
 tracer_start smb $R/t2.log --config $R/aod-512.yaml
