@@ -28,7 +28,7 @@ class Counters(Protocol):
     reason: str
     source: str  # which map or region the last read came from; a change means counting starts again
 
-    def drops(self) -> int: ...
+    def drops(self) -> Optional[int]: ...
 
     def cmd_stats(self) -> np.ndarray: ...
 
@@ -89,8 +89,8 @@ class FileCounters:
         self.available, self.reason = True, ""
         return True
 
-    def drops(self) -> int:
-        return int(self._drops[0]) if self._open() else 0
+    def drops(self) -> Optional[int]:
+        return int(self._drops[0]) if self._open() else None
 
     def cmd_stats(self) -> np.ndarray:
         return np.array(self._stats) if self._open() else zero_stats()
@@ -154,12 +154,12 @@ class PinnedCounters:
         self.available, self.reason = True, ""
         return out
 
-    def drops(self) -> int:
-        """The ring-full drop count (0 if unreadable); `available` stays about cmd_stats."""
+    def drops(self) -> Optional[int]:
+        """The ring-full drop count, None if unreadable; `available` stays about cmd_stats."""
         state = (self.available, self.reason)
         m = self._read("drops", 8, 1)
         self.available, self.reason = state
-        return 0 if m is None else int(m[0, 0])
+        return None if m is None else int(m[0, 0])
 
     def cmd_stats(self) -> np.ndarray:
         name, old = CMD_STATS, CMD_STATS_V1

@@ -30,7 +30,8 @@ _U8 = np.zeros(0, np.uint64)
 _U2 = np.zeros(0, np.uint16)
 _U4 = np.zeros(0, np.uint32)
 EXACT_MAX = 4096  # acceptable_count - 1 up to this: every match's time kept; above: per bucket
-BUCKETS = 1024  # buckets of a horizon in the bucketed mode
+BUCKETS = 1024  # buckets of a horizon in the bucketed mode...
+MIN_BUCKET_NS = 1_000_000  # ...at least 1 ms wide (a tiny horizon is then exact to 1 ms only)
 REORDER_NS = 1_000_000_000  # a match this much older than the newest one can still arrive
 
 
@@ -63,7 +64,7 @@ class CountRule:
         self.k = max(1, int(k))
         self.horizon_ns = max(1, int(horizon_ns))
         self.bucketed = self.k - 1 > EXACT_MAX
-        self.width = max(1, self.horizon_ns // BUCKETS)
+        self.width = max(MIN_BUCKET_NS, self.horizon_ns // BUCKETS)
         self.clear()
 
     def clear(self) -> None:
@@ -104,16 +105,21 @@ class CountRule:
         return None
 
     def _feed_buckets(self, ts: np.ndarray, command: np.ndarray, status: np.ndarray) -> Optional[Crossing]:
-        """Counts per bucket of horizon/BUCKETS; a crossing when the buckets within one horizon hold k."""
-        idx = ts // np.uint64(self.width)
-        for b in np.unique(idx).tolist():
-            sel = idx == np.uint64(b)
+        """Counts per bucket (horizon/BUCKETS wide, MIN_BUCKET_NS at least); a crossing when the
+        buckets within one horizon hold k."""
+        order = np.argsort(ts // np.uint64(self.width), kind="stable")
+        idx = (ts // np.uint64(self.width))[order]
+        command, status = command[order], status[order]
+        uniq, starts_at = np.unique(idx, return_index=True)
+        bounds = list(starts_at.tolist()) + [len(idx)]
+        for j, b in enumerate(uniq.tolist()):  # one slice per bucket touched (1 ms wide at least)
+            lo, hi = bounds[j], bounds[j + 1]
             n0, c0, s0 = self.buckets.get(b, (0, {}, {}))
             c1, s1 = dict(c0), dict(s0)
-            for d, add in ((c1, _counts(command[sel])), (s1, _counts(status[sel]))):
+            for d, add in ((c1, _counts(command[lo:hi])), (s1, _counts(status[lo:hi]))):
                 for key, v in add.items():
                     d[key] = d.get(key, 0) + v
-            self.buckets[b] = (n0 + int(np.count_nonzero(sel)), c1, s1)
+            self.buckets[b] = (n0 + hi - lo, c1, s1)
         keys = sorted(self.buckets)
         span = self.horizon_ns // self.width  # buckets per horizon
         newest = keys[-1]
@@ -135,10 +141,10 @@ class CountRule:
                     for key, v in add.items():
                         d[key] = d.get(key, 0) + v
             total = int(cum[-1] - cum[i])
-            first, last = keys[i] * self.width, (keys[-1] + 1) * self.width - 1
+            first_ts, last_ts = keys[i] * self.width, (keys[-1] + 1) * self.width - 1
             crossing = (keys[j] + 1) * self.width - 1
             self.clear()
-            return Crossing(total, cmds, sts, first, max(last, int(ts.max())), min(crossing, int(ts.max())))
+            return Crossing(total, cmds, sts, first_ts, max(last_ts, int(ts.max())), min(crossing, int(ts.max())))
         return None
 
 

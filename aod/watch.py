@@ -145,23 +145,27 @@ class Watcher:
         self._told_earlier_drops = False
 
     def _read_counters(self) -> tuple[Optional[np.ndarray], int]:
+        """(the all-traffic stats delta since the last read, None without one; drops since then).
+        The two maps are followed apart: one unreadable never resets or re-reports the other."""
         if self.counters is None:
             return None, 0
         # read first: `available` (of cmd_stats) is only known after a read (it starts False)
         stats, drops = self.counters.cmd_stats(), self.counters.drops()
+        d_drops = 0
+        if drops is not None:
+            if self._prev_drops is not None:
+                # going backwards: the tracer recreated its maps, counting starts again
+                d_drops = drops - self._prev_drops if drops >= self._prev_drops else drops
+            self._prev_drops = self.rates.drops_total = drops
         if not self.counters.available:
-            self._prev_stats = self._prev_drops = None  # baseline again once the maps appear
-            return None, 0
+            self._prev_stats = None  # baseline again once the map appears
+            return None, d_drops
         source = getattr(self.counters, "source", None)
         if self._prev_stats is not None and source != self._prev_source:
             self._prev_stats = zero_stats()  # another map (a newer tracer's layout): all of it is new
         self._prev_source = source
         d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)
-        d_drops = 0 if self._prev_drops is None else max(drops - self._prev_drops, 0)
-        if self._prev_drops is not None and drops < self._prev_drops:
-            d_drops = drops  # tracer restarted: counters start again
-        self._prev_stats, self._prev_drops = stats, drops
-        self.rates.drops_total = drops
+        self._prev_stats = stats
         return d_stats, d_drops
 
     def _account(self, records: int, errors: dict[tuple[int, int], int], reconnects: dict[int, int],

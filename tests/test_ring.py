@@ -399,7 +399,7 @@ def test_record_stats_matches_independent_histogram(tmp_path: Path) -> None:
 
 def test_counters_round_trip_and_delta(tmp_path: Path) -> None:
     missing = counters.FileCounters(str(tmp_path / "nothing"))
-    assert missing.drops() == 0 and not missing.available and "nothing" in missing.reason
+    assert missing.drops() is None and not missing.available and "nothing" in missing.reason
     assert np.array_equal(missing.cmd_stats(), counters.zero_stats())
     p = make_ring(tmp_path)
     c = counters.open_counters(p, is_file=True)
@@ -427,7 +427,7 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(bpfsys, "obj_get", enoent)
     pc = counters.PinnedCounters("/sys/fs/bpf/aodv2")
     assert np.array_equal(pc.cmd_stats(), counters.zero_stats())
-    assert pc.drops() == 0 and not pc.available and "not pinned yet" in pc.reason
+    assert pc.drops() is None and not pc.available and "not pinned yet" in pc.reason
 
     ncpu = 3
     stats_size = record.CMD_STATS_DTYPE.itemsize

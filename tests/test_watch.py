@@ -262,3 +262,21 @@ def test_event_buffer_overflow_is_told_once(records: list[logging.LogRecord]) ->
     w.close_window(2 * S, 3 * S)
     told = [r for r in records if getattr(r, "MESSAGE_ID", "") == log.MESSAGE_IDS["overflow"]]
     assert len(told) == 1 and "7 events" in told[0].getMessage()
+
+
+def test_drops_are_followed_apart_from_cmd_stats() -> None:
+    """A failed read of one map neither resets nor re-reports the other: drops read 12, then
+    unreadable, then 13 is one new drop (not 13); drops while cmd_stats is unreadable still count."""
+    fc = FakeCounters()
+    w, _, _ = watcher(fc)
+    seq: list[Any] = [12, None, 13]
+    fc.drops = lambda: seq.pop(0) if seq else 20  # type: ignore[method-assign]
+    w._read_counters()  # the baseline, 12
+    assert w._read_counters()[1] == 0  # unreadable: nothing
+    assert w._read_counters()[1] == 1 and w.rates.drops_total == 13
+    fc.available = False  # cmd_stats gone (a tracer restarting), drops go on
+    stats, d = w._read_counters()
+    assert stats is None and d == 7 and w.rates.drops_total == 20
+    fc.available = True
+    assert w._read_counters()[0] is None  # the stats baseline again; drops unchanged
+    assert w._read_counters()[1] == 0
