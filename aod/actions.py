@@ -1,29 +1,29 @@
-"""Quick actions: the table of what a capture collects, and how one step runs (collect layer).
+"""Quick actions: the table of what a capture collects, and its plan for this host (collect layer).
 
-ring -> dispatch -> detect -> **collect** (actions.py, collect.py, bundle.py) -> retain.
+ring -> dispatch -> detect -> **collect** (actions.py, actionrun.py, collect.py, bundle.py) -> retain.
 
-Each action is one row of ACTIONS: files to read (the first that exists wins) or argv
-templates to run (fallbacks tried in order, or, per cifs mount, all of them). A row is
-expanded by `plan()` into `Step`s; `run_step()` executes one step into the stage dir.
-Commands are argv lists (never a shell); `{since}`/`{until}`/`{mount}` are substituted
-per element in one pass, so a value is always one literal argv element.
+Each action is one row of ACTIONS: files to read (the first that exists wins), argv
+templates to run (fallbacks tried in order, or, per cifs mount, all of them), or a section
+of the evidence helper's answer (`aodv2 evidence`, asked once per capture for every such
+action). A row is expanded by `plan()` into `Step`s; actionrun.run_step() executes one step
+into the stage dir. Commands are argv lists (never a shell); `{since}`/`{until}`/`{mount}`
+are substituted per element in one pass, so a value is always one literal argv element.
+
+Guard: a per-mount step for a mount whose requests are hung (`guarded`, from mountguard.py)
+is planned as skipped: nothing ever stats, lists or queries such a mount point.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
-import shlex
 import shutil
-import signal
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
-ACTION_NAMES: tuple[str, ...] = (
+# the actions every anomaly type runs by default (and their order in the bundle summary)
+BASE_ACTIONS: tuple[str, ...] = (
     "kernel_log",
     "journal",
     "syslog",
@@ -33,16 +33,18 @@ ACTION_NAMES: tuple[str, ...] = (
     "mounts",
     "smbinfo",
 )
+# evidence while it hangs, from the privileged helper (evidence.py): for hung and emergency
+EVIDENCE_ACTIONS: tuple[str, ...] = ("task_stacks", "inflight", "connections")
+ACTION_NAMES: tuple[str, ...] = BASE_ACTIONS + EVIDENCE_ACTIONS
 
 MiB = 1024 * 1024
-STATUSES = ("ok", "failed", "timeout", "missing")
+# skipped: deliberately not run (a guard, or the evidence helper is not there); the reason says why
+STATUSES = ("ok", "failed", "timeout", "missing", "skipped")
+EVIDENCE_SOCKET = "/run/aodv2/evidence.sock"
 CIFS_FSTYPES = frozenset({b"cifs", b"smb3"})
 JOURNAL_TOOLS = frozenset({"journalctl"})  # argv[0] that needs a running journal
 SMBINFO_SUBCOMMANDS = ("filefsfullsizeinfo", "fileallinfo")  # both work on a mount root (cifs-utils >= 6.8)
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_KILL_WAIT_SEC = 1.0  # after SIGKILL; a task stuck in D state is abandoned, not waited for
-_CHUNK = 256 * 1024
-_STDERR_KEEP = 4096
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class ActionEnv:
     var_log: str = "/var/log"
     path: Optional[str] = None  # PATH for the binaries; None = $PATH plus the sbin dirs
     journal_dir: str = "/run/systemd/journal"  # exists when journald runs
+    evidence_socket: str = EVIDENCE_SOCKET  # aodv2-evidence.socket
 
     def search_path(self) -> str:
         if self.path is not None:
@@ -78,6 +81,8 @@ class ActionSpec:
     cap_bytes: int = 16 * MiB
     keep: str = "head"  # head | tail: which end survives the cap
     redact: bool = False  # mask password=/pass=/credentials= values
+    evidence: str = ""  # a section of the evidence helper's answer (stacks | inflight | connections)
+    urgent: bool = False  # started first, outside capture.concurrency: evidence that fades with the hang
 
 
 _SINCE_UNTIL = ("--since", "@{since}", "--until", "@{until}")
@@ -106,7 +111,9 @@ ACTIONS: Mapping[str, ActionSpec] = {
         ),
         ActionSpec("syslog", "syslog.log", files=("{var_log}/syslog", "{var_log}/messages"), keep="tail",
                    redact=True),
-        ActionSpec("cifs_debug", "cifs/DebugData", files=("{proc}/fs/cifs/DebugData",), redact=True),
+        # urgent: DebugData shows the outstanding requests only while the hang holds
+        ActionSpec("cifs_debug", "cifs/DebugData", files=("{proc}/fs/cifs/DebugData",), redact=True,
+                   urgent=True),
         ActionSpec("cifs_stats", "cifs/Stats", files=("{proc}/fs/cifs/Stats",)),
         ActionSpec("cifs_open_files", "cifs/open_files", files=("{proc}/fs/cifs/open_files",)),
         ActionSpec("mounts", "mounts", files=("{proc}/mounts",), cap_bytes=4 * MiB, redact=True),
@@ -117,6 +124,11 @@ ACTIONS: Mapping[str, ActionSpec] = {
             per_mount=True,
             cap_bytes=1 * MiB,
         ),
+        # one request to the helper answers all three; each writes its section (+ .json)
+        ActionSpec("task_stacks", "evidence/stacks.txt", evidence="stacks", cap_bytes=8 * MiB, urgent=True),
+        ActionSpec("inflight", "evidence/inflight.txt", evidence="inflight", cap_bytes=4 * MiB, urgent=True),
+        ActionSpec("connections", "evidence/connections.txt", evidence="connections", cap_bytes=2 * MiB,
+                   urgent=True),
     )
 }
 assert tuple(ACTIONS) == ACTION_NAMES
@@ -136,20 +148,9 @@ class Step:
     redact: bool = False
     missing: str = ""  # why nothing can run (status "missing")
     label: str = ""  # e.g. the mount point
-
-
-@dataclass
-class StepResult:
-    action: str
-    dest: str
-    status: str = "ok"
-    duration_s: float = 0.0
-    bytes: int = 0
-    error: str = ""
-    exit_code: Optional[int] = None
-    truncated: bool = False
-    label: str = ""
-    source: str = ""  # file read or command run
+    evidence: str = ""  # helper section (ActionSpec.evidence)
+    urgent: bool = False
+    skipped: str = ""  # why it is deliberately not run (status "skipped"), e.g. a hung mount
 
 
 # --- pure helpers -------------------------------------------------------------
@@ -181,16 +182,25 @@ def decode_mount_field(field_: bytes) -> bytes:
     return _OCTAL.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field_)
 
 
-def parse_cifs_mounts(data: bytes) -> list[str]:
-    """Mount points of cifs/smb3 mounts in /proc/mounts text, decoded, in order, no duplicates."""
-    out: list[str] = []
+def parse_cifs_mount_entries(data: bytes, unique: bool = True) -> list[tuple[str, str]]:
+    """(source, mount point) of cifs/smb3 mounts in /proc/mounts text, decoded, in order, one
+    entry per mount point (unique=False: every entry, for stacked mounts on one mount point).
+    The source is the UNC as mounted ("//server/share[/path]")."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
     for line in data.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[2] in CIFS_FSTYPES:
             mnt = os.fsdecode(decode_mount_field(parts[1]))
-            if mnt.startswith("/") and mnt not in out:  # absolute: never parsed as an option
-                out.append(mnt)
+            if mnt.startswith("/") and not (unique and mnt in seen):  # absolute: never parsed as an option
+                seen.add(mnt)
+                out.append((os.fsdecode(decode_mount_field(parts[0])), mnt))
     return out
+
+
+def parse_cifs_mounts(data: bytes) -> list[str]:
+    """Mount points of cifs/smb3 mounts in /proc/mounts text, decoded, in order, no duplicates."""
+    return [mnt for _, mnt in parse_cifs_mount_entries(data)]
 
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
@@ -219,18 +229,29 @@ def redact_file(path: str) -> int:
     return len(clean)
 
 
-def cifs_mounts(env: ActionEnv) -> list[str]:
+def cifs_mount_entries(env: ActionEnv, unique: bool = True) -> list[tuple[str, str]]:
+    """(source, mount point) of the cifs mounts, from /proc/mounts: never from the mounts."""
     try:
         with open(os.path.join(env.proc_root, "mounts"), "rb") as f:
-            return parse_cifs_mounts(f.read(4 * MiB))
+            return parse_cifs_mount_entries(f.read(4 * MiB), unique)
     except OSError:
         return []
 
 
-def plan(spec: ActionSpec, env: ActionEnv, since: int, until: int) -> list[Step]:
-    """Expand one table row into steps for this host (resolves files, binaries and mounts)."""
+def cifs_mounts(env: ActionEnv) -> list[str]:
+    return [mnt for _, mnt in cifs_mount_entries(env)]
+
+
+def plan(spec: ActionSpec, env: ActionEnv, since: int, until: int,
+         guarded: Optional[Mapping[str, str]] = None) -> list[Step]:
+    """Expand one table row into steps for this host (resolves files, binaries and mounts).
+
+    guarded: mount point -> why it must not be touched; its per-mount steps are skipped."""
     values = {"since": str(since), "until": str(until), "proc": env.proc_root, "var_log": env.var_log}
-    common: dict[str, Any] = {"cap_bytes": spec.cap_bytes, "keep": spec.keep, "redact": spec.redact}
+    common: dict[str, Any] = {"cap_bytes": spec.cap_bytes, "keep": spec.keep, "redact": spec.redact,
+                              "urgent": spec.urgent}
+    if spec.evidence:
+        return [Step(spec.name, spec.dest, evidence=spec.evidence, **common)]
     if spec.files:
         files = tuple(substitute(f, values) for f in spec.files)
         return [Step(spec.name, spec.dest, files=files, **common)]
@@ -258,320 +279,12 @@ def plan(spec: ActionSpec, env: ActionEnv, since: int, until: int) -> list[Step]
         return [Step(spec.name, spec.dest, missing="no cifs/smb3 mounts", **common)]
     steps = []
     for m in mounts:
+        dest = f"{spec.dest}/{escape_mount_name(m)}.txt"
+        if guarded and m in guarded:  # never resolve, stat or run anything on it
+            steps.append(Step(spec.name, dest, label=m, skipped=guarded[m], **common))
+            continue
         why.clear()
         argvs = tuple(a for a in (resolve(t, {"mount": m}) for t in spec.argv) if a is not None)
-        dest = f"{spec.dest}/{escape_mount_name(m)}.txt"
         steps.append(Step(spec.name, dest, argvs=argvs, sequence=True, label=m,
                           missing="" if argvs else "; ".join(dict.fromkeys(why)), **common))
     return steps
-
-
-# --- running a step -----------------------------------------------------------
-
-
-class CappedSink:
-    """A stage file that keeps at most cap bytes: the head, or the tail (trimmed in place)."""
-
-    def __init__(self, path: str, cap: int, keep: str) -> None:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self.cap, self.keep = cap, keep
-        self.size = 0  # bytes in the file
-        self.seen = 0  # bytes offered
-
-    def write(self, data: bytes) -> None:
-        self.seen += len(data)
-        if self.keep == "head":
-            data = data[: max(0, self.cap - self.size)]
-            if data:
-                os.pwrite(self.fd, data, self.size)
-                self.size += len(data)
-            return
-        os.pwrite(self.fd, data, self.size)
-        self.size += len(data)
-        if self.size >= 2 * self.cap:
-            self._trim()
-
-    def _trim(self) -> None:
-        """Move the last cap bytes to the front (chunked, memory bounded)."""
-        src, dst = self.size - self.cap, 0
-        while src < self.size:
-            chunk = os.pread(self.fd, min(MiB, self.size - src), src)
-            if not chunk:
-                break
-            os.pwrite(self.fd, chunk, dst)
-            src, dst = src + len(chunk), dst + len(chunk)
-        os.ftruncate(self.fd, dst)
-        self.size = dst
-
-    def reset(self) -> None:
-        os.ftruncate(self.fd, 0)
-        self.size = self.seen = 0
-
-    @property
-    def truncated(self) -> bool:
-        return self.seen > self.size
-
-    def close(self) -> int:
-        if self.keep == "tail" and self.size > self.cap:
-            self._trim()
-        os.close(self.fd)
-        return self.size
-
-
-T = TypeVar("T")
-
-
-def in_thread(fn: Callable[..., T], *args: Any) -> Awaitable[T]:
-    """Run blocking fn in a daemon thread (a read stuck on a lock never blocks process exit)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def done(ok: bool, value: Any) -> None:
-        if fut.done():
-            return
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
-
-    def work() -> None:
-        try:
-            r: Any = fn(*args)
-            ok = True
-        except BaseException as e:  # noqa: B036 - handed to the awaiting coroutine
-            r, ok = e, False
-        try:
-            loop.call_soon_threadsafe(done, ok, r)
-        except RuntimeError:  # loop already closed: nobody is waiting
-            pass
-
-    threading.Thread(target=work, name="aod-io", daemon=True).start()
-    return fut
-
-
-def _read_file_into(step: Step, path: str, stage: str) -> tuple[int, bool]:
-    """Read path (capped) into the stage file; returns (bytes, truncated). Blocking."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        skipped = 0
-        if step.keep == "tail" and st.st_size > step.cap_bytes:
-            f.seek(st.st_size - step.cap_bytes)
-            skipped = st.st_size - step.cap_bytes
-        parts, n = [], 0
-        while n <= step.cap_bytes:  # read one byte past the cap to know it was hit
-            chunk = f.read(min(_CHUNK, step.cap_bytes + 1 - n))
-            if not chunk:
-                break
-            parts.append(chunk)
-            n += len(chunk)
-    data = b"".join(parts)
-    truncated = skipped > 0 or len(data) > step.cap_bytes
-    data = data[: step.cap_bytes]
-    if skipped:  # start at a line boundary
-        nl = data.find(b"\n")
-        if 0 <= nl < len(data) - 1:
-            data = data[nl + 1 :]
-    if step.redact:
-        data = redact(data)
-    dest = os.path.join(stage, step.dest)
-    try:
-        sink = CappedSink(dest, step.cap_bytes, "head")
-        try:
-            sink.write(data)
-        finally:
-            size = sink.close()
-    except OSError as e:  # name the stage file, not the source, on ENOSPC/EROFS
-        raise OSError(e.errno, e.strerror, dest) from e
-    return size, truncated
-
-
-async def _run_file(step: Step, stage: str, timeout: float, res: StepResult) -> None:
-    path = next((p for p in step.files if os.path.exists(p)), None)
-    if path is None:
-        res.status, res.error = "missing", "not found: " + ", ".join(step.files)
-        return
-    res.source = path
-    try:
-        read = in_thread(_read_file_into, step, path, stage)
-        res.bytes, res.truncated = await asyncio.wait_for(read, timeout)
-    except FileNotFoundError:
-        res.status, res.error = "missing", f"not found: {path}"
-    except asyncio.TimeoutError:
-        res.status, res.error = "timeout", f"reading {path} took over {timeout:g}s"
-    except OSError as e:
-        res.status, res.error = "failed", f"{e.filename or path}: {e.strerror or e}"
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-
-
-async def _pump(stream: Optional[asyncio.StreamReader], out: Callable[[bytes], None]) -> None:
-    if stream is None:
-        return
-    while True:
-        chunk = await stream.read(_CHUNK)
-        if not chunk:
-            return
-        out(chunk)
-
-
-async def run_command(
-    argv: tuple[str, ...], sink: CappedSink, timeout: float, env: ActionEnv
-) -> tuple[Optional[int], str]:
-    """Run argv (no shell), stream stdout into sink. Returns (exit code, stderr tail).
-
-    Raises asyncio.TimeoutError after killing the process group; CancelledError likewise.
-    """
-    err = bytearray()
-
-    def keep_err(b: bytes) -> None:
-        err.extend(b)
-        del err[:-_STDERR_KEEP]
-
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        env={"PATH": env.search_path(), "LC_ALL": "C", "SYSTEMD_COLORS": "0", "PAGER": "cat"},
-    )
-
-    async def communicate() -> int:
-        await asyncio.gather(_pump(proc.stdout, sink.write), _pump(proc.stderr, keep_err))
-        return await proc.wait()
-
-    try:
-        rc = await asyncio.wait_for(communicate(), timeout)
-    except BaseException:
-        _kill_group(proc)
-        try:  # reap if it dies; a process stuck in D state is left to the child watcher
-            await asyncio.wait_for(asyncio.shield(proc.wait()), _KILL_WAIT_SEC)
-        except BaseException:  # noqa: S110 - best effort
-            pass
-        raise
-    return rc, err.decode("utf-8", "replace").strip()
-
-
-async def _run_commands(step: Step, stage: str, timeout: float, env: ActionEnv, res: StepResult) -> None:
-    sink = CappedSink(os.path.join(stage, step.dest), step.cap_bytes, step.keep)
-    notes: list[str] = []
-    try:
-        for i, argv in enumerate(step.argvs):
-            shown = shlex.join([os.path.basename(argv[0]), *argv[1:]])
-            if step.sequence:
-                sink.write(f"## {shown}\n".encode(errors="surrogateescape"))
-            elif i:
-                sink.reset()  # fallback: drop the failed attempt's output
-            res.source = shown
-            try:
-                rc, err = await run_command(argv, sink, timeout, env)
-            except asyncio.TimeoutError:
-                res.status, res.exit_code = "timeout", None
-                notes.append(f"{os.path.basename(argv[0])} timed out after {timeout:g}s (killed)")
-                if step.sequence:
-                    sink.write(b"## timed out, killed\n")
-                break  # a dead server: the next command would block the same way
-            except OSError as e:
-                res.status, res.exit_code = "failed", None
-                notes.append(f"cannot run {argv[0]}: {e.strerror or e}")
-                continue
-            res.exit_code = rc
-            if step.sequence:
-                if err:
-                    sink.write(err.encode(errors="replace") + b"\n")
-                sink.write(f"## exit {rc}\n\n".encode())
-            if rc != 0:
-                res.status = "failed"
-                notes.append(f"{os.path.basename(argv[0])} exited {rc}" + (f": {err[-300:]}" if err else ""))
-            elif not step.sequence:
-                res.status = "ok"
-                break
-    finally:
-        res.truncated = sink.truncated
-        res.bytes = sink.close()
-        if step.redact and res.bytes:  # also when cancelled: nothing unredacted reaches a bundle
-            res.bytes = redact_file(os.path.join(stage, step.dest))
-    res.error = "" if res.status == "ok" else "; ".join(notes)
-
-
-async def run_step(step: Step, stage: str, timeout: float, env: ActionEnv) -> StepResult:
-    """Execute one step into stage/<dest>. Never raises except CancelledError."""
-    res = StepResult(step.action, step.dest, label=step.label)
-    t0 = time.monotonic()
-    try:
-        if step.missing:
-            res.status, res.error = "missing", step.missing
-        elif step.files:
-            await _run_file(step, stage, timeout, res)
-        else:
-            await _run_commands(step, stage, timeout, env, res)
-    except asyncio.CancelledError:
-        res.status, res.error = "timeout", "stopped before it finished (daemon shutting down)"
-        raise
-    except OSError as e:  # writing the stage file (ENOSPC, EACCES, ...)
-        res.status, res.error = "failed", f"{e.strerror or e}: {e.filename or step.dest}"
-    finally:
-        res.duration_s = round(time.monotonic() - t0, 3)
-    return res
-
-
-_SEVERITY = {"ok": 0, "missing": 1, "failed": 2, "timeout": 3}
-
-
-@dataclass
-class ActionResult:
-    """One action's outcome (several steps for per-mount actions)."""
-
-    name: str
-    status: str
-    duration_s: float = 0.0
-    bytes: int = 0
-    error: str = ""
-    exit_code: Optional[int] = None
-    truncated: bool = False
-    files: list[str] = field(default_factory=list)
-    source: str = ""  # the file read or the command run (the fallback actually used)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": self.status,
-            "duration_s": self.duration_s,
-            "bytes": self.bytes,
-            "error": self.error,
-            "exit_code": self.exit_code,
-            "truncated": self.truncated,
-            "files": list(self.files),
-            "source": self.source,
-        }
-
-
-def combine(name: str, steps: list[StepResult]) -> ActionResult:
-    """Fold step results of one action: the worst status wins, bytes add up."""
-    if not steps:
-        return ActionResult(name, "missing", error="nothing to do")
-    worst = max(steps, key=lambda s: _SEVERITY.get(s.status, 2))
-    errors = [f"{s.label}: {s.error}" if s.label else s.error for s in steps if s.error]
-    return ActionResult(
-        name=name,
-        status=worst.status,
-        duration_s=max(s.duration_s for s in steps),
-        bytes=sum(s.bytes for s in steps),
-        error="; ".join(errors)[:2000],
-        exit_code=worst.exit_code,
-        truncated=any(s.truncated for s in steps),
-        files=[s.dest for s in steps if s.bytes or s.status not in ("missing",)],
-        source=steps[0].source if len(steps) == 1 else "",
-    )

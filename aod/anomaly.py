@@ -13,7 +13,7 @@ from .record import CMD_STATS_DTYPE, EVENT_DTYPE
 
 @dataclass(frozen=True)
 class Anomaly:
-    type: str  # latency | error | emergency | reconnect | manual
+    type: str  # latency | error | emergency | reconnect | manual | hung | credits | connect | auth
     rule: str  # which rule fired, human readable ("latency>500ms", "timeouts", "SIGUSR1")
     count: int  # events that matched the rule in the window
     detected_wall: float  # time.time() at detection

@@ -1,7 +1,8 @@
 """Raw bpf(2) helpers via ctypes: open pinned maps and read them (ring layer, below ring.py).
 
 Only what the core needs to read what the tracers pinned in bpffs: BPF_OBJ_GET,
-BPF_MAP_LOOKUP_ELEM and BPF_OBJ_GET_INFO_BY_FD, plus BPF_MAP_CREATE/BPF_OBJ_PIN so
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_GET_NEXT_KEY (iteration, `map_items`) and
+BPF_OBJ_GET_INFO_BY_FD, plus BPF_MAP_CREATE/BPF_OBJ_PIN so
 the core can create the shared ring when it starts first. No bcc, no libbpf. The attr
 packing is pure and unit-tested on the host; the syscalls need a kernel and root.
 """
@@ -20,6 +21,7 @@ SYSCALL_NR = {"x86_64": 321, "amd64": 321, "aarch64": 280, "arm64": 280}
 
 BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_OBJ_GET_INFO_BY_FD = 15
@@ -141,6 +143,50 @@ def map_lookup(fd: int, key: bytes, value_size: int, what: str = "") -> bytes:
     )
     _bpf(BPF_MAP_LOOKUP_ELEM, attr, f"cannot read BPF map {what or fd}")
     return v.raw
+
+
+def map_next_key(fd: int, key: Optional[bytes], key_size: int, what: str = "") -> Optional[bytes]:
+    """The key after `key` (the first key when None); None at the end (ENOENT)."""
+    k = ctypes.create_string_buffer(key or b"", key_size) if key is not None else None
+    nxt = ctypes.create_string_buffer(key_size)
+    attr = ctypes.create_string_buffer(
+        pack_lookup(fd, ctypes.addressof(k) if k is not None else 0, ctypes.addressof(nxt)), _LOOKUP.size
+    )
+    try:
+        _bpf(BPF_MAP_GET_NEXT_KEY, attr, f"cannot iterate BPF map {what or fd}")
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return None
+        raise
+    return nxt.raw
+
+
+def map_items(path: str, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """Up to `limit` (key, value) pairs of the map pinned at `path`, opened read-only
+    (BPF_F_RDONLY). Returns (items, truncated). A key deleted between next_key and lookup
+    is skipped; a hash map being changed while iterated may restart from its first key
+    (the kernel's behaviour), so duplicates are dropped. Raises OSError (errno kept)."""
+    fd = obj_get(path, BPF_F_RDONLY)
+    try:
+        info = map_info(fd, path)
+        out: dict[bytes, bytes] = {}
+        key: Optional[bytes] = None
+        for _ in range(max(limit, 0) * 2 + 16):  # bounded even if the map keeps changing
+            key = map_next_key(fd, key, info.key_size, path)
+            if key is None:
+                return list(out.items()), False
+            if key in out:
+                continue
+            if len(out) >= limit:
+                return list(out.items()), True
+            try:
+                out[key] = map_lookup(fd, key, info.value_size, path)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        return list(out.items()), True
+    finally:
+        os.close(fd)
 
 
 def map_info(fd: int, what: str = "") -> MapInfo:

@@ -1,4 +1,4 @@
-"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | version`.
+"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | evidence | version`.
 
 Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config), 3 core not
 running (status, collect), 77 not permitted (not root), 78 invalid config (run).
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--state-dir", default=RUN_DIR, help="the core's state directory (default %(default)s)")
     t = sub.add_parser("tracer", help="run one eBPF tracer (aodv2-tracer@NAME.service)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
+    ev = sub.add_parser("evidence", help="answer one evidence request on stdin (aodv2-evidence@.service; root)")
+    ev.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)  # tests: a fake /proc
+    ev.add_argument("--pin-dir", default="/sys/fs/bpf/aodv2", help="pinned maps of the tracers (%(default)s)")
     sub.add_parser("version", help="print the version")
     # bundles (aod/bundleview.py)
     s = sub.add_parser("show", help="a bundle's summary, latency histograms and members; --extract unpacks it")
@@ -186,6 +189,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from . import evidence
+
+    return evidence.main(args.proc, args.pin_dir)
+
+
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
@@ -210,6 +219,8 @@ def main(argv: Optional[list] = None) -> int:
             from . import tracer
 
             return int(tracer.main(args.args))
+        if args.verb == "evidence":
+            return cmd_evidence(args)
         print(f"aodv2 {__version__}")
         return 0
     except KeyboardInterrupt:

@@ -6,7 +6,15 @@ ring -> dispatch -> detect -> **collect** -> retain.
 the worker thread: an asyncio loop that runs the anomaly type's actions concurrently
 (bounded by capture.concurrency, each with capture.action_timeout_sec), writes
 events.npy + summary.json, and turns the stage dir into a .tar.zst (bundle.py).
-One anomaly at a time; failures of one action never stop the others.
+One capture at a time, except that a hung or emergency capture (URGENT_TYPES) starts at once,
+beside a running one (at most URGENT_MAX of them): the evidence of a hang fades when it ends,
+so it never waits for an earlier capture's slow actions. Failures of one action never stop
+the others.
+
+Urgent actions (DebugData and the evidence helper's stacks, in-flight table and connections:
+what fades once the hang ends) start first and outside capture.concurrency, so they are
+never queued behind slow ones. mountguard.py decides which cifs mounts have hung requests;
+their per-mount actions are skipped, with the reason in the summary.
 """
 
 from __future__ import annotations
@@ -25,27 +33,20 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import bundle, log
-from .actions import (
-    ACTION_NAMES,
-    ACTIONS,
-    ActionEnv,
-    ActionResult,
-    Step,
-    StepResult,
-    combine,
-    in_thread,
-    plan,
-    run_step,
-)
+from . import bundle, log, mountguard
+from .actionrun import ActionResult, StepResult, combine, in_thread, run_step
+from .actions import ACTION_NAMES, ACTIONS, ActionEnv, Step, cifs_mount_entries, plan
 from .anomaly import Anomaly
 from .config import Config
+from .evidencestep import EvidenceFetch
 from .summary import build_summary, mono_to_wall
 
 STOP_GRACE_SEC = 2.5  # on stop, actions get this long to finish before the bundle is written anyway
 _POLL_SEC = 0.05  # while actions run
 _IDLE_SEC = 1.0  # idle wait for work; submit() wakes the loop at once
 _BEAT_SEC = 1.0
+URGENT_TYPES = ("hung", "emergency")  # captures that start beside a running one
+URGENT_MAX = 2  # urgent captures running at once (besides the regular one)
 
 
 @dataclass
@@ -78,12 +79,17 @@ def _log_window(anomaly: Anomaly, config: Config) -> tuple[int, int]:
     return since, max(math.ceil(time.time()), math.ceil(anomaly.detected_wall)) + 1
 
 
-def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int) -> list[tuple[str, list[Step]]]:
+def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int, anomaly: Anomaly,
+              pin_dir: str) -> tuple[list[tuple[str, list[Step]]], dict[str, str]]:
+    """Steps per action name, and the guarded mounts (mount point -> reason)."""
+    guarded: dict[str, str] = {}
+    if any(ACTIONS[n].per_mount for n in names if n in ACTIONS):
+        guarded = mountguard.plan_guard(anomaly, cifs_mount_entries(env, unique=False), pin_dir)
     out: list[tuple[str, list[Step]]] = []
     for name in names:
         spec = ACTIONS.get(name)
-        out.append((name, plan(spec, env, since, until) if spec else []))
-    return out
+        out.append((name, plan(spec, env, since, until, guarded) if spec else []))
+    return out, guarded
 
 
 def _prepare_dirs(stage: str, steps: list[Step]) -> None:
@@ -100,16 +106,23 @@ def _write_meta(stage: str, anomaly: Anomaly, summary: dict[str, Any]) -> None:
 
 async def _run_steps(
     steps: list[Step], stage: str, config: Config, env: ActionEnv,
-    stop: Optional[threading.Event], grace: float,
+    stop: Optional[threading.Event], grace: float, pids: tuple[int, ...] = (),
 ) -> list[StepResult]:
     sem = asyncio.Semaphore(max(1, int(config.capture.concurrency)))
     timeout = float(config.capture.action_timeout_sec)
+    want = tuple(dict.fromkeys(s.evidence for s in steps if s.evidence))
+    fetch = EvidenceFetch(env.evidence_socket, want, pids, timeout) if want else None
 
     async def one(step: Step) -> StepResult:
+        if step.urgent:  # not behind the semaphore: started at once
+            return await run_step(step, stage, timeout, env, fetch)
         async with sem:
-            return await run_step(step, stage, timeout, env)
+            return await run_step(step, stage, timeout, env, fetch)
 
-    tasks = [asyncio.ensure_future(one(s)) for s in steps]
+    # urgent steps are created (so started) first; results keep the planned order
+    order = sorted(range(len(steps)), key=lambda i: not steps[i].urgent)
+    started = {i: asyncio.ensure_future(one(steps[i])) for i in order}
+    tasks = [started[i] for i in range(len(steps))]
     pending = set(tasks)
     deadline: Optional[float] = None
     while pending:
@@ -154,22 +167,26 @@ async def run_capture(
     actions: list[dict[str, Any]] = []
     try:
         since, until = _log_window(anomaly, config)
-        planned = await in_thread(_plan_all, names, env, since, until)
+        pin_dir = os.path.dirname(config.ring.path)
+        planned, guarded = await in_thread(_plan_all, names, env, since, until, anomaly, pin_dir)
         steps = [s for _, ss in planned for s in ss]
         await in_thread(_prepare_dirs, stage, steps)
-        done = iter(await _run_steps(steps, stage, config, env, stop, grace))
+        pids = mountguard.evidence_pids(anomaly) if any(s.evidence for s in steps) else ()
+        done = iter(await _run_steps(steps, stage, config, env, stop, grace, pids))
         results: list[ActionResult] = []
         for name, ss in planned:
             if name not in ACTIONS:
                 results.append(ActionResult(name, "failed", error=f"unknown action {name!r}"))
             else:
-                results.append(combine(name, [next(done) for _ in ss]))
+                results.append(combine(name, [next(done) for _ in ss], t0))
         actions = [r.as_dict() for r in results]
         for r in results:
             if r.status in ("failed", "timeout"):
                 log.emit("action_failed", logging.WARNING, f"AOD action {r.name} {r.status}: {r.error}",
                          AOD_ACTION=r.name, AOD_STATUS=r.status, AOD_ANOMALY=anomaly.type)
         summary = build_summary(anomaly, config, actions)
+        if guarded:
+            summary["guarded_mounts"] = guarded  # mount point -> why no action touched it
         await in_thread(_write_meta, stage, anomaly, summary)
         path, size = await in_thread(bundle.finalize, stage, config.output_dir, anomaly.type,
                                      anomaly.detected_wall)
@@ -219,7 +236,9 @@ class Collector:
         self._queue: queue.Queue[Anomaly] = queue.Queue(maxsize=max(1, queue_size))
         self.rejected = 0  # submit() refused: queue full
         self.dropped = 0  # queued but never captured: daemon stopping
-        self.busy = False
+        self._running: set[asyncio.Task[None]] = set()  # captures in progress (event loop only)
+        self._regular: Optional[asyncio.Task[None]] = None
+        self._backlog: list[Anomaly] = []  # taken from the queue, waiting for the regular slot
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._wakeup: Optional[asyncio.Event] = None
 
@@ -242,8 +261,13 @@ class Collector:
             except RuntimeError:  # loop already closed
                 pass
 
+    @property
+    def busy(self) -> bool:
+        """A capture is in progress."""
+        return bool(self._running)
+
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + len(self._backlog)
 
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         loop = asyncio.new_event_loop()
@@ -266,33 +290,59 @@ class Collector:
         self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                try:
-                    anomaly = self._queue.get_nowait()
-                except queue.Empty:
-                    self._wakeup.clear()
-                    if self._queue.empty():
-                        try:
-                            await asyncio.wait_for(self._wakeup.wait(), _IDLE_SEC)
-                        except asyncio.TimeoutError:
-                            pass
-                    continue
-                await self._capture_one(anomaly, stop)
+                self._wakeup.clear()
+                self._schedule(stop)
+                if self._queue.empty():
+                    waiter = asyncio.ensure_future(self._wakeup.wait())
+                    await asyncio.wait({waiter, *self._running}, timeout=_IDLE_SEC,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+            if self._running:  # each got `stop`: its actions finish within their grace
+                await asyncio.gather(*self._running, return_exceptions=True)
             self._drop_queued()
         finally:
             self._loop = self._wakeup = None
             beater.cancel()
             await asyncio.gather(beater, return_exceptions=True)
 
-    async def _capture_one(self, anomaly: Anomaly, stop: threading.Event) -> None:
-        self.busy = True
-        try:
+    def _schedule(self, stop: threading.Event) -> None:
+        """Take the queue: urgent captures start now (up to URGENT_MAX beside the regular one),
+        the others one at a time in order."""
+        while True:
             try:
-                config = self.config_provider()
-                result = await run_capture(anomaly, config, self.env, stop)
-            except Exception as e:  # e.g. the config provider failed
-                result = _fail(anomaly, time.monotonic(), f"internal error: {e!r}", "", [])
-        finally:
-            self.busy = False
+                self._backlog.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        urgent = len(self._running) - (self._regular is not None and not self._regular.done())
+        for a in [a for a in self._backlog if a.type in URGENT_TYPES]:
+            if urgent >= URGENT_MAX and self._regular is not None and not self._regular.done():
+                break  # all slots taken: it waits like any other
+            self._backlog.remove(a)
+            if self._regular is None or self._regular.done():
+                self._regular = self._start(a, stop)
+            else:
+                self._start(a, stop)
+                urgent += 1
+        if self._backlog and (self._regular is None or self._regular.done()):
+            self._regular = self._start(self._backlog.pop(0), stop)
+
+    def _start(self, anomaly: Anomaly, stop: threading.Event) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._capture_one(anomaly, stop))
+        self._running.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._wakeup is not None:
+            self._wakeup.set()  # a slot is free
+
+    async def _capture_one(self, anomaly: Anomaly, stop: threading.Event) -> None:
+        try:
+            config = self.config_provider()
+            result = await run_capture(anomaly, config, self.env, stop)
+        except Exception as e:  # e.g. the config provider failed
+            result = _fail(anomaly, time.monotonic(), f"internal error: {e!r}", "", [])
         if self.on_result is not None:
             try:
                 self.on_result(result)
@@ -301,7 +351,8 @@ class Collector:
                          AOD_ANOMALY=anomaly.type, AOD_BUNDLE=result.path or "")
 
     def _drop_queued(self) -> None:
-        n = drain(self._queue)
+        n = drain(self._queue) + len(self._backlog)
+        self._backlog.clear()
         if n:
             self.dropped += n
             log.emit("suppressed", logging.WARNING, f"AOD collector stopping: {n} queued captures dropped",

@@ -4,30 +4,56 @@ Every other layer (ring, dispatch, detect, collect, retain) reads only the froze
 Config built here. load() checks the whole file up front and raises ConfigError
 with *every* problem, each as "FILE: dotted.path: expected ..., got ...".
 Command, status and errno names become ints here, so the hot path never sees names.
+The typed checks themselves live in configcheck.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import errno as _errno_mod
-import math
 import mmap
 import os
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from .actions import ACTION_NAMES
+from .configcheck import (
+    _NAME_RE,
+    _abs_path,
+    _command,
+    _commands,
+    _duplicate_keys,
+    _errno,
+    _errno_out,
+    _Errors,
+    _g,
+    _got,
+    _join,
+    _list,
+    _mapping,
+    _ms_to_ns,
+    _Num,
+    _number,
+    _plain,
+    _short,
+    _status,
+    _suggest,
+)
 from .record import IGNORED_MAX
-from .smb2 import COMMANDS, ERRNOS, NT_STATUS, RECONNECT_STATUSES, command_name, errno_name, status_name
+from .smb2 import NT_STATUS, RECONNECT_STATUSES, command_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
-ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual")
+ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual", "hung", "credits", "connect", "auth")
+HEALTH_TYPES = ("credits", "connect", "auth")  # anomaly types raised from the kernel's health tracepoints
+# evidence of a hang, collected while it holds (the evidence helper's actions): on by default for
+# hung and emergency only, after cifs_debug (DebugData first: it shows the outstanding requests)
+EVIDENCE_ACTIONS = ("task_stacks", "inflight", "connections")
+HUNG_MIN_MS = 100.0  # a hung threshold below this would call ordinary slow requests hung
+HUNG_GROUP_MAX_MS = 500.0
 LATENCY_MODES = ("all", "trackonly", "excludeonly")
 DEFAULT_CONFIG_PATH = "/etc/aodv2/config.yaml"
 
@@ -47,6 +73,10 @@ class LatencyConfig:
     share: float = 0.5  # share rule: this share of watched completions over threshold (0: off) ...
     share_min_count: int = 5  # ... and at least this many of them, within share_horizon_sec
     share_horizon_sec: float = 60.0
+    # in flight longer than this: a hung record (None: emergency_threshold_ms; 0: aging off)
+    hung_threshold_ms: Optional[float] = None
+    hung_exclude: tuple[int, ...] = (10,)  # cmd ids never called hung (LOCK: blocking locks wait by design)
+    hung_group_ms: float = 100.0  # grouping delay after the first hung record (0-500)
 
     @property
     def emergency_ns(self) -> int:
@@ -100,13 +130,45 @@ DEFAULT_IGNORED_STATUSES: frozenset[int] = frozenset(NT_STATUS[n] for n in (
 ))
 
 
+def _known_actions() -> tuple[str, ...]:
+    """Every action name a list may hold: the table's, and the evidence actions."""
+    return ACTION_NAMES + tuple(n for n in EVIDENCE_ACTIONS if n not in ACTION_NAMES)
+
+
+def default_actions_for(type_: str) -> tuple[str, ...]:
+    """hung and emergency: cifs_debug, the evidence actions, then the rest; other types: the table
+    without the evidence actions (they look at tasks in D state: worth it for a hang only)."""
+    rest = tuple(n for n in ACTION_NAMES if n not in EVIDENCE_ACTIONS)
+    if type_ in ("hung", "emergency"):
+        return ("cifs_debug", *EVIDENCE_ACTIONS, *(n for n in rest if n != "cifs_debug"))
+    return rest
+
+
 def _default_actions() -> Mapping[str, tuple[str, ...]]:
-    return MappingProxyType({t: ACTION_NAMES for t in ANOMALY_TYPES})
+    return MappingProxyType({t: default_actions_for(t) for t in ANOMALY_TYPES})
 
 
 @dataclass(frozen=True)
 class ReconnectConfig:
     enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HealthTypeConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """The anomaly types of the kernel's health tracepoints (record.HEALTH_TYPE)."""
+
+    credits: HealthTypeConfig = HealthTypeConfig()
+    connect: HealthTypeConfig = HealthTypeConfig()
+    auth: HealthTypeConfig = HealthTypeConfig()
+
+    def enabled(self, type_: str) -> bool:
+        sec = getattr(self, type_, None)
+        return bool(sec and sec.enabled)
 
 
 @dataclass(frozen=True)
@@ -161,6 +223,7 @@ class Config:
     # things worth saying that do not stop the config (check-config prints them, the core logs them)
     warnings: tuple[str, ...] = field(default=(), compare=False)
     reconnect: ReconnectConfig = ReconnectConfig()
+    health: HealthConfig = HealthConfig()
     # anomaly type -> action names
     actions: Mapping[str, tuple[str, ...]] = field(default_factory=_default_actions)
     capture: CaptureConfig = CaptureConfig()
@@ -258,6 +321,31 @@ def min_threshold_ns(lat: LatencyConfig) -> int:
     return min(lowest, lat.emergency_ns)
 
 
+def hung_threshold_ns(lat: LatencyConfig) -> int:
+    """The hung threshold in ns: hung_threshold_ms, emergency_threshold_ms when unset (but never
+    below HUNG_MIN_MS: a 20 ms emergency threshold must not call every 20 ms request hung); 0 = aging off."""
+    ms = max(lat.emergency_threshold_ms, HUNG_MIN_MS) if lat.hung_threshold_ms is None else lat.hung_threshold_ms
+    return _ms_to_ns(ms)
+
+
+def hung_cmd_mask(lat: LatencyConfig) -> int:
+    """Bit s set when command slot s can be called hung: a finite latency threshold under the mode
+    (mode + exclude) and not in hung_exclude (the last slot holds every id >= 31, like
+    tracer.emit_cmd_mask). 0 when aging is off."""
+    if not hung_threshold_ns(lat):
+        return 0
+    finite = np.isfinite(threshold_lookup(lat))
+    finite[list(lat.hung_exclude)] = False
+    slots = 32
+    mask = 0
+    for slot in range(slots - 1):
+        if finite[slot]:
+            mask |= 1 << slot
+    if finite[slots - 1:].any():
+        mask |= 1 << (slots - 1)
+    return mask
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Config -> YAML-shaped plain dict (names, not ids). load_text(yaml.dump(to_dict(c))) == c."""
     lat = cfg.latency
@@ -276,6 +364,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
             "share": float(lat.share),
             "share_min_count": int(lat.share_min_count),
             "share_horizon_sec": float(lat.share_horizon_sec),
+            "hung_threshold_ms": None if lat.hung_threshold_ms is None else float(lat.hung_threshold_ms),
+            "hung_exclude": [command_name(c) for c in lat.hung_exclude],
+            "hung_group_ms": float(lat.hung_group_ms),
         },
         "errors": [
             {
@@ -293,6 +384,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         ],
         "ignored_statuses": [status_name(s) for s in sorted(cfg.ignored_statuses)],
         "reconnect": {"enabled": bool(cfg.reconnect.enabled)},
+        "health": {t: {"enabled": cfg.health.enabled(t)} for t in HEALTH_TYPES},
         "actions": {t: list(names) for t, names in cfg.actions.items()},
         "capture": _plain(cfg.capture),
         "retention": _plain(cfg.retention),
@@ -309,23 +401,7 @@ MAX_MS = 86_400_000.0  # one day
 RING_MAX_KB = 1 << 20  # 1 GiB
 PAGE_KB = max(4, mmap.PAGESIZE // 1024)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TRACER_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
-# every errno name the errno module knows (aliases like EWOULDBLOCK too); canonical names win
-_ERRNO_ALL: dict[str, int] = {
-    n: getattr(_errno_mod, n)
-    for n in dir(_errno_mod)
-    if n.startswith("E") and isinstance(getattr(_errno_mod, n), int)
-}
-_ERRNO_ALL.update(ERRNOS)
-
-
-class _Num(NamedTuple):
-    integer: bool
-    lo: float
-    lo_open: bool  # lo itself not allowed
-    hi: float
-    unit: str
 
 
 _MS = _Num(False, 0, True, MAX_MS, "milliseconds")
@@ -344,6 +420,9 @@ _NUMS: dict[str, _Num] = {
     "latency.share": _SHARE,
     "latency.share_min_count": _COUNT,
     "latency.share_horizon_sec": _HORIZON,
+    "latency.hung_threshold_ms": _Num(False, 0, False, MAX_MS, "milliseconds; 0 turns hung detection off, "
+                                      f"else at least {HUNG_MIN_MS:g}"),
+    "latency.hung_group_ms": _Num(False, 0, False, HUNG_GROUP_MAX_MS, "milliseconds"),
     "errors[].acceptable_count": _COUNT,
     "errors[].horizon_sec": _HORIZON,
     "errors[].share": _SHARE,
@@ -372,227 +451,11 @@ _RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count", "horizo
 # ---------------------------------------------------------------- reading and parsing
 
 
-def _duplicate_keys(root: yaml.Node) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    seen_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, str]] = [(root, "")]
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen_nodes:
-            continue
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend((c, f"{path}[{i}]") for i, c in enumerate(node.value))
-        elif isinstance(node, yaml.MappingNode):
-            keys: set[tuple[str, str]] = set()
-            for k, v in node.value:
-                if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
-                    continue
-                sub = _join(path, k.value)
-                if (k.tag, k.value) in keys:
-                    out.append((sub, k.start_mark.line + 1))
-                keys.add((k.tag, k.value))
-                stack.append((v, sub))
-    return sorted(out, key=lambda t: t[1])
-
-
-# ---------------------------------------------------------------- validation helpers
-
-
-class _Errors:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.items: list[str] = []
-
-    def add(self, path: str, msg: str) -> None:
-        self.items.append(f"{self.source}: {path}: {msg}")
-
-
-def _g(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(float(x))
-
-
-def _join(path: str, key: Any) -> str:
-    k = key if isinstance(key, str) and _NAME_RE.match(key) else f"[{_short(key)}]"
-    if k.startswith("["):
-        return f"{path}{k}"
-    return f"{path}.{k}" if path else k
-
-
-def _short(v: Any) -> str:
-    r = repr(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else str(v)
-    r = oneline(r, 60)
-    return r
-
-
-def _got(v: Any) -> str:
-    if v is None:
-        return "got null"
-    if isinstance(v, bool):
-        return f"got {'true' if v else 'false'} (boolean)"
-    if isinstance(v, int):
-        return f"got {_short(v)} (integer)"
-    if isinstance(v, float):
-        return f"got {_short(v)} (float)"
-    if isinstance(v, str):
-        return f"got {_short(v)} (string)"
-    if isinstance(v, list):
-        return "got a list"
-    if isinstance(v, dict):
-        return "got a mapping"
-    return f"got a {type(v).__name__}"
-
-
-def _suggest(word: Any, choices: Iterable[str]) -> str:
-    if not isinstance(word, str):
-        return ""
-    norm = {c.upper(): c for c in choices}
-    hit = difflib.get_close_matches(word.upper(), list(norm), n=1, cutoff=0.6)
-    return f"; did you mean {norm[hit[0]]!r}?" if hit else ""
-
-
-def _mapping(
-    errs: _Errors, raw: Any, path: str, allowed: Optional[Sequence[str]], what: str = "a mapping"
-) -> Optional[dict[str, Any]]:
-    """Check a mapping: null -> {}, unknown keys reported. None when not a mapping."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        errs.add(path, f"expected {what}, {_got(raw)}")
-        return None
-    out: dict[str, Any] = {}
-    for k, v in raw.items():
-        sub = _join(path, k)
-        if not isinstance(k, str):
-            errs.add(sub, f"expected a string key, {_got(k)}")
-        elif allowed is not None and k not in allowed:
-            errs.add(sub, f"unknown key, expected one of: {', '.join(allowed)}{_suggest(k, allowed)}")
-        else:
-            out[k] = v
-    return out
-
-
-def _list(errs: _Errors, raw: Any, path: str, what: str) -> Optional[list[Any]]:
-    if isinstance(raw, list):
-        return raw
-    hint = " (write [] for none)" if raw is None else ""
-    errs.add(path, f"expected a list of {what}{hint}, {_got(raw)}")
-    return None
-
-
-def _number(errs: _Errors, path: str, v: Any, spec: _Num) -> Optional[float]:
-    """Validated number (int for integer specs) or None after recording an error."""
-    unit = f" ({spec.unit})" if spec.unit else ""
-    lo = f"{'>' if spec.lo_open else '>='} {_g(spec.lo)}"
-    want = f"{'an integer' if spec.integer else 'a number'} {lo} and <= {_g(spec.hi)}{unit}"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (spec.integer and not isinstance(v, int)):
-        errs.add(path, f"expected {want}, {_got(v)}")
-        return None
-    if isinstance(v, float) and not math.isfinite(v):
-        errs.add(path, f"expected a finite number: {want}, {_got(v)}")
-        return None
-    if (v <= spec.lo if spec.lo_open else v < spec.lo) or v > spec.hi:
-        errs.add(path, f"expected {want}, {_got(v)}")
-        return None
-    return v if spec.integer else float(v)
-
-
 def _num_field(errs: _Errors, sec: dict[str, Any], path: str, key: str, spec_key: str, default: Any) -> Any:
     if key not in sec:
         return default
     got = _number(errs, _join(path, key), sec[key], _NUMS[spec_key])
     return default if got is None else got
-
-
-def _command(errs: _Errors, path: str, v: Any) -> Optional[int]:
-    if isinstance(v, str):
-        name = v[5:] if v.startswith("SMB2_") else v
-        if name in COMMANDS:
-            return COMMANDS[name]
-        errs.add(path, f"expected an SMB2 command name such as WRITE, {_got(v)}{_suggest(name, COMMANDS)}")
-        return None
-    errs.add(path, f"expected an SMB2 command name such as WRITE, {_got(v)}")
-    return None
-
-
-def _commands(errs: _Errors, raw: Any, path: str) -> Optional[dict[int, int]]:
-    """List of command names -> {cmd id: first index}, in file order; None on any error."""
-    items = _list(errs, raw, path, "SMB2 command names")
-    if items is None:
-        return None
-    out: dict[int, int] = {}
-    ok = True
-    for i, v in enumerate(items):
-        cmd = _command(errs, f"{path}[{i}]", v)
-        if cmd is None:
-            ok = False
-        else:
-            out.setdefault(cmd, i)
-    return out if ok else None
-
-
-def _status(errs: _Errors, path: str, v: Any) -> Optional[int]:
-    """NT status name (not STATUS_SUCCESS) or a warning/error code 0x80000000-0xFFFFFFFF.
-    Small bare numbers are refused: they are more likely errnos."""
-    want = "an NT status name (not STATUS_SUCCESS) or a hex code 0x80000000-0xFFFFFFFF like 0xC00000B5"
-    code: Optional[int] = None
-    if isinstance(v, str) and v in NT_STATUS:
-        code = NT_STATUS[v] or None
-    elif isinstance(v, str) and re.fullmatch(r"0[xX][0-9A-Fa-f]{1,8}", v):
-        code = int(v, 16)
-    elif isinstance(v, int) and not isinstance(v, bool):
-        code = v
-    elif isinstance(v, str):
-        errs.add(path, f"expected {want}, {_got(v)}{_suggest(v, NT_STATUS)}")
-        return None
-    if code is None or not (0x80000000 <= code <= 0xFFFFFFFF or v in NT_STATUS):
-        errs.add(path, f"expected {want}, {_got(v)}")
-        return None
-    return code
-
-
-def _errno(errs: _Errors, path: str, v: Any) -> Optional[int]:
-    want = "an errno name such as ETIMEDOUT or a positive errno number"
-    if isinstance(v, str):
-        if v in _ERRNO_ALL:
-            return _ERRNO_ALL[v]
-        errs.add(path, f"expected {want}, {_got(v)}{_suggest(v, ERRNOS)}")
-        return None
-    if isinstance(v, int) and not isinstance(v, bool) and 0 < v < 4096:
-        return v
-    errs.add(path, f"expected {want}, {_got(v)}")
-    return None
-
-
-def _abs_path(errs: _Errors, path: str, v: Any, default: str) -> str:
-    want = "an absolute path (starting with /, not / itself, no '..')"
-    if not isinstance(v, str):
-        errs.add(path, f"expected {want}, {_got(v)}")
-        return default
-    bad = (
-        not v.startswith("/")
-        or v.strip("/") == ""
-        or ".." in v.split("/")
-        or any(ord(c) < 32 or ord(c) == 127 for c in v)
-        or len(v) > 4096
-    )
-    if bad:
-        errs.add(path, f"expected {want}, {_got(v)}")
-        return default
-    return v
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
-def _errno_out(num: int) -> Any:
-    name = errno_name(num)
-    return name if name in _ERRNO_ALL else int(num)
-
-
-def _ms_to_ns(ms: float) -> int:
-    return int(round(float(ms) * 1_000_000))
 
 
 # ---------------------------------------------------------------- sections
@@ -616,6 +479,8 @@ def _build(errs: _Errors, data: dict[str, Any]) -> Config:
         kw["ignored_statuses"] = _ignored_statuses(errs, top["ignored_statuses"])
     if "reconnect" in top:
         kw["reconnect"] = _reconnect(errs, top["reconnect"])
+    if "health" in top:
+        kw["health"] = _health(errs, top["health"])
     ignored, warnings = _check_ignored(errs, kw.get("errors", d.errors), rules_raw if "errors" in top else None,
                                        kw.get("ignored_statuses", d.ignored_statuses), kw.get("reconnect", d.reconnect),
                                        "ignored_statuses" in top)
@@ -666,6 +531,18 @@ def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
         if k in sec:
             got = _number(errs, f"{p}.{k}", sec[k], _NUMS[f"{p}.{k}"])
             kw[k] = got  # None marks invalid
+    if "hung_group_ms" in sec:
+        kw["hung_group_ms"] = _number(errs, f"{p}.hung_group_ms", sec["hung_group_ms"], _NUMS[f"{p}.hung_group_ms"])
+    if "hung_threshold_ms" in sec and sec["hung_threshold_ms"] is not None:  # null: the emergency threshold
+        v = _number(errs, f"{p}.hung_threshold_ms", sec["hung_threshold_ms"], _NUMS[f"{p}.hung_threshold_ms"])
+        if v is not None and 0 < v < HUNG_MIN_MS:
+            errs.add(f"{p}.hung_threshold_ms", f"expected 0 (off) or a number >= {HUNG_MIN_MS:g} (milliseconds), "
+                                               f"got {_g(v)}")
+            v = None
+        kw["hung_threshold_ms"] = v
+    if "hung_exclude" in sec:
+        hx = _commands(errs, sec["hung_exclude"], f"{p}.hung_exclude")
+        kw["hung_exclude"] = None if hx is None else tuple(hx)
     th_keys: dict[int, str] = {}  # command -> its key path, for errors found later
     if "thresholds_ms" in sec:
         tsec = _mapping(errs, sec["thresholds_ms"], f"{p}.thresholds_ms", None, "a mapping of command -> ms")
@@ -836,8 +713,24 @@ def _reconnect(errs: _Errors, raw: Any) -> ReconnectConfig:
     return ReconnectConfig(enabled=v)
 
 
+def _health(errs: _Errors, raw: Any) -> HealthConfig:
+    sec = _mapping(errs, raw, "health", HEALTH_TYPES, "a mapping of health type (credits, connect, auth) -> "
+                                                      "{enabled: true|false}")
+    kw: dict[str, HealthTypeConfig] = {}
+    for t, v in (sec or {}).items():
+        sub = _mapping(errs, v, f"health.{t}", ("enabled",))
+        if not sub or "enabled" not in sub:
+            continue
+        if isinstance(sub["enabled"], bool):
+            kw[t] = HealthTypeConfig(enabled=sub["enabled"])
+        else:
+            errs.add(f"health.{t}.enabled", f"expected true or false, {_got(sub['enabled'])}")
+    return dataclasses.replace(HealthConfig(), **kw)
+
+
 def _actions(errs: _Errors, raw: Any) -> Mapping[str, tuple[str, ...]]:
     out = dict(_default_actions())
+    known = _known_actions()
     sec = _mapping(errs, raw, "actions", ANOMALY_TYPES, "a mapping of anomaly type -> action names")
     for atype, v in (sec or {}).items():
         p = f"actions.{atype}"
@@ -846,14 +739,14 @@ def _actions(errs: _Errors, raw: Any) -> Mapping[str, tuple[str, ...]]:
             continue
         names: list[str] = []
         for j, name in enumerate(items):
-            if isinstance(name, str) and name in ACTION_NAMES:
+            if isinstance(name, str) and name in known:
                 if name not in names:
                     names.append(name)
             else:
                 errs.add(
                     f"{p}[{j}]",
-                    f"expected an action name ({', '.join(ACTION_NAMES)}), "
-                    f"{_got(name)}{_suggest(name, ACTION_NAMES)}",
+                    f"expected an action name ({', '.join(known)}), "
+                    f"{_got(name)}{_suggest(name, known)}",
                 )
         out[atype] = tuple(names)
     return MappingProxyType(out)

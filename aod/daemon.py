@@ -30,6 +30,7 @@ from .control import Control
 from .counters import Counters
 from .detect import Detector
 from .dispatch import Columns, Dispatcher, RecentEvents
+from .names import Names
 from .notify import Notifier
 from .policy import Policy
 from .retain import Retention
@@ -152,10 +153,14 @@ class Core:
         self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
         self.policy = Policy(lambda: self.cfg, self.collector.submit)
         self.recent = RecentEvents(lambda: self.detector.keep_ns())
-        self.tally = Tally()
+        # server and share names: the tracer's pins beside the ring (none for a file ring), DebugData
+        self.names = Names(os.path.dirname(cfg.ring.path) if tracer_dir else None)
+        self.tally = Tally(self.names)
+        self.emit_check = status.EmitCheck()
         self.detector = Detector(cfg, suppressing=self.policy.suppressing, recent=self.recent,
-                                 stats_since=lambda ns: self.watcher.horizon.since(ns))
-        self.dispatcher = Dispatcher(ring, self.recent, self._on_batch)
+                                 stats_since=lambda ns: self.watcher.horizon.since(ns), names=self.names)
+        self.dispatcher = Dispatcher(ring, self.recent, self._on_batch, deadline=self.detector.next_deadline,
+                                     on_tick=self._on_tick)
         self.watcher = Watcher(self.tally, self.detector, counters, lambda: self.cfg.watch_interval_sec,
                                self.raise_anomaly, bad_records=lambda: self.bad_records()["total"],
                                overflow=lambda: self.recent.overflow, on_window=self.policy.flush)
@@ -170,6 +175,11 @@ class Core:
     def _on_batch(self, batch: np.ndarray, cols: Columns) -> None:
         self.tally.add(batch, cols)
         for a in self.detector.immediate(batch, cols):
+            self.raise_anomaly(a)
+
+    def _on_tick(self) -> None:
+        """Between ring waits (dispatcher thread): a hung group whose deadline has come."""
+        for a in self.detector.tick():
             self.raise_anomaly(a)
 
     def raise_anomaly(self, a: Anomaly) -> bool:
@@ -263,6 +273,7 @@ class Core:
         self.cfg = new
         self.detector.reconfigure(new)
         self.policy.set_limits(new)
+        self.emit_check.reset()  # say it again if the new thresholds are below what a tracer emits
         log.emit("reloaded", logging.INFO, f"AOD config reloaded from {self.config_path}",
                  AOD_CONFIG=self.config_path)
         for w in new.warnings:
@@ -298,6 +309,12 @@ class Core:
             "ring": cfg.ring.path, "ring_kind": "pinned" if self.tracer_dir else "file ring",
             "output_dir": cfg.output_dir, "watch_interval_sec": cfg.watch_interval_sec,
             "tracers": self.tracer_states(), "counters": self._counters_state(), "healthy": self.supervisor.healthy(),
+            "tracer_detail": status.tracer_details(self.tracer_dir, cfg.tracers),
+            "hung": {"records": self.detector.hung.records, "open_group": len(self.detector.hung.parts),
+                     "emergencies_deduplicated": self.detector.emergencies_deduplicated},
+            "health_events": dict(self.detector.health_counts),
+            "names": dict(zip(("servers", "shares"), self.names.known()), features=list(self.names.features)),
+            "share_labels": self.tally.labels.snapshot(),
             "unhealthy": self.supervisor.stale() + ([self.supervisor.failed] if self.supervisor.failed else []),
             "events_per_sec": r.events_per_sec, "ring_records": r.ring_records, "drops_total": r.drops_total,
             "drops_last_window": r.drops_last_window, "bad_records": bad.pop("total"),
@@ -383,7 +400,10 @@ class Core:
             if self.supervisor.failed and not ping:
                 self.stop_event.set()  # no watchdog to restart us: exit non-zero instead
             if now - last_status >= 1.0:
+                self.names.refresh()
                 snap = self.snapshot()  # one read of tracer states and disk use for both
+                for tracer, msg in self.emit_check.check(self.cfg, snap["tracer_detail"]):
+                    log.emit("tracer", WARNING, msg, AOD_TRACER=tracer)
                 self.notifier.status(self.status_text(snap))
                 metrics_due = now - last_metrics >= self.cfg.metrics.interval_sec
                 self.publish(snap, with_metrics=metrics_due)

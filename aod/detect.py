@@ -3,6 +3,9 @@
 `Detector.immediate` runs on every drained batch, in the dispatcher thread:
   - emergency: one watched completion over latency.emergency_threshold_ms;
   - reconnect: a reconnect record, or an error whose status means the session is gone;
+  - hung: the tracer's hung records, grouped for latency.hung_group_ms (hung.py; the group is
+    raised by `tick`, which the dispatcher runs between ring waits, at its deadline);
+  - credits, connect, auth: the kernel's health events (health.py);
   - the count rules, latency and each error rule: they fire at the event that brings
     acceptable_count matches within horizon_sec (sliding.CountRule), wherever the window
     boundaries fall, so within one drained batch of it.
@@ -13,7 +16,8 @@ read once a window) fire there.
 Both read the compact `Columns` the dispatcher extracted once per batch (kind, command,
 latency, ts), never the 72-byte records: error rules gather only the error rows. An
 anomaly carries the ring events of its horizon from `RecentEvents`, gathered only when
-it fires (at most MAX_ANOMALY_EVENTS, matching ones first).
+it fires (at most MAX_ANOMALY_EVENTS, matching ones first), and names the servers and shares
+of its own events (names.involved).
 """
 
 from __future__ import annotations
@@ -27,115 +31,21 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import smb2
+from . import health, hung, smb2
 from .anomaly import Anomaly
-from .config import Config, ErrorRule, threshold_lookup
+from .config import Config
+from .detecttables import LATENCY, Rule, Tables, latency_kind, ns, tables
 from .dispatch import Columns, Events, RecentEvents, since
-from .record import CMD_SLOTS, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, cmd_slot
+from .names import Names, involved
+from .record import KIND_ERROR, KIND_HEALTH, KIND_HUNG, KIND_RECONNECT, cmd_slot
 from .sliding import CountRule, Crossing, ShareHit, ShareRule
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
-_NEVER = np.iinfo(np.uint64).max
 MAX_ANOMALY_EVENTS = 50_000  # events an anomaly (and its bundle's events.npy) carries at most
-LATENCY = "latency"  # rule key of the latency rules; error rules are "error:NAME"
+MAX_NAMING_ROWS = 10_000  # an anomaly's newest own events whose servers and shares it names
 
+_latency_kind = latency_kind  # (a module global: tests wrap it)
 Match = Callable[[Events], np.ndarray]  # ascending indices of an anomaly's own events in evidence
-
-
-def _latency_kind(kind: np.ndarray) -> np.ndarray:
-    """Completion or error (both carry a latency): kind in {1, 2}."""
-    return (kind - np.uint8(KIND_COMPLETION)) <= np.uint8(KIND_ERROR - KIND_COMPLETION)
-
-
-def _set(values: frozenset[int], dtype: type) -> np.ndarray:
-    return np.array(sorted(values), dtype=dtype)
-
-
-def _slots(commands: Any) -> np.ndarray:
-    """bool[CMD_SLOTS]: the histogram slots of these command ids (all slots when there are none)."""
-    cmds = np.asarray(list(commands), dtype=np.int64)
-    out = np.zeros(CMD_SLOTS, bool)
-    if len(cmds):
-        out[cmd_slot(cmds)] = True
-    else:
-        out[:] = True
-    return out
-
-
-class _Rule:
-    """An ErrorRule as arrays, built once per config."""
-
-    def __init__(self, rule: ErrorRule) -> None:
-        self.rule = rule
-        self.key = f"error:{rule.name}"
-        self.statuses = _set(rule.statuses, np.uint32)
-        self.errnos = _set(rule.errnos, np.int32)
-        self.commands = _set(rule.commands, np.uint16)
-        self.slots = _slots(rule.commands)
-
-    def mask(self, status: np.ndarray, err: np.ndarray, command: np.ndarray) -> np.ndarray:
-        """Over error rows only."""
-        m = np.isin(status, self.statuses) | np.isin(err, self.errnos)
-        if len(self.commands):
-            m &= np.isin(command, self.commands)
-        return m
-
-    def match(self, ev: Events) -> np.ndarray:
-        idx, rows = ev.errors()
-        if not len(idx):
-            return idx
-        return idx[self.mask(rows["nt_status"], rows["err"], ev.at("command", idx))]
-
-
-@dataclass(frozen=True)
-class _Tables:
-    """Everything a config decides for the detectors, built once per config and never changed:
-    `reconfigure` swaps in a new one with a single assignment, and each `immediate` / `window`
-    call reads `Detector.tables` once, so a batch or window never sees a mix of two configs."""
-
-    cfg: Config
-    tracked: np.ndarray  # bool[65536]: command watched for latency (read-only)
-    thresholds_ns: np.ndarray  # uint64[65536] ns by command: threshold, _NEVER where untracked (read-only)
-    emergency_ns: np.uint64
-    min_threshold_ns: np.uint64
-    latency_slots: np.ndarray  # bool[CMD_SLOTS]: histogram slots of the watched commands
-    rules: tuple[_Rule, ...]
-    count_params: dict[str, tuple[Any, ...]]  # rule key -> what its count state depends on
-    share_params: dict[str, tuple[Any, ...]]  # rule key -> what its share state depends on
-
-    @property
-    def longest_horizon_ns(self) -> int:
-        lat = self.cfg.latency
-        return max([_ns(lat.horizon_sec), _ns(lat.share_horizon_sec)]
-                   + [_ns(max(r.rule.horizon_sec, r.rule.share_horizon_sec)) for r in self.rules])
-
-
-def _ns(sec: float) -> int:
-    return int(sec * 1e9)
-
-
-def _tables(cfg: Config) -> _Tables:
-    lookup = threshold_lookup(cfg.latency)
-    tracked = np.isfinite(lookup)
-    thresholds = np.where(tracked, lookup, 0).astype(np.uint64)
-    thresholds[~tracked] = _NEVER
-    tracked.flags.writeable = thresholds.flags.writeable = False
-    slots = np.zeros(CMD_SLOTS, bool)
-    slots[cmd_slot(np.flatnonzero(tracked))] = True
-    lat = cfg.latency
-    watched = hash(thresholds.tobytes())  # which completions match: a reload that keeps it keeps the counts
-    rules = tuple(_Rule(r) for r in cfg.errors)
-    count_params: dict[str, tuple[Any, ...]] = {LATENCY: (watched, lat.acceptable_count, lat.horizon_sec)}
-    share_params: dict[str, tuple[Any, ...]] = {LATENCY: (watched, lat.share, lat.share_min_count,
-                                                          lat.share_horizon_sec)}
-    for r in rules:
-        what = (r.rule.statuses, r.rule.errnos, r.rule.commands)
-        count_params[r.key] = (*what, r.rule.acceptable_count, r.rule.horizon_sec)
-        share_params[r.key] = (*what, r.rule.share, r.rule.share_min_count, r.rule.share_horizon_sec)
-    return _Tables(cfg=cfg, tracked=tracked, thresholds_ns=thresholds,
-                   emergency_ns=np.uint64(round(lat.emergency_threshold_ms * 1e6)),
-                   min_threshold_ns=thresholds.min(), latency_slots=slots, rules=rules,
-                   count_params=count_params, share_params=share_params)
 
 
 @dataclass
@@ -149,26 +59,32 @@ class _Found:
     end_ns: int
     evidence_from_ns: int  # ring events carried from here on
     match: Match
+    own: Optional[np.ndarray] = None  # its own records, when known (hung, health): what it names
 
 
 class Detector:
     """Rules over batches (`immediate`) and closed windows (`window`).
 
     The config lives in `tables`, swapped whole by `reconfigure`; a rule's sliding state is kept
-    across a reload that leaves what it depends on unchanged (`_Tables.count_params`,
+    across a reload that leaves what it depends on unchanged (`Tables.count_params`,
     `share_params`), and starts afresh otherwise. Count state belongs to the dispatcher thread, share state
     to the watcher thread; `_lock` guards what they tell each other (matches not yet part of an
     anomaly, and rules to start afresh because the other kind fired).
     """
 
-    tables: _Tables
+    tables: Tables
 
     def __init__(self, cfg: Config, clock: Callable[[], float] = time.time,
                  mono: Callable[[], int] = time.monotonic_ns,
                  suppressing: Callable[[str], bool] = lambda _type: False,
                  recent: Optional[RecentEvents] = None,
-                 stats_since: Callable[[int], Optional[np.ndarray]] = lambda _ns: None) -> None:
+                 stats_since: Callable[[int], Optional[np.ndarray]] = lambda _ns: None,
+                 names: Optional[Names] = None) -> None:
         self.clock = clock
+        self.names = names  # server and share names of an anomaly's events
+        self.hung = hung.HungGroups()  # dispatcher thread
+        self.emergencies_deduplicated = 0  # completions over the emergency threshold of hung requests
+        self.health_counts: dict[str, int] = {}  # health records by code name since start (dispatcher thread)
         self.mono = mono
         self.suppressing = suppressing  # Policy.suppressing: that type's capture is sure to be refused
         self.recent = recent  # evidence; None: an anomaly carries its own batch only
@@ -178,15 +94,15 @@ class Detector:
         self._share_resets: set[str] = set()  # count rule fired: its share rule starts afresh
         self._count_resets: set[str] = set()  # share rule fired: its count rule starts afresh
         self._counts: dict[str, tuple[tuple[Any, ...], CountRule]] = {}  # key -> (params, state)
-        self._counts_for: Optional[_Tables] = None
+        self._counts_for: Optional[Tables] = None
         self._latched: dict[str, int] = {}  # rule key -> ts before which its events are ignored (fired)
         self._shares: dict[str, tuple[tuple[Any, ...], ShareRule]] = {}
-        self._shares_for: Optional[_Tables] = None
+        self._shares_for: Optional[Tables] = None
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: Config) -> None:
         """Build the new tables aside, then publish them with one assignment (atomic for readers)."""
-        self.tables = _tables(cfg)
+        self.tables = tables(cfg)
 
     @property
     def cfg(self) -> Config:
@@ -198,14 +114,14 @@ class Detector:
         return max(t.longest_horizon_ns, int(t.cfg.watch_interval_sec * 1e9))
 
     # ---- the count rules' state (dispatcher thread) -----------------------------------
-    def _count_rules(self, t: _Tables) -> dict[str, CountRule]:
+    def _count_rules(self, t: Tables) -> dict[str, CountRule]:
         if self._counts_for is not t:
             old = self._counts
             self._counts = {}
             for key, params in t.count_params.items():
                 k, h = params[-2:]
                 kept = old.get(key)
-                self._counts[key] = kept if kept and kept[0] == params else (params, CountRule(k, _ns(h)))
+                self._counts[key] = kept if kept and kept[0] == params else (params, CountRule(k, ns(h)))
             self._counts_for = t
         with self._lock:
             resets, self._count_resets = self._count_resets, set()
@@ -240,7 +156,8 @@ class Detector:
 
     # ---- immediate: every batch --------------------------------------------------------
     def immediate(self, batch: np.ndarray, cols: Optional[Columns] = None) -> list[Anomaly]:
-        """Emergency, reconnect and count rules on a freshly drained batch (cols: its Columns)."""
+        """Emergency, reconnect, health and count rules on a freshly drained batch (cols: its Columns);
+        its hung records join the open hung group, and a group whose deadline has come is raised."""
         if len(batch) == 0:
             return []
         t = self.tables  # one config for the whole batch
@@ -249,13 +166,22 @@ class Detector:
         kind, cmd, lat, ts = cols
         found: list[_Found] = []
         lat_cfg = t.cfg.latency
-        lat_h = _ns(lat_cfg.horizon_sec)
+        lat_h = ns(lat_cfg.horizon_sec)
         t0, t1 = int(ts.min()), int(ts.max()) + 1
 
         iv = max(int(t.cfg.watch_interval_sec * 1e9), 1)
+        hung_rows = np.flatnonzero(kind == KIND_HUNG)
+        if len(hung_rows) and t.hung_ns:  # first: a request hung and done in one batch is hung only
+            hung_rows = hung_rows[t.hung_slots[cmd_slot(cmd[hung_rows])]]
+            self.hung.feed(batch[hung_rows], self.mono(), int(t.cfg.latency.hung_group_ms * 1e6))
         cand = np.flatnonzero(lat > t.min_threshold_ns)  # the slow few: look up thresholds for these
         over = cand[_latency_kind(kind[cand]) & (lat[cand] > t.thresholds_ns[cmd[cand]])]
-        em = self._unlatched("emergency", ts, over[lat[over] > t.emergency_ns], iv)
+        em = over[lat[over] > t.emergency_ns]
+        if len(em) and len(self.hung.recent):  # hung wins: its capture ran while the request hung
+            seen = self.hung.recent.contains(batch[em])
+            self.emergencies_deduplicated += int(np.count_nonzero(seen))
+            em = em[~seen]
+        em = self._unlatched("emergency", ts, em, iv)
         if len(em):
             worst = int(em[np.argmax(lat[em])])
             found.append(_Found(
@@ -264,7 +190,8 @@ class Detector:
                  "max_latency_ms": round(float(lat[worst]) / 1e6, 3),
                  "command": smb2.command_name(int(cmd[worst]))},
                 t0, t1, t0 - lat_h, lambda ev: ev.where(
-                    lambda c: _latency_kind(c.kind) & t.tracked[c.command] & (c.latency_ns > t.emergency_ns))))
+                    lambda c: _latency_kind(c.kind) & t.tracked[c.command] & (c.latency_ns > t.emergency_ns)),
+                own=batch[em]))
         if t.cfg.reconnect.enabled:
             rc = kind == KIND_RECONNECT
             errs = np.flatnonzero(kind == KIND_ERROR)
@@ -274,7 +201,10 @@ class Detector:
             if len(rows):
                 statuses = sorted({smb2.status_name(s) for s in batch["nt_status"][rows] if s})
                 found.append(_Found("reconnect", "reconnect", len(rows), cmd[rows], {"statuses": statuses},
-                                    t0, t1, t0 - lat_h, _match_reconnect))
+                                    t0, t1, t0 - lat_h, _match_reconnect, own=batch[rows]))
+        hl = np.flatnonzero(kind == KIND_HEALTH)
+        if len(hl):
+            found.extend(self._health(t, batch, hl, ts, iv, t0, t1, lat_h))
 
         over = self._unlatched(LATENCY, ts, over)
         if len(over):
@@ -297,7 +227,50 @@ class Detector:
                     if cr is not None:
                         self._latch(r.key, cr.crossing_ts, iv)
                         found.append(self._error_found(r, cr))
-        return self._build(found, t, batch, cols) if found else []
+        out = self._build(found, t, batch, cols) if found else []
+        return out + self.tick()
+
+    def _health(self, t: Tables, batch: np.ndarray, rows: np.ndarray, ts: np.ndarray, iv: int,
+                t0: int, t1: int, lat_h: int) -> list[_Found]:
+        """credits, connect, auth from the batch's health records (rows); all codes counted."""
+        codes = batch["command"][rows]
+        for name, n in health.counts(codes).items():
+            self.health_counts[name] = self.health_counts.get(name, 0) + n
+        out = []
+        for type_ in health.TYPES:
+            if not t.cfg.health.enabled(type_):
+                continue
+            mine = self._unlatched(type_, ts, rows[np.isin(codes, health.CODES[type_])], iv)
+            if not len(mine):
+                continue
+            recs = batch[mine]
+            want = health.CODES[type_]
+            out.append(_Found(type_, health.rule(recs), len(mine), np.zeros(0, np.uint16), health.details(recs),
+                              t0, t1, t0 - lat_h,
+                              lambda ev, want=want: ev.where(  # type: ignore[misc]
+                                  lambda c: (c.kind == KIND_HEALTH) & np.isin(c.command, want)),
+                              own=recs))
+        return out
+
+    # ---- hung: the group's deadline ----------------------------------------------------
+    def next_deadline(self) -> Optional[int]:
+        """Monotonic ns at which `tick` has an anomaly to raise (an open hung group), else None."""
+        return self.hung.deadline
+
+    def tick(self) -> list[Anomaly]:
+        """The hung anomaly of a group whose deadline has come (dispatcher thread: after each
+        drained batch and each ring wait, which ends by next_deadline())."""
+        rows = self.hung.due(self.mono())
+        if rows is None or not len(rows):
+            return []
+        t = self.tables
+        lat = t.cfg.latency
+        ms = t.hung_ns / 1e6
+        first, last = int(rows["ts_ns"].min()), int(rows["ts_ns"].max())
+        f = _Found("hung", f"in_flight>{ms:g}ms", len(rows), rows["command"],
+                   hung.details(rows, self.names, ms, lat.hung_group_ms),
+                   first, last + 1, first - ns(lat.horizon_sec), _match_hung, own=rows)
+        return self._build([f], t, rows, Columns.of(rows))
 
     def _unlatched(self, key: str, ts: np.ndarray, rows: np.ndarray, iv: int = 0) -> np.ndarray:
         """rows whose events come after the rule's latch; a rule that fires now (iv given: emergency,
@@ -314,7 +287,7 @@ class Detector:
         the end of the window its crossing event falls in, then counts afresh."""
         self._latched[key] = (ts // iv + 1) * iv
 
-    def _latency_found(self, t: _Tables, cr: Crossing) -> _Found:
+    def _latency_found(self, t: Tables, cr: Crossing) -> _Found:
         lat = t.cfg.latency
         cmds = np.array(sorted(cr.by_command), dtype=np.uint16)
         return _Found(
@@ -323,25 +296,25 @@ class Detector:
              "crossing_mono_ns": cr.crossing_ts,
              "over_threshold_by_command": {smb2.command_name(c): n for c, n in sorted(cr.by_command.items())},
              "thresholds_ms": {smb2.command_name(c): float(t.thresholds_ns[c]) / 1e6 for c in cmds}},
-            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - _ns(lat.horizon_sec), lambda ev: _match_latency(t, ev))
+            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - ns(lat.horizon_sec), lambda ev: _match_latency(t, ev))
 
-    def _error_found(self, r: _Rule, cr: Crossing) -> _Found:
+    def _error_found(self, r: Rule, cr: Crossing) -> _Found:
         statuses = {smb2.status_name(s): n for s, n in sorted(cr.by_status.items()) if s}  # 0: matched by errno
         return _Found(
             "error", r.rule.name, cr.count, np.array(sorted(cr.by_command), dtype=np.uint16),
             {"trigger": "count", "acceptable_count": r.rule.acceptable_count, "horizon_sec": r.rule.horizon_sec,
              "crossing_mono_ns": cr.crossing_ts, "statuses": statuses},
-            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - _ns(r.rule.horizon_sec), r.match)
+            cr.first_ts, cr.last_ts + 1, cr.crossing_ts - ns(r.rule.horizon_sec), r.match)
 
     # ---- window: every window close -------------------------------------------------
-    def _share_rules(self, t: _Tables) -> dict[str, ShareRule]:
+    def _share_rules(self, t: Tables) -> dict[str, ShareRule]:
         if self._shares_for is not t:
             old = self._shares
             self._shares = {}
             for key, params in t.share_params.items():
                 share, n, h = params[-3:]
                 kept = old.get(key)
-                self._shares[key] = kept if kept and kept[0] == params else (params, ShareRule(share, n, _ns(h)))
+                self._shares[key] = kept if kept and kept[0] == params else (params, ShareRule(share, n, ns(h)))
             self._shares_for = t
         return {key: v[1] for key, v in self._shares.items()}
 
@@ -374,7 +347,7 @@ class Detector:
             found.append(self._share_found(t, r, sr, hit, end_ns))
         return self._build(found, t, None, None) if found else []
 
-    def _share_found(self, t: _Tables, r: Optional[_Rule], sr: ShareRule, hit: ShareHit, end_ns: int) -> _Found:
+    def _share_found(self, t: Tables, r: Optional[Rule], sr: ShareRule, hit: ShareHit, end_ns: int) -> _Found:
         m, c = hit.matches, hit.completions
         start = end_ns - sr.horizon_ns
         per_cmd: Counter[int] = Counter()
@@ -398,7 +371,7 @@ class Detector:
         return _Found("error", r.rule.name, m, cmds, details, start, end_ns, start, r.match)
 
     # ---- anomalies ------------------------------------------------------------------------
-    def _build(self, found: list[_Found], t: _Tables, batch: Optional[np.ndarray],
+    def _build(self, found: list[_Found], t: Tables, batch: Optional[np.ndarray],
                cols: Optional[Columns]) -> list[Anomaly]:
         """The anomalies, sharing one evidence: the ring events since the earliest evidence_from_ns,
         taken as references now and gathered into one array when the collector needs it."""
@@ -419,10 +392,11 @@ class Detector:
         wall, mono = self.clock(), self.mono()
         out = []
         for f in found:
+            named = {} if "servers" in f.details else involved(self.names, _own_rows(snap, f))
             out.append(Anomaly(type=f.type, rule=f.rule, count=f.count, detected_wall=wall, detected_mono_ns=mono,
                                window_start_ns=f.start_ns, window_end_ns=f.end_ns,
                                commands=tuple(int(c) for c in np.unique(f.commands)),
-                               details={**f.details, **extra}, gather=gather,
+                               details={**f.details, **named, **extra}, gather=gather,
                                stats_gather=functools.partial(self.stats_since, f.start_ns)))
         return out
 
@@ -441,7 +415,22 @@ def _gather(snap: list[tuple[np.ndarray, Columns]], from_ns: int, matches: tuple
     return ev.take(early[early < newest], newest)
 
 
-def _match_latency(t: _Tables, ev: Events) -> np.ndarray:
+def _own_rows(snap: list[tuple[np.ndarray, Columns]], f: _Found) -> np.ndarray:
+    """The anomaly's own records within what it counted (the newest MAX_NAMING_ROWS)."""
+    if f.own is not None:
+        return f.own
+    ev = since(snap, f.start_ns)
+    idx = f.match(ev)
+    if len(idx):
+        idx = idx[ev.at("ts_ns", idx) < np.uint64(max(f.end_ns, 0))][-MAX_NAMING_ROWS:]
+    return ev.take(idx)
+
+
+def _match_hung(ev: Events) -> np.ndarray:
+    return ev.where(lambda c: c.kind == KIND_HUNG)
+
+
+def _match_latency(t: Tables, ev: Events) -> np.ndarray:
     return ev.where(lambda c: _latency_kind(c.kind) & (c.latency_ns > t.thresholds_ns[c.command]))
 
 

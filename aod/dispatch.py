@@ -247,17 +247,24 @@ class Dispatcher:
     """Worker: ring -> columns -> recent events, then `on_batch(batch, cols)` (immediate detection).
 
     Records stamped more than FUTURE_TOLERANCE_NS after now are dropped and counted in
-    `future` (a bad-record reason)."""
+    `future` (a bad-record reason). Records of every kind pass (hung and health records too:
+    the detectors tell them apart). Between ring waits it runs `on_tick()`, and a wait ends by
+    `deadline()` (monotonic ns, None: none): a hung group fires at its deadline, not at the
+    next record or window."""
 
     name = "dispatcher"
 
     def __init__(self, ring: Ring, recent: RecentEvents, on_batch: Callable[[np.ndarray, Columns], None],
-                 wait_sec: float = 1.0, mono: Callable[[], int] = time.monotonic_ns) -> None:
+                 wait_sec: float = 1.0, mono: Callable[[], int] = time.monotonic_ns,
+                 deadline: Callable[[], Optional[int]] = lambda: None,
+                 on_tick: Callable[[], None] = lambda: None) -> None:
         self.ring = ring
         self.recent = recent
         self.on_batch = on_batch
         self.wait_sec = wait_sec
         self.mono = mono
+        self.deadline = deadline
+        self.on_tick = on_tick
         self.records = 0
         self.future = 0
 
@@ -271,11 +278,18 @@ class Dispatcher:
             self.recent.add(batch, cols)
             self.on_batch(batch, cols)
 
+    def wait_for(self) -> float:
+        """How long the next ring wait may last: wait_sec, or until the deadline."""
+        due = self.deadline()
+        if due is None:
+            return self.wait_sec
+        return min(self.wait_sec, max(due - self.mono(), 0) / 1e9)
+
     def run(self, stop: threading.Event, beat: Callable[[], None]) -> None:
         while not stop.is_set():
             beat()
-            if not self.ring.wait(self.wait_sec):
-                continue
-            batch = self.ring.drain()
-            if len(batch):
-                self.handle(batch)
+            if self.ring.wait(self.wait_for()):
+                batch = self.ring.drain()
+                if len(batch):
+                    self.handle(batch)
+            self.on_tick()

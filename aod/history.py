@@ -3,8 +3,8 @@
 <output_dir>/anomalies.jsonl, mode 0600, opened per record with O_APPEND so
 logrotate's `create` rotation needs no signal. Captured anomalies get a line each
 ("captured": true); refused ones one line per type and window ("captured": false,
-with the reason and how many). Failures are returned, not raised: a full disk must
-never stop detection.
+with the reason and how many). Every line names the servers and shares involved.
+Failures are returned, not raised: a full disk must never stop detection.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ def base(type_: str, wall: float, rule: str, count: int, commands: Iterable[int]
 
 def record(a: Anomaly, captured: bool = True, reason: str = "") -> dict[str, Any]:
     out = base(a.type, a.detected_wall, a.rule, a.count, a.commands)
+    out["servers"] = list(a.details.get("servers") or [])  # named at the top for log shippers
+    out["shares"] = list(a.details.get("shares") or [])
     out["details"] = dict(a.details)
     out["captured"] = captured
     if reason:

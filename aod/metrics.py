@@ -5,6 +5,12 @@ atomically (node_exporter's textfile collector reads *.prom on each scrape). Cou
 are cumulative since the core started; the latency histogram comes from the tracers'
 per-command log2 histograms, so it covers every completion, not only ring records.
 The file is 0644: node_exporter runs as its own user, and it holds counts only.
+
+Share labels: the error records and the slow completion records (those the tracer emits)
+are also counted per share (sharelabels.py): aodv2_smb_errors_total carries a share label,
+and aodv2_smb_share_slow_latency_seconds is their latency histogram per share. At most
+sharelabels.MAX_SHARE_LABELS shares (the most recently seen) have their own label, the rest
+count under share="other", so the cardinality stays bounded however many mounts there are.
 """
 
 from __future__ import annotations
@@ -80,10 +86,19 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
              "SMB commands that completed with a status in ignored_statuses (normal work: end of a listing, "
              "a missing name), counted in the kernel and not as errors.",
              [("", {"command": command_name(c)}, int(stats["ignored"][c])) for c in slots])
+    labels = snap.get("share_labels") or {}
     errs = (totals or {}).get("errors") or {}
-    o.family("aodv2_smb_errors_total", "counter", "SMB error records by command and NT status.",
-             [("", {"command": command_name(c), "status": status_name(s)}, n)
-              for (c, s), n in sorted(errs.items())])
+    by_share = labels.get("errors")
+    if by_share is not None:
+        rows = sorted((k.rsplit("|", 2), n) for k, n in by_share.items())  # a share name may hold "|"
+        o.family("aodv2_smb_errors_total", "counter", "SMB error records by command, NT status and share "
+                 "(the 20 most recently seen shares; the rest as share=\"other\").",
+                 [("", {"command": command_name(int(c)), "status": status_name(int(st)), "share": sh}, n)
+                  for (sh, c, st), n in rows])
+    else:
+        o.family("aodv2_smb_errors_total", "counter", "SMB error records by command and NT status.",
+                 [("", {"command": command_name(c), "status": status_name(s)}, n)
+                  for (c, s), n in sorted(errs.items())])
     rec = (totals or {}).get("reconnects") or {}
     o.family("aodv2_smb_reconnects_total", "counter", "Reconnect records by NT status (0: the client reconnected).",
              [("", {"status": status_name(s) if s else "reconnect"}, n) for s, n in sorted(rec.items())])
@@ -98,6 +113,40 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
         hist.append(("_count", {"command": name}, int(cum[-1])))
     o.family("aodv2_smb_command_latency_seconds", "histogram",
              "SMB command latency (enter to completion), every completion.", hist)
+    shist: list[tuple[str, dict[str, Any], float]] = []
+    for sh, d in sorted((labels.get("slow") or {}).items()):
+        cum = np.cumsum(np.asarray(d.get("hist") or [0], np.int64))
+        for b in range(FIRST_EDGE, LAST_EDGE + 1):
+            le = format((1 << b) / 1e6, ".10g")
+            shist.append(("_bucket", {"share": sh, "le": le}, int(cum[min(b, len(cum) - 1)])))
+        shist.append(("_bucket", {"share": sh, "le": "+Inf"}, int(cum[-1])))
+        shist.append(("_sum", {"share": sh}, int(d.get("sum_ns", 0)) / 1e9))
+        shist.append(("_count", {"share": sh}, int(cum[-1])))
+    o.family("aodv2_smb_share_slow_latency_seconds", "histogram",
+             "Latency of the slow completions the tracers emitted (at or over the emit threshold), by share "
+             "(the 20 most recently seen shares; the rest as share=\"other\").", shist)
+    hung = snap.get("hung") or {}
+    o.family("aodv2_hung_requests_total", "counter",
+             "Hung records: requests found in flight longer than latency.hung_threshold_ms (one per request).",
+             [("", {}, hung.get("records", 0))])
+    o.family("aodv2_emergencies_deduplicated_total", "counter",
+             "Completions over the emergency threshold raising no emergency: their request was reported hung.",
+             [("", {}, hung.get("emergencies_deduplicated", 0))])
+    health = snap.get("health_events") or {}
+    o.family("aodv2_kernel_health_events_total", "counter", "Records of the kernel's cifs health tracepoints.",
+             _by(health, "event"))
+    o.family("aodv2_kernel_slow_responses_total", "counter",
+             "smb3_slow_rsp events: responses slower than the cifs slow_rsp_threshold (CONFIG_CIFS_STATS2 only).",
+             [("", {}, health.get("slow_rsp", 0))])
+    aging = [(n, d.get("aging") or {}) for n, d in sorted((snap.get("tracer_detail") or {}).items())]
+    aging = [(n, a) for n, a in aging if a]
+    for key, kind, help_ in (("inflight", "gauge", "Requests in flight the tracer's aging scan saw."),
+                             ("hung", "gauge", "Requests held in the tracer's hung map."),
+                             ("unpaired", "counter", "Completions whose in-flight entry was missing "
+                                                     "(evicted, or started before the tracer attached)."),
+                             ("hung_full", "counter", "Aged requests left in the LRU: the hung map was full.")):
+        name = f"aodv2_tracer_{key}" + ("_total" if kind == "counter" else "")
+        o.family(name, kind, help_, [("", {"tracer": n}, a.get(key, 0)) for n, a in aging])
     o.family("aodv2_ring_records_total", "counter", "Records the core read from the ring.",
              [("", {}, snap.get("ring_records", 0))])
     o.family("aodv2_ring_drops_total", "counter", "Records the tracers dropped because the ring was full.",

@@ -9,16 +9,44 @@ release. The ring (records carry their version) and `drops` have not changed.
 
 The tracer also keeps `ignored_status` (NT status -> 1, a hash) equal to config
 ignored_statuses (`sync_ignored`): the kernel program drops those statuses as errors.
+
+Maps added for hung requests and names (issue 13) carry their layout version in the name from
+the start (`_v1`): inflight_v1, hung_v1 (aod_key -> aod_start), servers_v1, trees_v1, conns_v1,
+emit_cfg_v1 (bpf/aod_event.h; aod/record.py dtypes). Other processes read them: the evidence
+helper the in-flight table, aod/names.py the server and share names.
+
+Where the pins live and whether what is pinned there can be reused: PinPaths, pin_paths,
+prepare_pin_dir, check_pinned (the tracer calls them before loading).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
-from typing import Any, Iterable
+import re
+import stat
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
-from . import bpfsys
-from .record import CMD_SLOTS, CMD_STATS_V1_DTYPE, CMD_STATS_VERSION
+from . import bpfsys, log
+from . import config as config_mod
+from .record import (
+    CMD_SLOTS,
+    CMD_STATS_V1_DTYPE,
+    CMD_STATS_VERSION,
+    EMIT_CFG_DTYPE,
+    HOST_LEN,
+    HUNG_MAX,
+    IGNORED_MAX,
+    INFLIGHT_KEY_DTYPE,
+    INFLIGHT_START_DTYPE,
+    SERVERS_MAX,
+    TREE_KEY_DTYPE,
+    TREES_MAX,
+    UNC_LEN,
+)
+from .tracepoints import EX_CONFIG, EX_OSERR, SetupError
 
 
 def pin_name(base: str, version: int) -> str:
@@ -30,6 +58,13 @@ def pin_name(base: str, version: int) -> str:
 CMD_STATS = pin_name("cmd_stats", CMD_STATS_VERSION)  # cmd_stats_v2: struct aod_cmd_stats
 CMD_STATS_V1 = pin_name("cmd_stats", CMD_STATS_VERSION - 1)  # aodv2 0.1: struct aod_cmd_stats_v1
 IGNORED = "ignored_status"
+INFLIGHT = "inflight_v1"  # lru_hash: requests in flight
+HUNG = "hung_v1"  # hash: requests the aging scan moved out of the LRU
+SERVERS = "servers_v1"  # lru_hash: u64 conn_id -> char[64] hostname
+TREES = "trees_v1"  # lru_hash: {u64 sesid; u32 tid; u32 pad} -> char[128] UNC
+CONNS = "conns_v1"  # lru_hash: u64 struct TCP_Server_Info * (aod_key.conn) -> u64 conn_id
+EMIT_CFG = "emit_cfg_v1"  # array[1]: {u64 emit_min_ns; u32 cmd_mask; u32 pad}
+INFLIGHT_MAX = 16384  # LRU entries for requests in flight
 # older layouts a current tracer replaces: name -> (map type, key size, value size, entries)
 STALE = {CMD_STATS_V1: (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_V1_DTYPE.itemsize, CMD_SLOTS)}
 
@@ -78,3 +113,147 @@ def sync_ignored(table: Any, statuses: Iterable[int]) -> tuple[int, int]:
     for s in sorted(want - have):
         table[table.Key(s)] = table.Leaf(1)
     return len(want - have), len(have - want)
+
+
+# ---------------------------------------------------------------- paths and shapes
+
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")  # goes into a C string literal
+
+
+@dataclass(frozen=True)
+class PinPaths:
+    dir: str
+    ring: str
+    drops: str
+    cmd_stats: str
+    ignored: str
+    inflight: str = ""
+    hung: str = ""
+    servers: str = ""
+    trees: str = ""
+    conns: str = ""
+    emit_cfg: str = ""
+
+    def maps(self) -> tuple[str, ...]:
+        return (self.ring, self.drops, self.cmd_stats, self.ignored, self.inflight, self.hung, self.servers,
+                self.trees, self.conns, self.emit_cfg)
+
+
+def pin_paths(ring: config_mod.RingConfig, pin_dir: Optional[str] = None) -> PinPaths:
+    """Ring at config ring.path (or --pin-dir/<its basename>); drops, cmd_stats_v2, ignored_status and
+    the _v1 maps beside it."""
+    d = os.path.normpath(pin_dir) if pin_dir else os.path.dirname(os.path.normpath(ring.path))
+    base = os.path.basename(ring.path) or "events"
+    j = os.path.join
+    paths = PinPaths(d, j(d, base), j(d, "drops"), j(d, CMD_STATS), j(d, IGNORED), j(d, INFLIGHT), j(d, HUNG),
+                     j(d, SERVERS), j(d, TREES), j(d, CONNS), j(d, EMIT_CFG))
+    for p in paths.maps():
+        if not _SAFE_PATH.match(p) or ".." in p.split("/"):
+            raise SetupError(f"pin path {p!r} must be absolute and use only A-Z a-z 0-9 _ . + - /", EX_CONFIG)
+    return paths
+
+
+
+def bpffs_mount(path: str, mountinfo_text: str) -> Optional[str]:
+    """Mount point of the bpf filesystem that holds `path`, or None (pure; /proc/self/mountinfo text)."""
+    best: Optional[tuple[str, str]] = None
+    for line in mountinfo_text.splitlines():
+        pre, sep, post = line.partition(" - ")
+        f = pre.split()
+        if not sep or len(f) < 5 or not post.split():
+            continue
+        mnt = f[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+        inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
+        if inside and (best is None or len(mnt) >= len(best[0])):
+            best = (mnt, post.split()[0])
+    return best[0] if best and best[1] == "bpf" else None
+
+
+def prepare_pin_dir(paths: PinPaths, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """Check bpffs is mounted under the pin dir; create the dir 0700. Raises SetupError."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        raise SetupError(f"cannot read {mountinfo}: {e.strerror}", EX_OSERR) from None
+    if bpffs_mount(paths.dir, text) is None:
+        raise SetupError(f"no bpf filesystem is mounted at or above {paths.dir}; mount it with "
+                         "'mount -t bpf bpf /sys/fs/bpf' (systemd does this at boot)", EX_OSERR)
+    try:
+        os.makedirs(paths.dir, mode=0o700, exist_ok=True)
+        st = os.stat(paths.dir)
+    except OSError as e:
+        raise SetupError(f"cannot create pin directory {paths.dir}: {e.strerror}", EX_OSERR) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SetupError(f"{paths.dir} exists and is not a directory", EX_OSERR)
+    if st.st_mode & 0o077:
+        log.emit("tracer", logging.WARNING,
+                 f"AOD pin directory {paths.dir} is accessible to other users (mode {st.st_mode & 0o777:o}); "
+                 "expected 0700", AOD_PIN_DIR=paths.dir)
+
+
+# BPF_F_RDONLY, BPF_F_WRONLY, BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG: a map made so cannot serve the tracer
+# (the program's writes are refused at load: exit 70 and a restart every 10 s; or the scan's reads)
+_ACCESS_FLAGS = (1 << 3) | (1 << 4) | (1 << 7) | (1 << 8)
+BPF_MAP_TYPE_ARRAY = 2  # (bpfsys names only the types the core opens)
+BPF_MAP_TYPE_LRU_HASH = 9
+
+
+# expected shapes of maps that may already be pinned: path attr -> (type, key, value, max_entries)
+def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, int]]:
+    from .bpfsys import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY
+    from .record import CMD_STATS_DTYPE
+
+    maps = {paths.drops: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)}
+    if name == "smb":
+        key, start = INFLIGHT_KEY_DTYPE.itemsize, INFLIGHT_START_DTYPE.itemsize
+        maps[paths.cmd_stats] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
+        maps[paths.ignored] = (BPF_MAP_TYPE_HASH, 4, 4, IGNORED_MAX)
+        maps[paths.inflight] = (BPF_MAP_TYPE_LRU_HASH, key, start, INFLIGHT_MAX)
+        maps[paths.hung] = (BPF_MAP_TYPE_HASH, key, start, HUNG_MAX)
+        maps[paths.servers] = (BPF_MAP_TYPE_LRU_HASH, 8, HOST_LEN, SERVERS_MAX)
+        maps[paths.trees] = (BPF_MAP_TYPE_LRU_HASH, TREE_KEY_DTYPE.itemsize, UNC_LEN, TREES_MAX)
+        maps[paths.conns] = (BPF_MAP_TYPE_LRU_HASH, 8, 8, SERVERS_MAX)
+        maps[paths.emit_cfg] = (BPF_MAP_TYPE_ARRAY, 4, EMIT_CFG_DTYPE.itemsize, 1)
+    return maps
+
+
+def check_pinned(paths: PinPaths, ring_bytes: int, name: str) -> list[str]:
+    """Inspect maps a previous run pinned (they are reused, never deleted).
+
+    Returns warnings; raises SetupError when a pinned object cannot be reused.
+    """
+    from . import bpfsys
+
+    warnings: list[str] = []
+    want = {paths.ring: (bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)}
+    want.update(expected_maps(paths, name))
+    for path, (mtype, ks, vs, entries) in want.items():
+        if os.path.islink(path):  # bpffs has symlinks: bcc would follow it to a map we never checked
+            raise SetupError(f"{path} is a symbolic link; remove it ('rm {path}') to let the tracer create "
+                             "the map", EX_CONFIG)
+        if not os.path.exists(path):
+            continue
+        try:
+            fd = bpfsys.obj_get(path, bpfsys.BPF_F_RDONLY)
+            try:
+                info = bpfsys.map_info(fd, path)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SetupError(f"cannot inspect pinned {path}: {e}", EX_OSERR) from None
+        if info.map_flags & _ACCESS_FLAGS:
+            raise SetupError(f"{path} is pinned read-only or write-only (map flags {info.map_flags:#x}): the "
+                             f"tracer could not use it; remove it ('rm {path}') to let the tracer create it",
+                             EX_CONFIG)
+        if info.type != mtype or (path != paths.ring and (info.key_size, info.value_size, info.max_entries)
+                                  != (ks, vs, entries)):
+            raise SetupError(
+                f"{path} is pinned with a different layout (type {info.type}, key {info.key_size}, "
+                f"value {info.value_size}, entries {info.max_entries}); stop every aodv2 unit and "
+                f"remove it ('rm {path}') to let the tracer create it again", EX_CONFIG)
+        if path == paths.ring and info.max_entries != entries:
+            warnings.append(f"the pinned ring {path} holds {info.max_entries // 1024} KiB but the config "
+                            f"asks for {entries // 1024} KiB; reusing it (restart every aodv2 unit after "
+                            f"removing it to resize)")
+    return warnings

@@ -7,7 +7,8 @@ full collector queue) is held and, at the next window close (`flush`), written a
 journal record per type at priority notice (MESSAGE_ID suppressed) and one history line
 ("captured": false) carrying how many were refused, why, their rules, commands and
 event counts, and the bundle that covers them, if any. So a storm costs one record per
-type per window, and nothing is lost.
+type per window, and nothing is lost. Every record names the servers and shares involved
+(details "servers"/"shares", from names.involved): AOD_SERVER, AOD_SHARE in the journal.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any, Callable, Optional
 from . import history, log
 from .anomaly import Anomaly
 from .config import Config
+from .names import MAX_NAMED
 from .smb2 import command_name
 
 HOUR = 3600.0
+MAX_REQUESTS = 500  # hung requests listed per refused line (the hung anomaly's own limit)
 REASONS = {"cooldown": "the cooldown", "hourly_cap": "the hourly cap", "queue_full": "a full collector queue"}
 
 
@@ -88,6 +91,9 @@ class _Held:
     reasons: dict[str, int] = field(default_factory=dict)
     rules: dict[str, int] = field(default_factory=dict)
     commands: set[int] = field(default_factory=set)
+    servers: list[str] = field(default_factory=list)
+    shares: list[str] = field(default_factory=list)
+    requests: list[Any] = field(default_factory=list)  # hung: each request, as the anomaly listed it
 
     def add(self, a: Anomaly, reason: str) -> None:
         self.first = self.first or a.detected_wall
@@ -97,6 +103,22 @@ class _Held:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.rules[a.rule] = self.rules.get(a.rule, 0) + 1
         self.commands.update(a.commands)
+        for key, have in (("servers", self.servers), ("shares", self.shares)):
+            for v in a.details.get(key) or ():
+                if v not in have and len(have) < MAX_NAMED:
+                    have.append(v)
+        room = MAX_REQUESTS - len(self.requests)
+        if room > 0:
+            self.requests.extend((a.details.get("requests") or [])[:room])
+
+
+def where(servers: Any, shares: Any) -> str:
+    r"""' on \\srv\share, \\srv\b' (the shares, else the servers), '' when none is known."""
+    names = list(shares or ()) or list(servers or ())
+    if not names:
+        return ""
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return " on " + ", ".join(names[:3]) + more
 
 
 @dataclass
@@ -154,8 +176,11 @@ class Policy:
         cmds = ",".join(command_name(c) for c in a.commands)
         statuses = a.details.get("statuses") or ()  # error: {name: count}; reconnect: [names]
         extra = {"AOD_STATUS": ",".join(statuses)} if statuses else {}
-        log.emit("anomaly", log.ALERT, f"AOD detected anomaly: {a.type} with {a.count} events",
-                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule, **extra)
+        servers, shares = a.details.get("servers") or [], a.details.get("shares") or []
+        log.emit("anomaly", log.ALERT,
+                 f"AOD detected anomaly: {a.type} with {a.count} events{where(servers, shares)}",
+                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule,
+                 AOD_SERVER=",".join(servers), AOD_SHARE=",".join(shares), **extra)
         if queued:
             self._history(history.record(a, captured=True))
             return True
@@ -214,16 +239,20 @@ class Policy:
             limits = f"cooldown {cfg.capture.cooldown_sec:g}s, max {cfg.capture.max_per_hour}/h"
             cover_text = {"written": f"covered by {bundle}", "in progress": "its covering capture is in progress",
                           "failed": "its covering capture failed", "none": "no bundle covers it"}[state]
-            msg = (f"AOD {h.anomalies} {type_} anomal{'y' if h.anomalies == 1 else 'ies'} not captured, "
-                   f"refused by {why} ({limits}); {cover_text}")
+            msg = (f"AOD {h.anomalies} {type_} anomal{'y' if h.anomalies == 1 else 'ies'}"
+                   f"{where(h.servers, h.shares)} not captured, refused by {why} ({limits}); {cover_text}")
             cmds = sorted(h.commands)
             log.emit("suppressed", log.NOTICE, msg, AOD_ANOMALY=type_, AOD_SUPPRESSED=h.anomalies,
                      AOD_COUNT=h.events, AOD_REASON=",".join(sorted(h.reasons)), AOD_RULE=",".join(sorted(h.rules)),
-                     AOD_COMMAND=",".join(command_name(c) for c in cmds), AOD_BUNDLE=bundle)
+                     AOD_COMMAND=",".join(command_name(c) for c in cmds), AOD_BUNDLE=bundle,
+                     AOD_SERVER=",".join(h.servers), AOD_SHARE=",".join(h.shares))
             line = history.base(type_, h.last, ",".join(sorted(h.rules)), h.events, cmds)
             line.update({"captured": False, "reason": ",".join(sorted(h.reasons)), "anomalies": h.anomalies,
                          "first": history.iso(h.first), "reasons": h.reasons, "rules": h.rules,
-                         "covered_by": bundle or None, "covered_by_state": state})
+                         "covered_by": bundle or None, "covered_by_state": state,
+                         "servers": h.servers, "shares": h.shares})
+            if h.requests:  # hung: the requests stay on record one by one, captured or not
+                line["requests"] = h.requests
             self._history(line)
         return len(held)
 

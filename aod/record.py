@@ -13,7 +13,32 @@ COMM_LEN = 16
 KIND_COMPLETION = 1
 KIND_ERROR = 2
 KIND_RECONNECT = 3
-KIND_NAMES = {KIND_COMPLETION: "completion", KIND_ERROR: "error", KIND_RECONNECT: "reconnect"}
+KIND_HUNG = 4  # the aging scan found a request in flight longer than the hung threshold (once per request)
+KIND_HEALTH = 5  # a cifs health tracepoint; `command` holds the HEALTH_* code
+KIND_NAMES = {KIND_COMPLETION: "completion", KIND_ERROR: "error", KIND_RECONNECT: "reconnect",
+              KIND_HUNG: "hung", KIND_HEALTH: "health"}
+CMD_NONE = 0xFFFF  # `command` of a record that is no SMB command (smb3_reconnect)
+
+# KIND_HEALTH codes (bpf/aod_event.h AOD_HEALTH_*). session_id holds the connection's conn_id
+# for 1-5 and the session id for 6-7.
+HEALTH_CREDIT_TIMEOUT = 1
+HEALTH_INSUFFICIENT_CREDITS = 2
+HEALTH_RECONNECT_INVALID_CREDITS = 3
+HEALTH_CONNECT_ERR = 4
+HEALTH_CONNECT_DONE = 5
+HEALTH_KEY_EXPIRED = 6
+HEALTH_KERBEROS_AUTH = 7  # failures only (rc != 0)
+HEALTH_SLOW_RSP = 8
+HEALTH_NAMES = {HEALTH_CREDIT_TIMEOUT: "credit_timeout", HEALTH_INSUFFICIENT_CREDITS: "insufficient_credits",
+                HEALTH_RECONNECT_INVALID_CREDITS: "reconnect_with_invalid_credits",
+                HEALTH_CONNECT_ERR: "connect_err", HEALTH_CONNECT_DONE: "connect_done",
+                HEALTH_KEY_EXPIRED: "key_expired", HEALTH_KERBEROS_AUTH: "kerberos_auth",
+                HEALTH_SLOW_RSP: "slow_rsp"}
+# health code -> anomaly type; connect_done and slow_rsp raise none (slow_rsp is counted)
+HEALTH_TYPE = {HEALTH_CREDIT_TIMEOUT: "credits", HEALTH_INSUFFICIENT_CREDITS: "credits",
+               HEALTH_RECONNECT_INVALID_CREDITS: "credits", HEALTH_CONNECT_ERR: "connect",
+               HEALTH_KEY_EXPIRED: "auth", HEALTH_KERBEROS_AUTH: "auth"}
+HEALTH_BY_CONN = frozenset({1, 2, 3, 4, 5})  # codes whose session_id is a conn_id
 
 TRACER_SMB = 1
 TRACER_SYNTHETIC = 2
@@ -24,6 +49,20 @@ CMD_SLOTS = 32
 HIST_BUCKETS = 32
 CMD_STATS_VERSION = 2
 IGNORED_MAX = 256
+HUNG_MAX = 4096  # entries of the pinned hung_v1 hash
+SERVERS_MAX = 1024  # entries of servers_v1 (u64 conn_id -> char[HOST_LEN])
+TREES_MAX = 4096  # entries of trees_v1 (TREE_KEY_DTYPE -> char[UNC_LEN])
+HOST_LEN = 64
+UNC_LEN = 128
+
+# pinned maps of the smb tracer (bpf/aod_event.h structs; tests/test_record.py checks them):
+# inflight_v1 (lru_hash) and hung_v1 (hash) map INFLIGHT_KEY_DTYPE -> INFLIGHT_START_DTYPE
+INFLIGHT_KEY_DTYPE = np.dtype([("conn", "<u8"), ("sesid", "<u8"), ("mid", "<u8"), ("cmd", "<u2"),
+                               ("pad", "<u2"), ("pad2", "<u4")])  # struct aod_key, 32 bytes
+INFLIGHT_START_DTYPE = np.dtype([("ts", "<u8"), ("pid", "<u4"), ("tid", "<u4"),
+                                 ("comm", f"S{COMM_LEN}")])  # struct aod_start, 32 bytes
+TREE_KEY_DTYPE = np.dtype([("sesid", "<u8"), ("tid", "<u4"), ("pad", "<u4")])  # struct aod_tree_key
+EMIT_CFG_DTYPE = np.dtype([("emit_min_ns", "<u8"), ("cmd_mask", "<u4"), ("pad", "<u4")])  # aod_emit_cfg
 
 EVENT_DTYPE = np.dtype(
     [

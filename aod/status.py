@@ -13,8 +13,9 @@ import os
 import time
 from typing import Any, Optional
 
+from . import tracerstate
 from .atomicfile import write_atomic
-from .config import Config
+from .config import HEALTH_TYPES, Config, hung_threshold_ns, min_threshold_ns
 from .smb2 import command_name, errno_name, status_name
 from .tracerstate import RUN_DIR, pid_alive
 
@@ -115,7 +116,101 @@ def thresholds(cfg: Config) -> dict[str, Any]:
                          + [errno_name(x) for x in sorted(e.errnos)],
                          "commands": [command_name(c) for c in sorted(e.commands)]} for e in cfg.errors],
         "ignored_statuses": [status_name(s) for s in sorted(cfg.ignored_statuses)],
+        "hung": hung_health(cfg),
     }
+
+
+DETAIL_KEYS = ("emit_min_ns", "emit_cmd_mask", "hung_threshold_ns", "health", "aging")
+
+
+def tracer_details(state_dir: Optional[str], names: Any) -> dict[str, dict[str, Any]]:
+    """What each tracer publishes beyond its state (tracerstate.read_detail): its emit filter,
+    hung threshold, health tracepoints offered and attached, aging counters. {} per tracer
+    that publishes none (an older tracer, or none running)."""
+    if not state_dir:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        d = tracerstate.read_detail(state_dir, name)
+        ok = {"emit_min_ns": int, "emit_cmd_mask": int, "hung_threshold_ns": int, "health": dict, "aging": dict}
+        out[name] = {k: d[k] for k in DETAIL_KEYS  # a malformed value is left out, never shown
+                     if isinstance(d.get(k), ok[k]) and not isinstance(d.get(k), bool)}
+    return out
+
+
+class EmitCheck:
+    """Warns when the core's smallest latency threshold is below what a tracer emits: completions
+    between the two never reach the ring. Once per (tracer, its emit_min_ns, our threshold), and
+    again after each reload (`reset`)."""
+
+    def __init__(self) -> None:
+        self.told: set[tuple[str, int, int]] = set()
+
+    def reset(self) -> None:
+        self.told.clear()
+
+    def check(self, cfg: Config, details: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+        """(tracer, message) of each new gap."""
+        ours = min_threshold_ns(cfg.latency)
+        out = []
+        for name, d in sorted(details.items()):
+            emit = d.get("emit_min_ns")
+            if not isinstance(emit, int) or isinstance(emit, bool) or ours >= emit:
+                continue
+            key = (name, emit, ours)
+            if key in self.told:
+                continue
+            self.told.add(key)
+            out.append((name, f"AOD latency threshold {ours / 1e6:g} ms is below what tracer {name} emits "
+                              f"({emit / 1e6:g} ms): slower completions between the two are not seen one by one "
+                              f"(the histograms still count them); restart or reload the tracer"))
+        return out
+
+
+def hung_health(cfg: Config) -> dict[str, Any]:
+    """The hung and health settings in force, for status.json."""
+    lat = cfg.latency
+    return {"hung_threshold_ms": hung_threshold_ns(lat) / 1e6, "hung_group_ms": lat.hung_group_ms,
+            "hung_exclude": [command_name(c) for c in lat.hung_exclude],
+            "health_enabled": {t: cfg.health.enabled(t) for t in HEALTH_TYPES}}
+
+
+def _hung_lines(snap: dict[str, Any]) -> list[str]:
+    th = (snap.get("thresholds") or {}).get("hung") or {}
+    hung = snap.get("hung") or {}
+    lines = []
+    if th:
+        ms = th.get("hung_threshold_ms")
+        lines.append("  hung: " + (f"threshold {ms:g} ms, group {th.get('hung_group_ms', 0):g} ms"
+                                   + (f", excluded {','.join(th.get('hung_exclude') or [])}"
+                                      if th.get("hung_exclude") else "") if ms else "off")
+                     + f"; hung records {hung.get('records', 0)}, deduplicated emergencies "
+                       f"{hung.get('emergencies_deduplicated', 0)}")
+        on = [t for t, v in sorted((th.get("health_enabled") or {}).items()) if v]
+        lines.append(f"  health types: {','.join(on) or 'none'} enabled; kernel health events seen: "
+                     f"{_counts(snap.get('health_events'))}")
+    for name, d in sorted((snap.get("tracer_detail") or {}).items()):
+        h = d.get("health") or {}
+        if h:
+            offered, attached = list(h.get("offered") or []), list(h.get("attached") or [])
+            missing = [e for e in offered if e not in attached]
+            lines.append(f"  tracer {name} health events: attached {','.join(attached) or 'none'}"
+                         + (f"; offered but not attached {','.join(missing)}" if missing else "")
+                         + f" ({len(offered)} offered by the kernel)")
+        a = d.get("aging") or {}
+        if a:
+            lines.append(f"  tracer {name} aging: in flight {a.get('inflight', 0)}, hung {a.get('hung', 0)} "
+                         f"(records {a.get('hung_records', 0)}), unpaired {a.get('unpaired', 0)}, hung_full "
+                         f"{a.get('hung_full', 0)}, scans {a.get('scans', 0)}, scan max {a.get('scan_ms_max', 0)} ms")
+        if "emit_min_ns" in d:
+            lines.append(f"  tracer {name} emits completions >= {int(d['emit_min_ns']) / 1e6:g} ms")
+    names = snap.get("names") or {}
+    if names:
+        feats = names.get("features") or []
+        stats2 = "on" if "STATS2" in feats else ("off" if feats else "unknown")
+        lines.append(f"  names: {names.get('servers', 0)} servers, {names.get('shares', 0)} shares known; "
+                     f"CIFS STATS2 (smb3_slow_rsp fires) {stats2}")
+    return lines
 
 
 def _rule(r: dict[str, Any]) -> str:
@@ -168,6 +263,7 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
                      + (f" on {','.join(r.get('commands'))}" if r.get("commands") else ""))
     if th.get("ignored_statuses"):
         lines.append(f"  ignored statuses (not errors): {', '.join(th['ignored_statuses'])}")
+    lines.extend(_hung_lines(snap))
     cap = snap.get("capture") or {}
     if cap:
         lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h")

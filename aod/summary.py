@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from . import __version__
 from .anomaly import Anomaly
-from .config import Config
+from .config import HEALTH_TYPES, Config, hung_threshold_ns
 from .record import CMD_SLOTS, EVENT_VERSION, HIST_BUCKETS, KIND_COMPLETION, KIND_ERROR
 from .smb2 import command_name, errno_name, status_name
 
@@ -157,7 +157,11 @@ def _thresholds(config: Config) -> dict[str, Any]:
             "exclude": [command_name(c) for c in lat.exclude],
             "acceptable_count": lat.acceptable_count,
             "emergency_threshold_ms": lat.emergency_threshold_ms,
+            "hung_threshold_ms": hung_threshold_ns(lat) / 1e6,
+            "hung_exclude": [command_name(c) for c in lat.hung_exclude],
+            "hung_group_ms": lat.hung_group_ms,
         },
+        "health": {t: config.health.enabled(t) for t in HEALTH_TYPES},
         "errors": [
             {
                 "name": r.name,
@@ -196,6 +200,8 @@ def build_summary(
             "count": anomaly.count,
             "commands": [command_name(c) for c in anomaly.commands],
             "details": anomaly.details,
+            "servers": list(anomaly.details.get("servers") or []),
+            "shares": list(anomaly.details.get("shares") or []),
         },
         "detected_at": iso_utc(anomaly.detected_wall),
         "window": {
@@ -214,7 +220,8 @@ def build_summary(
         "per_errno": dict(errnos.most_common()),
         "top_processes": _processes(ev),
         "actions": [
-            {k: a.get(k) for k in ("name", "status", "duration_s", "bytes", "error", "truncated", "source")}
+            {k: a.get(k) for k in ("name", "status", "started_s", "duration_s", "bytes", "error", "truncated",
+                                   "source")}
             for a in action_results
         ],
     })

@@ -2,12 +2,16 @@
 
 Data flow: kernel (cifs tracepoints, or a test syscall) -> bpf/NAME.bpf.c ->
 pinned ring <pin dir>/events + pinned per-CPU maps `drops`, `cmd_stats` ->
-core (ring.py, counters.py).
+core (ring.py, counters.py). The smb tracer also runs the in-flight aging scan
+(aging.py, a thread) and fills the pinned name maps; its attach plan is tracepoints.py,
+its pins pins.py.
 
 One process per tracer, run by systemd as aodv2-tracer@NAME.service:
 sd_notify READY=1 with STATUS=waiting while the cifs tracepoints are missing (module
 not loaded yet is normal), compile and attach when they appear (STATUS=attached), then
-sleep until SIGTERM/SIGINT and exit 0.
+sleep until SIGTERM/SIGINT and exit 0. SIGHUP re-reads the config and updates maps only
+(emit filter, ignored statuses, hung threshold): nothing is rebuilt or re-attached, so a
+reload loses and duplicates nothing.
 The ring and maps are pinned in bpffs and reused, never recreated, so either
 side can restart at any time. bcc is imported lazily: only this command needs it.
 
@@ -19,192 +23,63 @@ Exit statuses (list 2 69 71 78 in RestartPreventExitStatus=):
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import os
-import re
 import signal
-import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import config as config_mod
-from . import kallsyms, log, pins, tracerstate
-from .record import (
-    CMD_SLOTS,
-    IGNORED_MAX,
-    KIND_COMPLETION,
-    KIND_ERROR,
-    KIND_RECONNECT,
-    TRACER_SMB,
-    TRACER_SYNTHETIC,
+from . import log, pins, tracerlive, tracerstate
+from .pins import PinPaths, bpffs_mount, check_pinned, expected_maps, pin_paths, prepare_pin_dir  # noqa: F401
+from .tracepoints import (  # noqa: F401  (re-exported: the tracer's public names)
+    EX_CONFIG,
+    EX_OK,
+    EX_OSERR,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    HEALTH_TRACEPOINTS,
+    REQUIRED_TRACEPOINTS,
+    SMB_TRACEPOINTS,
+    AttachPlan,
+    SetupError,
+    find_events_dir,
+    function_list,
+    health_lists,
+    health_notes,
+    optional_defines,
+    parse_format,
+    plan_smb,
+    usable_tracepoints,
 )
+from .tracerargs import (  # noqa: F401  (re-exported)
+    DEFAULT_BPF_DIR,
+    DEFAULT_PIN_DIR,
+    SYNTH_KINDS,
+    TRACERS,
+    Options,
+    default_bpf_dir,
+    parse_args,
+    parser,
+)
+from .tracerlive import emit_cmd_mask  # noqa: F401  (re-exported)
 
-EX_OK = 0
-EX_USAGE = 2
-EX_UNAVAILABLE = 69  # bcc (python3-bpfcc) missing
-EX_SOFTWARE = 70  # BPF compile, load or attach failed
-EX_OSERR = 71  # bpffs not mounted, pin dir unusable
-EX_CONFIG = 78  # invalid config, or nothing to attach to on this kernel
-
-DEFAULT_BPF_DIR = "/usr/share/aodv2/bpf"
-DEFAULT_PIN_DIR = "/sys/fs/bpf/aodv2"
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CIFS_MODULE_DIR = "/sys/module/cifs"
 POLL_SEC = 1.5  # waiting for the cifs module
-INFLIGHT_MAX = 16384  # LRU entries for requests in flight
 
 BCC_MISSING = (
     "bcc is not installed: install python3-bpfcc (Debian/Ubuntu) or python3-bcc (Fedora/RHEL); "
     "it is not on PyPI (the PyPI 'bcc' package is unrelated)"
 )
 
-# what each tracer compiles and which tracer_id it writes
-TRACERS: Mapping[str, tuple[str, int]] = {
-    "smb": ("smb.bpf.c", TRACER_SMB),
-    "synthetic": ("synthetic.bpf.c", TRACER_SYNTHETIC),
-}
-
-# cifs tracepoint -> fields bpf/smb.bpf.c reads; each found one sets -DAOD_HAVE_<NAME>
-CMD_FIELDS = ("tid", "sesid", "cmd", "mid")
-SMB_TRACEPOINTS: Mapping[str, tuple[str, ...]] = {
-    "smb3_cmd_enter": CMD_FIELDS,
-    "smb3_cmd_done": CMD_FIELDS,
-    "smb3_cmd_err": CMD_FIELDS + ("status", "rc"),
-    "smb3_reconnect": ("currmid",),
-    "smb3_ses_expired": CMD_FIELDS,
-}
-REQUIRED_TRACEPOINTS = ("smb3_cmd_enter", "smb3_cmd_done")
-
-SYNTH_KINDS = {"completion": KIND_COMPLETION, "error": KIND_ERROR, "reconnect": KIND_RECONNECT}
-
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_.+/-]+$")  # goes into a C string literal
 
 
-class SetupError(Exception):
-    """A clear one-line reason plus the exit status to use."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# ---------------------------------------------------------------- arguments
-
-
-@dataclass(frozen=True)
-class Options:
-    name: str
-    config: str = config_mod.DEFAULT_CONFIG_PATH
-    bpf_dir: Optional[str] = None  # None: installed dir, or the checkout's bpf/
-    pin_dir: Optional[str] = None  # None: directory of config ring.path
-    force_kprobes: bool = False
-    synth_pid: int = 0
-    synth_kind: str = "completion"
-    synth_command: int = 8
-    synth_latency_ms: float = 0.0
-    synth_status: int = 0
-    synth_errno: int = 0
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # no sys.exit from inside a library call
-        raise SetupError(f"{self.prog}: {message}", EX_USAGE)
-
-
-def _int0(text: str) -> int:
-    try:
-        return int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="aodv2 tracer", description="Load one aodv2 eBPF tracer and hold it until SIGTERM.")
-    p.add_argument("name", metavar="NAME", help=f"tracer to run: {', '.join(TRACERS)}")
-    p.add_argument("--config", default=config_mod.DEFAULT_CONFIG_PATH,
-                   help="config file (default %(default)s)")
-    p.add_argument("--bpf-dir", help=f"BPF C sources (default {DEFAULT_BPF_DIR}, or bpf/ of a checkout)")
-    p.add_argument("--pin-dir", help=f"bpffs directory of the ring and maps (default: directory of "
-                                     f"config ring.path, {DEFAULT_PIN_DIR})")
-    p.add_argument("--force-kprobes", action="store_true",
-                   help="smb: use the kprobe fallback even if the tracepoints exist (testing)")
-    g = p.add_argument_group("synthetic tracer (tests only)")
-    g.add_argument("--pid", type=_int0, default=0, help="follow getppid() of this tgid (0: every process)")
-    g.add_argument("--kind", choices=sorted(SYNTH_KINDS), default="completion")
-    g.add_argument("--command", type=_int0, default=8, help="SMB2 command id to write (default READ)")
-    g.add_argument("--latency-ms", type=float, default=0.0)
-    g.add_argument("--status", type=_int0, default=0, help="NT status to write")
-    g.add_argument("--errno", type=_int0, default=0, help="positive errno to write")
-    return p
-
-
-def parse_args(argv: Sequence[str]) -> Options:
-    """Options from argv (the verb excluded). Raises SetupError(EX_USAGE)."""
-    ns = parser().parse_args(list(argv))
-    if ns.name not in TRACERS:
-        raise SetupError(f"aodv2 tracer: unknown tracer {ns.name!r}; expected one of {', '.join(TRACERS)}",
-                         EX_USAGE)
-    synth_given = (ns.pid, ns.kind, ns.command, ns.latency_ms, ns.status, ns.errno) != (
-        0, "completion", 8, 0.0, 0, 0)
-    if ns.name != "synthetic" and synth_given:
-        raise SetupError("aodv2 tracer: --pid/--kind/--command/--latency-ms/--status/--errno "
-                         "are for the synthetic tracer only", EX_USAGE)
-    if ns.force_kprobes and ns.name != "smb":
-        raise SetupError("aodv2 tracer: --force-kprobes is for the smb tracer only", EX_USAGE)
-    if not (0 <= ns.pid < 2**32 and 0 <= ns.command < 2**16 and 0 <= ns.status < 2**32
-            and 0 <= ns.errno < 2**31 and 0 <= ns.latency_ms < 1e9):
-        raise SetupError("aodv2 tracer: --pid/--command/--status/--errno/--latency-ms out of range", EX_USAGE)
-    return Options(ns.name, ns.config, ns.bpf_dir, ns.pin_dir, ns.force_kprobes, ns.pid, ns.kind,
-                   ns.command, ns.latency_ms, ns.status, ns.errno)
-
-
-def default_bpf_dir() -> str:
-    """The checkout's bpf/ when aod/ runs from one, else the installed directory."""
-    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
-    if os.path.isfile(os.path.join(here, "aod_event.h")):
-        return here
-    return DEFAULT_BPF_DIR
-
-
-# ---------------------------------------------------------------- pins and cflags
-
-
-@dataclass(frozen=True)
-class PinPaths:
-    dir: str
-    ring: str
-    drops: str
-    cmd_stats: str
-    ignored: str
-
-
-def pin_paths(ring: config_mod.RingConfig, pin_dir: Optional[str] = None) -> PinPaths:
-    """Ring at config ring.path (or --pin-dir/<its basename>); drops, cmd_stats_v2, ignored_status beside it."""
-    d = os.path.normpath(pin_dir) if pin_dir else os.path.dirname(os.path.normpath(ring.path))
-    base = os.path.basename(ring.path) or "events"
-    paths = PinPaths(d, os.path.join(d, base), os.path.join(d, "drops"), os.path.join(d, pins.CMD_STATS),
-                     os.path.join(d, pins.IGNORED))
-    for p in (paths.ring, paths.drops, paths.cmd_stats, paths.ignored):
-        if not _SAFE_PATH.match(p) or ".." in p.split("/"):
-            raise SetupError(f"pin path {p!r} must be absolute and use only A-Z a-z 0-9 _ . + - /", EX_CONFIG)
-    return paths
-
-
-def emit_cmd_mask(lat: config_mod.LatencyConfig) -> int:
-    """Bit s set when completions of command slot s can matter to a detector (finite threshold)."""
-    finite = [t != float("inf") for t in config_mod.threshold_lookup(lat)]
-    mask = 0
-    for slot in range(CMD_SLOTS - 1):
-        if finite[slot]:
-            mask |= 1 << slot
-    if any(finite[CMD_SLOTS - 1:]):  # the last slot holds every command id >= 31
-        mask |= 1 << (CMD_SLOTS - 1)
-    return mask
+# ---------------------------------------------------------------- cflags and the emit filter
 
 
 def ring_pages(size_kb: int, page_size: int) -> int:
@@ -216,8 +91,10 @@ def ring_pages(size_kb: int, page_size: int) -> int:
 
 
 def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
-           defines: Sequence[str] = (), page_size: int = 4096) -> list[str]:
-    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved)."""
+           defines: Sequence[str] = (), page_size: int = 4096, self_tgid: int = 0) -> list[str]:
+    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved). Nothing a
+    reload may change is compiled in (the emit filter is the emit_cfg_v1 map); self_tgid: the
+    tracer's pid, whose getppid() fires the aging trigger (0: no aging)."""
     tracer_id = TRACERS[opts.name][1]
     out = [
         f"-I{bpf_dir}",
@@ -229,11 +106,15 @@ def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
     ]
     if opts.name == "smb":
         out += [
-            f"-DAOD_EMIT_MIN_NS={config_mod.min_threshold_ns(cfg.latency)}ULL",
-            f"-DAOD_EMIT_CMD_MASK={emit_cmd_mask(cfg.latency):#x}U",
-            f"-DAOD_INFLIGHT_MAX={INFLIGHT_MAX}",
+            f"-DAOD_INFLIGHT_MAX={pins.INFLIGHT_MAX}",
             f'-DAOD_IGNORED_PIN="{paths.ignored}"',
-        ]
+            f'-DAOD_INFLIGHT_PIN="{paths.inflight}"',
+            f'-DAOD_HUNG_PIN="{paths.hung}"',
+            f'-DAOD_SERVERS_PIN="{paths.servers}"',
+            f'-DAOD_TREES_PIN="{paths.trees}"',
+            f'-DAOD_CONNS_PIN="{paths.conns}"',
+            f'-DAOD_EMIT_CFG_PIN="{paths.emit_cfg}"',
+        ] + ([f"-DAOD_SELF_TGID={self_tgid}"] if self_tgid else [])
     elif opts.name == "synthetic":
         out += [
             f"-DAOD_SYNTH_PID={opts.synth_pid}",
@@ -244,197 +125,6 @@ def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
             f"-DAOD_SYNTH_ERRNO={opts.synth_errno}",
         ]
     return out + [f"-D{d}" for d in defines]
-
-
-def bpffs_mount(path: str, mountinfo_text: str) -> Optional[str]:
-    """Mount point of the bpf filesystem that holds `path`, or None (pure; /proc/self/mountinfo text)."""
-    best: Optional[tuple[str, str]] = None
-    for line in mountinfo_text.splitlines():
-        pre, sep, post = line.partition(" - ")
-        f = pre.split()
-        if not sep or len(f) < 5 or not post.split():
-            continue
-        mnt = f[4].replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-        inside = path == mnt or path.startswith(mnt.rstrip("/") + "/")
-        if inside and (best is None or len(mnt) >= len(best[0])):
-            best = (mnt, post.split()[0])
-    return best[0] if best and best[1] == "bpf" else None
-
-
-def prepare_pin_dir(paths: PinPaths, mountinfo: str = "/proc/self/mountinfo") -> None:
-    """Check bpffs is mounted under the pin dir; create the dir 0700. Raises SetupError."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError as e:
-        raise SetupError(f"cannot read {mountinfo}: {e.strerror}", EX_OSERR) from None
-    if bpffs_mount(paths.dir, text) is None:
-        raise SetupError(f"no bpf filesystem is mounted at or above {paths.dir}; mount it with "
-                         "'mount -t bpf bpf /sys/fs/bpf' (systemd does this at boot)", EX_OSERR)
-    try:
-        os.makedirs(paths.dir, mode=0o700, exist_ok=True)
-        st = os.stat(paths.dir)
-    except OSError as e:
-        raise SetupError(f"cannot create pin directory {paths.dir}: {e.strerror}", EX_OSERR) from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SetupError(f"{paths.dir} exists and is not a directory", EX_OSERR)
-    if st.st_mode & 0o077:
-        log.emit("tracer", logging.WARNING,
-                 f"AOD pin directory {paths.dir} is accessible to other users (mode {st.st_mode & 0o777:o}); "
-                 "expected 0700", AOD_PIN_DIR=paths.dir)
-
-
-# expected shapes of maps that may already be pinned: path attr -> (type, key, value, max_entries)
-def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, int]]:
-    from .bpfsys import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY
-    from .record import CMD_STATS_DTYPE
-
-    maps = {paths.drops: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)}
-    if name == "smb":
-        maps[paths.cmd_stats] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
-        maps[paths.ignored] = (BPF_MAP_TYPE_HASH, 4, 4, IGNORED_MAX)
-    return maps
-
-
-def check_pinned(paths: PinPaths, ring_bytes: int, name: str) -> list[str]:
-    """Inspect maps a previous run pinned (they are reused, never deleted).
-
-    Returns warnings; raises SetupError when a pinned object cannot be reused.
-    """
-    from . import bpfsys
-
-    warnings: list[str] = []
-    want = {paths.ring: (bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)}
-    want.update(expected_maps(paths, name))
-    for path, (mtype, ks, vs, entries) in want.items():
-        if not os.path.exists(path):
-            continue
-        try:
-            fd = bpfsys.obj_get(path, bpfsys.BPF_F_RDONLY)
-            try:
-                info = bpfsys.map_info(fd, path)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            raise SetupError(f"cannot inspect pinned {path}: {e}", EX_OSERR) from None
-        if info.type != mtype or (path != paths.ring and (info.key_size, info.value_size, info.max_entries)
-                                  != (ks, vs, entries)):
-            raise SetupError(
-                f"{path} is pinned with a different layout (type {info.type}, key {info.key_size}, "
-                f"value {info.value_size}, entries {info.max_entries}); stop every aodv2 unit and "
-                f"remove it ('rm {path}') to let the tracer create it again", EX_CONFIG)
-        if path == paths.ring and info.max_entries != entries:
-            warnings.append(f"the pinned ring {path} holds {info.max_entries // 1024} KiB but the config "
-                            f"asks for {entries // 1024} KiB; reusing it (restart every aodv2 unit after "
-                            f"removing it to resize)")
-    return warnings
-
-
-# ---------------------------------------------------------------- tracefs
-
-
-def parse_format(text: str) -> dict[str, str]:
-    """Field name -> C type from a tracefs event `format` file."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line.startswith("field:"):
-            continue
-        decl = line[len("field:"):].split(";", 1)[0].strip()
-        decl = re.sub(r"\[[^]]*\]", "", decl).strip()
-        m = re.match(r"(.*?)([A-Za-z_][A-Za-z0-9_]*)$", decl)
-        if m:
-            out[m.group(2)] = m.group(1).strip()
-    return out
-
-
-def find_events_dir(tracefs: Sequence[str], system: str = "cifs") -> Optional[str]:
-    for root in tracefs:
-        d = os.path.join(root, "events", system)
-        if os.path.isdir(d):
-            return d
-    return None
-
-
-def usable_tracepoints(events_dir: Optional[str], wanted: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-    """Tracepoints under events_dir whose format has every field we read -> reason-or-'' map.
-
-    Returns {name: ""} for usable ones and {name: "why not"} for present-but-unusable ones.
-    """
-    out: dict[str, str] = {}
-    if not events_dir:
-        return out
-    for tp, fields in wanted.items():
-        fmt = os.path.join(events_dir, tp, "format")
-        try:
-            with open(fmt, encoding="utf-8", errors="replace") as f:
-                have = parse_format(f.read())
-        except OSError:
-            continue
-        missing = [x for x in fields if x not in have]
-        out[tp] = f"format lacks {', '.join(missing)}" if missing else ""
-    return out
-
-
-@dataclass(frozen=True)
-class AttachPlan:
-    mode: str  # "tracepoint" | "kprobe" | "syscall"
-    tracepoints: tuple[str, ...]  # "system:event", attached by bcc (TRACEPOINT_PROBE)
-    kprobes: tuple[tuple[str, str, str], ...] = ()  # ("kprobe"|"kretprobe", symbol, function)
-    defines: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()  # things worth one log line
-    optional_kprobes: tuple[tuple[str, str, str], ...] = ()  # attach failure: a warning, not an error
-
-
-def function_list(tracefs: Sequence[str], kallsyms_path: str) -> tuple[Optional[str], str]:
-    """(text, where from) of the kernel's function names: tracefs available_filter_functions
-    (the unit's ProtectKernelTunables= hides /proc/kallsyms), else kallsyms_path; (None, tried)."""
-    tried = [os.path.join(t, "available_filter_functions") for t in tracefs] + [kallsyms_path]
-    for path in tried:
-        text = _read(path)
-        if text:
-            return text, path
-    return None, " or ".join(tried)
-
-
-def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
-             force_kprobes: bool = False, symbols_from: str = "/proc/kallsyms") -> AttachPlan:
-    """How to trace SMB here: tracepoints if enter+done are usable, else kprobes. Raises SetupError."""
-    usable = [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]
-    notes = tuple(f"cifs:{t} not used: {why}" for t, why in tps.items() if why)
-    have_required = all(t in usable for t in REQUIRED_TRACEPOINTS)
-    if have_required and not force_kprobes:
-        plan = AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in usable),
-                          defines=tuple(f"AOD_HAVE_{t.upper()}=1" for t in usable), notes=notes)
-        conn = kallsyms.choose_conn_probes(kallsyms_text or "")
-        if conn is None:
-            where = (f"are not in {symbols_from}" if kallsyms_text
-                     else f"cannot be looked up: cannot read {symbols_from}")
-            return dataclasses.replace(plan, notes=notes + (
-                f"no connection probes ({kallsyms.ALLOC_SYMBOL} and one of {'/'.join(kallsyms.RECV_SYMBOLS)} "
-                f"{where}): requests are paired without their connection, so two "
-                "connections or channels with the same message id in flight may share an entry",))
-        return dataclasses.replace(
-            plan, optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"), ("kprobe", conn[1], "aod_conn_recv")),
-            defines=plan.defines + ("AOD_CONN_PROBES=1",),
-            notes=notes + (f"pairing key names the connection: kprobes on {conn[0]} and {conn[1]}",))
-    kp = kallsyms.choose_kprobes(kallsyms_text or "", release)
-    if kp is None:
-        raise SetupError(
-            "cannot trace SMB on this kernel: the cifs tracepoints smb3_cmd_enter/smb3_cmd_done are "
-            f"missing or unusable and no kprobe fallback symbols ({kallsyms.ALLOC_SYMBOL} and a mid release "
-            f"function) are in {symbols_from}" + ("" if kallsyms_text else " (not readable)"), EX_CONFIG)
-    extra = [t for t in usable if t not in REQUIRED_TRACEPOINTS]
-    rel = kp.release
-    return AttachPlan(
-        "kprobe",
-        tuple(f"cifs:{t}" for t in extra),
-        (("kprobe", kp.alloc, "aod_alloc_enter"), ("kretprobe", kp.alloc, "aod_alloc_return"),
-         ("kprobe", rel.symbol, "aod_release")),
-        ("AOD_KPROBE_MODE=1", f"AOD_RELEASE_ARG={rel.arg}", f"AOD_RELEASE_OFF={rel.offset}")
-        + tuple(f"AOD_HAVE_{t.upper()}=1" for t in extra),
-        notes + (f"kprobe fallback: {kp.alloc} -> {rel.symbol} (arg {rel.arg}, offset {rel.offset})",),
-    )
 
 
 def wait_until(ready: Callable[[], Optional[str]], stop: threading.Event, sleep: Callable[[float], bool],
@@ -548,14 +238,8 @@ class Env:
     check_pinned: Callable[[PinPaths, int, str], list] = check_pinned
     notifier: Any = None  # aod.notify.Notifier-like: ready(status), status(text), stopping()
     state_dir: Optional[str] = None  # main() sets /run/aodv2: tracer-NAME.json tells the core our state
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
+    aging_factory: Optional[tracerlive.AgingFactory] = tracerlive.bcc_aging  # None: no aging scan
+    trigger_tgid: Callable[[Optional[str]], tuple[int, str]] = tracerlive.trigger_tgid  # AOD_SELF_TGID
 
 
 def _emit(level: int, name: str, message: str, **fields: Any) -> None:
@@ -588,36 +272,31 @@ def _warn_failed(name: str, loaded: Loaded) -> None:
               "without their connection where it is missing")
 
 
-def _reload(opts: Options, env: Env, running: config_mod.Config, loaded: Loaded, flags: list,
-            make_flags: Callable[[config_mod.Config], list], load: Callable[[list], Loaded],
-            what: str) -> tuple[Loaded, list]:
-    """SIGHUP (systemctl reload aodv2 propagates here): rebuild the program if the config
-    changes what it compiles in (emit filter), attach the new one, then drop the old one.
-    Anything wrong keeps the running program. The ring and pin paths never change here."""
+def _reload(opts: Options, env: Env, loaded: Loaded, live: Optional[tracerlive.SmbLive], what: str) -> None:
+    """SIGHUP (systemctl reload aodv2 propagates here): re-read the config and update the maps
+    (ignored statuses, emit filter, hung threshold). Nothing is rebuilt or re-attached, so
+    nothing is lost or duplicated. A bad config keeps everything as it is. The ring and pin
+    paths never change here."""
     name = opts.name
-    env.notifier.status("reloading: rebuilding the emit filter")
+    env.notifier.status("reloading: updating the maps")
     try:
         try:
             cfg = config_mod.load(opts.config)
         except config_mod.ConfigError as e:
-            _emit(logging.ERROR, name, f"reload rejected, keeping the running program: {e}".replace("\n", "; "))
-            return loaded, flags
-        new_flags = make_flags(dataclasses.replace(cfg, ring=running.ring))
-        _sync_ignored(name, loaded, cfg.ignored_statuses)  # a map update: no rebuild needed
-        if new_flags == flags:
-            _emit(logging.INFO, name, "config reloaded; nothing the program compiles in changed")
-            return loaded, flags
-        try:
-            new = load(new_flags)
-        except Exception as e:  # compile or verifier error: the old program stays attached
-            _emit(logging.ERROR, name, f"reload failed, keeping the running program: {e}")
-            return loaded, flags
-        _sync_ignored(name, new, cfg.ignored_statuses)  # the same pinned map: a no-op unless it was missing
-        loaded.close()
-        _warn_failed(name, new)
-        min_ms = config_mod.min_threshold_ns(cfg.latency) / 1e6
-        _emit(logging.INFO, name, f"reloaded: the new emit filter is attached (completions >= {min_ms:g} ms)")
-        return new, new_flags
+            _emit(logging.ERROR, name, f"reload rejected, keeping the running config: {e}".replace("\n", "; "))
+            return
+        _sync_ignored(name, loaded, cfg.ignored_statuses)
+        if live is None:
+            _emit(logging.INFO, name, "config reloaded; nothing of it applies to this tracer")
+            return
+        conf = live.apply(cfg)
+        err = live.publish()
+        if err:
+            _emit(logging.WARNING, name, err)
+        _emit(logging.INFO, name, f"reloaded (maps updated, nothing rebuilt or re-attached): completions >= "
+              f"{conf['emit_min_ns'] / 1e6:g} ms emitted, hung threshold "
+              f"{conf['hung_threshold_ns'] / 1e6:g} ms", AOD_EMIT_MIN_NS=conf["emit_min_ns"],
+              AOD_HUNG_THRESHOLD_NS=conf["hung_threshold_ns"])
     finally:
         env.notifier.ready(f"attached ({what})")
 
@@ -666,15 +345,20 @@ def run(opts: Options, env: Env) -> int:
             if events_dir is None:
                 _emit(logging.INFO, name, "stopped before the cifs module appeared")
                 return EX_OK
-            tps = usable_tracepoints(events_dir or None, SMB_TRACEPOINTS)
+            tps = usable_tracepoints(events_dir or None, {**SMB_TRACEPOINTS, **HEALTH_TRACEPOINTS})
             funcs, funcs_from = function_list(env.tracefs, env.kallsyms)
-            plan = plan_smb(tps, funcs, env.release, opts.force_kprobes, funcs_from)
+            plan = plan_smb(tps, funcs, env.release, opts.force_kprobes, funcs_from,
+                            optional_defines(events_dir or None, [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]))
+            health = health_lists(tps, plan)
+            notes = plan.notes + health_notes(tps)
         else:
             plan = AttachPlan("syscall", ("syscalls:sys_enter_getppid",))
-        for note in plan.notes:
+            notes, health = plan.notes, {}
+        for note in notes:
             _emit(logging.INFO, name, note)
 
-        flags = cflags(opts, cfg, paths, bpf_dir, plan.defines, env.page_size)
+        self_tgid, aging_off = env.trigger_tgid(events_dir) if plan.mode == "tracepoint" else (0, "")
+        flags = cflags(opts, cfg, paths, bpf_dir, plan.defines, env.page_size, self_tgid)
         try:
             loaded = env.load(bcc, source, flags, plan, paths.ring)
         except Exception as e:  # bcc raises plain Exception with the compiler/verifier text on stderr
@@ -684,26 +368,45 @@ def run(opts: Options, env: Env) -> int:
         env.notifier.status(f"failed: {e}"[:200])
         return e.code
 
+    live: Optional[tracerlive.SmbLive] = None
+    aging_stop = threading.Event()
     try:
         what = f"{loaded.attached} tracepoints" + (f", {loaded.kprobes} kprobes" if loaded.kprobes else "")
         _warn_failed(name, loaded)
         _sync_ignored(name, loaded, cfg.ignored_statuses)
         if name == "smb":
+            live = tracerlive.SmbLive(loaded.obj, env.state_dir, lambda lv, m: _emit(lv, name, m), aging_stop,
+                                      env.aging_factory, health, plan.mode == "tracepoint", aging_off)
+            conf = live.apply(cfg)
             for gone in pins.remove_stale(paths.dir):
                 _emit(logging.INFO, name, f"removed the pin of an older layout: {gone}")
-        _state(env.state_dir, name, "attached")  # before READY: the core's STATUS is right at once
+            err = live.publish("attached")  # before READY: the core's STATUS is right at once
+            if err:
+                _emit(logging.WARNING, name, err)
+            live.start()
+            _emit(logging.INFO, name, f"health tracepoints attached: {len(health['attached'])} of "
+                  f"{len(health['offered'])} offered ({', '.join(health['attached']) or 'none'})")
+            _emit(logging.INFO, name, f"emit filter: completions >= {conf['emit_min_ns'] / 1e6:g} ms; hung "
+                  f"threshold {conf['hung_threshold_ns'] / 1e6:g} ms (0: aging off), scanned every "
+                  f"{tracerlive.aging.SCAN_INTERVAL_SEC * 1e3:g} ms", AOD_EMIT_MIN_NS=conf["emit_min_ns"],
+                  AOD_HUNG_THRESHOLD_NS=conf["hung_threshold_ns"])
+        else:
+            _state(env.state_dir, name, "attached")
         env.notifier.ready(f"attached ({what})")
         _emit(logging.INFO, name, f"attached ({what}, {plan.mode} mode); writing to {paths.ring}",
               AOD_RING=paths.ring, AOD_MODE=plan.mode)
         while not sleep(1.0):
             if env.reload.is_set():
                 env.reload.clear()
-                loaded, flags = _reload(opts, env, cfg, loaded, flags, lambda c: cflags(
-                    opts, c, paths, bpf_dir, plan.defines, env.page_size), lambda f: env.load(
-                    bcc, source, f, plan, paths.ring), what)
+                _reload(opts, env, loaded, live, what)
     finally:
         env.notifier.stopping()
-        _state(env.state_dir, name, "stopped")
+        aging_stop.set()
+        if live is not None:
+            live.close()
+            live.publish("stopped")
+        else:
+            _state(env.state_dir, name, "stopped")
         loaded.close()
     _emit(logging.INFO, name, "detached")
     return EX_OK

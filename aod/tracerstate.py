@@ -2,6 +2,13 @@
 
 /run/aodv2/tracer-NAME.json = {"name", "pid", "state", "since"}, written atomically,
 mode 0600 in a 0700 directory. A state whose pid is gone reads as "down".
+
+The smb tracer adds (`extra`), at attach, on reload and at most once a second from its aging
+thread: "emit_min_ns", "emit_cmd_mask" (the emit filter in the kernel), "hung_threshold_ns"
+(0 = aging off), "hung_cmd_mask", "health": {"offered": [...], "attached": [...]} (cifs health
+tracepoints), "aging": {"scans", "inflight", "hung", "hung_records", "hung_full", "unpaired",
+"scan_ms_max", "hung_expired"} (aging.AgingStats), and "aging_unsupported": reason (kprobe mode).
+read_detail returns the whole dict.
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ def state_path(state_dir: str, name: str) -> str:
     return os.path.join(state_dir, f"tracer-{name}.json")
 
 
-def write_state(state_dir: Optional[str], name: str, state: str) -> Optional[str]:
-    """Publish one tracer's state. Returns an error text instead of raising (best effort)."""
+def write_state(state_dir: Optional[str], name: str, state: str,
+                extra: Optional[dict] = None, since: Optional[float] = None) -> Optional[str]:
+    """Publish one tracer's state (+ `extra` keys; `since`: when it entered that state, default now).
+    Returns an error text instead of raising (best effort)."""
     if not state_dir:
         return None
     path = state_path(state_dir, name)
-    data = {"name": name, "pid": os.getpid(), "state": state, "since": time.time()}
+    data: dict[str, Any] = dict(extra or {})
+    data.update({"name": name, "pid": os.getpid(), "state": state,
+                 "since": time.time() if since is None else since})
     try:
         write_atomic(path, json.dumps(data).encode())
     except OSError as e:
@@ -60,6 +71,19 @@ def read_states(state_dir: str, names: Sequence[str]) -> dict[str, str]:
         except (OSError, ValueError, AttributeError):
             out[name] = "down"
     return out
+
+
+def read_detail(state_dir: str, name: str) -> dict:
+    """The whole state dict of one tracer; {} when missing, unreadable, not a JSON object, or its
+    process is gone."""
+    try:
+        with open(state_path(state_dir, name), encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(d, dict) or not isinstance(d.get("state"), str) or not pid_alive(d.get("pid")):
+        return {}
+    return d
 
 
 def describe(states: dict[str, str]) -> str:

@@ -25,7 +25,9 @@ from .anomaly import Anomaly
 from .counters import Counters, delta, zero_stats
 from .detect import Detector
 from .dispatch import Columns
-from .record import KIND_ERROR, KIND_RECONNECT
+from .names import Names
+from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, hist_bucket
+from .sharelabels import ShareTotals
 
 
 @dataclass
@@ -44,9 +46,12 @@ def window_bounds(t_ns: int, interval_ns: int) -> tuple[int, int]:
 
 
 class Tally:
-    """Counts of the drained batches since the last `take` (the dispatcher adds, the watcher takes)."""
+    """Counts of the drained batches since the last `take` (the dispatcher adds, the watcher takes),
+    and the per-share totals of error and slow completion records (`labels`, for the metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Optional[Names] = None) -> None:
+        self.names = names
+        self.labels = ShareTotals()
         self.lock = threading.Lock()
         self.records = 0
         self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
@@ -62,12 +67,45 @@ class Tally:
         ridx = np.flatnonzero(cols.kind == KIND_RECONNECT)
         if len(ridx):
             rcs = [(int(s), int(n)) for s, n in zip(*np.unique(batch["nt_status"][ridx], return_counts=True))]
+        self._by_share(batch, cols, idx)
         with self.lock:
             self.records += len(batch)
             for k, n in errs:
                 self.errors[k] = self.errors.get(k, 0) + n
             for s, n in rcs:
                 self.reconnects[s] = self.reconnects.get(s, 0) + n
+
+    def _by_share(self, batch: np.ndarray, cols: Columns, errs: np.ndarray) -> None:
+        """Error and completion records of this batch by share (one name lookup per share)."""
+        comp = np.flatnonzero(cols.kind == KIND_COMPLETION)
+        if not len(errs) and not len(comp):
+            return
+        label: dict[tuple[int, int], str] = {}
+
+        def name(ses: int, tid: int) -> str:
+            if (ses, tid) not in label:
+                label[(ses, tid)] = self.names.share_label(ses, tid) if self.names else "unknown"
+            return label[(ses, tid)]
+
+        if len(errs):
+            keys = np.stack([batch["session_id"][errs].astype(np.uint64), batch["tree_id"][errs].astype(np.uint64),
+                             cols.command[errs].astype(np.uint64), batch["nt_status"][errs].astype(np.uint64)], axis=1)
+            uniq, n = np.unique(keys, axis=0, return_counts=True)
+            counts: dict[tuple[str, int, int], int] = {}
+            for (ses, tid, c, st), k in zip(uniq.tolist(), n.tolist()):
+                key = (name(ses, tid), c, st)
+                counts[key] = counts.get(key, 0) + k
+            self.labels.add_errors(counts)
+        if len(comp):
+            ses, tid = batch["session_id"][comp], batch["tree_id"][comp]
+            pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
+                                   return_inverse=True)
+            inv = inv.reshape(-1)
+            lat = cols.latency_ns[comp]
+            buckets = hist_bucket(lat)
+            for j, (s, t) in enumerate(pairs.tolist()):
+                mine = inv == j
+                self.labels.add_slow(name(s, t), buckets[mine], int(lat[mine].sum()))
 
     def take(self) -> tuple[int, dict[tuple[int, int], int], dict[int, int]]:
         with self.lock:

@@ -32,6 +32,7 @@ FIGURES = {
     "4": ("fig_load", "sustained load and idle"),
     "5": ("fig_capture", "capture"),
     "6": ("fig_tracer", "tracer overhead"),
+    "7": ("fig_hung", "hung requests"),
 }
 
 

@@ -14,6 +14,21 @@
 #define AOD_KIND_COMPLETION 1
 #define AOD_KIND_ERROR 2
 #define AOD_KIND_RECONNECT 3
+#define AOD_KIND_HUNG 4     /* the aging scan found a request in flight past the hung threshold (once) */
+#define AOD_KIND_HEALTH 5   /* a cifs health tracepoint; `command` holds an AOD_HEALTH_* code */
+
+/* `command` of a record that is no SMB command (smb3_reconnect) */
+#define AOD_CMD_NONE 0xffff
+
+/* AOD_KIND_HEALTH codes (aod/record.py HEALTH_*); session_id = conn_id for 1-5 */
+#define AOD_HEALTH_CREDIT_TIMEOUT 1
+#define AOD_HEALTH_INSUFFICIENT_CREDITS 2
+#define AOD_HEALTH_RECONNECT_INVALID_CREDITS 3
+#define AOD_HEALTH_CONNECT_ERR 4
+#define AOD_HEALTH_CONNECT_DONE 5
+#define AOD_HEALTH_KEY_EXPIRED 6
+#define AOD_HEALTH_KERBEROS_AUTH 7 /* failures only */
+#define AOD_HEALTH_SLOW_RSP 8
 
 /* tracer_id */
 #define AOD_TRACER_SMB 1
@@ -28,6 +43,11 @@
  * (aod/record.py pin_name). The core reads the previous version for one release. */
 #define AOD_CMD_STATS_VERSION 2
 #define AOD_IGNORED_MAX 256 /* entries of the pinned `ignored_status` hash */
+#define AOD_HUNG_MAX 4096   /* entries of the pinned `hung_v1` hash */
+#define AOD_SERVERS_MAX 1024 /* entries of the pinned `servers_v1` hash */
+#define AOD_TREES_MAX 4096  /* entries of the pinned `trees_v1` hash */
+#define AOD_HOST_LEN 64     /* servers_v1 value: hostname, NUL-terminated */
+#define AOD_UNC_LEN 128     /* trees_v1 value: "\\\\server\\share", NUL-terminated */
 
 struct aod_event {
 	__u16 version;     /* AOD_EVENT_VERSION */
@@ -58,6 +78,39 @@ struct aod_cmd_stats_v1 {
 	__u64 hist[AOD_HIST_BUCKETS];
 	__u64 latency_sum_ns;
 	__u64 errors;
+};
+
+/* Pinned maps of the smb tracer read by other processes (aod/record.py mirrors them; versioned
+ * pin names in aod/pins.py). inflight_v1 (lru_hash) and hung_v1 (hash): aod_key -> aod_start. */
+struct aod_key {
+	__u64 conn; /* struct TCP_Server_Info * of the connection, 0 if unknown */
+	__u64 sesid;
+	__u64 mid;
+	__u16 cmd;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct aod_start {
+	__u64 ts;  /* enter time, CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u32 pid; /* issuing task (tgid) */
+	__u32 tid; /* the request's tree id */
+	char comm[AOD_COMM_LEN];
+};
+
+/* trees_v1 key (value: char[AOD_UNC_LEN]); servers_v1 is u64 conn_id -> char[AOD_HOST_LEN] */
+struct aod_tree_key {
+	__u64 sesid;
+	__u32 tid;
+	__u32 pad;
+};
+
+/* emit_cfg_v1 (array, 1 entry): which completions reach the ring; the tracer writes it at
+ * attach and on reload (no rebuild) */
+struct aod_emit_cfg {
+	__u64 emit_min_ns;
+	__u32 cmd_mask; /* bit = command slot whose completions may be emitted */
+	__u32 pad;
 };
 
 #endif /* AOD_EVENT_H */

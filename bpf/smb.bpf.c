@@ -5,10 +5,24 @@
  * that the core (aod/counters.py) reads.
  *
  * Compile-time constants come from aod/tracer.py as -D cflags:
- *   AOD_TRACER_ID, AOD_EMIT_MIN_NS, AOD_EMIT_CMD_MASK, AOD_RING_PAGES,
- *   AOD_RING_PIN, AOD_DROPS_PIN, AOD_STATS_PIN, AOD_IGNORED_PIN (string literals), AOD_INFLIGHT_MAX,
- *   AOD_HAVE_<TRACEPOINT> for each cifs tracepoint found in tracefs,
+ *   AOD_TRACER_ID, AOD_RING_PAGES, AOD_RING_PIN, AOD_DROPS_PIN, AOD_STATS_PIN,
+ *   AOD_IGNORED_PIN, AOD_INFLIGHT_PIN, AOD_HUNG_PIN, AOD_SERVERS_PIN, AOD_TREES_PIN,
+ *   AOD_EMIT_CFG_PIN (string literals), AOD_INFLIGHT_MAX, AOD_SELF_TGID (the tracer's pid),
+ *   AOD_HAVE_<TRACEPOINT> for each cifs tracepoint found in tracefs (AOD_<TP>_HAS_<FIELD>
+ *   for its optional fields), AOD_HZ (jiffies per second, for smb3_slow_rsp),
  *   AOD_KPROBE_MODE + AOD_RELEASE_ARG + AOD_RELEASE_OFF for the kprobe fallback.
+ * Nothing that the config sets is compiled in: the emit filter is the pinned array
+ * `emit_cfg_v1`, written by the tracer at attach and on reload, so a reload never rebuilds
+ * or re-attaches, and loses or duplicates nothing.
+ *
+ * Hung requests (in-flight aging): the tracer's user space scans the pinned in-flight LRU
+ * every 100 ms (aod/aging.py). Not a BPF timer: bpf_timer needs 5.15, and iterating an LRU
+ * inside BPF needs bpf_for_each_map_elem (5.13); bullseye runs 5.10. A request past the hung
+ * threshold is moved into the pinned hash `hung_v1` (an LRU would evict exactly the oldest,
+ * hung, entries), and one AOD_KIND_HUNG record is written through the trigger program on
+ * syscalls:sys_enter_getppid of the tracer's own process (user space cannot write a BPF
+ * ring): it copies the record the scan left in `hung_req`. Completions look in `hung_v1`
+ * when the LRU has no entry, so a hung request's completion is still a latency sample.
  *
  * Ignored statuses: smb3_cmd_err fires for every non-zero status, the ordinary
  * ones too (STATUS_NO_MORE_FILES ends every directory listing). The tracer fills the
@@ -37,7 +51,9 @@
  * its SessionId in the response, so sesid is zeroed in the key for it (and for
  * NEGOTIATE, which has none). Entries are overwritten, never
  * refused (BPF_NOEXIST), so stale entries from lost completions can never block
- * a new request, and every map is an LRU hash, so lost completions cannot leak.
+ * a new request, and every in-flight map is an LRU hash, so lost completions cannot leak;
+ * hung_v1 (not an LRU: it must keep exactly the oldest) is emptied by completions, by the scan
+ * after a reconnect of the entry's connection (`reconn`), or after 10 minutes (aod/aging.py).
  */
 #include <uapi/linux/ptrace.h>
 #include <linux/sched.h>
@@ -45,12 +61,6 @@
 
 #ifndef AOD_TRACER_ID
 #define AOD_TRACER_ID AOD_TRACER_SMB
-#endif
-#ifndef AOD_EMIT_MIN_NS
-#define AOD_EMIT_MIN_NS 0ULL
-#endif
-#ifndef AOD_EMIT_CMD_MASK
-#define AOD_EMIT_CMD_MASK 0xffffffffU /* bit = command slot whose completions may be emitted */
 #endif
 #ifndef AOD_RING_PAGES
 #define AOD_RING_PAGES 1024
@@ -68,7 +78,7 @@
 #define SMB2_NEGOTIATE 0
 #define SMB2_SESSION_SETUP 1
 #define SMB2_TREE_CONNECT 3
-#define AOD_CMD_NONE 0xffff
+#define SMB2_ECHO 13
 #define STATUS_NETWORK_SESSION_EXPIRED 0xC000035C
 
 /* pinned ring: the members of bcc's BPF_RINGBUF_OUTPUT, section with a pin path */
@@ -94,23 +104,29 @@ BPF_TABLE_PINNED("percpu_array", u32, struct aod_cmd_stats, cmd_stats, AOD_CMD_S
 BPF_TABLE_PINNED("hash", u32, u32, ignored_status, AOD_IGNORED_MAX, AOD_IGNORED_PIN);
 #endif
 
-struct aod_key {
-	u64 conn; /* struct TCP_Server_Info * of the connection, 0 if unknown */
-	u64 sesid;
-	u64 mid;
-	u16 cmd;
-	u16 pad;
-	u32 pad2;
-};
-
-struct aod_start {
-	u64 ts;
-	u32 pid;
-	u32 tid; /* the request's tree id */
-	char comm[AOD_COMM_LEN];
-};
-
-BPF_TABLE("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_MAX);
+/* struct aod_key / aod_start / aod_tree_key / aod_emit_cfg: aod_event.h (other processes read
+ * them). Pinned (versioned names, aod/pins.py), so a tracer restart keeps the requests in flight. */
+BPF_TABLE_PINNED("lru_hash", struct aod_key, struct aod_start, inflight, AOD_INFLIGHT_MAX, AOD_INFLIGHT_PIN);
+/* requests the aging scan moved out of the LRU (cannot be evicted here); completions look here too */
+BPF_TABLE_PINNED("hash", struct aod_key, struct aod_start, hung, AOD_HUNG_MAX, AOD_HUNG_PIN);
+BPF_TABLE_PINNED("array", u32, struct aod_emit_cfg, emit_cfg, 1, AOD_EMIT_CFG_PIN);
+/* names for the core (aod/names.py): conn_id -> hostname, {sesid, tid} -> "\\server\share" */
+/* LRU hashes: pinned, they outlive tracers; never emptied (nothing says a name is gone), a hash
+ * would fill for good after AOD_TREES_MAX tree connects (automount churn, DFS referrals) */
+struct aod_host { char name[AOD_HOST_LEN]; };
+struct aod_unc { char name[AOD_UNC_LEN]; };
+BPF_TABLE_PINNED("lru_hash", u64, struct aod_host, servers, AOD_SERVERS_MAX, AOD_SERVERS_PIN);
+BPF_TABLE_PINNED("lru_hash", struct aod_tree_key, struct aod_unc, trees, AOD_TREES_MAX, AOD_TREES_PIN);
+/* struct TCP_Server_Info * (the pairing key's conn) -> its conn_id (the tracepoints' counter), learnt
+ * at smb3_reconnect; lets the in-flight table (evidence) name the server of an aod_key.conn */
+BPF_TABLE_PINNED("lru_hash", u64, u64, conns, AOD_SERVERS_MAX, AOD_CONNS_PIN);
+/* connection (aod_key.conn) -> bpf_ktime of its last smb3_reconnect. cifs abandons the mids in
+ * flight at a reconnect (the callers retry with new mids): the aging scan drops that connection's
+ * entries entered before it, so they are never reported hung nor listed as in flight. */
+BPF_TABLE("lru_hash", u64, u64, reconn, 256); /* LRU: a hash would fill after 256 connections ever
+						 * reconnected, and later reconnects would be lost */
+/* completions whose in-flight entry was missing (evicted, or entered before attach) */
+BPF_PERCPU_ARRAY(unpaired, u64, 1);
 #ifdef AOD_CONN_PROBES
 /* thread (pid_tgid) -> the connection it last issued or received a request for */
 BPF_TABLE("lru_hash", u64, u64, ctx_conn, AOD_CONN_THREADS);
@@ -139,6 +155,40 @@ static __always_inline void make_key(struct aod_key *k, u64 sesid, u16 cmd, u64 
 	k->mid = mid;
 }
 
+#ifndef AOD_KPROBE_MODE
+/* Compounds. cifs sends CREATE + QUERY_INFO / SET_INFO / QUERY_DIRECTORY ... + CLOSE as one
+ * compound, entered one after another by the issuing thread. When a part fails, the kernel
+ * traces that error but not the parts after it (checked on 6.1: a CREATE failing with
+ * STATUS_OBJECT_NAME_NOT_FOUND leaves its QUERY_INFO and CLOSE untraced, while the STATS2 table
+ * of /proc/fs/cifs/Stats counts them): left in flight, they would be reported hung. A thread
+ * enters a second request before a completion is traced in it only within a compound (its
+ * requests are synchronous) or after async reads and writes (those complete in cifsd).
+ * open_enter holds each thread's last enter until a completion is traced in that thread;
+ * next_part links an enter to the one the same thread entered after it. An error traced in the
+ * issuing process ends the parts linked after it: they complete there (histogram, no record). */
+#define AOD_COMPOUND_MAX 4 /* parts after the failed one (a cifs compound has at most 5) */
+BPF_TABLE("lru_hash", u64, struct aod_key, open_enter, AOD_CONN_THREADS);
+BPF_TABLE("lru_hash", struct aod_key, struct aod_key, next_part, AOD_INFLIGHT_MAX);
+
+static __always_inline void link_part(struct aod_key *k)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	struct aod_key *prev = open_enter.lookup(&id);
+	if (prev) {
+		struct aod_key p = *prev;
+		next_part.update(&p, k);
+	}
+	open_enter.update(&id, k);
+}
+
+/* a completion traced in this thread: its next enter starts a new chain */
+static __always_inline void close_enter(void)
+{
+	u64 id = bpf_get_current_pid_tgid();
+	open_enter.delete(&id);
+}
+#endif
+
 static __always_inline void start(struct aod_key *k, u32 tid)
 {
 	struct aod_start s = {};
@@ -154,41 +204,71 @@ static __always_inline void start(struct aod_key *k, u32 tid)
 		req_conn.update(&r, &k->conn);
 	}
 #endif
+#ifndef AOD_KPROBE_MODE
+	link_part(k);
+#endif
 	inflight.update(k, &s);
+}
+
+static __always_inline void count_unpaired(void)
+{
+	u32 zero = 0;
+	u64 *n = unpaired.lookup(&zero);
+	if (n)
+		(*n)++;
+}
+
+/* the entry of key k, in the LRU or else in hung_v1 (the scan moved it there), copied out and
+ * removed; 0 if in neither */
+static __always_inline int take(struct aod_key *k, struct aod_start *out)
+{
+	struct aod_start *s = inflight.lookup(k);
+	if (s) {
+		*out = *s;
+		/* 0 only for the one that removed it: the aging scan may have moved it to hung_v1 since
+		 * the lookup (it inserts there before it deletes here), then take that copy instead */
+		if (inflight.delete(k) == 0)
+			return 1;
+	}
+	s = hung.lookup(k);
+	if (s) {
+		*out = *s;
+		hung.delete(k);
+		return 1;
+	}
+	return 0;
 }
 
 /* the in-flight entry of a completion (k: key with conn 0), copied out and removed; 0 if none */
 static __always_inline int finish(struct aod_key *k, struct aod_start *out)
 {
-	struct aod_start *s;
 #ifdef AOD_CONN_PROBES
 	struct aod_key r = *k;
 	u64 ctx = cur_conn();
 	k->conn = ctx;
-	s = inflight.lookup(k);
-	if (!s) {
+	int found = take(k, out);
+	if (!found) {
 		/* completed in a thread without this connection (a worker), or the enter was
 		 * stored without one (the alloc probe is not attached): the latest enter's */
 		u64 *c = req_conn.lookup(&r);
 		u64 alt = (c && *c != ctx) ? *c : 0;
 		if (alt != ctx) {
 			k->conn = alt;
-			s = inflight.lookup(k);
+			found = take(k, out);
 		}
 	}
-	if (!s)
-		return 0; /* enter not seen (attached mid-flight, or evicted) */
-	*out = *s;
-	inflight.delete(k);
+	if (!found) {
+		count_unpaired(); /* enter not seen (attached mid-flight, or evicted) */
+		return 0;
+	}
 	u64 *c = req_conn.lookup(&r);
 	if (c && *c == k->conn)
 		req_conn.delete(&r);
 #else
-	s = inflight.lookup(k);
-	if (!s)
-		return 0; /* enter not seen (attached mid-flight, or evicted) */
-	*out = *s;
-	inflight.delete(k);
+	if (!take(k, out)) {
+		count_unpaired(); /* enter not seen (attached mid-flight, or evicted) */
+		return 0;
+	}
 #endif
 	return 1;
 }
@@ -256,10 +336,15 @@ static __always_inline void who(struct aod_event *ev, struct aod_start *s)
 	}
 }
 
+/* the emit filter (pinned emit_cfg_v1, written by the tracer; all zero = nothing emitted) */
 static __always_inline int emit_wanted(u16 cmd, u64 lat)
 {
 	u32 slot = cmd < AOD_CMD_SLOTS ? cmd : AOD_CMD_SLOTS - 1;
-	return lat >= AOD_EMIT_MIN_NS && ((AOD_EMIT_CMD_MASK >> slot) & 1);
+	u32 zero = 0;
+	struct aod_emit_cfg *c = emit_cfg.lookup(&zero);
+	if (!c)
+		return 0;
+	return lat >= c->emit_min_ns && ((c->cmd_mask >> slot) & 1);
 }
 
 /* 1 if this NT status is one the config ignores (a completion, not an error) */
@@ -289,11 +374,36 @@ static __always_inline void completed(u16 cmd, u64 sesid, u32 tid, u64 mid, stru
 }
 
 #ifndef AOD_KPROBE_MODE
+/* the compound parts entered after the failed request k (key as found, with its conn): they
+ * complete now, with their latency in the histogram and no record (see open_enter) */
+static __always_inline void end_parts(struct aod_key *k)
+{
+	struct aod_key cur = *k;
+	for (int i = 0; i < AOD_COMPOUND_MAX; i++) {
+		struct aod_key *n = next_part.lookup(&cur);
+		if (!n)
+			return;
+		struct aod_key nk = *n;
+		next_part.delete(&cur);
+		struct aod_start s;
+		if (take(&nk, &s)) {
+			u64 now = bpf_ktime_get_ns();
+			count(nk.cmd, now > s.ts ? now - s.ts : 0, AOD_COUNT_HIST);
+		}
+		cur = nk;
+	}
+	next_part.delete(&cur);
+}
+
 /* ---- tracepoint mode: smb3_cmd_enter -> smb3_cmd_done / smb3_cmd_err ---- */
 
 #ifdef AOD_HAVE_SMB3_CMD_ENTER
 TRACEPOINT_PROBE(cifs, smb3_cmd_enter)
 {
+	/* smb2_echo_callback never reaches map_smb2_to_linux_error: an echo's completion is never
+	 * traced, so an echo is not tracked (it would look hung) */
+	if (args->cmd == SMB2_ECHO)
+		return 0;
 	struct aod_key k;
 	make_key(&k, args->sesid, args->cmd, args->mid);
 	start(&k, args->tid);
@@ -310,8 +420,11 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_done)
 	u32 tid = args->tid;
 	make_key(&k, sesid, cmd, mid);
 	struct aod_start copy;
-	if (finish(&k, &copy))
+	close_enter();
+	if (finish(&k, &copy)) {
+		next_part.delete(&k); /* a part that succeeded: the rest are traced on their own */
 		completed(cmd, sesid, tid, mid, &copy, 0);
+	}
 	return 0;
 }
 #endif
@@ -348,7 +461,10 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 	struct aod_key k;
 	struct aod_start copy;
 	make_key(&k, sesid, cmd, mid);
+	close_enter();
 	int paired = finish(&k, &copy);
+	if (paired && (bpf_get_current_pid_tgid() >> 32) == copy.pid)
+		end_parts(&k); /* issuer's own error: the compound's later parts are never traced */
 	if (ignored(status)) {
 		if (paired)
 			completed(cmd, sesid, tid, mid, &copy, status);
@@ -383,13 +499,190 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 }
 #endif
 
+/* a __data_loc string field of the tracepoint record (low 16 bits: offset from its start) */
+#define AOD_LOC_STR(dst, field) \
+	bpf_probe_read_kernel_str((dst), sizeof(dst), (char *)args + (args->data_loc_##field & 0xFFFF))
+
+/* remember conn_id -> hostname for the core's names (servers_v1). No map call inside a macro:
+ * bcc rewrites map calls only where they are spelled in this file. */
+static __always_inline void learn_server(u64 id, struct aod_host *h)
+{
+	servers.update(&id, h);
+}
+#define AOD_LEARN_SERVER(id, field)                     \
+	do {                                            \
+		struct aod_host h_ = {};                \
+		AOD_LOC_STR(h_.name, field);            \
+		learn_server((id), &h_);                \
+	} while (0)
+
 #ifdef AOD_HAVE_SMB3_RECONNECT
-/* the connection is being re-established; no session or tree in this event */
+/* the connection is being re-established; no session or tree in this event. session_id = the
+ * connection's conn_id where the event has it (not the pairing key's pointer: see conns) */
 TRACEPOINT_PROBE(cifs, smb3_reconnect)
 {
 	struct aod_event ev = {};
-	fill(&ev, AOD_KIND_RECONNECT, AOD_CMD_NONE, 0, 0, args->currmid);
+	u64 conn_id = 0;
+#ifdef AOD_SMB3_RECONNECT_HAS_CONN_ID
+	conn_id = args->conn_id;
+#ifdef AOD_SMB3_RECONNECT_HAS_HOSTNAME
+	AOD_LEARN_SERVER(conn_id, hostname);
+#endif
+#endif
+#ifdef AOD_CONN_PROBES
+	/* cifs_reconnect runs in the connection's cifsd (its find_mid probe named the connection) or
+	 * in an issuer right after its smb2_mid_entry_alloc (a failed send): both name this server */
+	u64 ptr = cur_conn();
+	if (ptr) {
+		u64 now = bpf_ktime_get_ns();
+		reconn.update(&ptr, &now);
+#ifdef AOD_SMB3_RECONNECT_HAS_CONN_ID
+		conns.update(&ptr, &conn_id);
+#endif
+	}
+#endif
+	fill(&ev, AOD_KIND_RECONNECT, AOD_CMD_NONE, conn_id, 0, args->currmid);
 	who(&ev, 0);
+	emit(&ev);
+	return 0;
+}
+#endif
+
+/* ---- health tracepoints: one AOD_KIND_HEALTH record each; `command` = AOD_HEALTH_* ---- */
+static __always_inline void health(u16 code, u64 id, u64 mid, int rc, u64 lat)
+{
+	struct aod_event ev = {};
+	fill(&ev, AOD_KIND_HEALTH, code, id, 0, mid);
+	ev.err = rc < 0 ? -rc : rc;
+	ev.latency_ns = lat;
+	who(&ev, 0);
+	emit(&ev);
+}
+
+/* credit class: currmid, conn_id, hostname, credits, credits_to_add, in_flight. Spelled out (no
+ * macro around TRACEPOINT_PROBE: bcc generates each probe's args struct at its spelling). */
+#ifdef AOD_HAVE_SMB3_CREDIT_TIMEOUT
+TRACEPOINT_PROBE(cifs, smb3_credit_timeout)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_CREDIT_TIMEOUT, args->conn_id, args->currmid, 0, 0);
+	return 0;
+}
+#endif
+#ifdef AOD_HAVE_SMB3_INSUFFICIENT_CREDITS
+TRACEPOINT_PROBE(cifs, smb3_insufficient_credits)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_INSUFFICIENT_CREDITS, args->conn_id, args->currmid, 0, 0);
+	return 0;
+}
+#endif
+#ifdef AOD_HAVE_SMB3_RECONNECT_WITH_INVALID_CREDITS
+TRACEPOINT_PROBE(cifs, smb3_reconnect_with_invalid_credits)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_RECONNECT_INVALID_CREDITS, args->conn_id, args->currmid, 0, 0);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_CONNECT_ERR
+/* hostname, conn_id, dst_addr, rc (5.16+) */
+TRACEPOINT_PROBE(cifs, smb3_connect_err)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_CONNECT_ERR, args->conn_id, 0, args->rc, 0);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_CONNECT_DONE
+TRACEPOINT_PROBE(cifs, smb3_connect_done)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_CONNECT_DONE, args->conn_id, 0, 0, 0);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_KEY_EXPIRED
+/* hostname, username, conn_id, dst_addr, rc: no session id (session_id 0) */
+TRACEPOINT_PROBE(cifs, smb3_key_expired)
+{
+	AOD_LEARN_SERVER(args->conn_id, hostname);
+	health(AOD_HEALTH_KEY_EXPIRED, 0, 0, args->rc, 0);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_KERBEROS_AUTH
+/* pid, uid, cruid, host, user, addr, sec, upcall_target, rc: failures only */
+TRACEPOINT_PROBE(cifs, smb3_kerberos_auth)
+{
+	if (args->rc == 0)
+		return 0;
+	health(AOD_HEALTH_KERBEROS_AUTH, 0, 0, args->rc, 0);
+	return 0;
+}
+#endif
+
+#ifndef AOD_HZ
+#ifdef CONFIG_HZ
+#define AOD_HZ CONFIG_HZ
+#else
+#define AOD_HZ 0
+#endif
+#endif
+
+#ifdef AOD_HAVE_SMB3_SLOW_RSP
+/* cmd, mid, pid, when_sent, when_received (jiffies); fires only with CONFIG_CIFS_STATS2 */
+TRACEPOINT_PROBE(cifs, smb3_slow_rsp)
+{
+	struct aod_event ev = {};
+	u64 sent = args->when_sent, recv = args->when_received;
+	fill(&ev, AOD_KIND_HEALTH, AOD_HEALTH_SLOW_RSP, 0, 0, args->mid);
+	ev.latency_ns = (AOD_HZ && recv > sent) ? (recv - sent) * (1000000000ULL / (AOD_HZ ? AOD_HZ : 1)) : 0;
+	who(&ev, 0);
+	ev.pid = args->pid;
+	emit(&ev);
+	return 0;
+}
+#endif
+
+#ifdef AOD_HAVE_SMB3_TCON
+/* xid, tid, sesid, name (UNC), rc: a tree connect; fills trees_v1, emits nothing */
+TRACEPOINT_PROBE(cifs, smb3_tcon)
+{
+	if (args->rc != 0)
+		return 0;
+	struct aod_tree_key k = {};
+	struct aod_unc u = {};
+	k.sesid = args->sesid;
+	k.tid = args->tid;
+	AOD_LOC_STR(u.name, name);
+	trees.update(&k, &u);
+	return 0;
+}
+#endif
+
+#ifdef AOD_SELF_TGID
+/* ---- hung records from the aging scan (aod/aging.py): user space cannot write a BPF ring, so
+ * it leaves the record in hung_req and calls getppid(); this copies it to the ring once ---- */
+BPF_ARRAY(hung_req, struct aod_event, 1);
+
+TRACEPOINT_PROBE(syscalls, sys_enter_getppid)
+{
+	if ((bpf_get_current_pid_tgid() >> 32) != AOD_SELF_TGID)
+		return 0;
+	u32 zero = 0;
+	struct aod_event *r = hung_req.lookup(&zero);
+	if (!r || r->kind != AOD_KIND_HUNG)
+		return 0;
+	struct aod_event ev = *r;
+	r->kind = 0; /* consumed: another getppid() emits nothing */
+	ev.version = AOD_EVENT_VERSION;
+	ev.size = sizeof(ev);
+	ev.tracer_id = AOD_TRACER_ID;
 	emit(&ev);
 	return 0;
 }

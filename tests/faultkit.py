@@ -133,7 +133,9 @@ def fake_host(tmp: Path) -> tuple[ActionEnv, dict[str, Path]]:
     tool(bindir, "journalctl", 'echo "journal $*"')
     tool(bindir, "dmesg", 'echo "dmesg $*"')
     tool(bindir, "smbinfo", 'echo "smbinfo $*"')
-    env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal))
+    # the evidence helper's socket: absent here (a host with aodv2 installed has the real one)
+    env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal),
+                    evidence_socket=str(tmp / "evidence.sock"))
     return env, {"proc": proc, "log": var_log, "bin": bindir, "journal": journal}
 
 

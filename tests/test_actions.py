@@ -9,20 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from aod import actions
+from aod import actionrun, actions
+from aod.actionrun import CappedSink, combine, run_step
 from aod.actions import (
     ACTION_NAMES,
     ACTIONS,
     ActionEnv,
-    CappedSink,
     Step,
-    combine,
     decode_mount_field,
     escape_mount_name,
     parse_cifs_mounts,
     plan,
     redact,
-    run_step,
     substitute,
 )
 
@@ -49,7 +47,7 @@ def env_of(t: dict[str, Path], journal: bool = True) -> ActionEnv:
                      journal_dir=str(t["journal"] if journal else t["tmp"] / "nojournal"))
 
 
-def run(step: Step, t: dict[str, Path], timeout: float = 10.0) -> actions.StepResult:
+def run(step: Step, t: dict[str, Path], timeout: float = 10.0) -> actionrun.StepResult:
     for d in {os.path.dirname(step.dest)} - {""}:
         (t["stage"] / d).mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_step(step, str(t["stage"]), timeout, env_of(t)))
@@ -67,13 +65,17 @@ def one(name: str, t: dict[str, Path], journal: bool = True) -> Step:
 def test_table_matches_stable_names_and_is_plain_data() -> None:
     assert tuple(ACTIONS) == ACTION_NAMES
     for spec in ACTIONS.values():
-        assert bool(spec.files) != bool(spec.argv), spec.name
+        assert [bool(spec.files), bool(spec.argv), bool(spec.evidence)].count(True) == 1, spec.name
         assert spec.keep in ("head", "tail") and spec.cap_bytes > 0
         for argv in spec.argv:
             assert all(isinstance(a, str) for a in argv)
             assert " " not in argv[0] and argv[0] not in ("sh", "bash", "/bin/sh")
     assert ACTIONS["syslog"].files == ("{var_log}/syslog", "{var_log}/messages")
     assert ACTIONS["mounts"].redact and ACTIONS["cifs_debug"].redact
+    assert actions.EVIDENCE_ACTIONS == ("task_stacks", "inflight", "connections")
+    assert {ACTIONS[n].evidence for n in actions.EVIDENCE_ACTIONS} == {"stacks", "inflight", "connections"}
+    assert all(ACTIONS[n].urgent for n in (*actions.EVIDENCE_ACTIONS, "cifs_debug"))
+    assert not any(ACTIONS[n].urgent for n in ("journal", "kernel_log", "smbinfo"))
 
 
 def test_substitute_is_single_pass() -> None:
@@ -179,7 +181,7 @@ def test_unreadable_file_is_failed_not_fatal(tree: dict[str, Path], monkeypatch:
     def denied(*a: object, **k: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(actions, "_read_file_into", denied)
+    monkeypatch.setattr(actionrun, "_read_file_into", denied)
     r = run(one("cifs_stats", tree), tree)
     assert r.status == "failed" and "Permission denied" in r.error
 

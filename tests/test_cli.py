@@ -25,6 +25,8 @@ BAD_ARGS = [
     ["show", "a", "b"],
     ["list", "extra"],
     ["list", "--dir"],
+    ["evidence", "extra"],
+    ["evidence", "--pin-dir"],
 ]
 
 

@@ -12,10 +12,11 @@ import threading
 import time
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pytest
+from evidencekit import fake_helper
 
 from aod import bundle
 from aod.actions import ACTION_NAMES, ActionEnv
@@ -33,7 +34,7 @@ def tool(bindir: Path, name: str, body: str) -> None:
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> dict[str, Any]:
+def fake(tmp_path: Path) -> Iterator[dict[str, Any]]:
     proc, var_log, bindir, journal = (tmp_path / n for n in ("proc", "log", "bin", "journal"))
     for d in (proc / "fs" / "cifs", var_log, bindir, journal):
         d.mkdir(parents=True)
@@ -45,8 +46,14 @@ def fake(tmp_path: Path) -> dict[str, Any]:
     tool(bindir, "journalctl", 'echo "journal $*"')
     tool(bindir, "dmesg", 'echo "dmesg $*"')
     tool(bindir, "smbinfo", 'echo "smbinfo $*"')
-    env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal))
-    return {"env": env, "bin": bindir, "proc": proc, "out": tmp_path / "out", "tmp": tmp_path}
+    helper = fake_helper(tmp_path)  # the evidence helper on tmp/evidence.sock, over a fake /proc
+    env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal),
+                    evidence_socket=str(helper.path))
+    try:
+        yield {"env": env, "bin": bindir, "proc": proc, "out": tmp_path / "out", "tmp": tmp_path,
+               "helper": helper}
+    finally:
+        helper.close()
 
 
 def cfg(out: Path, timeout: float = 10.0, actions: Optional[dict[str, tuple[str, ...]]] = None) -> Config:
@@ -82,10 +89,15 @@ def test_full_capture_bundle_contents_and_modes(
     assert stat.S_IMODE(os.stat(fake["out"]).st_mode) == 0o700
     assert state(fake["out"]) == [os.path.basename(r.path)]  # no stage, no partial left
     assert [x["name"] for x in r.actions] == list(ACTION_NAMES)
-    assert {x["name"]: x["status"] for x in r.actions} == dict.fromkeys(ACTION_NAMES, "ok")
+    # no tracer pinned its maps here: the in-flight table is missing, not failed
+    want = {**dict.fromkeys(ACTION_NAMES, "ok"), "inflight": "missing"}
+    assert {x["name"]: x["status"] for x in r.actions} == want
     files = read_bundle(r.path)
+    evidence = {f"evidence/{n}.{x}" for n in ("stacks", "inflight", "connections") for x in ("txt", "json")}
     assert set(files) == {"summary.json", "events.npy", "kernel.log", "journal.log", "syslog.log", "mounts",
-                          "cifs/DebugData", "cifs/Stats", "cifs/open_files", "smbinfo/mnt_s%20x.txt"}
+                          "cifs/DebugData", "cifs/Stats", "cifs/open_files", "smbinfo/mnt_s%20x.txt"} | evidence
+    assert b"SMB2_write" in files["evidence/stacks.txt"] and b"cifsd" in files["evidence/stacks.txt"]
+    assert len(fake["helper"].requests) == 1  # one request for the three evidence actions
     assert files["kernel.log"].startswith(b"journal -k --no-pager")
     assert b"hunter2" not in files["cifs/DebugData"] and b"password=***" in files["mounts"]
     assert b"smbinfo fileallinfo /mnt/s x" in files["smbinfo/mnt_s%20x.txt"]
@@ -94,7 +106,7 @@ def test_full_capture_bundle_contents_and_modes(
     summary = json.loads(files["summary.json"])
     assert summary["anomaly"]["type"] == "latency" and summary["events_in_bundle"] == 4
     assert summary["per_status"] == {"STATUS_IO_TIMEOUT": 1}
-    assert [x["status"] for x in summary["actions"]] == ["ok"] * len(ACTION_NAMES)
+    assert [x["status"] for x in summary["actions"]] == list(want.values())
     done = [x for x in records if x.getMessage().startswith("AOD bundle written")]
     assert len(done) == 1 and done[0].AOD_BUNDLE == r.path and done[0].AOD_ANOMALY == "latency"  # type: ignore[attr-defined]
     assert int(done[0].AOD_BYTES) == r.bytes  # type: ignore[attr-defined]
@@ -356,3 +368,152 @@ def test_read_bundle_is_safe_and_list_bundles_only_finished(tmp_path: Path) -> N
     assert list_bundles(str(tmp_path)) == [str(evil), str(newer)]
     with pytest.raises(bundle.BundleError, match="cannot read bundle"):
         read_bundle(str(newer))
+
+
+# --- evidence while it hangs: urgency, the helper, the mount guard --------------------------
+
+
+def test_debugdata_and_evidence_start_first_behind_slow_actions(fake: dict[str, Any]) -> None:
+    """concurrency 1 and two slow commands ahead of it in the list: DebugData and the evidence
+    steps still start at once (urgent, outside the semaphore), within 1 s of the capture."""
+    tool(fake["bin"], "journalctl", "sleep 5")
+    c = Config(output_dir=str(fake["out"]), capture=CaptureConfig(action_timeout_sec=1.5, concurrency=1),
+               actions=MappingProxyType({"hung": ("kernel_log", "journal", "cifs_debug", "task_stacks",
+                                                  "inflight", "connections")}))
+    r = capture(anomaly("hung"), c, fake["env"])
+    st = {x["name"]: x for x in r.actions}
+    assert st["kernel_log"]["status"] == "timeout"  # the slow one really was slow
+    for name in ("cifs_debug", "task_stacks", "inflight", "connections"):
+        assert st[name]["started_s"] is not None and st[name]["started_s"] < 1.0, (name, st[name])
+    assert st["cifs_debug"]["status"] == "ok" and st["cifs_debug"]["duration_s"] < 1.0
+    assert st["journal"]["started_s"] >= 1.4  # queued behind kernel_log: what urgency avoids
+    assert len(fake["helper"].requests) == 1
+
+
+def test_a_hung_capture_does_not_wait_for_a_running_one(fake: dict[str, Any]) -> None:
+    """A latency capture stuck in a slow journalctl (up to action_timeout_sec) is running when a
+    hung anomaly comes: the hung capture starts beside it, its DebugData within 1 s of the
+    submit; a second latency capture still waits its turn."""
+    tool(fake["bin"], "journalctl", "sleep 60")
+    c = Config(output_dir=str(fake["out"]), capture=CaptureConfig(action_timeout_sec=6.0, concurrency=4),
+               actions=MappingProxyType({"latency": ("journal",), "hung": ("cifs_debug", "task_stacks")}))
+    results: list[BundleResult] = []
+    col = Collector(lambda: c, env=fake["env"], on_result=results.append)
+    th, stop, _ = start(col)
+    try:
+        assert col.submit(anomaly("latency"))
+        wait_for(lambda: col.busy)
+        time.sleep(0.3)
+        assert col.submit(anomaly("latency")) and col.submit(anomaly("hung"))
+        t_sub = time.monotonic()
+        wait_for(lambda: any(r.anomaly.type == "hung" for r in results), 10)
+        hung = next(r for r in results if r.anomaly.type == "hung")
+        waited = time.monotonic() - t_sub - hung.duration_s  # from the submit to the capture's start
+        st = {x["name"]: x for x in hung.actions}
+        assert hung.ok and waited + st["cifs_debug"]["started_s"] < 1.0, (waited, st["cifs_debug"])
+        assert [r.anomaly.type for r in results] == ["hung"]  # the latency ones are still running/queued
+        assert col.pending() == 1  # the second latency capture waits for the first
+        wait_for(lambda: len(results) == 3, 30)
+        assert [r.anomaly.type for r in results] == ["hung", "latency", "latency"]
+    finally:
+        stop.set()
+        th.join(15)
+
+
+def test_no_evidence_helper_is_skipped_not_failed(fake: dict[str, Any], records: list[logging.LogRecord]) -> None:
+    fake["helper"].close()
+    r = capture(anomaly("hung"), cfg(fake["out"], actions={"hung": ("cifs_stats", "task_stacks", "inflight",
+                                                                     "connections")}), fake["env"])
+    st = {x["name"]: x for x in r.actions}
+    assert r.ok and st["cifs_stats"]["status"] == "ok"
+    for name in ("task_stacks", "inflight", "connections"):
+        assert st[name]["status"] == "skipped"
+        assert st[name]["error"].startswith("skipped: evidence helper not available (")
+    assert not [x for x in records if hasattr(x, "AOD_ACTION")]  # no warning storm
+    summary = json.loads(read_bundle(r.path or "")["summary.json"])
+    assert {a["name"]: a["status"] for a in summary["actions"]}["inflight"] == "skipped"
+
+
+def hung_anomaly(details: Optional[dict[str, Any]] = None) -> Anomaly:
+    ev = empty(2)
+    ev["kind"] = 4  # KIND_HUNG
+    ev["command"] = 9
+    ev["session_id"] = 0x1234
+    ev["tree_id"] = 5
+    ev["pid"] = [100, 250]
+    now = time.monotonic_ns()
+    return Anomaly("hung", "hung>30s", 2, time.time(), now, now - 1_000_000_000, now, events=ev,
+                   commands=(9,), details=MappingProxyType(details or {}))
+
+
+@pytest.fixture
+def hung_mounts(fake: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Two cifs mounts; smbinfo blocks 'forever' on /mnt/dead; any Python stat/list/open of
+    /mnt/dead fails the test."""
+    (fake["proc"] / "mounts").write_bytes(b"//srv/dead /mnt/dead cifs rw 0 0\n//other/live /mnt/live cifs rw 0 0\n")
+    calls = fake["tmp"] / "smbinfo.calls"
+    tool(fake["bin"], "smbinfo", f'echo "$2" >> "{calls}"\ncase "$2" in /mnt/dead) sleep 60;; esac\necho ok')
+    touched: list[str] = []
+
+    def guard(fn: Any) -> Any:
+        def wrapper(path: Any, *a: Any, **k: Any) -> Any:
+            if isinstance(path, (str, bytes, os.PathLike)) and os.fsdecode(path).startswith("/mnt/dead"):
+                touched.append(f"{fn.__name__}({os.fsdecode(path)})")
+                raise AssertionError(f"touched the hung mount: {fn.__name__}")
+            return fn(path, *a, **k)
+        return wrapper
+
+    for name in ("stat", "lstat", "statvfs", "listdir", "scandir", "open", "access"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    return {"calls": calls, "touched": touched}
+
+
+def smb_calls(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_hung_mount_is_never_touched_and_skip_is_in_summary(
+    fake: dict[str, Any], hung_mounts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hung request's share is named (\\\\srv\\dead): smbinfo skips /mnt/dead and runs on
+    /mnt/live; the capture ends well inside the 60 s smbinfo would block."""
+    from aod import mountguard
+
+    monkeypatch.setattr(mountguard, "names_resolver",
+                        lambda pin: lambda ses, tree: "\\\\SRV\\dead" if (ses, tree) == (0x1234, 5) else None)
+    t0 = time.monotonic()
+    r = capture(hung_anomaly(), cfg(fake["out"], timeout=30, actions={"hung": ("smbinfo", "mounts")}), fake["env"])
+    assert r.ok and time.monotonic() - t0 < 10
+    assert smb_calls(hung_mounts["calls"]) == ["/mnt/live", "/mnt/live"] and hung_mounts["touched"] == []
+    summary = json.loads(read_bundle(r.path or "")["summary.json"])
+    smb = {a["name"]: a for a in summary["actions"]}["smbinfo"]
+    assert "/mnt/dead: skipped: mount /mnt/dead has hung requests (\\\\srv\\dead)" in smb["error"]
+    assert summary["guarded_mounts"] == {"/mnt/dead": "mount /mnt/dead has hung requests (\\\\srv\\dead)"}
+
+
+def test_unnamed_hung_share_guards_every_cifs_mount(fake: dict[str, Any], hung_mounts: dict[str, Any],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from aod import mountguard
+
+    monkeypatch.setattr(mountguard, "names_resolver", lambda pin: None)  # no names yet
+    r = capture(hung_anomaly(), cfg(fake["out"], timeout=30, actions={"hung": ("smbinfo",)}), fake["env"])
+    assert r.ok and smb_calls(hung_mounts["calls"]) == []
+    assert r.actions[0]["status"] == "skipped" and "may have hung requests" in r.actions[0]["error"]
+    # the detector may name the shares itself (details.hung_shares): then only those
+    r = capture(hung_anomaly({"hung_shares": ["\\\\srv\\dead"]}), cfg(fake["out"], timeout=30,
+                actions={"hung": ("smbinfo",)}), fake["env"])
+    assert smb_calls(hung_mounts["calls"]) == ["/mnt/live", "/mnt/live"]
+
+
+def test_guard_removed_the_capture_blocks_on_the_hung_mount(
+    fake: dict[str, Any], hung_mounts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests above can fail: without the guard smbinfo runs on /mnt/dead and blocks until
+    the action timeout."""
+    from aod import collect
+
+    monkeypatch.setattr(collect.mountguard, "plan_guard", lambda *a, **k: {})
+    t0 = time.monotonic()
+    r = capture(hung_anomaly(), cfg(fake["out"], timeout=1.0, actions={"hung": ("smbinfo",)}), fake["env"])
+    assert "/mnt/dead" in smb_calls(hung_mounts["calls"]) and r.actions[0]["status"] == "timeout"
+    assert time.monotonic() - t0 >= 1.0

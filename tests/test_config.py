@@ -87,7 +87,11 @@ def test_shipped_file_sets_every_key_explicitly(repo_root: Path) -> None:
 def test_defaults_actions_and_rules() -> None:
     d = C.defaults()
     assert set(d.actions) == set(C.ANOMALY_TYPES)
-    assert all(v == ACTION_NAMES for v in d.actions.values())
+    evidence = ("task_stacks", "inflight", "connections")
+    for t in ("hung", "emergency"):  # DebugData first, then the evidence of the hang, then the rest
+        assert d.actions[t][:4] == ("cifs_debug", *evidence) and set(d.actions[t]) == set(ACTION_NAMES)
+    for t in set(C.ANOMALY_TYPES) - {"hung", "emergency"}:
+        assert d.actions[t] == tuple(n for n in ACTION_NAMES if n not in evidence)
     names = [r.name for r in d.errors]
     assert names == ["timeouts", "access_denied", "handle_errors"]
     timeouts = d.errors[0]
@@ -152,7 +156,7 @@ def test_rich_config_values() -> None:
     assert cfg.ignored_statuses == frozenset({0xC0000011, 0xC00000C9})  # reconnect is off: a session loss may be
     assert cfg.reconnect.enabled is False
     assert cfg.actions["latency"] == ("journal",) and cfg.actions["manual"] == ()
-    assert cfg.actions["error"] == ACTION_NAMES  # untouched types keep the default
+    assert cfg.actions["error"] == C.default_actions_for("error")  # untouched types keep the default
     assert cfg.capture.cooldown_sec == 0.0 and cfg.capture.max_per_hour == 60
     assert cfg.ring == C.RingConfig("/tmp/aod-ring", 64)
     assert cfg.tracers == ("smb", "synthetic", "nfs_v4-x")
@@ -773,6 +777,8 @@ def mutations(path: Path_, value: Any) -> list[Any]:
         return ["text", 5, True, None, {"a": 1}]
     if isinstance(value, dict):
         return [[1], 5, "text", True]  # null means "defaults" for a mapping
+    if value is None and path[-1] == "hung_threshold_ms":  # null: the emergency threshold
+        return ["7", True, [1], {"a": 1}, -1.0, 50.0]
     raise AssertionError(value)
 
 
@@ -851,3 +857,54 @@ def test_property_raw_text_never_crashes(text: str) -> None:
         load(text)
     except C.ConfigError as exc:
         assert exc.errors
+
+
+# ---------------------------------------------------------------- hung and health (issue 13)
+
+
+def test_hung_threshold_defaults_to_emergency_and_can_be_off() -> None:
+    assert C.hung_threshold_ns(C.defaults().latency) == C.defaults().latency.emergency_ns
+    lat = C.load_text("latency: {emergency_threshold_ms: 3000}").latency
+    assert lat.hung_threshold_ms is None and C.hung_threshold_ns(lat) == 3_000_000_000
+    assert C.hung_threshold_ns(C.load_text("latency: {hung_threshold_ms: 250}").latency) == 250_000_000
+    off = C.load_text("latency: {hung_threshold_ms: 0}").latency
+    assert C.hung_threshold_ns(off) == 0 and C.hung_cmd_mask(off) == 0
+    assert C.load_text("latency: {hung_threshold_ms: null}").latency.hung_threshold_ms is None
+
+
+def test_hung_cmd_mask_follows_mode_exclude_and_hung_exclude() -> None:
+    d = C.defaults().latency
+    mask = C.hung_cmd_mask(d)
+    lock, notify, write = COMMANDS["LOCK"], COMMANDS["CHANGE_NOTIFY"], COMMANDS["WRITE"]
+    assert not mask >> lock & 1 and not mask >> notify & 1 and mask >> write & 1
+    assert mask >> 31 & 1  # ids >= 31 share the last slot, as in the tracer's emit mask
+    track = C.load_text("latency: {mode: trackonly, track: [WRITE, LOCK], hung_exclude: []}").latency
+    assert C.hung_cmd_mask(track) == (1 << write) | (1 << lock)
+    every = C.load_text("latency: {mode: all, hung_exclude: [READ]}").latency
+    assert C.hung_cmd_mask(every) == 0xFFFFFFFF & ~(1 << COMMANDS["READ"])
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("latency: {hung_threshold_ms: 50}",
+     "latency.hung_threshold_ms: expected 0 (off) or a number >= 100 (milliseconds), got 50"),
+    ("latency: {hung_threshold_ms: -1}", "latency.hung_threshold_ms: expected a number >= 0"),
+    ("latency: {hung_threshold_ms: fast}", "latency.hung_threshold_ms: expected a number"),
+    ("latency: {hung_group_ms: 501}", "latency.hung_group_ms: expected a number >= 0 and <= 500 (milliseconds)"),
+    ("latency: {hung_exclude: [LOKC]}", "latency.hung_exclude[0]: expected an SMB2 command name such as WRITE, "
+                                        "got 'LOKC' (string); did you mean 'LOCK'?"),
+    ("health: {credits: {enabled: yes please}}", "health.credits.enabled: expected true or false"),
+    ("health: {creds: {enabled: true}}", "health.creds: unknown key, expected one of: credits, connect, auth"),
+    ("health: {auth: {enabeld: true}}", "health.auth.enabeld: unknown key, expected one of: enabled"),
+    ("actions: {hung: [task_stack]}", "actions.hung[0]: expected an action name"),
+])
+def test_hung_and_health_errors_name_path_and_field(text: str, msg: str) -> None:
+    with pytest.raises(C.ConfigError) as e:
+        C.load_text(text)
+    assert any(msg in line for line in e.value.errors), e.value.errors
+
+
+def test_health_sections_and_new_action_lists() -> None:
+    cfg = C.load_text("health: {credits: {enabled: false}}\nactions: {hung: [cifs_debug, task_stacks], auth: []}")
+    assert [cfg.health.enabled(t) for t in C.HEALTH_TYPES] == [False, True, True]
+    assert cfg.actions["hung"] == ("cifs_debug", "task_stacks") and cfg.actions["auth"] == ()
+    assert C.load_text(yaml.dump(C.to_dict(cfg))).health == cfg.health

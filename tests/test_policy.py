@@ -170,3 +170,27 @@ def test_a_manual_capture_is_never_refused_by_the_limits(tmp_path: Path) -> None
     assert p.raise_(anomaly("latency"))
     assert p.raise_(anomaly("manual", rule="SIGUSR1")) and p.raise_(anomaly("manual", rule="again"))
     assert [a.type for a in submitted] == ["latency", "manual", "manual"]
+
+
+def test_refused_hung_anomalies_keep_each_request_on_record(tmp_path: Path) -> None:
+    """A hung group refused by the cooldown still lists its requests (bounded) in anomalies.jsonl,
+    so every hung request is on record once, captured or not."""
+    p, clk, _ = policy(tmp_path, cooldown=300)
+
+    def hung(mids: range) -> Anomaly:
+        return Anomaly(type="hung", rule="in_flight>3000ms", count=len(mids), detected_wall=1_800_000_000.0,
+                       detected_mono_ns=1, window_start_ns=0, window_end_ns=1, commands=(9,),
+                       details={"requests": [{"command": "WRITE", "mid": m, "session_id": "0x1"} for m in mids]})
+
+    assert p.raise_(hung(range(1, 3)))
+    clk.t += 1
+    assert not p.raise_(hung(range(3, 5)))
+    assert not p.raise_(hung(range(5, 6)))
+    p.flush()
+    lines = history(tmp_path)
+    assert [x["captured"] for x in lines] == [True, False]
+    mids = [r["mid"] for r in lines[0]["details"]["requests"]] + [r["mid"] for r in lines[1]["requests"]]
+    assert mids == [1, 2, 3, 4, 5]
+    assert not p.raise_(hung(range(6, 6 + 600)))  # bounded per line
+    p.flush()
+    assert len(history(tmp_path)[-1]["requests"]) == 500

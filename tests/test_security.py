@@ -281,3 +281,58 @@ def test_unusable_config_file_is_a_clear_error(target: str, tmp_path: Path, caps
     assert cli.main(["run", "--config", str(p), "--ring-file", str(tmp_path / "ring")]) == 78
     err = capsys.readouterr().err
     assert str(p) in err and "Traceback" not in err and not (tmp_path / "ring").exists()
+
+
+# --- the evidence helper (root, CAP_SYS_ADMIN + CAP_SYS_PTRACE) -------------------------------
+
+_AUDIT: list[tuple[str, str]] = []
+_AUDITING = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _AUDITING[0] and event in ("open", "os.listdir", "os.scandir", "subprocess.Popen"):
+        if isinstance(args[0], (str, bytes)):  # not an fd (pipes of the subprocess)
+            _AUDIT.append((event, os.fsdecode(args[0])))
+
+
+@pytest.mark.parametrize("extra", ['"proc": "/etc"', '"pin_dir": "/tmp"', '"path": "/mnt/x"', '"argv": ["sh"]'])
+def test_evidence_request_cannot_name_paths_or_commands(extra: str) -> None:
+    """fault: a request (from whoever reaches the 0600 root socket) tries to steer the helper to
+    other paths or commands. expected: refused as an unknown key, nothing read."""
+    import io
+
+    from aod import evidence
+
+    out = io.BytesIO()
+    line = ('{"want": ["stacks"], ' + extra + "}\n").encode()
+    assert evidence.serve(io.BytesIO(line), out, proc="/nonexistent", pin_dir="/nonexistent") == 2
+    assert "unknown request keys" in json.loads(out.getvalue())["error"]
+
+
+def test_evidence_helper_reads_only_proc_and_pins_and_runs_only_ss(tmp_path: Path) -> None:
+    """fault: the helper runs as root with CAP_SYS_ADMIN; a hung mount blocks any stat of it.
+    expected: a full answer opens files only under /proc (here a fake one with hostile comms)
+    and the pin dir, and runs only ss (argv list); comms stay literal text."""
+    import sys
+
+    from evidencekit import CIFS_STACK, add_task
+
+    from aod import evidence
+
+    proc, pins = tmp_path / "proc", tmp_path / "pins"
+    add_task(proc, 7, 7, "$(touch PWNED)\n; rm", "D", CIFS_STACK)
+    pins.mkdir()
+    sys.addaudithook(_audit)
+    _AUDIT.clear()
+    _AUDITING[0] = True
+    try:
+        resp = evidence.answer({"want": list(evidence.SECTIONS), "pids": [1], "budget_ms": 5000},
+                               proc=str(proc), pin_dir=str(pins))
+    finally:
+        _AUDITING[0] = False
+    opened = [p for e, p in _AUDIT if e != "subprocess.Popen"]
+    ran = [p for e, p in _AUDIT if e == "subprocess.Popen"]
+    allowed = (str(proc), str(pins), "/proc/fs/cifs/DebugData", "/dev/null")
+    assert opened and [p for p in opened if not p.startswith(allowed)] == []
+    assert all(os.path.basename(p) == "ss" for p in ran), ran
+    assert resp["stacks"][0]["comm"] == "$(touch PWNED)\n; rm" and not (tmp_path / "PWNED").exists()

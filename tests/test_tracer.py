@@ -116,14 +116,17 @@ def test_cflags_from_config() -> None:
     f = _flags(cfg)
     assert f["-I/b"] == ""
     assert f["-DAOD_TRACER_ID"] == "1"
-    assert f["-DAOD_EMIT_MIN_NS"] == "120000000ULL"
+    assert "-DAOD_EMIT_MIN_NS" not in f and "-DAOD_EMIT_CMD_MASK" not in f  # a map now: reload never rebuilds
+    assert tracer.tracerlive.applied(cfg)["emit_min_ns"] == 120_000_000
     assert f["-DAOD_RING_PAGES"] == str(8192 * 1024 // 4096)
     assert f["-DAOD_RING_PIN"] == '"/sys/fs/bpf/aodv2/events"'
     assert f["-DAOD_DROPS_PIN"] == '"/sys/fs/bpf/aodv2/drops"'
     assert f["-DAOD_STATS_PIN"] == '"/sys/fs/bpf/aodv2/cmd_stats_v2"'  # layout 2: a name of its own
     assert f["-DAOD_IGNORED_PIN"] == '"/sys/fs/bpf/aodv2/ignored_status"'
     assert f["-DAOD_HAVE_X"] == "1"
-    mask = int(f["-DAOD_EMIT_CMD_MASK"].rstrip("U"), 16)
+    for pin in ("inflight_v1", "hung_v1", "servers_v1", "trees_v1", "conns_v1", "emit_cfg_v1"):
+        assert f[f"-DAOD_{pin[:-3].upper()}_PIN"] == f'"/sys/fs/bpf/aodv2/{pin}"', pin
+    mask = tracer.emit_cmd_mask(cfg.latency)
     assert not mask & (1 << 15)  # CHANGE_NOTIFY excluded by default
     assert mask & (1 << 9) and mask & (1 << 31)
 
@@ -246,7 +249,8 @@ def test_plan_smb_tracepoints() -> None:
     tps = {"smb3_cmd_enter": "", "smb3_cmd_done": "", "smb3_cmd_err": "", "smb3_reconnect": "bad"}
     p = tracer.plan_smb(tps, None, "6.1.0")
     assert p.mode == "tracepoint"
-    assert p.tracepoints == ("cifs:smb3_cmd_enter", "cifs:smb3_cmd_done", "cifs:smb3_cmd_err")
+    assert p.tracepoints == ("cifs:smb3_cmd_enter", "cifs:smb3_cmd_done", "cifs:smb3_cmd_err",
+                             "syscalls:sys_enter_getppid")  # the aging trigger
     assert "AOD_HAVE_SMB3_CMD_ERR=1" in p.defines and not any("RECONNECT" in d for d in p.defines)
     assert any("smb3_reconnect" in n for n in p.notes)
     assert p.optional_kprobes == () and "AOD_CONN_PROBES=1" not in p.defines  # no kallsyms: no conn probes
@@ -369,14 +373,32 @@ class FakeTable:
         self.ops.append(("del", k.value))
 
 
+class EmitCfg(ctypes.Structure):
+    _fields_ = [("emit_min_ns", ctypes.c_uint64), ("cmd_mask", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class FakeArray:
+    """bcc's array table of struct aod_emit_cfg (emit_cfg_v1): writes recorded."""
+
+    Key = ctypes.c_uint32
+    Leaf = EmitCfg
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[int, int]] = []
+
+    def __setitem__(self, k: ctypes.c_uint32, v: EmitCfg) -> None:
+        assert k.value == 0
+        self.writes.append((v.emit_min_ns, v.cmd_mask))
+
+
 class FakeBPF:
     """A loaded program's tables; the pinned ones are shared by every load (as bcc opens the pin)."""
 
-    def __init__(self, pinned: dict[str, FakeTable]) -> None:
+    def __init__(self, pinned: dict[str, Any]) -> None:
         self.pinned = pinned
 
-    def get_table(self, name: str) -> FakeTable:
-        return self.pinned.setdefault(name, FakeTable())
+    def get_table(self, name: str) -> Any:
+        return self.pinned.setdefault(name, FakeArray() if name == "emit_cfg" else FakeTable())
 
 
 class Harness:
@@ -394,7 +416,10 @@ class Harness:
         self.sleeps = 0
         self.loads: list[tuple[str, list, tracer.AttachPlan]] = []
         self.loaded: Optional[FakeLoaded] = None
-        self.pinned: dict[str, FakeTable] = {}
+        self.pinned: dict[str, Any] = {}
+        self.state_dir = tmp_path / "run"
+        self.state_dir.mkdir()
+        self.aging_factory: Any = None
         self.attached = threading.Event()
         self.notifier = FakeNotifier()
         self.bcc_missing = bcc_missing
@@ -420,7 +445,9 @@ class Harness:
             tracefs=(str(self.tracefs),), module_dir=str(self.tmp / "module-cifs"),
             kallsyms=str(self.tmp / "kallsyms"), mountinfo=str(self.tmp / "mountinfo"), release="6.1.0",
             page_size=4096, stop=self.stop, sleep=self.sleep, poll_sec=0.02, import_bcc=self.import_bcc,
-            load=self.load, check_pinned=lambda p, n, name: [], notifier=self.notifier)
+            load=self.load, check_pinned=lambda p, n, name: [], notifier=self.notifier,
+            state_dir=str(self.state_dir), aging_factory=self.aging_factory,
+            trigger_tgid=lambda events_dir: (os.getpid(), ""))  # as in the host pid namespace
 
     def opts(self, name: str = "smb") -> tracer.Options:
         return tracer.Options(name, config=str(self.tmp / "config.yaml"), bpf_dir=str(BPF))
@@ -482,7 +509,7 @@ def test_run_waits_for_cifs_then_attaches(tmp_path: Path, monkeypatch: pytest.Mo
     assert "-DAOD_HAVE_SMB3_CMD_ENTER=1" in flags
     assert f'-DAOD_RING_PIN="{tmp_path}/bpffs/aodv2/events"' in flags
     assert "-DAOD_RING_PAGES=16" in flags
-    assert any(s.startswith("READY=1 STATUS=attached (4 tracepoints") for s in h.notifier.sent)
+    assert any(s.startswith("READY=1 STATUS=attached (5 tracepoints") for s in h.notifier.sent)  # + aging trigger
     assert h.notifier.sent[-1] == "STOPPING=1"
     # not a busy loop: exactly one sleep between consecutive polls of tracefs
     assert len(polls) >= 4 and polls == list(range(len(polls)))
@@ -595,11 +622,14 @@ struct pt_regs { u64 di, si, ax; };
 #define PT_REGS_PARM2(x) ((x)->si)
 #define PT_REGS_RC(x) ((x)->ax)
 u64 sim_now, sim_pid_tgid; char sim_comm[16]; int sim_ring_fail, sim_nevents;
+void (*sim_delete_hook)(const char *); /* a test's stand-in for a concurrent user-space change */
 u8 sim_events[256 * 72];
 static u64 bpf_ktime_get_ns(void) { return sim_now; }
 static u64 bpf_get_current_pid_tgid(void) { return sim_pid_tgid; }
 static int bpf_get_current_comm(void *d, u32 n) { memcpy(d, sim_comm, n); return 0; }
 static int bpf_probe_read(void *d, u32 n, const void *s) { memcpy(d, s, n); return 0; }
+static int bpf_probe_read_kernel_str(void *d, u32 n, const void *s) { strncpy(d, s, n); ((char *)d)[n - 1] = 0;
+  return (int)strlen(d) + 1; }
 static u32 bpf_log2l(u64 v) { u32 r = 1; while (v >>= 1) r++; return r; } /* bcc: log2 + 1, and 1 for 0 */
 static int sim_ringbuf_output(void *d, u64 n, u64 f) {
   if (sim_ring_fail || sim_nevents >= 256 || n != 72) return -11;
@@ -623,7 +653,8 @@ static int sim_ringbuf_output(void *d, u64 n, u64 f) {
       memcpy(&_name##_keys[o], k, sizeof(_k)); _name##_seen[o] = ++_name##_clock; p = &_name##_vals[o]; } \
     if (!p) { return -7; } \
     memcpy(p, v, sizeof(_v)); return 0; } \
-  static int _name##_delete(_k *k) { for (int i = 0; i < (_n); i++) \
+  static int _name##_delete(_k *k) { if (sim_delete_hook) sim_delete_hook(_type); \
+    for (int i = 0; i < (_n); i++) \
       if (_name##_used[i] && !memcmp(&_name##_keys[i], k, sizeof(_k))) { _name##_used[i] = 0; return 0; } \
     return -2; } \
   struct _name##_table_t { _v *(*lookup)(_k *); int (*update)(_k *, _v *); int (*delete)(_k *); }; \
@@ -632,7 +663,10 @@ static int sim_ringbuf_output(void *d, u64 n, u64 f) {
 #define BPF_TABLE_PINNED(_t, _k, _v, _name, _n, _p) BPF_F_TABLE(_t ":" _p, _k, _v, _name, _n, 0)
 #define BPF_HASH(_name, _k, _v, _n) BPF_TABLE("hash", _k, _v, _name, _n)
 #define BPF_PERCPU_ARRAY(_name, _v, _n) BPF_TABLE("percpu_array", u32, _v, _name, _n)
-struct sim_args { u32 tid; u64 sesid; u16 cmd; u64 mid; u32 status; int rc; u64 currmid; };
+#define BPF_ARRAY(_name, _v, _n) BPF_TABLE("array", u32, _v, _name, _n)
+/* every field any probe reads; __data_loc strings: offsets (from the record start) into data[] */
+struct sim_args { u32 tid; u64 sesid; u16 cmd; u64 mid; u32 status; int rc; u64 currmid; u64 conn_id;
+  u32 pid; u64 when_sent, when_received; int data_loc_hostname, data_loc_name; char data[256]; };
 #define TRACEPOINT_PROBE(cat, ev) int tracepoint__##cat##__##ev(struct sim_args *args)
 """
 
@@ -640,7 +674,21 @@ struct sim_args { u32 tid; u64 sesid; u16 cmd; u64 mid; u32 status; int rc; u64 
 class SimArgs(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("sesid", ctypes.c_uint64), ("cmd", ctypes.c_uint16),
                 ("mid", ctypes.c_uint64), ("status", ctypes.c_uint32), ("rc", ctypes.c_int32),
-                ("currmid", ctypes.c_uint64)]
+                ("currmid", ctypes.c_uint64), ("conn_id", ctypes.c_uint64), ("pid", ctypes.c_uint32),
+                ("when_sent", ctypes.c_uint64), ("when_received", ctypes.c_uint64),
+                ("data_loc_hostname", ctypes.c_int32), ("data_loc_name", ctypes.c_int32),
+                ("data", ctypes.c_char * 256)]
+
+
+def sim_args(strings: Optional[dict[str, bytes]] = None, **kw: int) -> SimArgs:
+    """SimArgs with __data_loc strings (hostname=b"srv", name=b"\\\\srv\\share") laid out in data[]."""
+    a = SimArgs(**kw)
+    pos = 0
+    for field, text in (strings or {}).items():
+        ctypes.memmove(ctypes.addressof(a) + SimArgs.data.offset + pos, text + b"\0", len(text) + 1)
+        setattr(a, f"data_loc_{field}", ((len(text) + 1) << 16) | (SimArgs.data.offset + pos))
+        pos += len(text) + 1
+    return a
 
 
 class PtRegs(ctypes.Structure):
@@ -661,11 +709,16 @@ class Sim:
             (tmp / "inc" / h).parent.mkdir(parents=True, exist_ok=True)
             (tmp / "inc" / h).write_text("")
         paths = tracer.pin_paths(config_mod.RingConfig())
+        # the emit filter is the emit_cfg_v1 map now: AOD_EMIT_MIN_NS/AOD_EMIT_CMD_MASK here fill it
+        emit = {d.split("=")[0]: int(d.split("=")[1].rstrip("UL"), 0) for d in defines if d.startswith("AOD_EMIT_")}
+        defines = [d for d in defines if not d.startswith("AOD_EMIT_")]
         so = tmp / f"{src}.{abs(hash(tuple(defines)))}.so"
         argv = [CC, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-Wno-unused-function",
                 "-include", str(tmp / "sim.h"), "-isystem", str(tmp / "inc"), f"-I{BPF}",
                 f'-DAOD_RING_PIN="{paths.ring}"', f'-DAOD_DROPS_PIN="{paths.drops}"',
                 f'-DAOD_STATS_PIN="{paths.cmd_stats}"', "-DAOD_INFLIGHT_MAX=64",
+                *[f'-DAOD_{n}_PIN="{getattr(paths, n.lower())}"'
+                  for n in ("INFLIGHT", "HUNG", "SERVERS", "TREES", "CONNS", "EMIT_CFG")],
                 *[f"-D{d}" for d in defines], "-o", str(so), str(BPF / src)]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # noqa: S603
         assert r.returncode == 0, r.stderr
@@ -675,13 +728,27 @@ class Sim:
         self.ring_fail = ctypes.c_int.in_dll(self.lib, "sim_ring_fail")
         self.n = ctypes.c_int.in_dll(self.lib, "sim_nevents")
         self.buf = (ctypes.c_uint8 * (256 * 72)).in_dll(self.lib, "sim_events")
+        if src == "smb.bpf.c":
+            self.emit_cfg(emit.get("AOD_EMIT_MIN_NS", 0), emit.get("AOD_EMIT_CMD_MASK", 0xFFFFFFFF))
+
+    def emit_cfg(self, min_ns: int, mask: int) -> None:
+        """What the tracer's write_emit_cfg does to the pinned emit_cfg_v1 map."""
+        raw = (ctypes.c_uint8 * 16).in_dll(self.lib, "emit_cfg_vals")
+        struct.pack_into("<QII", raw, 0, min_ns, mask, 0)
+
+    def table(self, name: str, n: int, key_size: int, value_size: int) -> tuple[Any, Any, Any]:
+        """(keys, values, used) arrays of a simulated map, as ctypes byte arrays / ints."""
+        keys = (ctypes.c_uint8 * (n * key_size)).in_dll(self.lib, f"{name}_keys")
+        vals = (ctypes.c_uint8 * (n * value_size)).in_dll(self.lib, f"{name}_vals")
+        used = (ctypes.c_int * n).in_dll(self.lib, f"{name}_used")
+        return keys, vals, used
 
     def task(self, pid: int, comm: bytes) -> None:
         self.pid_tgid.value = (pid << 32) | (pid + 1)
         ctypes.memmove(ctypes.addressof(ctypes.c_char.in_dll(self.lib, "sim_comm")), comm.ljust(16, b"\0"), 16)
 
-    def tp(self, event: str, **kw: int) -> None:
-        getattr(self.lib, f"tracepoint__cifs__{event}")(ctypes.byref(SimArgs(**kw)))
+    def tp(self, event: str, strings: Optional[dict[str, bytes]] = None, **kw: int) -> None:
+        getattr(self.lib, f"tracepoint__cifs__{event}")(ctypes.byref(sim_args(strings, **kw)))
 
     def events(self) -> Any:
         import numpy as np
@@ -971,8 +1038,19 @@ def test_cmd_stats_and_event_sizes_match_header() -> None:
     assert CMD_STATS_DTYPE.itemsize == (32 + 3) * 8
 
 
-def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp_path: Path) -> None:
-    """`systemctl reload aodv2` propagates to the tracer: a new threshold reaches the kernel."""
+def _wait_ready(h: Harness, before: int = 0, what: str = "READY=1") -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(m.startswith(what) for m in h.notifier.sent[before:]):
+        time.sleep(0.01)
+
+
+def test_sighup_updates_the_emit_filter_map_without_a_reload_and_publishes_it(tmp_path: Path) -> None:
+    """`systemctl reload aodv2` propagates to the tracer: the new threshold reaches the kernel as a
+    map update (emit_cfg_v1), the program is loaded once and never closed while running (no
+    overlap, nothing duplicated or lost), the state file says what is in force, and a bad config
+    keeps the running filter."""
+    from aod import tracerstate
+
     h = Harness(tmp_path)
     make_cifs_events(h.tracefs)
     cfg = tmp_path / "config.yaml"
@@ -981,36 +1059,39 @@ def test_sighup_rebuilds_the_emit_filter_and_keeps_the_old_program_on_errors(tmp
     env = h.env()
     t = threading.Thread(target=lambda: tracer.run(h.opts(), env), daemon=True)
     t.start()
-    assert h.attached.wait(10)
-    deadline = time.monotonic() + 10  # the load returned; READY=1 follows once the map is filled
-    while time.monotonic() < deadline and not any(m.startswith("READY=1 STATUS=attached") for m in h.notifier.sent):
-        time.sleep(0.01)
-    first = h.loaded
+    try:
+        assert h.attached.wait(10)
+        _wait_ready(h, 0, "READY=1 STATUS=attached")
+        table = h.pinned["emit_cfg"]
+        mask = tracer.emit_cmd_mask(config_mod.load_text("{}").latency)
+        assert table.writes == [(300_000_000, mask)]
+        d = tracerstate.read_detail(str(h.state_dir), "smb")
+        assert (d["state"], d["emit_min_ns"], d["emit_cmd_mask"]) == ("attached", 300_000_000, mask)
+        assert d["hung_threshold_ns"] == 0  # no aging scan in this harness
+        assert set(d["health"]) == {"offered", "attached"}
+        since = d["since"]
 
-    def reload_and_wait(n_loads: int, text: str) -> None:
-        cfg.write_text(text)
-        before = len(h.notifier.sent)
-        env.reload.set()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not any(
-                m.startswith("READY=1") for m in h.notifier.sent[before:]):
-            time.sleep(0.01)
-        assert len(h.loads) == n_loads, h.notifier.sent[before:]
+        def reload_and_wait(text: str) -> None:
+            cfg.write_text(text)
+            before = len(h.notifier.sent)
+            env.reload.set()
+            _wait_ready(h, before)
 
-    def emit_min(i: int) -> str:
-        return next(f for f in h.loads[i][1] if f.startswith("-DAOD_EMIT_MIN_NS="))
-
-    assert emit_min(0).startswith("-DAOD_EMIT_MIN_NS=300000000")
-    reload_and_wait(2, base + "latency: {default_threshold_ms: 100, emergency_threshold_ms: 3000}\n")
-    assert emit_min(1).startswith("-DAOD_EMIT_MIN_NS=100000000") and first is not None and first.closed
-    second = h.loaded
-    reload_and_wait(2, base + "latency: {default_threshold_ms: 100, emergency_threshold_ms: 3000}\n")  # same
-    reload_and_wait(2, base + "latency: {acceptable_count: -1}\n")  # invalid: keeps running program
-    assert second is not None and not second.closed
-    assert "STATUS=reloading: rebuilding the emit filter" in h.notifier.sent
-    h.stop.set()
-    t.join(10)
-    assert second.closed
+        reload_and_wait(base + "latency: {default_threshold_ms: 100, emergency_threshold_ms: 3000}\n")
+        assert table.writes[-1] == (100_000_000, mask) and len(h.loads) == 1  # a map update, no re-load
+        assert h.loaded is not None and not h.loaded.closed
+        d = tracerstate.read_detail(str(h.state_dir), "smb")
+        assert d["emit_min_ns"] == 100_000_000 and d["since"] == since  # still attached since then
+        n = len(table.writes)
+        reload_and_wait(base + "latency: {acceptable_count: -1}\n")  # invalid: the running filter stays
+        assert len(table.writes) == n and len(h.loads) == 1
+        assert tracerstate.read_detail(str(h.state_dir), "smb")["emit_min_ns"] == 100_000_000
+        assert "STATUS=reloading: updating the maps" in h.notifier.sent
+    finally:
+        h.stop.set()
+        t.join(10)
+    assert h.loaded is not None and h.loaded.closed
+    assert tracerstate.read_detail(str(h.state_dir), "smb")["state"] == "stopped"
 
 
 def test_ignored_statuses_reach_the_map_at_attach_and_on_reload_without_a_rebuild(
@@ -1087,7 +1168,7 @@ def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Pat
     infos = {paths.ring: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_RINGBUF, 1, 0, 0, 256 * 1024, 0, "events"),
              paths.drops: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 2, 4, 8, 1, 0, "drops"),
              paths.cmd_stats: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 3, 4, CMD_STATS_DTYPE.itemsize,
-                                             tracer.CMD_SLOTS, 0, "cmd_stats"),
+                                             32, 0, "cmd_stats"),
              paths.ignored: bpfsys.MapInfo(bpfsys.BPF_MAP_TYPE_HASH, 4, 4, 4, 256, 0, "ignored_status")}
     fds: dict[int, str] = {}
 
@@ -1110,6 +1191,15 @@ def test_check_pinned_reuses_or_refuses_what_a_previous_run_pinned(tmp_path: Pat
     infos[paths.ignored] = infos[paths.ignored]._replace(type=bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY)  # not a hash
     with pytest.raises(tracer.SetupError):  # bcc itself would open it unchecked
         tracer.check_pinned(paths, 256 * 1024, "smb")
+    infos[paths.ignored] = infos[paths.ignored]._replace(type=bpfsys.BPF_MAP_TYPE_HASH, map_flags=1 << 7)
+    with pytest.raises(tracer.SetupError, match="read-only"):  # BPF_F_RDONLY_PROG: the load would fail
+        tracer.check_pinned(paths, 256 * 1024, "smb")
+    infos[paths.ignored] = infos[paths.ignored]._replace(map_flags=1)  # BPF_F_NO_PREALLOC: usable
+    assert tracer.check_pinned(paths, 256 * 1024, "smb") == []
+    os.symlink(paths.ignored, paths.hung)  # a symlink pin: bcc would follow it unchecked
+    with pytest.raises(tracer.SetupError, match="symbolic link") as ei:
+        tracer.check_pinned(paths, 256 * 1024, "smb")
+    assert ei.value.code == tracer.EX_CONFIG
 
 
 def test_symbols_from_available_filter_functions(tmp_path: Path) -> None:
@@ -1133,3 +1223,51 @@ def test_symbols_from_available_filter_functions(tmp_path: Path) -> None:
     assert text is None and str(ks) in tried and "available_filter_functions" in tried
     p = tracer.plan_smb({"smb3_cmd_enter": "", "smb3_cmd_done": ""}, None, "6.1.0", symbols_from=tried)
     assert any("cannot read" in n and str(ks) in n for n in p.notes)
+
+
+@needs_cc
+def test_bpf_a_failed_compound_part_ends_the_parts_after_it(tmp_path: Path) -> None:
+    """A CREATE + QUERY_INFO + CLOSE compound whose CREATE fails: the kernel traces the CREATE's
+    error only (6.1). Its later parts complete with it (histogram, no record), so they are never
+    left in flight to be called hung; an async WRITE whose error comes from cifsd does not end
+    the next WRITE of its writer; ECHO (never traced on completion) is not tracked."""
+    s = Sim(tmp_path, "smb.bpf.c", SIM_FLAGS)
+
+    def inflight() -> list[int]:
+        keys, _, used = s.table("inflight", 64, 32, 32)
+        return sorted(struct.unpack_from("<Q", bytes(keys), i * 32 + 16)[0] for i in range(64) if used[i])
+
+    s.task(500, b"ls")
+    s.now.value = 10 * MS
+    for cmd, mid in ((5, 40), (16, 41), (6, 42)):  # the compound, entered one after another
+        s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=cmd, mid=mid)
+    s.task(600, b"other")
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=16, mid=43)  # another process's request
+    s.tp("smb3_cmd_enter", tid=0, sesid=0xAB, cmd=13, mid=44)  # ECHO
+    s.task(500, b"ls")
+    s.now.value = 12 * MS
+    s.tp("smb3_cmd_err", tid=5, sesid=0xAB, cmd=5, mid=40, status=0xC0000034, rc=-2)
+    assert inflight() == [43]  # QUERY_INFO 41 and CLOSE 42 ended with the CREATE; ECHO never tracked
+    st = s.stats()
+    assert (int(st["hist"][16].sum()), int(st["hist"][6].sum()), int(st["errors"][5])) == (1, 1, 1)
+    assert list(s.events()["command"]) == [5]  # the error's record only
+    # async writes: two WRITEs entered by the writer, the first fails in cifsd
+    s.task(700, b"dd")
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=9, mid=50)
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=9, mid=51)
+    s.task(77, b"cifsd")
+    s.tp("smb3_cmd_err", tid=5, sesid=0xAB, cmd=9, mid=50, status=0xC000007F, rc=-28)
+    assert inflight() == [43, 51]
+    # a compound whose parts all succeed leaves no link behind: a later failure of the same
+    # thread's next request ends nothing else
+    s.task(500, b"ls")
+    for cmd, mid in ((5, 60), (6, 61)):
+        s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=cmd, mid=mid)
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=5, mid=60)
+    s.tp("smb3_cmd_done", tid=5, sesid=0xAB, cmd=6, mid=61)
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=5, mid=62)
+    s.task(600, b"other")
+    s.tp("smb3_cmd_enter", tid=5, sesid=0xAB, cmd=6, mid=63)
+    s.task(500, b"ls")
+    s.tp("smb3_cmd_err", tid=5, sesid=0xAB, cmd=5, mid=62, status=0xC0000022, rc=-13)
+    assert inflight() == [43, 51, 63]

@@ -48,6 +48,7 @@ from guestkit import (
     journal,
     log,
     main_pid,
+    proc_state,
     prop,
     read_bundle,
     reload_config,
@@ -217,14 +218,6 @@ def smbd_pids() -> List[int]:
             return [int(x) for x in f.read().split()]
     except (OSError, ValueError):
         return []
-
-
-def proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "?"
 
 
 def no_smbinfo() -> bool:

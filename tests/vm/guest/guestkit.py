@@ -98,6 +98,15 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.5) -> Any:
 
 # ---------------------------------------------------------------- systemd / journal
 
+def proc_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, D, T, ...), "?" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def prop(name: str, unit: str = CORE) -> str:
     return run(["systemctl", "show", "-p", name, "--value", unit]).stdout.strip()
 

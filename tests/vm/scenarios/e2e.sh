@@ -1,12 +1,13 @@
 #!/bin/bash
 # aodv2 VM scenario: end to end on a real systemd host (issue 5). Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-e2e --script tests/vm/scenarios/e2e.sh \
-#         --copy dist/aodv2_0.2.0-1_all.deb --timeout 2100
+#         --copy dist/aodv2_0.3.0-1_all.deb --timeout 2100
 # Installs the .deb, then (tests/vm/guest/e2e_run.py): 1 install+enable, 2 quiet baseline (with
 # one sequential process), 3 latency (and a second slowdown refused in the cooldown), 3b operator
 # tools, 3c a low-rate slowdown, 4 errors, 4b low-rate errors, 4c ignored statuses,
 # 5 emergency, 6 tracer killed, 7 core hung (watchdog), 8 reload (valid and invalid),
-# 9 retention budget, 10 purge. Every scenario asserts.
+# 11 a real hang (smbd frozen), 12 health events, 13 reloads under traffic counted exactly
+# (e2e_hang.py), 9 retention budget, 10 purge. Every scenario asserts.
 # Results: /share/e2e-report.json ({scenario: {"pass", "detail", "seconds", measured times}},
 # printed at the end), /share/results.txt, /share/logs/; exit 0 iff every scenario passed.
 # A failed scenario prints the aodv2 journal since it began and `systemctl status` of every

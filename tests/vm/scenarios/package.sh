@@ -2,7 +2,7 @@
 # aodv2 VM scenario: the .deb on a real systemd host (Debian 12 guest, no network).
 # Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
-#         --copy dist/aodv2_0.2.0-1_all.deb --timeout 900
+#         --copy dist/aodv2_0.3.0-1_all.deb --timeout 900
 # Proves: install from the local .deb alone (the guest has no network; runtime deps are in
 # the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
 # and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox,
@@ -13,7 +13,8 @@
 # config `tracers` names it, `man aodv2` renders, and purge leaves no unit (not even the link
 # of an instance the admin enabled), process, pin or log dir. Last, the last release
 # (tests/vm/releases/, --copy tests/vm/releases) installed and detecting, then `apt install` of
-# this .deb over it: same ring, new pins, the old layout read meanwhile, detection works.
+# this .deb over it: same ring and counters, the new maps pinned, the evidence socket up,
+# detection works.
 # Results: /share/results.txt (PASS/FAIL/FACT), /share/logs/; exit 0 iff every check passed.
 set -u
 . /share/vmlib/lib.sh
@@ -256,8 +257,9 @@ slowdown_alerts() {
     return $rc
 }
 status_json() { python3 -c "import json; d = json.load(open('/run/aodv2/status.json')); print($1)" 2>/dev/null; }
-ring_id() { python3 -c 'import os; from aod import bpfsys
-fd = bpfsys.obj_get("/sys/fs/bpf/aodv2/events", bpfsys.BPF_F_RDONLY); print(bpfsys.map_info(fd).id); os.close(fd)'; }
+map_id() { python3 -c 'import os, sys; from aod import bpfsys
+fd = bpfsys.obj_get("/sys/fs/bpf/aodv2/" + sys.argv[1], bpfsys.BPF_F_RDONLY); print(bpfsys.map_info(fd).id); os.close(fd)' "$1"; }
+ring_id() { map_id events; }
 if [ -n "$OLD" ]; then
     t0=$(date +%s)
     vm_check "old: apt install the last release" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$OLD"
@@ -265,9 +267,10 @@ if [ -n "$OLD" ]; then
     vm_check "old: tracer attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
     vm_check "old: core active" vm_wait 120 active aodv2.service
     vm_fact old_version "$(dpkg-query -W -f='${Version}' aodv2)"
-    vm_check "old: cmd_stats pinned in layout 1" test -e /sys/fs/bpf/aodv2/cmd_stats -a ! -e /sys/fs/bpf/aodv2/cmd_stats_v2
+    vm_check "old: cmd_stats_v2 pinned, none of the new maps yet" test -e /sys/fs/bpf/aodv2/cmd_stats_v2 \
+        -a ! -e /sys/fs/bpf/aodv2/inflight_v1 -a ! -e /sys/fs/bpf/aodv2/emit_cfg_v1
     vm_check "old: a slowdown alerts (the release detects)" slowdown_alerts "$t0" latency
-    RING_OLD=$(ring_id); CPID_OLD=$(main_pid)
+    RING_OLD=$(ring_id); STATS_OLD=$(map_id cmd_stats_v2); CPID_OLD=$(main_pid)
     TPID_OLD=$(systemctl show -p MainPID --value aodv2-tracer@smb.service)
     t=$(vm_now); t1=$(date +%s)
     vm_check "upgrade: apt install of the new .deb over the running release" \
@@ -275,25 +278,17 @@ if [ -n "$OLD" ]; then
     vm_fact upgrade_install_s "$(vm_since "$t")"
     vm_check "upgrade: the new version is installed" test "$(dpkg-query -W -f='${Version}' aodv2)" != "$(basename "$OLD" | cut -d_ -f2)"
     vm_check "upgrade: core restarted (pid $CPID_OLD -> new)" vm_wait 120 sh -c "[ \"\$(systemctl show -p MainPID --value aodv2.service)\" != $CPID_OLD ] && systemctl is-active --quiet aodv2.service"
-    # the new core is up before the new tracer has compiled: it reads the old layout meanwhile
-    SEEN_V1=no
-    end=$(( $(date +%s) + 300 ))
-    while [ "$(date +%s)" -lt "$end" ] && ! grep -q '"attached"' /run/aodv2/tracer-smb.json 2>/dev/null; do
-        [ "$(status_json "d['counters']['source'] + str(d['counters']['available'])")" = cmd_statsTrue ] && SEEN_V1=yes
-        sleep 0.5
-    done
-    vm_fact core_read_layout1_before_the_new_tracer "$SEEN_V1"
     vm_check "upgrade: tracer restarted and attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
     vm_check "upgrade: tracer pid changed" test "$(systemctl show -p MainPID --value aodv2-tracer@smb.service)" != "$TPID_OLD"
     vm_fact upgrade_to_attached_s "$(vm_since "$t")"
-    vm_check "upgrade: the core read the release's cmd_stats (layout 1) until the new tracer pinned its own" test "$SEEN_V1" = yes
     vm_check "upgrade: same ring map (id $RING_OLD)" test "$(ring_id)" = "$RING_OLD"
-    vm_check "upgrade: cmd_stats_v2 and ignored_status pinned, the layout-1 pin removed" \
-        test -e /sys/fs/bpf/aodv2/cmd_stats_v2 -a -e /sys/fs/bpf/aodv2/ignored_status -a ! -e /sys/fs/bpf/aodv2/cmd_stats
-    vm_check "upgrade: the core reads cmd_stats_v2" vm_wait 30 sh -c \
-        "python3 -c \"import json, sys; c = json.load(open('/run/aodv2/status.json'))['counters']; sys.exit(0 if c['source'] == 'cmd_stats_v2' and c['available'] else 1)\""
-    vm_check "upgrade: tracer journal says it removed the older pin" \
-        journal_since aodv2-tracer@smb.service "$t1" "removed the pin of an older layout"
+    vm_check "upgrade: same cmd_stats_v2 map (id $STATS_OLD): the counters go on" test "$(map_id cmd_stats_v2)" = "$STATS_OLD"
+    vm_check "upgrade: the new maps pinned (inflight_v1 hung_v1 emit_cfg_v1 servers_v1 trees_v1)" sh -c \
+        'for m in inflight_v1 hung_v1 emit_cfg_v1 servers_v1 trees_v1; do test -e /sys/fs/bpf/aodv2/$m || exit 1; done'
+    vm_check "upgrade: the new tracer ages requests (hung threshold published)" \
+        python3 -c "import json, sys; sys.exit(0 if json.load(open('/run/aodv2/tracer-smb.json')).get('hung_threshold_ns', 0) > 0 else 1)"
+    vm_check "upgrade: the evidence socket is enabled and listening" sh -c \
+        'systemctl is-enabled --quiet aodv2-evidence.socket && systemctl is-active --quiet aodv2-evidence.socket && test -S /run/aodv2/evidence.sock'
     vm_check "upgrade: no failed aodv2 unit" sh -c '! systemctl --failed --no-legend | grep -q aodv2'
     vm_check "upgrade: detection works (a slowdown alerts)" slowdown_alerts "$t1" latency
     vm_check "upgrade: a bundle written after the upgrade" vm_wait 120 journal_since aodv2.service "$t1" "AOD bundle written"

@@ -13,15 +13,19 @@ vm_fact kernel "$(uname -r)"
 vm_fact bcc_version "$(python3 -c 'import bcc; print(bcc.__version__)' 2>&1)"
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 rm -rf /sys/fs/bpf/aodv2
+mkdir -p -m 0700 /run/aodv2  # the tracer's state file (tracer-smb.json)
 PIN=/sys/fs/bpf/aodv2/events
 R=/tmp/trc; mkdir -p $R
 
-# emit every completion >= 1 ms so baseline latencies reach the ring; small ring for the drops test
+# emit every completion >= 1 ms so baseline latencies reach the ring; small ring for the drops test;
+# requests in flight longer than 3 s are hung (section 5b)
+HUNG_MS=3000
 cat > $R/aod.yaml <<EOF
 latency:
   mode: all
   default_threshold_ms: 1
   emergency_threshold_ms: 1
+  hung_threshold_ms: $HUNG_MS
 ring:
   path: $PIN
   size_kb: 256
@@ -54,6 +58,13 @@ wait_attached() {
 reader_start() { rm -f $R/stop; python3 "$VM_LIB_DIR/tracer_read.py" --pin $PIN --until-file $R/stop >"$1" 2>&1 & RPID=$!; sleep 2; }
 reader_stop() { touch $R/stop; wait "$RPID"; cat "$1"; }
 j() { vm_json "$1" "$2"; }
+STATE=/run/aodv2/tracer-smb.json
+st() { python3 -c "import json,sys; d=json.load(open('$STATE')); sys.exit(0 if ($1) else 1)"; }
+maps() { python3 "$VM_LIB_DIR/tracer_maps.py" /sys/fs/bpf/aodv2; }
+# prog ids the tracer process holds (a re-attach would change them)
+progs() { for f in /proc/$1/fdinfo/*; do awk '/^prog_id:/{print $2}' "$f" 2>/dev/null; done | sort -n | tr '\n' ' '; }
+# smbd processes, found by their executable (newer samba renames its children)
+smbd_pids() { for p in /proc/[0-9]*; do [ "$(readlink "$p/exe" 2>/dev/null)" = /usr/sbin/smbd ] && echo "${p#/proc/}"; done; }
 py() { python3 -c "import json,sys; d=json.loads([l for l in open('$1') if l.startswith('{')][-1]); sys.exit(0 if ($2) else 1)"; }
 
 # --- samba up, cifs not loaded yet
@@ -91,6 +102,22 @@ for ev in smb3_cmd_enter smb3_cmd_done smb3_cmd_err smb3_reconnect smb3_ses_expi
         vm_fact "format_$ev" missing
     fi
 done
+HEALTH_RE='smb3_(credit_timeout|insufficient_credits|reconnect_with_invalid_credits|connect_err|connect_done|key_expired|kerberos_auth|slow_rsp)'
+OFFERED=$(grep -oE "^cifs:$HEALTH_RE\$" "$TRACEFS/available_events" | sed 's/^cifs://' | sort | tr '\n' ' ')
+vm_fact health_offered_in_available_events "$OFFERED"
+vm_fact tracer_state "$(cat $STATE)"
+vm_check "new pins: inflight_v1 hung_v1 servers_v1 trees_v1 conns_v1 emit_cfg_v1" bash -c 'for m in inflight_v1 hung_v1 servers_v1 trees_v1 conns_v1 emit_cfg_v1; do test -e /sys/fs/bpf/aodv2/$m || exit 1; done'
+vm_check "every health tracepoint in available_events is attached (state file)" python3 -c "
+import json, sys
+d = json.load(open('$STATE'))['health']
+off = '$OFFERED'.split()
+sys.exit(0 if sorted(d['attached']) == off and sorted(d['offered']) == off else 1)"
+vm_check "state file: emit filter and hung threshold published" st "d['emit_min_ns'] == 1000000 and d['hung_threshold_ns'] == $HUNG_MS * 1000000 and 'aging' in d"
+maps > $R/maps0.json; cat $R/maps0.json
+vm_check "emit_cfg_v1 holds the published filter" python3 -c "
+import json, sys
+m = json.load(open('$R/maps0.json'))['emit_cfg_v1']; d = json.load(open('$STATE'))
+sys.exit(0 if (m['emit_min_ns'], m['cmd_mask']) == (d['emit_min_ns'], d['emit_cmd_mask']) else 1)"
 vm_fact kallsyms_fallback "$(grep -wE 'smb2_mid_entry_alloc|__release_mid|release_mid|_cifs_mid_q_entry_release' /proc/kallsyms | awk '{print $2":"$3}' | tr '\n' ' ')"
 
 # --- 2. baseline completions
@@ -138,7 +165,7 @@ printf 'ignored_statuses: []\n' >> $R/aod.yaml
 kill -HUP $T1PID
 vm_check "SIGHUP: the tracer emptied its ignored_status map (no rebuild)" \
     vm_wait 60 grep -q "ignored statuses: 0 (0 added, 5 removed)" $R/t1.log
-vm_check "SIGHUP: nothing rebuilt" grep -q "nothing the program compiles in changed" $R/t1.log
+vm_check "SIGHUP: nothing rebuilt" grep -q "nothing rebuilt or re-attached" $R/t1.log
 reader_start $R/r3n.json
 stat "$SMB_MNT/no-such-file-2-$$" >/dev/null 2>&1
 reader_stop $R/r3n.json
@@ -175,6 +202,126 @@ sleep 2
 reader_stop $R/r4.json
 vm_fact reconnects "$(j $R/r4.json reconnects) statuses=$(j $R/r4.json reconnect_statuses)"
 vm_check "reconnect record after smbd restart" py $R/r4.json "d['reconnects'] >= 1"
+maps > $R/maps1.json; cat $R/maps1.json
+vm_fact name_maps "$(cat $R/maps1.json)"
+vm_check "servers_v1 names the server, trees_v1 the share" python3 -c "
+import json, sys
+m = json.load(open('$R/maps1.json'))
+sys.exit(0 if '127.0.0.1' in m['servers_v1'].values() and any(v.endswith('share') for v in m['trees_v1'].values()) else 1)"
+
+# --- 5b. a real hang: every smbd frozen with SIGSTOP, then a writer (dd conv=fsync) starts. Each request in
+# flight past the hung threshold gives exactly one hung record, and its completion after SIGCONT
+# is still a latency sample (a completion record with its whole latency).
+rm -f $R/stop
+python3 "$VM_LIB_DIR/tracer_read.py" --pin $PIN --until-file $R/stop --dump $R/hang.npy >$R/rh.json 2>&1 & RPID=$!
+sleep 2
+SMBD=$(smbd_pids | tr '\n' ' ')
+vm_fact smbd_pids "$SMBD"
+t=$(vm_now)
+kill -STOP $SMBD
+dd if=/dev/zero of="$SMB_MNT/hang-$$" bs=64k count=8 conv=fsync 2>$R/dd.err & DD=$!
+sleep $(( HUNG_MS / 1000 + 4 ))
+vm_check "the fsync writer is blocked while smbd is frozen" kill -0 $DD
+vm_fact state_while_hung "$(cat $STATE)"
+maps > $R/maps2.json; vm_fact maps_while_hung "$(cat $R/maps2.json)"
+vm_check "hung_v1 holds the hung request(s)" python3 -c "import json,sys; sys.exit(0 if json.load(open('$R/maps2.json'))['hung_v1'] >= 1 else 1)"
+kill -CONT $SMBD
+vm_fact freeze_s "$(vm_since "$t")"
+vm_wait 120 bash -c "! kill -0 $DD"; wait $DD; DDRC=$?
+vm_check "the writer completes after SIGCONT (dd exit 0)" test "$DDRC" = 0
+ls "$SMB_MNT" >/dev/null
+sleep 3
+touch $R/stop; wait "$RPID"
+python3 - $R/hang.npy $HUNG_MS > $R/hang.json <<'PY'
+import json, sys
+import numpy as np
+sys.path.insert(0, "/share")
+from aod.record import EVENT_DTYPE, KIND_HUNG, KIND_COMPLETION, KIND_ERROR
+ev = np.load(sys.argv[1]); thr = int(sys.argv[2]) * 10**6
+hung = ev[(ev["kind"] == KIND_HUNG) & (ev["tracer_id"] == 1)]
+keys = [(int(e["session_id"]), int(e["command"]), int(e["mid"])) for e in hung]
+done = ev[np.isin(ev["kind"], [KIND_COMPLETION, KIND_ERROR]) & (ev["tracer_id"] == 1)]
+dkeys = {(int(e["session_id"]), int(e["command"]), int(e["mid"])): int(e["latency_ns"]) for e in done}
+paired = [k for k in keys if k in dkeys]
+print(json.dumps({
+    "hung_records": len(keys), "distinct": len(set(keys)),
+    "hung": [{"cmd": k[1], "mid": k[2], "age_ms": int(e["latency_ns"]) // 10**6, "pid": int(e["pid"]),
+              "comm": e["comm"].decode(errors="replace")} for k, e in zip(keys, hung)],
+    "completed": len(paired), "completion_latency_ms": [dkeys[k] // 10**6 for k in paired],
+    "all_completions_slower_than_threshold": all(dkeys[k] >= thr for k in paired),
+    "ages_ok": all(thr <= int(e["latency_ns"]) < thr + 2 * 10**9 for e in hung),
+    "dd_hung": any(e["comm"].startswith(b"dd") for e in hung),
+}))
+PY
+cat $R/hang.json
+vm_fact hang "$(cat $R/hang.json)"
+vm_check "hung records: >= 1, exactly one per request, age within 2 s of the threshold" py $R/hang.json \
+    "d['hung_records'] >= 1 and d['distinct'] == d['hung_records'] and d['ages_ok'] and d['dd_hung']"
+vm_check "each hung request's completion is a latency sample (>= threshold)" py $R/hang.json \
+    "d['completed'] == d['hung_records'] and d['all_completions_slower_than_threshold']"
+vm_check "state file: the aging scan counted them, hung_v1 empty again" vm_wait 10 st \
+    "d['aging']['hung_records'] >= 1 and d['aging']['hung'] == 0 and d['aging']['scans'] > 10"
+vm_fact aging_stats "$(python3 -c "import json; print(json.dumps(json.load(open('$STATE'))['aging']))")"
+rm -f "$SMB_MNT/hang-$$"
+
+# --- 5b2. connect: a mount against a port where nothing listens gives a connect_err health record
+# (smb3_connect_err, 5.16+), errno ECONNREFUSED, naming the connection
+if echo " $OFFERED " | grep -q " smb3_connect_err "; then
+    rm -f $R/stop
+    python3 "$VM_LIB_DIR/tracer_read.py" --pin $PIN --until-file $R/stop --dump $R/conn.npy >$R/rc.json 2>&1 & RPID=$!
+    sleep 2
+    mkdir -p /mnt/smb-x
+    timeout 60 mount -t cifs //127.0.0.1/share /mnt/smb-x -o "credentials=$SMB_CRED,port=4455" 2>$R/mountx.err
+    vm_fact mount_closed_port_rc "$? $(cat $R/mountx.err)"
+    sleep 2
+    touch $R/stop; wait "$RPID"
+    python3 - $R/conn.npy > $R/conn.json <<'PY'
+import json, sys
+import numpy as np
+sys.path.insert(0, "/share")
+from aod.record import KIND_HEALTH
+ev = np.load(sys.argv[1])
+h = ev[ev["kind"] == KIND_HEALTH]
+print(json.dumps({"health": [[int(e["command"]), int(e["err"]), int(e["session_id"])] for e in h]}))
+PY
+    cat $R/conn.json; vm_fact connect_health "$(cat $R/conn.json)"
+    vm_check "connect_err health record (code 4, ECONNREFUSED 111, a conn_id)" py $R/conn.json \
+        "any(c == 4 and e == 111 and s > 0 for c, e, s in d['health'])"
+fi
+
+# --- 5c. reload under traffic: maps updated, programs not re-attached, the new filter in force
+P0=$(progs $T1PID)
+vm_fact prog_ids_before_reload "$P0"
+python3 "$VM_LIB_DIR/workload.py" "$SMB_MNT" -n 400 --size 4096 > $R/wlr.json 2>&1 & WL=$!
+sed -i 's/default_threshold_ms: 1$/default_threshold_ms: 100000/; s/emergency_threshold_ms: 1$/emergency_threshold_ms: 100000/' $R/aod.yaml
+N0=$(grep -c "reloaded (maps updated" $R/t1.log)
+kill -HUP $T1PID
+vm_wait 60 bash -c "[ \$(grep -c 'reloaded (maps updated' $R/t1.log) -gt $N0 ]"
+vm_check "SIGHUP under traffic: the state file has the new emit threshold" vm_wait 10 st "d['emit_min_ns'] == 100000 * 10**6"
+sleep 1
+reader_start $R/rr0.json; reader_stop $R/rr0.json >/dev/null  # drain what was emitted before the reload
+reader_start $R/rr1.json
+sleep 4
+reader_stop $R/rr1.json
+cp $R/aod-ign.yaml $R/aod.yaml
+kill -HUP $T1PID
+vm_check "SIGHUP back: emit threshold 1 ms again" vm_wait 60 st "d['emit_min_ns'] == 10**6"
+reader_start $R/rr2.json
+sleep 4
+reader_stop $R/rr2.json
+wait $WL
+P1=$(progs $T1PID)
+vm_fact prog_ids_after_reload "$P1"
+vm_check "reload re-attached nothing (same BPF program ids: $P0)" test -n "$P0" -a "$P0" = "$P1"
+C1=$(j $R/rr1.json cmd_stats_total)
+vm_check "with the 100 s filter no completion reached the ring" py $R/rr1.json "d['completions'] == 0"
+vm_check "with the 1 ms filter completions reach the ring again, cmd_stats kept counting" py $R/rr2.json \
+    "d['completions'] > 0 and d['cmd_stats_total'] > ${C1:-0}"
+
+# --- 5d. the aging scan's cost: one scan of 10,000 requests in flight (fresh kernel maps)
+python3 "$VM_LIB_DIR/tracer_maps.py" --scan-cost 10000 > $R/cost.json; cat $R/cost.json
+vm_fact aging_scan_cost_10000 "$(cat $R/cost.json)"
+vm_check "aging scan of 10,000 in-flight requests read them all (batch)" py $R/cost.json "d['batch_inflight_seen'] == 10000"
 
 # --- 6. SIGKILL the tracer; ring survives; a restart (other size in config) reuses it
 MAPID1=$(j $R/r1.json map_id)

@@ -1,0 +1,174 @@
+"""The smb tracer while attached (tracer layer): the maps it keeps in step with the config, the
+aging thread, and the state file it publishes for the core.
+
+Data flow: config -> emit_cfg_v1 (emit filter), ignored_status, aging thresholds -> kernel
+program; aging.Scanner -> hung records; everything applied -> /run/aodv2/tracer-smb.json
+(tracerstate.py; the core warns when its latency threshold is below emit_min_ns).
+
+A reload (SIGHUP) is map updates only: the programs stay attached, so no record is duplicated
+and no request in flight loses its start (the old design loaded a second program first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from . import aging, pins, tracerstate
+from . import config as config_mod
+from .record import CMD_SLOTS
+
+EMIT_CFG_TABLE = "emit_cfg"  # bcc table names in bpf/smb.bpf.c
+INFLIGHT_TABLE = "inflight"
+HUNG_TABLE = "hung"
+HUNG_REQ_TABLE = "hung_req"
+UNPAIRED_TABLE = "unpaired"
+RECONN_TABLE = "reconn"
+KPROBE_NO_AGING = ("hung-request aging is not supported in kprobe mode (the in-flight map is keyed "
+                   "by mid pointer there); no hung records")
+PROC_PID_INIT_INO = 0xEFFFFFFC  # inode of the initial pid namespace (include/linux/proc_ns.h)
+
+
+def trigger_tgid(events_dir: Optional[str], ns_path: str = "/proc/self/ns/pid",
+                 init_ino: int = PROC_PID_INIT_INO) -> tuple[int, str]:
+    """(pid, "") for the trigger program's AOD_SELF_TGID, or (0, why aging is off). The program
+    compares with bpf_get_current_pid_tgid(), a tgid of the initial pid namespace: in a pid namespace
+    of its own (a container) os.getpid() is not that number, so the tracer's getppid() would never
+    fire the trigger and any process whose host tgid equals it would. bcc attaches every
+    TRACEPOINT_PROBE at load: without syscalls:sys_enter_getppid (no CONFIG_FTRACE_SYSCALLS) the
+    whole load would fail."""
+    try:
+        ino = os.stat(ns_path).st_ino
+    except OSError as e:
+        return 0, f"hung-request aging is off: cannot read {ns_path}: {e.strerror}"
+    if ino != init_ino:
+        return 0, ("hung-request aging is off: the tracer runs in a pid namespace of its own (a container?), "
+                   "where its pid is not the one the kernel program sees; run it in the host pid namespace")
+    if events_dir and not os.path.isdir(os.path.join(os.path.dirname(events_dir), "syscalls", "sys_enter_getppid")):
+        return 0, ("hung-request aging is off: the kernel has no syscalls:sys_enter_getppid tracepoint "
+                   "(CONFIG_FTRACE_SYSCALLS), which hung records are written through")
+    return os.getpid(), ""
+
+
+Log = Callable[[int, str], None]
+# loaded bcc object -> (Maps, emit, unpaired count) for the aging scan
+AgingFactory = Callable[[Any], tuple[aging.Maps, Callable[[Any], None], Callable[[], int]]]
+
+
+def emit_cmd_mask(lat: config_mod.LatencyConfig) -> int:
+    """Bit s set when completions of command slot s can matter to a detector (finite threshold)."""
+    finite = [t != float("inf") for t in config_mod.threshold_lookup(lat)]
+    mask = 0
+    for slot in range(CMD_SLOTS - 1):
+        if finite[slot]:
+            mask |= 1 << slot
+    if any(finite[CMD_SLOTS - 1:]):  # the last slot holds every command id >= 31
+        mask |= 1 << (CMD_SLOTS - 1)
+    return mask
+
+
+def applied(cfg: config_mod.Config) -> dict[str, int]:
+    """What the smb tracer applies from the config (state file keys)."""
+    lat = cfg.latency
+    hung = config_mod.hung_threshold_ns(lat)
+    if hung:  # defaulted from a small emergency threshold: never below HUNG_MIN_MS (ordinary slowness)
+        hung = max(hung, int(config_mod.HUNG_MIN_MS * 1e6))
+    return {"emit_min_ns": config_mod.min_threshold_ns(lat), "emit_cmd_mask": emit_cmd_mask(lat),
+            "hung_threshold_ns": hung, "hung_cmd_mask": config_mod.hung_cmd_mask(lat)}
+
+
+def write_emit_cfg(table: Any, emit_min_ns: int, cmd_mask: int) -> None:
+    """emit_cfg_v1[0] = {emit_min_ns, cmd_mask} on a bcc array table: one map update, which the
+    kernel copies whole, so a completion sees the old filter or the new one."""
+    leaf = table.Leaf()
+    leaf.emit_min_ns, leaf.cmd_mask, leaf.pad = emit_min_ns, cmd_mask, 0
+    table[table.Key(0)] = leaf
+
+
+def _percpu_sum(table: Any) -> int:
+    v = table[table.Key(0)]
+    try:
+        return int(sum(int(getattr(x, "value", x)) for x in v))
+    except TypeError:
+        return int(getattr(v, "value", v))
+
+
+def bcc_aging(obj: Any) -> tuple[aging.Maps, Callable[[Any], None], Callable[[], int]]:
+    """The scan's maps from a loaded bcc program: its own fds of inflight_v1, hung_v1 and hung_req."""
+    get = obj.get_table
+    maps = aging.RawMaps(get(INFLIGHT_TABLE).map_fd, get(HUNG_TABLE).map_fd, pins.INFLIGHT_MAX,
+                         get(RECONN_TABLE).map_fd)
+    unpaired = get(UNPAIRED_TABLE)
+    return maps, aging.TriggerEmitter(get(HUNG_REQ_TABLE).map_fd), lambda: _percpu_sum(unpaired)
+
+
+class SmbLive:
+    """Applies a config to the attached smb program and publishes what is in force."""
+
+    def __init__(self, obj: Any, state_dir: Optional[str], log: Log, stop: threading.Event,
+                 aging_factory: Optional[AgingFactory] = bcc_aging, health: Optional[dict] = None,
+                 aging_supported: bool = True, aging_off: str = "") -> None:
+        self.obj, self.state_dir, self.log, self.stop = obj, state_dir, log, stop
+        self.extra: dict[str, Any] = {"health": health or {"offered": [], "attached": []}}
+        self.lock = threading.Lock()
+        self.since = time.time()
+        self.state = "attached"
+        self.thread: Optional[aging.AgingThread] = None
+        if not aging_supported or aging_off:  # kprobe mode, or no usable trigger (trigger_tgid)
+            self.extra["aging_unsupported"] = aging_off or KPROBE_NO_AGING
+            log(logging.WARNING if aging_off else logging.INFO, aging_off or KPROBE_NO_AGING)
+        elif aging_factory is not None:
+            try:
+                maps, emit, unpaired = aging_factory(obj)
+            except Exception as e:  # a table missing from the program: trace on without aging
+                self.extra["aging_unsupported"] = f"cannot open the in-flight maps: {e}"
+                log(logging.WARNING, f"hung-request aging off: cannot open the in-flight maps: {e}")
+                return
+            scanner = aging.Scanner(maps, emit, unpaired=unpaired)
+            self.thread = aging.AgingThread(scanner, stop, self._publish_aging,
+                                            lambda m: log(logging.WARNING, m))
+
+    def apply(self, cfg: config_mod.Config) -> dict[str, int]:
+        """Emit filter and aging thresholds from cfg (attach and reload); returns what is in force."""
+        conf = applied(cfg)
+        try:
+            write_emit_cfg(self.obj.get_table(EMIT_CFG_TABLE), conf["emit_min_ns"], conf["emit_cmd_mask"])
+        except Exception as e:  # bcc raises plain Exception/KeyError: the old filter stays
+            self.log(logging.WARNING, f"cannot update the emit filter map: {e}")
+            with self.lock:
+                conf["emit_min_ns"] = self.extra.get("emit_min_ns", conf["emit_min_ns"])
+                conf["emit_cmd_mask"] = self.extra.get("emit_cmd_mask", conf["emit_cmd_mask"])
+        if self.thread is None:
+            conf["hung_threshold_ns"] = 0
+        else:
+            self.thread.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"])
+        with self.lock:
+            self.extra.update(conf)
+        return conf
+
+    def start(self) -> None:
+        if self.thread is not None:
+            self.thread.start()
+
+    def publish(self, state: Optional[str] = None) -> Optional[str]:
+        with self.lock:
+            if state is not None and state != self.state:
+                self.state, self.since = state, time.time()
+            if self.thread is not None:
+                self.extra["aging"] = self.thread.scanner.stats.as_dict()
+            return tracerstate.write_state(self.state_dir, "smb", self.state, dict(self.extra), self.since)
+
+    def _publish_aging(self, stats: dict) -> None:
+        with self.lock:
+            if self.state != "attached":
+                return
+        err = self.publish()
+        if err:
+            self.log(logging.WARNING, err)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
