@@ -64,13 +64,15 @@ RUN_DIR = "/run/aodv2"
 SOCK = RUN_DIR + "/control.sock"
 USER = "aodtest"
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Quiet: nothing but SIGUSR1 captures (no latency, error or reconnect anomalies from the freeze).
+# Quiet: nothing but SIGUSR1 captures (no latency, hung, error, reconnect or health anomalies from the
+# freeze: the hung threshold defaults to the emergency one, 600 s).
 BASE: Dict[str, Any] = {
     "watch_interval_sec": 1.0,
     "latency": {"mode": "excludeonly", "default_threshold_ms": 600000.0, "exclude": ["CHANGE_NOTIFY"],
                 "acceptable_count": 1000000, "emergency_threshold_ms": 600000.0},
     "errors": [],
     "reconnect": {"enabled": False},
+    "health": {"credits": {"enabled": False}, "connect": {"enabled": False}, "auth": {"enabled": False}},
     "capture": {"cooldown_sec": 0.0, "max_per_hour": 3600, "concurrency": 4,
                 "action_timeout_sec": 15.0, "lookback_sec": 30.0},
 }

@@ -197,10 +197,10 @@ systemctl reload aodv2.service
 vm_check "status --json lists both tracers attached after reload" \
     vm_wait 30 status_tracers_are "smb=attached synthetic=attached"
 vm_fact status_tracers_both "$(status_tracers)"
-vm_check "reload reached aodv2-tracer@smb (ReloadPropagatedFrom=)" \
-    vm_wait 30 journal_since aodv2-tracer@smb.service "$t0" "nothing the program compiles in changed"
+vm_check "reload reached aodv2-tracer@smb (ReloadPropagatedFrom=): maps updated, nothing rebuilt" \
+    vm_wait 30 journal_since aodv2-tracer@smb.service "$t0" "nothing rebuilt or re-attached"
 vm_check "reload reached aodv2-tracer@synthetic" \
-    vm_wait 30 journal_since aodv2-tracer@synthetic.service "$t0" "nothing the program compiles in changed"
+    vm_wait 30 journal_since aodv2-tracer@synthetic.service "$t0" "nothing of it applies to this tracer"
 cp -p /root/config.yaml.orig /etc/aodv2/config.yaml
 systemctl reload aodv2.service
 vm_check "status --json lists smb only again" vm_wait 30 status_tracers_are "smb=attached"
