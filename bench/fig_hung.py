@@ -21,28 +21,19 @@ no cooldown or hourly cap, hung_threshold_ms 1000); captures run against bench/f
 from __future__ import annotations
 
 import ctypes
-import dataclasses
-import logging
-import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from typing import List, Optional
 
 import numpy as np
 
-from aod import aging, bpfsys, log, ringfile
+from aod import aging, bpfsys
 from aod import config as config_mod
-from aod.counters import FileCounters
-from aod.daemon import Core
 from aod.record import INFLIGHT_KEY_DTYPE, INFLIGHT_START_DTYPE
-from aod.ring import RingReader
 
-from . import fakehost
 from .common import Row, pct
-from .fig_latency import AlertClock
+from .fig_latency import core_on_file_ring
 
 BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH = 1, 9
 CAPACITY = 16384
@@ -102,75 +93,52 @@ def scan_cost(n: int, scans: int) -> dict:
 
 
 def crossing_to_alert(trials: int) -> tuple[List[float], int]:
-    root = tempfile.mkdtemp(prefix="aodbench-hung-")
-    handler = AlertClock()
-    saved = (list(log.logger.handlers), log.logger.level, log.logger.propagate)
-    log.logger.handlers[:] = [handler]
-    log.logger.setLevel(logging.INFO)
-    log.logger.propagate = False
-    core = thread = aging_thread = None
-    stop = threading.Event()
-    m = maps()
     lat: List[float] = []
     missed = 0
+    stop = threading.Event()
+    m = maps()
+    aging_thread = None
     try:
-        env = fakehost.env_for(fakehost.build(os.path.join(root, "host"), debugdata_bytes=64 * 1024,
-                                              journal_lines=2000))
-        base = config_mod.defaults()
-        cfg = dataclasses.replace(
-            base, output_dir=os.path.join(root, "out"),
-            ring=dataclasses.replace(base.ring, path=os.path.join(root, "ring")),
-            latency=dataclasses.replace(base.latency, hung_threshold_ms=1000.0),
-            capture=dataclasses.replace(base.capture, cooldown_sec=0, max_per_hour=3600))
-        ringfile.create(cfg.ring.path, cfg.ring.size_kb * 1024)
-        core = Core(cfg, RingReader.open_file(cfg.ring.path), FileCounters(cfg.ring.path), collector_env=env)
-        thread = threading.Thread(target=core.run, name="bench-core", daemon=True)
-        thread.start()
-        writer = ringfile.FileRingWriter(cfg.ring.path)
-        lock = threading.Lock()
+        with core_on_file_ring("aodbench-hung-", {"hung_threshold_ms": 1000.0}) as (handler, core, cfg, writer):
+            lock = threading.Lock()
 
-        def emit(rec: np.ndarray) -> None:
-            with lock:
-                writer.write(rec)
+            def emit(rec: np.ndarray) -> None:
+                with lock:
+                    writer.write(rec)
 
-        thr_ns = config_mod.hung_threshold_ns(cfg.latency)
-        scanner = aging.Scanner(m, emit, threshold_ns=thr_ns, cmd_mask=config_mod.hung_cmd_mask(cfg.latency))
-        aging_thread = aging.AgingThread(scanner, stop, lambda d: None, lambda w: None)
-        aging_thread.start()
-        time.sleep(1.5)  # core up, first window read
-        rnd = random.Random(13)
-        mid = 1
-        for _ in range(trials):
-            while core.collector.busy or core.collector.pending():
-                time.sleep(0.02)
-            n = rnd.randint(1, 20)
-            lead = 0.2 + rnd.random() * aging.SCAN_INTERVAL_SEC  # crosses this far after the insert
-            t_cross_ns = time.monotonic_ns() + int(lead * 1e9)
-            keys, vals = requests(n, mid, t_cross_ns - thr_ns)
-            mid += n
-            insert(m.lru_fd, keys, vals)
-            t_cross = t_cross_ns / 1e9
-            t1 = handler.wait_for("hung", t_cross, lead + 5)
-            if t1 is None:
-                missed += 1
-            else:
-                lat.append(t1 - t_cross)
-            for k in keys:  # the requests complete: out of both maps before the next trial
-                m.lru_delete(k.tobytes())
-                m.hung_delete(k.tobytes())
-            time.sleep(0.3 + rnd.random() * 0.2)
+            thr_ns = config_mod.hung_threshold_ns(cfg.latency)
+            scanner = aging.Scanner(m, emit, threshold_ns=thr_ns, cmd_mask=config_mod.hung_cmd_mask(cfg.latency))
+            aging_thread = aging.AgingThread(scanner, stop, lambda d: None, lambda w: None)
+            aging_thread.start()
+            time.sleep(1.5)  # core up, first window read
+            rnd = random.Random(13)
+            mid = 1
+            for _ in range(trials):
+                while core.collector.busy or core.collector.pending():
+                    time.sleep(0.02)
+                n = rnd.randint(1, 20)
+                lead = 0.2 + rnd.random() * aging.SCAN_INTERVAL_SEC  # crosses this far after the insert
+                t_cross_ns = time.monotonic_ns() + int(lead * 1e9)
+                keys, vals = requests(n, mid, t_cross_ns - thr_ns)
+                mid += n
+                insert(m.lru_fd, keys, vals)
+                t_cross = t_cross_ns / 1e9
+                t1 = handler.wait_for("hung", t_cross, lead + 5)
+                if t1 is None:
+                    missed += 1
+                else:
+                    lat.append(t1 - t_cross)
+                for k in keys:  # the requests complete: out of both maps before the next trial
+                    m.lru_delete(k.tobytes())
+                    m.hung_delete(k.tobytes())
+                time.sleep(0.3 + rnd.random() * 0.2)
+            stop.set()  # the scan stops before the core
+            aging_thread.join()
     finally:
         stop.set()
         if aging_thread is not None:
             aging_thread.join()
-        if core is not None:
-            core.request("stop")
-        if thread is not None:
-            thread.join(15)
         m.close()
-        log.logger.handlers[:], lvl, log.logger.propagate = saved
-        log.logger.setLevel(lvl)
-        shutil.rmtree(root, ignore_errors=True)
     return lat, missed
 
 

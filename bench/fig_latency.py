@@ -22,6 +22,7 @@ The next trial starts once the previous alert is seen and its capture has finish
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -30,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from aod import config as config_mod
 from aod import log, ringfile, smb2
@@ -75,9 +76,13 @@ class AlertClock(logging.Handler):
                 self.cond.wait(left)
 
 
-def run(quick: bool, trials: Optional[int] = None) -> List[Row]:
-    n = trials or (3 if quick else 30)
-    root = tempfile.mkdtemp(prefix="aodbench-latency-")
+@contextlib.contextmanager
+def core_on_file_ring(prefix: str, latency: Optional[dict] = None
+                      ) -> Iterator[tuple[AlertClock, Core, config_mod.Config, ringfile.FileRingWriter]]:
+    """The real core in this process on a fresh file ring, its alerts timed by an AlertClock:
+    default config except output_dir, ring path, no cooldown or hourly cap (and `latency`
+    overrides); captures against a small fake host. Stops the core and restores the logger after."""
+    root = tempfile.mkdtemp(prefix=prefix)
     handler = AlertClock()
     saved = (list(log.logger.handlers), log.logger.level, log.logger.propagate)
     log.logger.handlers[:] = [handler]
@@ -92,13 +97,27 @@ def run(quick: bool, trials: Optional[int] = None) -> List[Row]:
         cfg = dataclasses.replace(
             base, output_dir=os.path.join(root, "out"),
             ring=dataclasses.replace(base.ring, path=os.path.join(root, "ring")),
+            latency=dataclasses.replace(base.latency, **(latency or {})),
             capture=dataclasses.replace(base.capture, cooldown_sec=0, max_per_hour=3600))
         ringfile.create(cfg.ring.path, cfg.ring.size_kb * 1024)
         reader = RingReader.open_file(cfg.ring.path)
         core = Core(cfg, reader, FileCounters(cfg.ring.path), collector_env=env)
         thread = threading.Thread(target=core.run, name="bench-core", daemon=True)
         thread.start()
-        writer = ringfile.FileRingWriter(cfg.ring.path)
+        yield handler, core, cfg, ringfile.FileRingWriter(cfg.ring.path)
+    finally:
+        if core is not None:
+            core.request("stop")
+        if thread is not None:
+            thread.join(15)
+        log.logger.handlers[:], lvl, log.logger.propagate = saved
+        log.logger.setLevel(lvl)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(quick: bool, trials: Optional[int] = None) -> List[Row]:
+    n = trials or (3 if quick else 30)
+    with core_on_file_ring("aodbench-latency-") as (handler, core, cfg, writer):
         tracer = SyntheticTracer(writer, emit_min_ns=int(config_mod.min_threshold_ns(cfg.latency)))
         interval = cfg.watch_interval_sec
         last_bg = [0.0]
@@ -166,14 +185,6 @@ def run(quick: bool, trials: Optional[int] = None) -> List[Row]:
                 else:
                     lat.append(t1 - t0)
             results[kind] = (lat, missed, ideal)
-    finally:
-        if core is not None:
-            core.request("stop")
-        if thread is not None:
-            thread.join(15)
-        log.logger.handlers[:], lvl, log.logger.propagate = saved
-        log.logger.setLevel(lvl)
-        shutil.rmtree(root, ignore_errors=True)
     rows = []
     for fig, kind, target in (("3a", "latency", 0.1), ("3b", "emergency", 0.1)):
         lat, missed, ideal = results[kind]
