@@ -2,29 +2,41 @@
 
 ring -> dispatch -> detect -> **collect** (actions.py plans, actionrun.py runs, collect.py drives).
 
-A step reads a file (capped, in a daemon thread), runs commands (argv, no shell, killed at
-the timeout with their process group), or writes one section of the evidence helper's
-answer (EvidenceFetch: one request per capture, shared by every evidence step). A skipped
-or missing step runs nothing. Every step is bounded by the action timeout.
+A step reads a file (capped, in a daemon thread that only reads: the capture writes the stage
+file, relative to the stage's fd, so a read stuck in the kernel is abandoned and counted as
+stranded, never able to write or re-create anything later), runs commands (argv, no shell; at the
+timeout, and whatever it leaves behind when it exits, its whole process tree is killed:
+reaper.py), or writes one section of the evidence helper's answer (EvidenceFetch: one
+request per capture, shared by every evidence step). A skipped or missing step runs nothing.
+Every step is bounded by the action timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
+import logging
 import os
+import select
 import shlex
-import signal
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .actions import ActionEnv, Step, redact, redact_file
+from . import log
+from .actions import ActionEnv, Step, redact, redact_capped
 from .evidencestep import EvidenceFetch, run_evidence
-from .stageio import CappedSink, in_thread
+from .reaper import KILL_WAIT_SEC, REAPER, TAG_VAR, new_tag
+from .stageio import CappedSink, ReadGate, StageLike, in_thread, stage_sink, stranded
 
 __all__ = ["ActionResult", "CappedSink", "EvidenceFetch", "StepResult", "combine", "in_thread", "run_step"]
-_KILL_WAIT_SEC = 1.0  # after SIGKILL; a task stuck in D state is abandoned, not waited for
+_KILL_WAIT_SEC = KILL_WAIT_SEC  # after SIGKILL; a task stuck in D state is abandoned, not waited for
+_SWEEP_SEC = 2.0  # the /proc scans of a sweep, beyond the kill wait
 _CHUNK = 256 * 1024
+_READ_MARGIN = 0.1  # a file reader's own deadline comes this much before the action timeout
+MAX_STRANDED = 4  # file readers stuck in the kernel at once; beyond that, file steps are skipped
 _STDERR_KEEP = 4096
 
 
@@ -47,69 +59,130 @@ class StepResult:
 # --- running a step -----------------------------------------------------------
 
 
-def _read_file_into(step: Step, path: str, stage: str) -> tuple[int, bool]:
-    """Read path (capped) into the stage file; returns (bytes, truncated). Blocking."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        skipped = 0
-        if step.keep == "tail" and st.st_size > step.cap_bytes:
-            f.seek(st.st_size - step.cap_bytes)
-            skipped = st.st_size - step.cap_bytes
-        parts, n = [], 0
-        while n <= step.cap_bytes:  # read one byte past the cap to know it was hit
-            chunk = f.read(min(_CHUNK, step.cap_bytes + 1 - n))
-            if not chunk:
-                break
-            parts.append(chunk)
-            n += len(chunk)
-    data = b"".join(parts)
+def _read_file_into(step: Step, path: str, gate: ReadGate) -> tuple[bytes, bool]:
+    """Read path (capped, redacted) in a worker thread; returns (data, truncated). It never
+    touches the stage: the capture writes what it returns. O_NONBLOCK and poll() bound a FIFO,
+    socket or device by the gate's deadline, and so does the check between chunks for a slow
+    file. A regular (procfs) file ignores O_NONBLOCK, so one read the kernel holds can outlive
+    the deadline: the capture then abandons it (counted as stranded, stageio.stranded())."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            data, skipped = _read_capped(fd, step, gate)
+        finally:
+            os.close(fd)
+    finally:
+        gate.finished()
     truncated = skipped > 0 or len(data) > step.cap_bytes
     data = data[: step.cap_bytes]
     if skipped:  # start at a line boundary
         nl = data.find(b"\n")
         if 0 <= nl < len(data) - 1:
             data = data[nl + 1 :]
-    if step.redact:
-        data = redact(data)
-    dest = os.path.join(stage, step.dest)
+    return (redact(data) if step.redact else data), truncated
+
+
+def _read_capped(fd: int, step: Step, gate: ReadGate) -> tuple[bytes, int]:
+    """(up to cap + 1 bytes, bytes skipped at the start for keep=tail)."""
+    st = os.fstat(fd)
+    regular = stat.S_ISREG(st.st_mode)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory")
+    skipped = 0
+    if regular and step.keep == "tail" and st.st_size > step.cap_bytes:
+        skipped = st.st_size - step.cap_bytes
+        os.lseek(fd, skipped, os.SEEK_SET)
+    poller = None if regular else select.poll()
+    if poller is not None:
+        poller.register(fd, select.POLLIN)
+    parts, n = [], 0
+    while n <= step.cap_bytes and not gate.abandoned:  # one byte past the cap tells it was hit
+        left = gate.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(errno.ETIMEDOUT, "read deadline passed")
+        if poller is not None and not poller.poll(max(1, int(left * 1000))):
+            continue
+        try:
+            chunk = os.read(fd, min(_CHUNK, step.cap_bytes + 1 - n))
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        if not chunk:
+            break
+        parts.append(chunk)
+        n += len(chunk)
+    return b"".join(parts), skipped
+
+
+def _write_file(stage: StageLike, rel: str, data: bytes, cap: int) -> int:
+    """Write a file step's data into the stage (relative to its fd); OSError names the stage file."""
     try:
-        sink = CappedSink(dest, step.cap_bytes, "head")
+        sink = stage_sink(stage, rel, cap, "head")
         try:
             sink.write(data)
         finally:
             size = sink.close()
     except OSError as e:  # name the stage file, not the source, on ENOSPC/EROFS
-        raise OSError(e.errno, e.strerror, dest) from e
-    return size, truncated
+        raise OSError(e.errno, e.strerror, os.path.join(os.fspath(stage), rel)) from e
+    return size
 
 
-async def _run_file(step: Step, stage: str, timeout: float, res: StepResult) -> None:
+async def _run_file(step: Step, stage: StageLike, timeout: float, res: StepResult) -> None:
     path = next((p for p in step.files if os.path.exists(p)), None)
     if path is None:
         res.status, res.error = "missing", "not found: " + ", ".join(step.files)
         return
     res.source = path
+    stuck = stranded()["now"]
+    if stuck >= MAX_STRANDED:
+        res.status, res.error = "skipped", f"skipped: {stuck} earlier file reads are still stuck in the kernel"
+        return
+    gate = ReadGate(time.monotonic() + max(0.0, timeout - min(_READ_MARGIN, timeout / 4)))
     try:
-        read = in_thread(_read_file_into, step, path, stage)
-        res.bytes, res.truncated = await asyncio.wait_for(read, timeout)
+        data, res.truncated = await asyncio.wait_for(in_thread(_read_file_into, step, path, gate), timeout)
     except FileNotFoundError:
         res.status, res.error = "missing", f"not found: {path}"
-    except asyncio.TimeoutError:
+        return
+    except (asyncio.TimeoutError, TimeoutError):
         res.status, res.error = "timeout", f"reading {path} took over {timeout:g}s"
+        if gate.abandon():
+            res.error += f" (its reader is stuck in the kernel: abandoned, {stranded()['now']} stranded now)"
+        return
     except OSError as e:
         res.status, res.error = "failed", f"{e.filename or path}: {e.strerror or e}"
+        return
+    except BaseException:  # cancelled (shutdown): the thread may still be in its read
+        gate.abandon()
+        raise
+    res.bytes = await in_thread(_write_file, stage, step.dest, data, step.cap_bytes)
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+async def _end_tree(proc: asyncio.subprocess.Process, tag: str) -> None:
+    """Kill what is left of a command: its group and every descendant, also a `setsid`
+    grandchild or an orphan the core adopted (reaper.py), and reap them. The sweep runs in a
+    thread that finishes on its own even if this task is cancelled; a process stuck in D state
+    is counted as stranded, never waited for."""
+    sweep = in_thread(REAPER.kill_tree, tag, _KILL_WAIT_SEC)
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
-    except (ProcessLookupError, PermissionError):
-        pass
+        await asyncio.wait_for(asyncio.shield(sweep), _KILL_WAIT_SEC + _SWEEP_SEC)
+    except asyncio.TimeoutError:
+        log.emit("action_failed", logging.WARNING, f"AOD killing the processes of action command {proc.pid} did "
+                 f"not finish within {_KILL_WAIT_SEC + _SWEEP_SEC:g}s (a stuck /proc read?); left to finish alone")
+    except Exception as e:  # noqa: BLE001 - a sweep bug must not hide the command's result
+        log.emit("action_failed", logging.WARNING, f"AOD killing the processes of action command {proc.pid} "
+                 f"failed: {e!r}")
     if proc.returncode is None:
         try:
-            proc.kill()
+            proc.kill()  # the sweep could not see it (e.g. /proc unreadable)
         except ProcessLookupError:
             pass
+        try:  # the leader is asyncio's to reap; stuck in D state: left to the child watcher
+            await asyncio.wait_for(asyncio.shield(proc.wait()), _KILL_WAIT_SEC)
+        except asyncio.TimeoutError:
+            pass
+    transport = getattr(proc, "_transport", None)  # its pipes too: a stranded process may hold them
+    if transport is not None:
+        transport.close()
 
 
 async def _pump(stream: Optional[asyncio.StreamReader], out: Callable[[bytes], None]) -> None:
@@ -127,9 +200,15 @@ async def run_command(
 ) -> tuple[Optional[int], str]:
     """Run argv (no shell), stream stdout into sink. Returns (exit code, stderr tail).
 
-    Raises asyncio.TimeoutError after killing the process group; CancelledError likewise.
+    Raises asyncio.TimeoutError after killing the command's whole process tree; CancelledError
+    likewise. Whatever the command leaves behind when it exits is killed too. Raises OSError
+    (EAGAIN) while MAX_STRANDED processes of earlier commands survive SIGKILL.
     """
+    if REAPER.over_limit():
+        raise OSError(errno.EAGAIN, f"not started: {REAPER.stranded} processes of earlier actions survived "
+                      "SIGKILL (D state, a dead mount?)")
     err = bytearray()
+    tag = new_tag()
 
     def keep_err(b: bytes) -> None:
         err.extend(b)
@@ -142,8 +221,9 @@ async def run_command(
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
-        env={"PATH": env.search_path(), "LC_ALL": "C", "SYSTEMD_COLORS": "0", "PAGER": "cat"},
+        env={"PATH": env.search_path(), "LC_ALL": "C", "SYSTEMD_COLORS": "0", "PAGER": "cat", TAG_VAR: tag},
     )
+    REAPER.started(tag, proc.pid)
 
     async def communicate() -> int:
         await asyncio.gather(_pump(proc.stdout, sink.write), _pump(proc.stderr, keep_err))
@@ -151,18 +231,13 @@ async def run_command(
 
     try:
         rc = await asyncio.wait_for(communicate(), timeout)
-    except BaseException:
-        _kill_group(proc)
-        try:  # reap if it dies; a process stuck in D state is left to the child watcher
-            await asyncio.wait_for(asyncio.shield(proc.wait()), _KILL_WAIT_SEC)
-        except BaseException:  # noqa: S110 - best effort
-            pass
-        raise
+    finally:  # timeout, cancel or exit: nothing the command started outlives it
+        await _end_tree(proc, tag)
     return rc, err.decode("utf-8", "replace").strip()
 
 
-async def _run_commands(step: Step, stage: str, timeout: float, env: ActionEnv, res: StepResult) -> None:
-    sink = CappedSink(os.path.join(stage, step.dest), step.cap_bytes, step.keep)
+async def _run_commands(step: Step, stage: StageLike, timeout: float, env: ActionEnv, res: StepResult) -> None:
+    sink = stage_sink(stage, step.dest, step.cap_bytes, step.keep)
     notes: list[str] = []
     try:
         for i, argv in enumerate(step.argvs):
@@ -195,15 +270,14 @@ async def _run_commands(step: Step, stage: str, timeout: float, env: ActionEnv, 
             elif not step.sequence:
                 res.status = "ok"
                 break
-    finally:
-        res.truncated = sink.truncated
-        res.bytes = sink.close()
-        if step.redact and res.bytes:  # also when cancelled: nothing unredacted reaches a bundle
-            res.bytes = redact_file(os.path.join(stage, step.dest))
+    finally:  # redacted also when cancelled: nothing unredacted reaches a bundle; a capped
+        res.truncated = sink.truncated  # capture is cut at a line boundary (no secret cut in half)
+        res.bytes = sink.close(functools.partial(redact_capped, cut=step.keep if res.truncated else "")
+                               if step.redact else None)
     res.error = "" if res.status == "ok" else "; ".join(notes)
 
 
-async def run_step(step: Step, stage: str, timeout: float, env: ActionEnv,
+async def run_step(step: Step, stage: StageLike, timeout: float, env: ActionEnv,
                    fetch: Optional[EvidenceFetch] = None) -> StepResult:
     """Execute one step into stage/<dest>. Never raises except CancelledError."""
     res = StepResult(step.action, step.dest, label=step.label)

@@ -2,10 +2,14 @@
 
 ring -> dispatch -> detect -> **collect** -> retain.
 
-A capture writes into `<output_dir>/.stage-<type>_<stamp>_<pid>_<seq>/` (0700). `finalize()`
-streams the stage as a tar through zstd into `.<name>.<pid>.partial` (0600 from creation), fsyncs it, then links it
-to `aod_<type>_<YYYYmmddTHHMMSSZ>_<seq>.tar.zst` (never clobbering) and fsyncs the dir. Only
-names matching BUNDLE_RE are finished bundles; retain.py relies on that.
+A capture writes into `<output_dir>/.stage-<type>_<stamp>_<pid>_<seq>/` (0700), an open
+stageio.Stage: every file in it is created relative to its fd, O_NOFOLLOW|O_EXCL. `finalize()`
+streams the stage (walked through directory fds; symlinks and anything not a regular file are
+left out) as a tar through zstd into `.<name>.<pid>.partial` (0600 from creation), fsyncs it,
+then links it to `aod_<type>_<YYYYmmddTHHMMSSZ>_<seq>.tar.zst` (never clobbering) and fsyncs the
+dir, all relative to the output dir's fd. Only names matching BUNDLE_RE are finished bundles;
+retain.py relies on that. The output dir must pass safefs.check_dir and must not be a system
+directory (ensure_output_dir); the core never changes the mode of one it did not create.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import itertools
 import logging
 import os
 import re
-import shutil
 import stat
 import tarfile
 import threading
@@ -25,7 +28,8 @@ from typing import IO, Optional
 
 import zstandard
 
-from . import log
+from . import log, safefs
+from .stageio import Stage, StageLike, opened
 
 BUNDLE_RE = re.compile(r"^aod_([a-z0-9]+)_(\d{8}T\d{6}Z)_(\d+)\.tar\.zst$")
 STAGE_PREFIX = ".stage-"
@@ -34,9 +38,11 @@ ZSTD_LEVEL = 3
 FIRST_MEMBERS = ("summary.json", "events.npy")  # put first in the tar: cheap to peek at
 READ_LIMIT = 1024 * 1024 * 1024  # read_bundle refuses to inflate more than this
 
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_MAX_DEPTH = 16  # stage subdirectories packed (actions use 2)
 _seq = itertools.count(1)
 _seq_lock = threading.Lock()
+_live: set[str] = set()  # names of this process's stages in use (retain.py leaves them alone)
 
 
 class BundleError(Exception):
@@ -80,77 +86,156 @@ def _fail(what: str, path: str, e: BaseException) -> BundleError:
 
 
 _warned_dirs: set[str] = set()
+WHAT = "output_dir"
 
 
 def ensure_output_dir(path: str) -> None:
-    """Create output_dir 0700 if missing. An existing one of ours with group/other bits is set to
-    0700 (bundle names and the anomaly history are nobody else's business) and that is logged;
-    one we do not own, or that refuses chmod (cifs, vfat), is used as it is, with one warning."""
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise BundleError(f"output directory {path} is not a directory", path, errno.ENOTDIR)
+    """Refuse a system directory (/etc, /var/log, /proc/...) and one another user could swap
+    (it or a parent owned or writable by another non-root user: safefs.check_dir); create the
+    missing levels 0700. An existing one that others can read (say 0755) is used as it is, with
+    one warning: the core never changes the mode of a directory it did not create. Raises BundleError."""
+    why = safefs.system_dir_problem(path)
+    if why:
+        raise BundleError(f"{WHAT} {path}: {why}; expected a directory of its own, such as /var/log/aodv2",
+                          path, errno.EPERM)
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        safefs.check_dir(path, WHAT)
+        safefs.makedirs(path, 0o700)
+        safefs.check_dir(path, WHAT)  # and nobody made a missing level first (a sticky parent)
         st = os.stat(path)
+    except safefs.UnsafePath as e:
+        raise BundleError(str(e), path, e.errno) from e
     except OSError as e:
         raise _fail("cannot use output directory", path, e) from e
     mode = stat.S_IMODE(st.st_mode)
-    if not mode & 0o077:
-        return
+    if mode & 0o077 and path not in _warned_dirs:
+        _warned_dirs.add(path)
+        log.emit("bundle", logging.WARNING, f"AOD output directory {path} is mode {mode:04o}: other users may "
+                 "see the bundle names (bundles stay 0600); chmod 0700 it if that matters (aodv2 never "
+                 "changes the mode of a directory it did not create)", AOD_OUTPUT=path)
+
+
+def _open_output_dir(path: str) -> int:
+    """The output dir's fd, checked again once open (what was checked by path is what we hold)."""
+    fd = safefs.open_dir(path, follow=True)
     try:
-        if st.st_uid != os.geteuid():
-            raise PermissionError(errno.EPERM, "owned by another user")
-        os.chmod(path, 0o700)
-        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
-            raise PermissionError(errno.EPERM, "the filesystem ignores chmod")
-    except OSError as e:
-        if path not in _warned_dirs:
-            _warned_dirs.add(path)
-            log.emit("bundle", logging.WARNING, f"AOD output directory {path} is mode {mode:04o} and cannot "
-                     f"be set to 0700 ({e.strerror or e}); bundles stay 0600 in it", AOD_OUTPUT=path)
-        return
-    log.emit("bundle", logging.WARNING,
-             f"AOD output directory {path} was mode {mode:04o}; set to 0700", AOD_OUTPUT=path)
+        safefs.verify_dir_fd(fd, path, WHAT)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-def new_stage(output_dir: str, anomaly_type: str, wall: float) -> str:
-    """Make a fresh 0700 stage directory inside output_dir and return its path."""
+def stage_in_use(name: str) -> bool:
+    """A stage of this process that a capture is still filling."""
+    with _seq_lock:
+        return name in _live
+
+
+def new_stage(output_dir: str, anomaly_type: str, wall: float) -> Stage:
+    """Make a fresh 0700 stage directory inside output_dir and return it open."""
     ensure_output_dir(output_dir)
     base = f"{STAGE_PREFIX}{_safe_type(anomaly_type)}_{utc_stamp(wall)}_{os.getpid()}"
-    for _ in range(1000):
-        path = os.path.join(output_dir, f"{base}_{_next_seq()}")
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise _fail("cannot create stage directory", path, e) from e
+    try:
+        out_fd = _open_output_dir(output_dir)
+    except safefs.UnsafePath as e:
+        raise BundleError(str(e), output_dir, e.errno) from e
+    except OSError as e:
+        raise _fail("cannot use output directory", output_dir, e) from e
+    try:
+        for _ in range(1000):
+            name = f"{base}_{_next_seq()}"
+            path = os.path.join(output_dir, name)
+            with _seq_lock:
+                _live.add(name)  # before it exists: the stale sweep never sees it unclaimed
+            try:
+                os.mkdir(name, 0o700, dir_fd=out_fd)
+                fd = safefs.open_dir(name, dir_fd=out_fd)
+                try:
+                    os.fchmod(fd, 0o700)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                return Stage(path, fd, name)
+            except FileExistsError:
+                _forget(name)
+                continue
+            except OSError as e:
+                _forget(name)
+                raise _fail("cannot create stage directory", path, e) from e
+    finally:
+        os.close(out_fd)
     raise BundleError(f"cannot create a stage directory in {output_dir}", output_dir)
 
 
-def write_member(stage: str, rel: str, data: bytes) -> int:
-    """Write one file (0600) into the stage; parent dirs 0700."""
-    path = os.path.join(stage, rel)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _forget(name: str) -> None:
+    with _seq_lock:
+        _live.discard(name)
+
+
+def write_member(stage: StageLike, rel: str, data: bytes) -> int:
+    """Write one new file (0600) into the stage, relative to its fd; parent dirs 0700."""
+    with opened(stage) as st:
+        fd = st.create(rel)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return len(data)
 
 
-def discard_stage(stage: str) -> None:
-    shutil.rmtree(stage, ignore_errors=True)
+def discard_stage(stage: StageLike) -> None:
+    """Remove a stage without following any symlink: its contents through its own fd, then
+    its name. Never raises."""
+    if not isinstance(stage, Stage):
+        parent, name = os.path.split(os.path.normpath(os.fspath(stage)))
+        try:
+            pfd = safefs.open_dir(parent or ".", follow=True)
+            try:
+                safefs.remove_tree(name, pfd)
+            finally:
+                os.close(pfd)
+        except OSError:
+            pass
+        return
+    try:
+        if stage.fd >= 0:
+            safefs.clear_dir(stage.fd)
+        pfd = safefs.open_dir(os.path.dirname(stage.path), follow=True)
+        try:
+            os.rmdir(stage.name or os.path.basename(stage.path), dir_fd=pfd)
+        finally:
+            os.close(pfd)
+    except OSError:
+        pass
+    finally:
+        stage.close()
+        _forget(stage.name)
 
 
-def _members(stage: str) -> list[str]:
-    """Relative paths (dirs and regular files, no symlinks), summary first, then sorted."""
-    out: list[str] = []
-    for root, dirs, files in os.walk(stage):
-        dirs.sort()
-        rel_root = os.path.relpath(root, stage)
-        for name in sorted(dirs) + sorted(files):
-            out.append(os.path.normpath(os.path.join(rel_root, name)))
-    first = [m for m in FIRST_MEMBERS if m in out]
+def _members(stage: Stage) -> list[tuple[str, bool, float]]:
+    """(relative path, is a directory, mtime) of the stage's directories and regular files, walked
+    through directory fds (symlinks and anything else left out); summary first, then sorted."""
+    out: list[tuple[str, bool, float]] = []
+
+    def walk(fd: int, rel: str, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            raise OSError(errno.ELOOP, "stage directories nested too deep", os.path.join(stage.path, rel))
+        with os.scandir(fd) as it:
+            found = []
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                    found.append((e.name, stat.S_ISDIR(st.st_mode), st.st_mtime))
+        dirs = sorted(f for f in found if f[1])
+        out.extend((os.path.join(rel, n), d, m) for n, d, m in dirs + sorted(f for f in found if not f[1]))
+        for name, _, _ in dirs:
+            sub = safefs.open_dir(name, dir_fd=fd)
+            try:
+                walk(sub, os.path.join(rel, name), depth + 1)
+            finally:
+                os.close(sub)
+
+    walk(stage.fd, "", 0)
+    first = [m for name in FIRST_MEMBERS for m in out if m[0] == name]
     return first + [m for m in out if m not in first]
 
 
@@ -158,104 +243,105 @@ def _compressor() -> zstandard.ZstdCompressor:
     return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0)
 
 
-def _write_tar(stage: str, top: str, raw: IO[bytes]) -> None:
+def _write_tar(stage: Stage, top: str, raw: IO[bytes]) -> None:
     with _compressor().stream_writer(raw, closefd=False) as zw:
         with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             ti = tarfile.TarInfo(top)
             ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o700, int(time.time())
             tar.addfile(ti)
-            for rel in _members(stage):
-                path = os.path.join(stage, rel)
-                st = os.lstat(path)
+            for rel, is_dir, mtime in _members(stage):
                 ti = tarfile.TarInfo(f"{top}/{rel}")
-                ti.mtime = int(st.st_mtime)
-                if stat.S_ISDIR(st.st_mode):
+                ti.mtime = int(mtime)
+                if is_dir:
                     ti.type, ti.mode = tarfile.DIRTYPE, 0o700
                     tar.addfile(ti)
-                elif stat.S_ISREG(st.st_mode):
-                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                    with os.fdopen(fd, "rb") as f:
-                        ti.size, ti.mode = os.fstat(fd).st_size, 0o600
-                        tar.addfile(ti, f)
+                    continue
+                fd = stage.open_read(rel)  # O_NOFOLLOW on every component, a regular file only
+                with os.fdopen(fd, "rb") as f:
+                    ti.size, ti.mode = os.fstat(fd).st_size, 0o600
+                    tar.addfile(ti, f)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _lexists(name: str, dir_fd: int) -> bool:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
-def _publish(partial: str, output_dir: str, name: str, anomaly_type: str, wall: float) -> str:
+def _publish(partial: str, out_fd: int, output_dir: str, name: str, anomaly_type: str, wall: float) -> str:
     """Give the finished partial its final name (`name`, else a later seq) without clobbering."""
     for i in range(1000):
-        final = os.path.join(output_dir, name if i == 0 else bundle_name(anomaly_type, wall, _next_seq()))
-        try:
-            os.link(partial, final)  # atomic, fails if final exists
+        final = name if i == 0 else bundle_name(anomaly_type, wall, _next_seq())
+        try:  # atomic, fails if final exists
+            os.link(partial, final, src_dir_fd=out_fd, dst_dir_fd=out_fd, follow_symlinks=False)
         except FileExistsError:
             continue
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
                 raise
-            if os.path.lexists(final):  # no hard links here: check, then rename
+            if _lexists(final, out_fd):  # no hard links here: check, then rename
                 continue
-            os.rename(partial, final)
-            return final
-        os.unlink(partial)
-        return final
+            os.rename(partial, final, src_dir_fd=out_fd, dst_dir_fd=out_fd)
+            return os.path.join(output_dir, final)
+        os.unlink(partial, dir_fd=out_fd)
+        return os.path.join(output_dir, final)
     raise OSError(errno.EEXIST, "no free bundle name", output_dir)
 
 
-def finalize(stage: str, output_dir: str, anomaly_type: str, wall: float) -> tuple[str, int]:
+def finalize(stage: StageLike, output_dir: str, anomaly_type: str, wall: float) -> tuple[str, int]:
     """Stage -> finished bundle. Returns (path, bytes). Removes the stage either way.
 
     Raises BundleError naming the path on any failure (ENOSPC, EROFS, EACCES, ...) after
     removing the partial file, so no half-written bundle is ever left or visible.
     """
-    name = partial = ""
-    fd, created = -1, False
+    name = partial = pname = ""
+    fd, out_fd, created = -1, -1, False
     try:
-        for _ in range(1000):  # a name free both as bundle and as partial (earlier runs, crashes)
-            name = bundle_name(anomaly_type, wall, _next_seq())
-            partial = os.path.join(output_dir, f".{name}.{os.getpid()}{PARTIAL_SUFFIX}")
-            if os.path.lexists(os.path.join(output_dir, name)):
-                continue
+        with opened(stage) as st:
+            out_fd = _open_output_dir(output_dir)
+            for _ in range(1000):  # a name free both as bundle and as partial (earlier runs, crashes)
+                name = bundle_name(anomaly_type, wall, _next_seq())
+                pname = f".{name}.{os.getpid()}{PARTIAL_SUFFIX}"
+                partial = os.path.join(output_dir, pname)
+                if _lexists(name, out_fd):
+                    continue
+                try:
+                    fd = os.open(pname, _NEW_FILE, 0o600, dir_fd=out_fd)
+                    created = True
+                    break
+                except FileExistsError:
+                    continue
+            if fd < 0:
+                raise OSError(errno.EEXIST, "no free bundle name", output_dir)
+            with os.fdopen(fd, "wb") as raw:
+                fd = -1  # owned by raw now
+                _write_tar(st, name[: -len(".tar.zst")], raw)
+                raw.flush()
+                os.fsync(raw.fileno())
+                size = os.fstat(raw.fileno()).st_size
+            final = _publish(pname, out_fd, output_dir, name, anomaly_type, wall)
             try:
-                fd = os.open(partial, _NEW_FILE, 0o600)
-                created = True
-                break
-            except FileExistsError:
-                continue
-        if fd < 0:
-            raise OSError(errno.EEXIST, "no free bundle name", output_dir)
-        with os.fdopen(fd, "wb") as raw:
-            fd = -1  # owned by raw now
-            _write_tar(stage, name[: -len(".tar.zst")], raw)
-            raw.flush()
-            os.fsync(raw.fileno())
-            size = os.fstat(raw.fileno()).st_size
-        final = _publish(partial, output_dir, name, anomaly_type, wall)
+                os.fsync(out_fd)
+            except OSError:  # the bundle is complete and named; durability of the name is best effort
+                pass
     except Exception as e:  # OSError, TarError, ZstdError, ...: never leave a partial behind
         if fd >= 0:
             os.close(fd)
         if created:
-            _unlink_quietly(partial)
+            try:
+                os.unlink(pname, dir_fd=out_fd)
+            except OSError:
+                pass
+        if isinstance(e, safefs.UnsafePath):
+            raise BundleError(str(e), output_dir, e.errno) from e
         raise _fail("cannot write bundle", partial or output_dir, e) from e
     finally:
+        if out_fd >= 0:
+            os.close(out_fd)
         discard_stage(stage)
-    try:
-        _fsync_dir(output_dir)
-    except OSError:  # the bundle is complete and named; durability of the name is best effort
-        pass
     return final, size
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def list_bundles(output_dir: str) -> list[str]:

@@ -2,15 +2,16 @@
 
 ring -> dispatch -> detect -> collect -> retain; this sits after collect and only reads the
 bundles of bundle.py, for `aodv2 show` and `aodv2 list` (bundleview.py) and `show --extract`
-(bundleextract.py). Every read is size-capped, and a bundle cut off or garbled between two members
-is told apart from a whole one (tarfile's stream mode stops there silently).
+(bundleextract.py). Every read is size-capped (headers too: bundlecheck.py), summary.json is parsed
+with a nesting bound, events.npy only as exactly record.EVENT_DTYPE, and a bundle cut off or
+garbled between two members is told apart from a whole one (tarfile's stream mode stops there
+silently).
 """
 
 from __future__ import annotations
 
 import errno
-import io
-import json
+import math
 import os
 import stat
 import tarfile
@@ -21,13 +22,15 @@ import numpy as np
 import zstandard
 
 from . import bundle
+from .bundlecheck import BoundedTar, load_events
+from .safetext import loads, short
 
 EX_FAIL, EX_USAGE, EX_NOPERM = 1, 2, 77  # as in cli.py
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 HEAD_LIMIT = 16 * 1024 * 1024  # list: inflate at most this much looking for summary.json
-SUMMARY_LIMIT = 8 * 1024 * 1024
-EVENTS_LIMIT = 256 * 1024 * 1024
-MAX_MEMBERS = 100_000
+SUMMARY_LIMIT = 1024 * 1024  # a real one is a few KiB
+EVENTS_LIMIT = 32 * 1024 * 1024  # 466k records; the core keeps at most 65536
+MAX_MEMBERS = 100_000  # show; --extract stops at bundleextract.MAX_EXTRACT_MEMBERS
 _BLOCK = tarfile.BLOCKSIZE
 
 
@@ -59,18 +62,25 @@ class BundleView:
 
 
 def human_bytes(n: Optional[float]) -> str:
+    """'1.5 MiB'; '-' for what is not a finite number (a bundle may hold anything)."""
     if not isinstance(n, (int, float)) or isinstance(n, bool):
         return "-"
-    if n < 1024:
+    try:
+        n = float(n)
+    except OverflowError:  # an int past 1e308
+        return "-"
+    if not math.isfinite(n):
+        return "-"
+    if abs(n) < 1024:
         return f"{int(n)} B"
     for unit in ("KiB", "MiB", "GiB", "TiB"):
         n /= 1024.0
-        if n < 1024 or unit == "TiB":
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}"
     return "-"  # not reached
 
 
-def _open(path: str) -> IO[bytes]:
+def open_bundle(path: str) -> IO[bytes]:
     """The bundle file, checked: exists, regular, readable, zstd magic. Raises ViewError."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
@@ -122,7 +132,7 @@ class _Inflated:
     """
 
     def __init__(self, raw: IO[bytes], path: str, limit: int) -> None:
-        self._zr = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        self._zr = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
         self.path, self.limit = path, limit
         self.pos = 0
         self.last_nonzero = 0  # end offset of the last non-zero byte seen
@@ -170,31 +180,41 @@ def name_parts(name: str) -> list[str]:
     return [p for p in name.split("/") if p not in ("", ".")]
 
 
-def stream(path: str, visit: Callable[[tarfile.TarFile, tarfile.TarInfo], bool], limit: int,
-            check_end: bool = True) -> str:
+Visit = Callable[[tarfile.TarFile, tarfile.TarInfo], bool]
+
+
+def stream(path: str, visit: Visit, limit: int, check_end: bool = True) -> str:
     """Call visit(tar, member) for each member until it returns False. Returns '' when the
     archive was read to its proper end (or visit stopped), else why it is corrupt/truncated.
     Raises ViewError when the file cannot be opened or is not a zstd file at all."""
-    with _open(path) as raw:
-        inflated = _Inflated(raw, path, limit)
-        try:
-            with tarfile.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
-                for m in tar:
-                    if not visit(tar, m):
-                        return ""
-                return inflated.finish(tar.offset) if check_end else ""
-        except ViewError:
-            raise
-        except OSError as e:  # disk read errors; ZstdError is not an OSError
-            raise os_error(path, e, "cannot read bundle") from None
-        except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, UnicodeError) as e:
-            msg = str(e) or type(e).__name__
-            if inflated.pos == 0:
-                return f"truncated or corrupt: the zstd stream yields no data ({msg})"
-            if msg in ("empty file", "truncated header", "invalid header", "bad checksum") \
-                    and inflated.pos <= _BLOCK:
-                return f"not a tar archive inside the zstd stream, or truncated ({msg})"
-            return f"corrupt: {msg}"
+    with open_bundle(path) as raw:
+        return stream_file(raw, path, visit, limit, check_end)
+
+
+def stream_file(raw: IO[bytes], path: str, visit: Visit, limit: int, check_end: bool = True) -> str:
+    """stream() over an already opened bundle, from its current offset."""
+    inflated = _Inflated(raw, path, limit)
+    try:
+        with BoundedTar.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
+            for m in tar:
+                if not 0 <= m.size <= limit:  # tarfile would skip its data block by block, forever
+                    return (f"corrupt: member {short(m.name, 80)!r} claims {m.size} bytes, "
+                            f"more than the {human_bytes(limit)} limit")
+                if not visit(tar, m):
+                    return ""
+            return inflated.finish(tar.offset) if check_end else ""
+    except ViewError:
+        raise
+    except OSError as e:  # disk read errors; ZstdError is not an OSError
+        raise os_error(path, e, "cannot read bundle") from None
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, UnicodeError) as e:
+        msg = short(str(e) or type(e).__name__)
+        if inflated.pos == 0:
+            return f"truncated or corrupt: the zstd stream yields no data ({msg})"
+        if msg in ("empty file", "truncated header", "invalid header", "bad checksum") \
+                and inflated.pos <= _BLOCK:
+            return f"not a tar archive inside the zstd stream, or truncated ({msg})"
+        return f"corrupt: {msg}"
 
 
 def _is_summary(name: str) -> bool:
@@ -204,9 +224,9 @@ def _is_summary(name: str) -> bool:
 
 def _parse_summary(data: bytes, path: str) -> dict[str, Any]:
     try:
-        s = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ViewError(f"{path}: summary.json is not valid JSON ({e})") from None
+        s = loads(data.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError too; nesting past safetext.MAX_JSON_DEPTH
+        raise ViewError(f"{path}: summary.json is not valid JSON ({short(str(e), 120)})") from None
     if not isinstance(s, dict):
         raise ViewError(f"{path}: summary.json is not a JSON object")
     return s
@@ -217,14 +237,6 @@ def _read_member(tar: tarfile.TarFile, m: tarfile.TarInfo, cap: int) -> Optional
         return None
     f = tar.extractfile(m)
     return f.read() if f is not None else b""
-
-
-def _load_events(data: bytes) -> np.ndarray:
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
-    names = arr.dtype.names or ()
-    if arr.ndim != 1 or not {"kind", "command", "latency_ns"} <= set(names):
-        raise ValueError(f"expected a 1-d array of event records, got shape {arr.shape} dtype {arr.dtype}")
-    return arr
 
 
 def read_view(path: str, limit: int = bundle.READ_LIMIT) -> BundleView:
@@ -253,7 +265,7 @@ def read_view(path: str, limit: int = bundle.READ_LIMIT) -> BundleView:
             try:
                 if data is None:
                     raise ValueError(f"{human_bytes(m.size)} is more than expected")
-                view.events = _load_events(data)
+                view.events = load_events(data)
             except (ValueError, OSError, EOFError) as e:
                 view.problems.append(f"events.npy unreadable: {e}")
         return True

@@ -1,4 +1,5 @@
-"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | evidence | version`.
+"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | evidence |
+stop-hook | version`.
 
 Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config), 3 core not
 running (status, collect), 77 not permitted (not root), 78 invalid config (run).
@@ -50,12 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evidence", help="answer one evidence request on stdin (aodv2-evidence@.service; root)")
     ev.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)  # tests: a fake /proc
     ev.add_argument("--pin-dir", default="/sys/fs/bpf/aodv2", help="pinned maps of the tracers (%(default)s)")
+    sh = sub.add_parser("stop-hook", help="aodv2.service's ExecStopPost: stop the tracers on a stop, not on a restart")
+    sh.add_argument("unit", nargs="?", default="aodv2.service", help="the core's unit name (%%n)")
     sub.add_parser("version", help="print the version")
     # bundles (aod/bundleview.py)
     s = sub.add_parser("show", help="a bundle's summary, latency histograms and members; --extract unpacks it")
     s.add_argument("bundle", metavar="BUNDLE", help="bundle path, or a bare name in the output directory")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--extract", metavar="DIR", help="unpack safely into DIR (created 0700) instead")
+    s.add_argument("--extract", metavar="DIR", help="unpack safely into DIR (created 0700; never through a symlink; "
+                   "at most 10000 members) instead")
     s.add_argument("--dir", help="where to look up a bare BUNDLE name (default: output_dir of --config)")
     s.add_argument("--config", help=f"config file (default {config_mod.DEFAULT_CONFIG_PATH})")
     ls = sub.add_parser("list", help="the bundles in the output directory, oldest first")
@@ -71,19 +75,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from . import status
 
     try:
-        snap = status.read(args.state_dir)
+        code, text = status.report(args.state_dir, args.json)  # a malformed status.json: StatusError
     except status.StatusError as e:
         if args.json:
             print(json.dumps({"running": False, "assessment": "absent", "error": str(e)}))
         print(f"aodv2: {e}", file=sys.stderr)
         return e.code
-    state, reason = status.assess(snap)
-    code = {"running": 0, "stale": 1}.get(state, 3)
-    if args.json:
-        print(json.dumps({**snap, "running": state == "running", "assessment": state, "reason": reason},
-                         indent=1, sort_keys=True))
-    else:
-        print(status.format_text(snap, state, reason))
+    print(text)
     return code
 
 
@@ -197,7 +195,10 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = _parser().parse_args(argv)
+    if argv[:1] == ["tracer"]:  # its arguments go to tracerargs.py's parser as they are: argparse's
+        args = argparse.Namespace(verb="tracer", args=argv[1:])  # REMAINDER refuses a leading --help
+    else:
+        args = _parser().parse_args(argv)
     try:
         if args.verb == "run":
             return cmd_run(args)
@@ -221,6 +222,10 @@ def main(argv: Optional[list] = None) -> int:
             return int(tracer.main(args.args))
         if args.verb == "evidence":
             return cmd_evidence(args)
+        if args.verb == "stop-hook":
+            from . import unitstop
+
+            return unitstop.main([args.unit])
         print(f"aodv2 {__version__}")
         return 0
     except KeyboardInterrupt:

@@ -9,7 +9,8 @@ events.npy + summary.json, and turns the stage dir into a .tar.zst (bundle.py).
 One capture at a time, except that a hung or emergency capture (URGENT_TYPES) starts at once,
 beside a running one (at most URGENT_MAX of them): the evidence of a hang fades when it ends,
 so it never waits for an earlier capture's slow actions. Failures of one action never stop
-the others.
+the others. The stage is an open directory (stageio.Stage): every write is relative to its
+fd. After each capture, leftover stages no capture uses are swept (retain.sweep_stale).
 
 Urgent actions (DebugData and the evidence helper's stacks, in-flight table and connections:
 what fades once the hang ends) start first and outside capture.concurrency, so they are
@@ -33,12 +34,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import bundle, log, mountguard
+from . import bundle, log, mountguard, retain
 from .actionrun import ActionResult, StepResult, combine, in_thread, run_step
 from .actions import ACTION_NAMES, ACTIONS, ActionEnv, Step, cifs_mount_entries, plan
 from .anomaly import Anomaly
 from .config import Config
 from .evidencestep import EvidenceFetch
+from .stageio import Stage
 from .summary import build_summary, mono_to_wall
 
 STOP_GRACE_SEC = 2.5  # on stop, actions get this long to finish before the bundle is written anyway
@@ -92,12 +94,12 @@ def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int, an
     return out, guarded
 
 
-def _prepare_dirs(stage: str, steps: list[Step]) -> None:
+def _prepare_dirs(stage: Stage, steps: list[Step]) -> None:
     for d in sorted({os.path.dirname(s.dest) for s in steps} - {""}):
-        os.makedirs(os.path.join(stage, d), mode=0o700, exist_ok=True)
+        stage.makedirs(d)  # 0700, relative to the stage's fd, no symlink followed
 
 
-def _write_meta(stage: str, anomaly: Anomaly, summary: dict[str, Any]) -> None:
+def _write_meta(stage: Stage, anomaly: Anomaly, summary: dict[str, Any]) -> None:
     buf = io.BytesIO()
     np.save(buf, anomaly.records(), allow_pickle=False)
     bundle.write_member(stage, "events.npy", buf.getvalue())
@@ -105,7 +107,7 @@ def _write_meta(stage: str, anomaly: Anomaly, summary: dict[str, Any]) -> None:
 
 
 async def _run_steps(
-    steps: list[Step], stage: str, config: Config, env: ActionEnv,
+    steps: list[Step], stage: Stage, config: Config, env: ActionEnv,
     stop: Optional[threading.Event], grace: float, pids: tuple[int, ...] = (),
 ) -> list[StepResult]:
     sem = asyncio.Semaphore(max(1, int(config.capture.concurrency)))
@@ -201,7 +203,7 @@ async def run_capture(
         raise
     except Exception as e:  # a bug: keep the worker alive, say what happened
         bundle.discard_stage(stage)
-        return _fail(anomaly, t0, f"internal error: {e!r}", stage, actions)
+        return _fail(anomaly, t0, f"internal error: {e!r}", stage.path, actions)
     dur = round(time.monotonic() - t0, 3)
     log.emit("bundle", logging.INFO, f"AOD bundle written: {path}", AOD_BUNDLE=path,
              AOD_ANOMALY=anomaly.type, AOD_BYTES=size, AOD_DURATION=dur)
@@ -338,11 +340,18 @@ class Collector:
             self._wakeup.set()  # a slot is free
 
     async def _capture_one(self, anomaly: Anomaly, stop: threading.Event) -> None:
+        out_dir = ""
         try:
             config = self.config_provider()
+            out_dir = config.output_dir
             result = await run_capture(anomaly, config, self.env, stop)
         except Exception as e:  # e.g. the config provider failed
             result = _fail(anomaly, time.monotonic(), f"internal error: {e!r}", "", [])
+        if out_dir:  # leftovers no capture uses (a crash's, a leaked worker's): removed, counted
+            try:
+                await in_thread(retain.sweep_stale, out_dir)
+            except Exception as e:  # noqa: BLE001 - best effort, never stops the worker
+                log.emit("pruned", logging.WARNING, f"AOD stale stage sweep of {out_dir} failed: {e!r}")
         if self.on_result is not None:
             try:
                 self.on_result(result)

@@ -4,14 +4,14 @@ Every other layer (ring, dispatch, detect, collect, retain) reads only the froze
 Config built here. load() checks the whole file up front and raises ConfigError
 with *every* problem, each as "FILE: dotted.path: expected ..., got ...".
 Command, status and errno names become ints here, so the hot path never sees names.
-The typed checks themselves live in configcheck.py.
+The parse lives in configparse.py (the build and the simple sections) and configrules.py
+(number ranges, latency, error rules); the typed checks they use live in configcheck.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno as _errno_mod
-import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,30 +21,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .actions import ACTION_NAMES
-from .configcheck import (
-    _NAME_RE,
-    _abs_path,
-    _command,
-    _commands,
-    _duplicate_keys,
-    _errno,
-    _errno_out,
-    _Errors,
-    _g,
-    _got,
-    _join,
-    _list,
-    _mapping,
-    _ms_to_ns,
-    _Num,
-    _number,
-    _plain,
-    _short,
-    _status,
-    _suggest,
-)
-from .record import IGNORED_MAX
-from .smb2 import NT_STATUS, RECONNECT_STATUSES, command_name, status_name
+from .configcheck import _duplicate_keys, _errno_out, _Errors, _got, _ms_to_ns, _plain
+from .smb2 import NT_STATUS, command_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
 ANOMALY_TYPES = ("latency", "error", "emergency", "reconnect", "manual", "hung", "credits", "connect", "auth")
@@ -174,7 +152,8 @@ class HealthConfig:
 @dataclass(frozen=True)
 class CaptureConfig:
     cooldown_sec: float = 300.0  # per anomaly type
-    max_per_hour: int = 12  # across all types
+    max_per_hour: int = 12  # across all detected types
+    manual_per_hour: int = 12  # `aodv2 collect` and SIGUSR1: their own budget, not max_per_hour
     concurrency: int = 4  # quick actions run at once
     action_timeout_sec: float = 15.0
     lookback_sec: float = 120.0  # how far back logs are captured
@@ -195,6 +174,7 @@ class RingConfig:
 
 METRICS_DEFAULT_DIR = "/var/lib/prometheus/node-exporter"
 UPLOAD_PLACEHOLDERS = ("path", "name", "type", "dir")
+PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")  # upload.command placeholders
 
 
 @dataclass(frozen=True)
@@ -264,6 +244,8 @@ def load(path: str) -> Config:
 
 def load_text(text: str, source: str = "<string>") -> Config:
     """Validate YAML text. Raises ConfigError naming `source` in every message."""
+    from .configparse import _build  # here, not at the top: configparse imports this module
+
     if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise ConfigError([f"{source}: expected at most {MAX_FILE_BYTES} bytes, got a larger file"])
     try:
@@ -393,452 +375,3 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         "metrics": _plain(cfg.metrics),
         "upload": {**_plain(cfg.upload), "command": list(cfg.upload.command)},
     }
-
-
-# ---------------------------------------------------------------- limits and tables
-
-MAX_MS = 86_400_000.0  # one day
-RING_MAX_KB = 1 << 20  # 1 GiB
-PAGE_KB = max(4, mmap.PAGESIZE // 1024)
-
-_TRACER_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
-
-
-_MS = _Num(False, 0, True, MAX_MS, "milliseconds")
-_COUNT = _Num(True, 1, False, 1_000_000_000, "")
-_HORIZON = _Num(False, 0, True, 3600, "seconds")
-_SHARE = _Num(False, 0, False, 1, "a share of completions; 0 turns the share rule off")
-
-# dotted path (lists as []) -> allowed range
-_NUMS: dict[str, _Num] = {
-    "watch_interval_sec": _Num(False, 0.1, False, 3600, "seconds"),
-    "latency.default_threshold_ms": _MS,
-    "latency.thresholds_ms.*": _MS,
-    "latency.acceptable_count": _COUNT,
-    "latency.emergency_threshold_ms": _MS,
-    "latency.horizon_sec": _HORIZON,
-    "latency.share": _SHARE,
-    "latency.share_min_count": _COUNT,
-    "latency.share_horizon_sec": _HORIZON,
-    "latency.hung_threshold_ms": _Num(False, 0, False, MAX_MS, "milliseconds; 0 turns hung detection off, "
-                                      f"else at least {HUNG_MIN_MS:g}"),
-    "latency.hung_group_ms": _Num(False, 0, False, HUNG_GROUP_MAX_MS, "milliseconds"),
-    "errors[].acceptable_count": _COUNT,
-    "errors[].horizon_sec": _HORIZON,
-    "errors[].share": _SHARE,
-    "errors[].share_min_count": _COUNT,
-    "errors[].share_horizon_sec": _HORIZON,
-    "capture.cooldown_sec": _Num(False, 0, False, 7 * 86400, "seconds"),
-    "capture.max_per_hour": _Num(True, 1, False, 3600, ""),
-    "capture.concurrency": _Num(True, 1, False, 64, ""),
-    "capture.action_timeout_sec": _Num(False, 0, True, 3600, "seconds"),
-    "capture.lookback_sec": _Num(False, 0, True, 7 * 86400, "seconds"),
-    "retention.max_total_mb": _Num(False, 0, True, 10_000_000, "MiB"),
-    "retention.max_age_days": _Num(False, 0, True, 36500, "days"),
-    "retention.interval_sec": _Num(False, 1, False, 86400, "seconds"),
-    "metrics.interval_sec": _Num(False, 0.1, False, 3600, "seconds"),
-    "upload.retries": _Num(True, 0, False, 100, ""),
-    "upload.backoff_sec": _Num(False, 0, False, 86400, "seconds"),
-    "upload.timeout_sec": _Num(False, 0, True, 86400, "seconds"),
-}
-
-_TOP_KEYS = tuple(f.name for f in dataclasses.fields(Config) if f.name not in ("source", "warnings"))
-_LATENCY_KEYS = tuple(f.name for f in dataclasses.fields(LatencyConfig))
-_RULE_KEYS = ("name", "status", "errno", "commands", "acceptable_count", "horizon_sec", "share", "share_min_count",
-              "share_horizon_sec")
-
-
-# ---------------------------------------------------------------- reading and parsing
-
-
-def _num_field(errs: _Errors, sec: dict[str, Any], path: str, key: str, spec_key: str, default: Any) -> Any:
-    if key not in sec:
-        return default
-    got = _number(errs, _join(path, key), sec[key], _NUMS[spec_key])
-    return default if got is None else got
-
-
-# ---------------------------------------------------------------- sections
-
-
-def _build(errs: _Errors, data: dict[str, Any]) -> Config:
-    d = Config()
-    top = _mapping(errs, data, "", _TOP_KEYS) or {}
-    kw: dict[str, Any] = {}
-    kw["watch_interval_sec"] = _num_field(
-        errs, top, "", "watch_interval_sec", "watch_interval_sec", d.watch_interval_sec
-    )
-    if "output_dir" in top:
-        kw["output_dir"] = _abs_path(errs, "output_dir", top["output_dir"], d.output_dir)
-    if "latency" in top:
-        kw["latency"] = _latency(errs, top["latency"])
-    rules_raw = top.get("errors")
-    if "errors" in top:
-        kw["errors"] = _error_rules(errs, rules_raw)
-    if "ignored_statuses" in top:
-        kw["ignored_statuses"] = _ignored_statuses(errs, top["ignored_statuses"])
-    if "reconnect" in top:
-        kw["reconnect"] = _reconnect(errs, top["reconnect"])
-    if "health" in top:
-        kw["health"] = _health(errs, top["health"])
-    ignored, warnings = _check_ignored(errs, kw.get("errors", d.errors), rules_raw if "errors" in top else None,
-                                       kw.get("ignored_statuses", d.ignored_statuses), kw.get("reconnect", d.reconnect),
-                                       "ignored_statuses" in top)
-    kw["ignored_statuses"], kw["warnings"] = ignored, tuple(warnings)
-    if "actions" in top:
-        kw["actions"] = _actions(errs, top["actions"])
-    for name in ("capture", "retention"):
-        if name in top:
-            kw[name] = _numeric_section(errs, top[name], name, getattr(d, name))
-    if "ring" in top:
-        kw["ring"] = _ring(errs, top["ring"])
-    if "tracers" in top:
-        kw["tracers"] = _tracers(errs, top["tracers"])
-    if "metrics" in top:
-        kw["metrics"] = _metrics(errs, top["metrics"])
-    if "upload" in top:
-        kw["upload"] = _upload(errs, top["upload"])
-    return dataclasses.replace(d, **kw)
-
-
-def _numeric_section(errs: _Errors, raw: Any, name: str, default: Any) -> Any:
-    keys = [f.name for f in dataclasses.fields(default)]
-    sec = _mapping(errs, raw, name, keys)
-    if sec is None:
-        return default
-    kw = {k: _num_field(errs, sec, name, k, f"{name}.{k}", getattr(default, k)) for k in sec}
-    return dataclasses.replace(default, **kw)
-
-
-def _latency(errs: _Errors, raw: Any) -> LatencyConfig:
-    d = LatencyConfig()
-    p = "latency"
-    sec = _mapping(errs, raw, p, _LATENCY_KEYS)
-    if sec is None:
-        return d
-    kw: dict[str, Any] = {}
-    mode: Optional[str] = d.mode
-    if "mode" in sec:
-        v = sec["mode"]
-        if isinstance(v, str) and v in LATENCY_MODES:
-            mode = kw["mode"] = v
-        else:
-            want = ", ".join(LATENCY_MODES)
-            errs.add(f"{p}.mode", f"expected one of: {want}, {_got(v)}{_suggest(v, LATENCY_MODES)}")
-            mode = None
-    for k in ("default_threshold_ms", "acceptable_count", "emergency_threshold_ms", "horizon_sec", "share",
-              "share_min_count", "share_horizon_sec"):
-        if k in sec:
-            got = _number(errs, f"{p}.{k}", sec[k], _NUMS[f"{p}.{k}"])
-            kw[k] = got  # None marks invalid
-    if "hung_group_ms" in sec:
-        kw["hung_group_ms"] = _number(errs, f"{p}.hung_group_ms", sec["hung_group_ms"], _NUMS[f"{p}.hung_group_ms"])
-    if "hung_threshold_ms" in sec and sec["hung_threshold_ms"] is not None:  # null: the emergency threshold
-        v = _number(errs, f"{p}.hung_threshold_ms", sec["hung_threshold_ms"], _NUMS[f"{p}.hung_threshold_ms"])
-        if v is not None and 0 < v < HUNG_MIN_MS:
-            errs.add(f"{p}.hung_threshold_ms", f"expected 0 (off) or a number >= {HUNG_MIN_MS:g} (milliseconds), "
-                                               f"got {_g(v)}")
-            v = None
-        kw["hung_threshold_ms"] = v
-    if "hung_exclude" in sec:
-        hx = _commands(errs, sec["hung_exclude"], f"{p}.hung_exclude")
-        kw["hung_exclude"] = None if hx is None else tuple(hx)
-    th_keys: dict[int, str] = {}  # command -> its key path, for errors found later
-    if "thresholds_ms" in sec:
-        tsec = _mapping(errs, sec["thresholds_ms"], f"{p}.thresholds_ms", None, "a mapping of command -> ms")
-        if tsec is not None:
-            th: dict[int, float] = {}
-            for name, ms in tsec.items():
-                sub = _join(f"{p}.thresholds_ms", name)
-                cmd = _command(errs, sub, name)
-                val = _number(errs, sub, ms, _NUMS["latency.thresholds_ms.*"])
-                if cmd is not None and val is not None:
-                    if cmd in th:
-                        errs.add(sub, f"expected each command once, got {command_name(cmd)} twice")
-                    th[cmd], th_keys[cmd] = val, sub
-            kw["thresholds_ms"] = MappingProxyType(th)
-
-    lists: dict[str, Optional[dict[int, int]]] = {"track": {}, "exclude": {c: -1 for c in d.exclude}}
-    for k in ("track", "exclude"):
-        if k in sec:
-            lists[k] = _commands(errs, sec[k], f"{p}.{k}")
-            if lists[k] is not None:
-                kw[k] = tuple(lists[k] or ())
-    track, exclude = lists["track"], lists["exclude"]
-    if mode == "trackonly" and track is not None and not track:
-        errs.add(f"{p}.track", "expected at least one command when latency.mode is trackonly, got none")
-    if track is not None and exclude is not None:
-        for cmd in exclude:
-            if cmd not in track:
-                continue
-            name = command_name(cmd)
-            msg = (
-                f"expected a command to be either tracked or excluded, "
-                f"got {name} in both latency.track and latency.exclude"
-            )
-            if "exclude" in sec:
-                errs.add(f"{p}.exclude[{exclude[cmd]}]", msg)
-            else:
-                hint = " (latency.exclude defaults to [CHANGE_NOTIFY]; set it)"
-                errs.add(f"{p}.track[{track[cmd]}]", msg + hint)
-
-    dflt = kw.get("default_threshold_ms", d.default_threshold_ms)
-    emer = kw.get("emergency_threshold_ms", d.emergency_threshold_ms)
-    if dflt is not None and emer is not None and emer < dflt:
-        if "emergency_threshold_ms" in sec:
-            want = f"a number >= latency.default_threshold_ms ({_g(dflt)})"
-            errs.add(f"{p}.emergency_threshold_ms", f"expected {want}, got {_g(emer)}")
-        else:
-            want = f"a number <= latency.emergency_threshold_ms ({_g(emer)}, its default; raise it too)"
-            errs.add(f"{p}.default_threshold_ms", f"expected {want}, got {_g(dflt)}")
-    if emer is not None:  # the same per command: anything over a higher threshold is an emergency anyway
-        hint = "" if "emergency_threshold_ms" in sec else ", its default; raise it too"
-        for cmd, ms in kw.get("thresholds_ms", {}).items():
-            if ms > emer:
-                want = f"a number <= latency.emergency_threshold_ms ({_g(emer)}{hint})"
-                errs.add(th_keys[cmd], f"expected {want}, got {_g(ms)}")
-    kw = {k: v for k, v in kw.items() if v is not None}
-    return dataclasses.replace(d, **kw)
-
-
-def _error_rules(errs: _Errors, raw: Any) -> tuple[ErrorRule, ...]:
-    items = _list(errs, raw, "errors", "error rules")
-    if items is None:
-        return DEFAULT_ERROR_RULES
-    rules: list[ErrorRule] = []
-    names: dict[str, int] = {}
-    for i, item in enumerate(items):
-        p = f"errors[{i}]"
-        if item is None:
-            errs.add(p, "expected an error rule mapping (name, status, errno, ...), got null")
-            continue
-        sec = _mapping(errs, item, p, _RULE_KEYS, "an error rule mapping (name, status, errno, ...)")
-        if sec is None:
-            continue
-        name = sec.get("name")
-        if "name" not in sec:
-            errs.add(f"{p}.name", "expected a rule name, got nothing (the key is required)")
-        elif not isinstance(name, str) or not _NAME_RE.match(name):
-            errs.add(f"{p}.name", f"expected a rule name of letters, digits, '_' or '-' (1-64), {_got(name)}")
-        elif name in names:
-            other = names[name]
-            errs.add(f"{p}.name", f"expected a unique rule name, got {name!r} also used by errors[{other}]")
-        else:
-            names[name] = i
-        sets: dict[str, Optional[frozenset[int]]] = {}
-        for key, conv, what in (
-            ("status", _status, "NT status names or hex codes"),
-            ("errno", _errno, "errno names"),
-        ):
-            vals: Optional[set[int]] = set()
-            if key in sec:
-                lst = _list(errs, sec[key], f"{p}.{key}", what)
-                if lst is None:
-                    vals = None
-                else:
-                    for j, v in enumerate(lst):
-                        got = conv(errs, f"{p}.{key}[{j}]", v)
-                        if got is None or vals is None:
-                            vals = None
-                        else:
-                            vals.add(got)
-            sets[key] = frozenset(vals) if vals is not None else None
-        cmds: Optional[dict[int, int]] = {}
-        if "commands" in sec:
-            cmds = _commands(errs, sec["commands"], f"{p}.commands")
-        count = _num_field(errs, sec, p, "acceptable_count", "errors[].acceptable_count", 1)
-        d = ErrorRule("-")
-        extra = {k: _num_field(errs, sec, p, k, f"errors[].{k}", getattr(d, k))
-                 for k in ("horizon_sec", "share", "share_min_count", "share_horizon_sec")}
-        st, en = sets["status"], sets["errno"]
-        if st is not None and en is not None and not st and not en:
-            errs.add(p, "expected at least one entry in 'status' or 'errno', got none")
-        if isinstance(name, str):
-            rules.append(ErrorRule(name, st or frozenset(), en or frozenset(), frozenset(cmds or ()), count, **extra))
-    return tuple(rules)
-
-
-def _ignored_statuses(errs: _Errors, raw: Any) -> frozenset[int]:
-    items = _list(errs, raw, "ignored_statuses", "NT status names or hex codes")
-    if items is None:
-        return DEFAULT_IGNORED_STATUSES
-    out: set[int] = set()
-    for j, v in enumerate(items):
-        got = _status(errs, f"ignored_statuses[{j}]", v)
-        if got is not None:
-            out.add(got)
-    if len(out) > IGNORED_MAX:
-        errs.add("ignored_statuses", f"expected at most {IGNORED_MAX} statuses (the tracer's map), got {len(out)}")
-    return frozenset(out)
-
-
-def _check_ignored(errs: _Errors, rules: Sequence[ErrorRule], rules_raw: Any, ignored: frozenset[int],
-                   reconnect: ReconnectConfig, ignored_given: bool) -> tuple[frozenset[int], list[str]]:
-    """An ignored status is dropped in the kernel: a rule naming it could never fire, and the
-    reconnect detector would never see a session loss. With ignored_statuses set that is an
-    error; left to its default, a status a rule names is not ignored (a warning), so a config
-    written before the key existed keeps working. Returns (ignored statuses, warnings)."""
-    warnings: list[str] = []
-    for i, r in enumerate(rules):
-        named = (rules_raw[i].get("status") if isinstance(rules_raw, list) and i < len(rules_raw)
-                 and isinstance(rules_raw[i], dict) else None)
-        for s in sorted(r.statuses & ignored):
-            if not ignored_given:
-                warnings.append(f"{errs.source}: ignored_statuses: {status_name(s)} is not ignored (it is in the "
-                                f"defaults) because error rule {r.name} names it; set ignored_statuses to choose")
-                continue
-            j = next((k for k, v in enumerate(named or []) if v in (status_name(s), s, f"0x{s:08X}",
-                                                                      f"0x{s:08x}")), None)
-            path = f"errors[{i}].status" + (f"[{j}]" if j is not None else "")
-            rule = "" if rules_raw is not None else f" (the default rule {r.name})"
-            errs.add(path, f"expected a status that is not in ignored_statuses, got {status_name(s)}{rule}: the "
-                           "tracer drops it in the kernel, so this rule could never match it")
-    if not ignored_given:
-        ignored = ignored - frozenset().union(*(r.statuses for r in rules))
-    if reconnect.enabled:
-        for s in sorted(ignored & RECONNECT_STATUSES):
-            errs.add("ignored_statuses", f"expected no session-loss status while reconnect.enabled is true, got "
-                                         f"{status_name(s)}: the reconnect detector needs it")
-    return ignored, warnings
-
-
-def _reconnect(errs: _Errors, raw: Any) -> ReconnectConfig:
-    sec = _mapping(errs, raw, "reconnect", ("enabled",))
-    if not sec or "enabled" not in sec:
-        return ReconnectConfig()
-    v = sec["enabled"]
-    if not isinstance(v, bool):
-        errs.add("reconnect.enabled", f"expected true or false, {_got(v)}")
-        return ReconnectConfig()
-    return ReconnectConfig(enabled=v)
-
-
-def _health(errs: _Errors, raw: Any) -> HealthConfig:
-    sec = _mapping(errs, raw, "health", HEALTH_TYPES, "a mapping of health type (credits, connect, auth) -> "
-                                                      "{enabled: true|false}")
-    kw: dict[str, HealthTypeConfig] = {}
-    for t, v in (sec or {}).items():
-        sub = _mapping(errs, v, f"health.{t}", ("enabled",))
-        if not sub or "enabled" not in sub:
-            continue
-        if isinstance(sub["enabled"], bool):
-            kw[t] = HealthTypeConfig(enabled=sub["enabled"])
-        else:
-            errs.add(f"health.{t}.enabled", f"expected true or false, {_got(sub['enabled'])}")
-    return dataclasses.replace(HealthConfig(), **kw)
-
-
-def _actions(errs: _Errors, raw: Any) -> Mapping[str, tuple[str, ...]]:
-    out = dict(_default_actions())
-    known = _known_actions()
-    sec = _mapping(errs, raw, "actions", ANOMALY_TYPES, "a mapping of anomaly type -> action names")
-    for atype, v in (sec or {}).items():
-        p = f"actions.{atype}"
-        items = _list(errs, v, p, "action names")
-        if items is None:
-            continue
-        names: list[str] = []
-        for j, name in enumerate(items):
-            if isinstance(name, str) and name in known:
-                if name not in names:
-                    names.append(name)
-            else:
-                errs.add(
-                    f"{p}[{j}]",
-                    f"expected an action name ({', '.join(known)}), "
-                    f"{_got(name)}{_suggest(name, known)}",
-                )
-        out[atype] = tuple(names)
-    return MappingProxyType(out)
-
-
-def _ring(errs: _Errors, raw: Any) -> RingConfig:
-    d = RingConfig()
-    sec = _mapping(errs, raw, "ring", ("path", "size_kb"))
-    if sec is None:
-        return d
-    kw: dict[str, Any] = {}
-    if "path" in sec:
-        kw["path"] = _abs_path(errs, "ring.path", sec["path"], d.path)
-        if "." in os.path.basename(kw["path"]):  # bpf_lookup() refuses it: EPERM at pin time
-            errs.add("ring.path", f"expected a bpffs path whose name has no '.' (bpffs refuses it), "
-                                  f"{_got(sec['path'])}")
-    if "size_kb" in sec:
-        v = sec["size_kb"]
-        ok = isinstance(v, int) and not isinstance(v, bool)
-        ok = ok and PAGE_KB <= v <= RING_MAX_KB and v & (v - 1) == 0 and v % PAGE_KB == 0
-        if ok:
-            kw["size_kb"] = v
-        else:
-            errs.add(
-                "ring.size_kb",
-                f"expected a power of two from {PAGE_KB} to {RING_MAX_KB} (KiB) and a multiple of the "
-                f"{PAGE_KB} KiB page size, {_got(v)}",
-            )
-    return dataclasses.replace(d, **kw)
-
-
-def _tracers(errs: _Errors, raw: Any) -> tuple[str, ...]:
-    items = _list(errs, raw, "tracers", "tracer names")
-    if items is None:
-        return Config().tracers
-    out: list[str] = []
-    for i, v in enumerate(items):
-        if isinstance(v, str) and _TRACER_RE.match(v):
-            if v not in out:
-                out.append(v)
-        else:
-            errs.add(f"tracers[{i}]", f"expected a tracer name of a-z, 0-9, '_' or '-' (1-32), {_got(v)}")
-    return tuple(out)
-
-
-def _metrics(errs: _Errors, raw: Any) -> MetricsConfig:
-    d = MetricsConfig()
-    sec = _mapping(errs, raw, "metrics", ("textfile_path", "interval_sec"))
-    if sec is None:
-        return d
-    kw: dict[str, Any] = {}
-    if "textfile_path" in sec:
-        v = sec["textfile_path"]
-        if v in ("", "auto"):
-            kw["textfile_path"] = v
-        else:
-            kw["textfile_path"] = _abs_path(errs, "metrics.textfile_path", v, d.textfile_path)
-    if "interval_sec" in sec:
-        kw["interval_sec"] = _num_field(errs, sec, "metrics", "interval_sec", "metrics.interval_sec",
-                                        d.interval_sec)
-    return dataclasses.replace(d, **kw)
-
-
-PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")  # upload.command placeholders
-
-
-def _upload(errs: _Errors, raw: Any) -> UploadConfig:
-    d = UploadConfig()
-    sec = _mapping(errs, raw, "upload", [f.name for f in dataclasses.fields(UploadConfig)])
-    if sec is None:
-        return d
-    kw: dict[str, Any] = {}
-    for k in ("retries", "backoff_sec", "timeout_sec"):
-        if k in sec:
-            kw[k] = _num_field(errs, sec, "upload", k, f"upload.{k}", getattr(d, k))
-    if "command" in sec:
-        items = _list(errs, sec["command"], "upload.command", "argv strings (no shell)")
-        argv: list[str] = []
-        for i, v in enumerate(items or []):
-            p = f"upload.command[{i}]"
-            if not isinstance(v, str) or not v or len(v) > 4096 or "\0" in v:
-                errs.add(p, f"expected a non-empty string, {_got(v)}")
-                continue
-            bad = [m for m in PLACEHOLDER_RE.findall(v) if m not in UPLOAD_PLACEHOLDERS]
-            rest = PLACEHOLDER_RE.sub("", v)
-            if bad or "{" in rest or "}" in rest:
-                errs.add(p, f"unknown or unbalanced placeholder in {_short(v)}; expected only "
-                            + ", ".join("{" + n + "}" for n in UPLOAD_PLACEHOLDERS))
-                continue
-            argv.append(v)
-        if argv and not argv[0].startswith("/"):
-            errs.add("upload.command[0]", f"expected an absolute program path (no shell, no PATH lookup), "
-                                          f"{_got(argv[0])}")
-        kw["command"] = tuple(argv)
-    return dataclasses.replace(d, **kw)

@@ -1,4 +1,5 @@
-"""Config validation helpers (config.py's toolbox): typed checks that record errors with their path.
+"""Config validation helpers (the toolbox of configparse.py and configrules.py): typed checks
+that record errors with their path.
 
 Every check takes the dotted key path and the raw YAML value, records "FILE: path: expected ...,
 got ..." in `_Errors` and returns None (or a default) on a problem, so config.load reports every
@@ -11,11 +12,13 @@ import dataclasses
 import difflib
 import errno as _errno_mod
 import math
+import os
 import re
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 import yaml
 
+from . import safefs
 from .smb2 import COMMANDS, ERRNOS, NT_STATUS, errno_name
 from .yamlsafe import oneline
 
@@ -82,10 +85,14 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{k}" if path else k
 
 
+QUOTE_MAX = 20  # characters of a key or value quoted back: `check-config /etc/shadow` echoes no line
+
+
 def _short(v: Any) -> str:
+    """A key or value for a message: repr-escaped, at most QUOTE_MAX characters, marked when cut."""
     r = repr(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else str(v)
-    r = oneline(r, 60)
-    return r
+    r = "".join(c if c.isprintable() else repr(c)[1:-1] for c in r[: QUOTE_MAX + 1])
+    return oneline(r, 10**6) if len(r) <= QUOTE_MAX else f"{r[:QUOTE_MAX]}...(truncated)"
 
 
 def _got(v: Any) -> str:
@@ -236,6 +243,51 @@ def _abs_path(errs: _Errors, path: str, v: Any, default: str) -> str:
         errs.add(path, f"expected {want}, {_got(v)}")
         return default
     return v
+
+
+def _dir_check(p: str) -> Optional[str]:
+    """Why p cannot be a dedicated directory of aodv2's (a system one, a non-directory), else None."""
+    why = safefs.system_dir_problem(p)
+    if why:
+        return why
+    if os.path.lexists(p) and not os.path.isdir(p):
+        return "it exists and is not a directory"
+    return None
+
+
+def _output_dir(errs: _Errors, path: str, v: Any, default: str) -> str:
+    """An absolute path (normalized: /./x/. is /x) of a directory for aodv2 alone."""
+    n = len(errs.items)
+    got = _abs_path(errs, path, v, default)
+    if len(errs.items) > n:
+        return default
+    p = safefs.normalize(got)
+    why = _dir_check(p)
+    if why:
+        errs.add(path, f"expected a directory of its own for the bundles (not / or a system directory such as "
+                       f"/etc, /var/log or /tmp, nothing under /proc, /sys or /dev), {_got(v)}: {why}")
+        return default
+    return p
+
+
+def _metrics_path(errs: _Errors, path: str, v: Any, default: str) -> str:
+    """An absolute *.prom path whose directory is not a system one."""
+    n = len(errs.items)
+    got = _abs_path(errs, path, v, default)
+    if len(errs.items) > n:
+        return default
+    p = safefs.normalize(got)
+    name = os.path.basename(p)
+    if not name.endswith(".prom") or name == ".prom" or got.endswith("/"):
+        errs.add(path, f"expected an absolute path of a file ending in .prom (node_exporter's textfile "
+                       f"collector reads *.prom), {_got(v)}")
+        return default
+    why = _dir_check(os.path.dirname(p))
+    if why:
+        errs.add(path, f"expected a .prom file in a directory of its own (such as "
+                       f"/var/lib/prometheus/node-exporter), not in a system directory, {_got(v)}: {why}")
+        return default
+    return p
 
 
 def _plain(obj: Any) -> dict[str, Any]:

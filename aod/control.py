@@ -7,24 +7,30 @@ server also checks the peer's uid (SO_PEERCRED) is 0. One JSON line per connecti
     {"cmd": "ping"}                       ->  {"ok": true, "pid": PID}
 The `Control` worker accepts; each request runs in its own short thread (at most
 MAX_CLIENTS), so a capture that takes a while never stalls accept or the heartbeat.
+A request is at most MAX_REQUEST bytes and MAX_REQUEST_DEPTH levels of JSON; anything
+else gets {"ok": false, "error": ...}, and a request thread never dies with a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import struct
 import threading
 import time
 from typing import Any, Callable, Optional
 
-from . import log
+from . import log, safefs
+from .safetext import loads
 from .tracerstate import RUN_DIR
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 4096
+MAX_REQUEST_DEPTH = 4  # {"cmd": ..., "reason": ...} is one level
 MAX_CLIENTS = 4
 MAX_REASON = 200
 REQUEST_READ_SEC = 5.0
@@ -37,7 +43,7 @@ def socket_path(state_dir: str = RUN_DIR) -> str:
 
 def clean_reason(text: Any) -> str:
     """A printable, bounded reason: it lands in the journal, summary.json and the bundle name's rule."""
-    s = "".join(c if c.isprintable() else " " for c in str(text or ""))
+    s = "".join(c if c.isprintable() else " " for c in (text if isinstance(text, str) else "")[:4 * MAX_REASON])
     return " ".join(s.split())[:MAX_REASON] or "aodv2 collect"
 
 
@@ -59,7 +65,10 @@ class Control:
         self.listen_error = ""
 
     def _listen(self) -> socket.socket:
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        state_dir = os.path.dirname(self.path)
+        safefs.check_dir(state_dir, "--state-dir")  # nobody else can swap it, or the socket in it
+        safefs.makedirs(state_dir, 0o700)  # missing levels 0700 whatever the umask
+        safefs.check_dir(state_dir, "--state-dir")  # and nobody made one of them first
         try:
             os.unlink(self.path)  # left by a previous core (or a crashed run of this worker)
         except FileNotFoundError:
@@ -70,7 +79,10 @@ class Control:
             s.bind(self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
+        st = os.lstat(self.path)  # the umask made it 0600; checked, not chmod'ed through a path
+        if not stat.S_ISSOCK(st.st_mode) or st.st_mode & 0o077:
+            s.close()
+            raise OSError(errno.EPERM, f"not a private socket after bind (mode {st.st_mode & 0o7777:04o})", self.path)
         s.listen(8)
         s.settimeout(0.5)
         return s
@@ -113,7 +125,15 @@ class Control:
     def _serve(self, conn: socket.socket) -> None:
         try:
             self.requests += 1
-            _reply(conn, self._handle(conn))
+            try:
+                msg = self._handle(conn)
+            except OSError:
+                raise
+            except Exception as e:  # never a thread traceback in the journal: one line, and an answer
+                log.emit("control", logging.WARNING, f"AOD control request failed: {type(e).__name__}: "
+                         f"{str(e)[:200]}")
+                msg = {"ok": False, "error": f"internal error: {type(e).__name__}"}
+            _reply(conn, msg)
         except OSError:
             pass  # the client went away
         finally:
@@ -132,9 +152,14 @@ class Control:
             if not chunk:
                 break
             data += chunk
+        line = data.split(b"\n", 1)[0]
+        if len(line) > MAX_REQUEST:
+            return {"ok": False, "error": f"bad request: longer than {MAX_REQUEST} bytes"}
         try:
-            req = json.loads(data.split(b"\n", 1)[0] or b"null")
-        except ValueError:
+            req = loads(line or b"null", MAX_REQUEST_DEPTH)  # never a RecursionError
+        except ValueError as e:
+            if "nested deeper" in str(e):
+                return {"ok": False, "error": f"bad request: {e}"}
             req = None
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return {"ok": False, "error": "bad request: expected one JSON object line with a \"cmd\""}

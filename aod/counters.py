@@ -5,7 +5,8 @@ drops; only slow/error/reconnect records travel through the ring. The core reads
 the cumulative values each window and works on deltas (`delta`). Two sources:
 pinned per-CPU arrays in bpffs (kernel tracer) and the counters region of a
 file ring (synthetic tracer). Reads never raise: a missing source gives zeros
-with `available = False` and a `reason`.
+with `available = False` and a `reason` (a truncated file ring too: it is let go,
+never read past its end, and mapped again once it is whole).
 """
 
 from __future__ import annotations
@@ -63,12 +64,22 @@ class FileCounters:
         self.reason = "not opened yet"
         self.source = path
         self._mm: Optional[mmap.mmap] = None
+        self._fd: Optional[int] = None  # kept open: fstat()ed before each read of the map
+        self._need = 0
         self._drops: Any = None
         self._stats: Any = None
 
     def _open(self) -> bool:
         if self._mm is not None:
-            return True
+            try:  # a truncated file would SIGBUS on the next read of the map: let it go first
+                size = os.fstat(self._fd).st_size if self._fd is not None else -1
+            except OSError:
+                size = -1
+            if size >= self._need:
+                return True
+            self.close()
+            self.available, self.reason = False, f"{self.path}: ring file truncated to {max(size, 0)} bytes"
+            return False
         from aod import ringfile
 
         try:
@@ -79,10 +90,10 @@ class FileCounters:
         try:
             self._mm = mmap.mmap(fd, lay.total, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
+            os.close(fd)
             self.available, self.reason = False, f"{self.path}: cannot map counters: {e}"
             return False
-        finally:
-            os.close(fd)
+        self._fd, self._need = fd, lay.total
         c = lay.counters_off
         self._drops = np.frombuffer(self._mm, dtype="<u8", count=1, offset=c)
         self._stats = np.frombuffer(self._mm, dtype=CMD_STATS_DTYPE, count=CMD_SLOTS, offset=c + 8)
@@ -103,6 +114,9 @@ class FileCounters:
             except BufferError:
                 pass
             self._mm = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class PinnedCounters:

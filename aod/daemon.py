@@ -15,13 +15,12 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import __version__, log, metrics, retain, status, tracerstate
+from . import __version__, log, metrics, reaper, retain, safefs, stageio, status, tracerstate
 from . import config as config_mod
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
@@ -32,87 +31,14 @@ from .detect import Detector
 from .dispatch import Columns, Dispatcher, RecentEvents
 from .names import Names
 from .notify import Notifier
-from .policy import Policy
+from .policy import REASONS, Policy
 from .retain import Retention
+from .supervisor import Supervisor
 from .upload import Uploader
 from .watch import Tally, Watcher
 
 WARNING = logging.WARNING
-
-
-@dataclass
-class _Slot:
-    worker: Any
-    thread: Optional[threading.Thread] = None
-    last_beat: float = field(default_factory=time.monotonic)
-    error: Optional[BaseException] = None
-    restarts: deque = field(default_factory=deque)
-
-
-class Supervisor:
-    """Runs workers in threads, restarts crashed ones, tracks heartbeats."""
-
-    def __init__(self, workers: list, stop: threading.Event, heartbeat_timeout: float = 10.0,
-                 max_restarts: int = 5, restart_window: float = 600.0) -> None:
-        self.stop = stop
-        self.slots = {w.name: _Slot(w) for w in workers}
-        self.heartbeat_timeout = heartbeat_timeout
-        self.max_restarts = max_restarts
-        self.restart_window = restart_window
-        self.failed: Optional[str] = None  # component that crashed too often
-
-    def _spawn(self, slot: _Slot) -> None:
-        def target() -> None:
-            try:
-                slot.worker.run(self.stop, lambda: setattr(slot, "last_beat", time.monotonic()))
-            except BaseException as e:  # noqa: B036 - any escape is a crash to report
-                slot.error = e
-
-        slot.error = None
-        slot.last_beat = time.monotonic()
-        slot.thread = threading.Thread(target=target, name=f"aodv2-{slot.worker.name}", daemon=True)
-        slot.thread.start()
-
-    def start(self) -> None:
-        for slot in self.slots.values():
-            self._spawn(slot)
-
-    def check(self) -> None:
-        """Restart workers that died. Call from the main thread."""
-        if self.stop.is_set():
-            return
-        now = time.monotonic()
-        for name, slot in self.slots.items():
-            if slot.thread is None or slot.thread.is_alive():
-                continue
-            reason = repr(slot.error) if slot.error else "returned early"
-            while slot.restarts and now - slot.restarts[0] > self.restart_window:
-                slot.restarts.popleft()
-            slot.restarts.append(now)
-            log.emit("component_restart", WARNING,
-                     f"AOD component {name} restarted due to unexpected exit: {reason}",
-                     AOD_COMPONENT=name, AOD_REASON=reason, AOD_RESTARTS=len(slot.restarts))
-            if len(slot.restarts) > self.max_restarts and self.failed is None:
-                self.failed = name
-                log.emit("watchdog_withheld", logging.ERROR,
-                         f"AOD component {name} crashed {len(slot.restarts)} times in "
-                         f"{self.restart_window:.0f}s; giving up so systemd restarts the core",
-                         AOD_COMPONENT=name)
-            self._spawn(slot)
-
-    def stale(self) -> list[str]:
-        now = time.monotonic()
-        return [n for n, s in self.slots.items() if now - s.last_beat > self.heartbeat_timeout]
-
-    def healthy(self) -> bool:
-        return self.failed is None and not self.stale()
-
-    def join(self, timeout: float) -> list[str]:
-        deadline = time.monotonic() + timeout
-        for slot in self.slots.values():
-            if slot.thread is not None:
-                slot.thread.join(max(0.0, deadline - time.monotonic()))
-        return [n for n, s in self.slots.items() if s.thread is not None and s.thread.is_alive()]
+EX_CONFIG = 78  # as cli.EX_CONFIG: aodv2.service's RestartPreventExitStatus (a restart cannot fix it)
 
 
 @dataclass
@@ -149,6 +75,7 @@ class Core:
         self._flags: set[str] = set()
         self._wake = threading.Event()  # a signal arrived: run the main loop now
         self._extra_on_result = on_result
+        self._subreaper = False  # start() made this process a child subreaper
         kw = {} if collector_env is None else {"env": collector_env}
         self.collector = Collector(lambda: self.cfg, on_result=self._on_result, **kw)
         self.policy = Policy(lambda: self.cfg, self.collector.submit)
@@ -218,6 +145,10 @@ class Core:
                        waiter: Optional[tuple[threading.Event, list[BundleResult]]] = None) -> bool:
         """Capture now (SIGUSR1, `aodv2 collect`). With `waiter`, its event is set when the bundle
         is done. False if the capture could not be queued."""
+        return not self._manual(reason, waiter)
+
+    def _manual(self, reason: str, waiter: Optional[tuple[threading.Event, list[BundleResult]]]) -> str:
+        """manual_capture(): '' if queued, else why not (policy.REASONS key)."""
         now_ns = time.monotonic_ns()
         events = self.recent.events(now_ns - self.detector.keep_ns()).records()
         start = int(events["ts_ns"].min()) if len(events) else now_ns
@@ -226,18 +157,20 @@ class Core:
         if waiter:
             with self.lock:
                 self._waiters[id(a)] = waiter
-        ok = self.raise_anomaly(a)
-        if not ok and waiter:
+        why = self.policy.raise_why(a)
+        if why and waiter:
             with self.lock:
                 self._waiters.pop(id(a), None)
-        return ok
+        return why
 
     def collect_now(self, reason: str, timeout: float) -> tuple[bool, str]:
         """For the control socket: capture and wait for the bundle. (ok, path or error)."""
         log.emit("control", logging.INFO, f"AOD capture requested: {reason}", AOD_REASON=reason)
         done: tuple[threading.Event, list[BundleResult]] = (threading.Event(), [])
-        if not self.manual_capture(reason, waiter=done):
-            return False, "the collector queue is full"
+        why = self._manual(reason, done)
+        if why:
+            return False, {"queue_full": "the collector queue is full", "manual_cap": "the manual capture limit "
+                           f"({self.cfg.capture.manual_per_hour}/h) is reached"}.get(why, REASONS.get(why, why))
         if not done[0].wait(timeout):
             return False, f"the bundle was not finished within {timeout:g}s"
         r = done[1][0]
@@ -322,13 +255,17 @@ class Core:
             "anomalies": pol["anomalies"], "suppressed": self.policy.suppressed, "refused": pol["refused"],
             "captures": st.captures, "bundles_written": st.bundles,
             "capture_failures": st.capture_failures + pol["capture_failures"],
+            "action_processes": reaper.REAPER.snapshot(),  # killed, stranded (alive after SIGKILL)
             "bundle_bytes_written": st.bundle_bytes_written, "last_bundle": st.last_bundle or None,
             "disk": {"used_bytes": used, "bundles": n, "budget_bytes": int(cfg.retention.max_total_mb * 1024 * 1024),
                      "max_age_days": cfg.retention.max_age_days},
             "thresholds": status.thresholds(cfg),
-            "capture": {"cooldown_sec": cfg.capture.cooldown_sec, "max_per_hour": cfg.capture.max_per_hour},
+            "capture": {"cooldown_sec": cfg.capture.cooldown_sec, "max_per_hour": cfg.capture.max_per_hour,
+                        "manual_per_hour": cfg.capture.manual_per_hour},
             "upload": self.uploader.stats() if cfg.upload.command else None,
             "metrics_path": metrics.textfile_path(cfg.metrics) or "",
+            "stale_removed": retain.stale_removed(),  # leftover stage dirs and partials removed
+            "stranded_reads": stageio.stranded(),  # file readers abandoned while stuck in the kernel
         }
 
     def _counters_state(self) -> Optional[dict[str, Any]]:
@@ -360,18 +297,43 @@ class Core:
             try:
                 metrics.write(mpath, metrics.render(snap, self.watcher.snapshot_totals(), up=up))
                 self._state_errors.discard(mpath)
+            except safefs.UnsafePath as e:  # another user could swap the directory: metrics stay off
+                self._write_error(mpath, OSError(e.errno, f"{e.strerror}; metrics are off until this is fixed"))
             except OSError as e:
                 self._write_error(mpath, e)
             except Exception as e:  # noqa: BLE001 - a metrics bug must not take the main loop down
                 self._write_error(mpath, OSError(0, f"internal error {e!r}"))
 
     def start(self) -> None:
+        if not reaper.is_subreaper():  # adopt actions' orphans, to kill and reap them (reaper.py)
+            self._subreaper = reaper.set_subreaper(True)
         self.supervisor.start()
         log.emit("ready", logging.INFO, f"AOD core ready, reading {self.cfg.ring.path}",
                  AOD_RING=self.cfg.ring.path, AOD_OUTPUT=self.cfg.output_dir)
         self.notifier.ready(self.status_text())
 
+    def preflight(self) -> str:
+        """Why the core must not start, else '': an output or state directory that is a system
+        one, or that another user could swap (safefs.check_dir). Other problems (a full or
+        read-only disk) are left to the captures, which report them."""
+        dirs = [("output_dir", self.cfg.output_dir)] + ([("--state-dir", self.state_dir)] if self.state_dir else [])
+        for what, path in dirs:
+            why = safefs.system_dir_problem(path)
+            if why:
+                return f"{what} {path}: {why}; expected a directory of its own"
+            try:
+                safefs.check_dir(path, what)
+            except safefs.UnsafePath as e:
+                return str(e)
+            except OSError:  # a file in the way, EACCES on a parent: the writes will say so
+                pass
+        return ""
+
     def run(self, tick: float = 1.0) -> int:
+        refused = self.preflight()
+        if refused:
+            log.emit("fatal", logging.ERROR, f"AOD cannot start: {refused}", AOD_OUTPUT=self.cfg.output_dir)
+            return EX_CONFIG
         self.start()
         ping = self.notifier.ping_interval()
         last_ping = last_status = last_metrics = 0.0
@@ -385,6 +347,7 @@ class Core:
             if "capture" in flags:
                 self.manual_capture()
             self.supervisor.check()
+            reaper.REAPER.poll()  # killed action processes that have died since
             now = time.monotonic()
             healthy = self.supervisor.healthy()
             if ping and now - last_ping >= ping:
@@ -420,6 +383,9 @@ class Core:
         stuck = self.supervisor.join(timeout=5.0)
         self.policy.flush()  # refused anomalies of the last, unfinished window
         self.publish(self.snapshot(), up=False)
+        if self._subreaper:  # an in-process core (tests) gives the process back as it was
+            reaper.set_subreaper(False)
+            self._subreaper = False
         if stuck:
             log.emit("stopping", WARNING, f"AOD components did not stop in time: {','.join(stuck)}")
         return 1 if self.supervisor.failed else 0

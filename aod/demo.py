@@ -21,6 +21,7 @@ from typing import Optional, TextIO
 
 from . import config as config_mod
 from . import log, ringfile, smb2
+from .actions import ActionEnv
 from .bundle import read_bundle
 from .collect import BundleResult
 from .config import Config, ErrorRule
@@ -92,7 +93,9 @@ def run(workdir: Optional[str] = None, out: TextIO = sys.stdout, timeout: float 
             done.set()
 
     reader = RingReader.open_file(cfg.ring.path)
-    core = Core(cfg, reader, FileCounters(cfg.ring.path), on_result=on_result)
+    # real quick actions, but not the host's evidence helper: its answer is about real pids
+    env = ActionEnv(evidence_socket=os.path.join(os.path.abspath(workdir), "evidence.sock"))
+    core = Core(cfg, reader, FileCounters(cfg.ring.path), on_result=on_result, collector_env=env)
     core_thread = threading.Thread(target=core.run, name="aodv2-core", daemon=True)
     core_thread.start()
     tracer = SyntheticTracer(ringfile.FileRingWriter(cfg.ring.path),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Optional
 
 from . import evidence_client
 from .actions import Step
-from .stageio import CappedSink, in_thread
+from .stageio import StageLike, in_thread, stage_sink
 
 if TYPE_CHECKING:
     from .actionrun import StepResult
@@ -38,8 +38,8 @@ class EvidenceFetch:
         return asyncio.shield(self._fut)
 
 
-def _write_capped(path: str, data: bytes, cap: int) -> tuple[int, bool]:
-    sink = CappedSink(path, cap, "head")
+def _write_capped(stage: StageLike, rel: str, data: bytes, cap: int) -> tuple[int, bool]:
+    sink = stage_sink(stage, rel, cap, "head")  # relative to the stage's fd
     try:
         sink.write(data)
     finally:
@@ -47,7 +47,7 @@ def _write_capped(path: str, data: bytes, cap: int) -> tuple[int, bool]:
     return size, sink.truncated
 
 
-async def run_evidence(step: Step, stage: str, fetch: Optional[EvidenceFetch], res: StepResult) -> None:
+async def run_evidence(step: Step, stage: StageLike, fetch: Optional[EvidenceFetch], res: StepResult) -> None:
     res.source = f"aodv2 evidence ({step.evidence})"
     if fetch is None:
         res.status, res.error = "skipped", "skipped: no evidence request in this capture"
@@ -69,9 +69,9 @@ async def run_evidence(step: Step, stage: str, fetch: Optional[EvidenceFetch], r
     text = evidence_client.render(step.evidence, resp)
     raw = json.dumps({step.evidence: section, **{k: v for k, v in notes.items() if v},
                       "truncated": bool((resp.get("truncated") or {}).get(step.evidence))}, indent=1).encode()
-    dest = os.path.join(stage, step.dest)
-    res.bytes, res.truncated = await in_thread(_write_capped, dest, text, step.cap_bytes)
-    size, cut = await in_thread(_write_capped, os.path.splitext(dest)[0] + ".json", raw, step.cap_bytes)
+    res.bytes, res.truncated = await in_thread(_write_capped, stage, step.dest, text, step.cap_bytes)
+    size, cut = await in_thread(_write_capped, stage, os.path.splitext(step.dest)[0] + ".json", raw,
+                                step.cap_bytes)
     res.bytes += size
     res.truncated |= cut or bool((resp.get("truncated") or {}).get(step.evidence))
     if notes.get("missing") and not section:  # e.g. no tracer pinned its maps, no ss

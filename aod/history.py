@@ -1,7 +1,9 @@
 """Anomaly history (policy -> history): one JSON line per anomaly, for log shippers.
 
 <output_dir>/anomalies.jsonl, mode 0600, opened per record with O_APPEND so
-logrotate's `create` rotation needs no signal. Captured anomalies get a line each
+logrotate's `create` rotation needs no signal. The open never blocks or follows a symlink: a
+FIFO or symlink at the name is an error returned like a full disk (safefs.open_regular).
+Captured anomalies get a line each
 ("captured": true); refused ones one line per type and window ("captured": false,
 with the reason and how many). Every line names the servers and shares involved.
 Failures are returned, not raised: a full disk must never stop detection.
@@ -15,6 +17,7 @@ import socket
 import time
 from typing import Any, Iterable, Optional
 
+from . import safefs
 from .anomaly import Anomaly
 from .smb2 import command_name
 
@@ -46,8 +49,14 @@ def append(output_dir: str, line: dict[str, Any]) -> Optional[str]:
     path = os.path.join(output_dir, FILENAME)
     data = (json.dumps(line, default=str, separators=(",", ":")) + "\n").encode()
     try:
-        os.makedirs(output_dir, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        safefs.check_dir(output_dir, "output_dir")
+        safefs.makedirs(output_dir, 0o700)
+        dfd = safefs.open_dir(output_dir, follow=True)
+        try:
+            safefs.verify_dir_fd(dfd, output_dir, "output_dir")
+            fd = safefs.open_regular(FILENAME, dfd, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, path)
+        finally:
+            os.close(dfd)
         try:
             os.write(fd, data)
         finally:

@@ -4,7 +4,9 @@ The core renders its counters every metrics.interval_sec and replaces the .prom 
 atomically (node_exporter's textfile collector reads *.prom on each scrape). Counters
 are cumulative since the core started; the latency histogram comes from the tracers'
 per-command log2 histograms, so it covers every completion, not only ring records.
-The file is 0644: node_exporter runs as its own user, and it holds counts only.
+The file is 0644: node_exporter runs as its own user, and it holds counts only. Its directory
+must pass safefs.check_dir (a system account such as `prometheus` may own it); else nothing is
+written and the core logs that metrics are off, once.
 
 Share labels: the error records and the slow completion records (those the tracer emits)
 are also counted per share (sharelabels.py): aodv2_smb_errors_total carries a share label,
@@ -20,6 +22,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from . import safefs
 from .atomicfile import write_atomic
 from .config import METRICS_DEFAULT_DIR, MetricsConfig
 from .record import CMD_SLOTS, CMD_STATS_DTYPE
@@ -191,6 +194,17 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
     return "\n".join(o.lines) + "\n"
 
 
+WHAT = "metrics.textfile_path directory"
+
+
 def write(path: str, text: str) -> None:
-    """Atomic replace, 0644. Raises OSError."""
-    write_atomic(path, text.encode(), mode=0o644, dir_mode=0o755)
+    """Atomic replace, 0644. Raises OSError: safefs.UnsafePath when another user could swap the
+    directory, or it is a system one (the core then says metrics are off). Missing levels are made
+    0755: node_exporter runs as its own user and must get through them to the 0644 counts file."""
+    d = os.path.dirname(path)
+    why = safefs.system_dir_problem(d)
+    if why:
+        raise safefs.UnsafePath(d, f"{WHAT} {d}: {why}; expected a directory of its own, such as "
+                                   f"{METRICS_DEFAULT_DIR}")
+    safefs.check_dir(d, WHAT, system_owner=True)
+    write_atomic(path, text.encode(), mode=0o644, dir_mode=0o755, system_owner=True, what=WHAT)

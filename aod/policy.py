@@ -2,13 +2,17 @@
 
 Every anomaly is counted and put on record. One the capture limits allow is alerted
 (journal, priority alert), written to the history (anomalies.jsonl, "captured": true)
-and handed to the collector. One they refuse (the type's cooldown, the hourly cap, or a
-full collector queue) is held and, at the next window close (`flush`), written as one
-journal record per type at priority notice (MESSAGE_ID suppressed) and one history line
-("captured": false) carrying how many were refused, why, their rules, commands and
-event counts, and the bundle that covers them, if any. So a storm costs one record per
-type per window, and nothing is lost. Every record names the servers and shares involved
-(details "servers"/"shares", from names.involved): AOD_SERVER, AOD_SHARE in the journal.
+and handed to the collector. One they refuse (the type's cooldown, the hourly cap, the
+manual cap, or a full collector queue) is held and, at the next window close (`flush`),
+written as one journal record per type at priority notice (MESSAGE_ID suppressed) and one
+history line ("captured": false) carrying how many were refused, why, their rules,
+commands and event counts, and the bundle that covers them, if any. So a storm costs one
+record per type per window, and nothing is lost. Every record names the servers and shares
+involved (details "servers"/"shares", from names.involved): AOD_SERVER, AOD_SHARE in the journal.
+
+Budgets: manual captures (`aodv2 collect`, SIGUSR1) have their own, capture.manual_per_hour,
+and never use a slot of the hourly cap. Budget and cooldown are charged on acceptance only:
+a capture the full collector queue refuses is refunded.
 """
 
 from __future__ import annotations
@@ -28,56 +32,95 @@ from .smb2 import command_name
 
 HOUR = 3600.0
 MAX_REQUESTS = 500  # hung requests listed per refused line (the hung anomaly's own limit)
-REASONS = {"cooldown": "the cooldown", "hourly_cap": "the hourly cap", "queue_full": "a full collector queue"}
+REASONS = {"cooldown": "the cooldown", "hourly_cap": "the hourly cap", "manual_cap": "the manual capture cap",
+           "queue_full": "a full collector queue"}
+MANUAL = "manual"  # the anomaly type of `aodv2 collect` and SIGUSR1
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What one accepted capture took from the budget (for a refund)."""
+
+    type_: str
+    at: float
+    prev_last: Optional[float]
 
 
 class Throttle:
-    """Per-type cooldown plus a global hourly cap on captures. Thread-safe."""
+    """Per-type cooldown plus a global hourly cap on detected captures; manual captures have
+    their own hourly cap and no cooldown. Thread-safe."""
 
     def __init__(self, cooldown_sec: float, max_per_hour: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, manual_per_hour: int = 12) -> None:
         self.clock = clock
         self.lock = threading.Lock()
         self.last: dict[str, float] = {}
-        self.recent: deque[float] = deque()
+        self.recent: deque[float] = deque()  # detected captures in the last hour
+        self.manual: deque[float] = deque()  # manual captures in the last hour
         self.suppressed: dict[str, int] = {}
-        self.set_limits(cooldown_sec, max_per_hour)
+        self.set_limits(cooldown_sec, max_per_hour, manual_per_hour)
 
-    def set_limits(self, cooldown_sec: float, max_per_hour: int) -> None:
+    def set_limits(self, cooldown_sec: float, max_per_hour: int, manual_per_hour: Optional[int] = None) -> None:
         with self.lock:
             self.cooldown = cooldown_sec
             self.max_per_hour = max_per_hour
+            if manual_per_hour is not None:
+                self.manual_per_hour = manual_per_hour
 
     def suppressing(self, type_: str, margin: float = 1.0) -> bool:
         """True if allow(type_) is certain to refuse for the next `margin` seconds (no side effect):
         the detector then skips copying events for an anomaly no capture will take."""
         now = self.clock() + margin
         with self.lock:
+            if type_ == MANUAL:
+                return sum(1 for t in self.manual if now - t < HOUR) >= self.manual_per_hour
             last = self.last.get(type_)
             cooling = last is not None and now - last < self.cooldown
             recent = sum(1 for t in self.recent if now - t < HOUR)
             return cooling or recent >= self.max_per_hour
 
-    def refusal(self, type_: str, force: bool = False) -> str:
-        """'' if a capture of this type may start now (and records it), else why not
-        ('cooldown' or 'hourly_cap'; counted in `suppressed`)."""
+    def take(self, type_: str, force: bool = False) -> tuple[str, Optional[Charge]]:
+        """('', charge) if a capture of this type may start now (and charges it), else (why not,
+        None): 'cooldown', 'hourly_cap' or 'manual_cap', counted in `suppressed`. force skips the
+        cooldown and the hourly cap (not the manual cap)."""
         now = self.clock()
         with self.lock:
-            while self.recent and now - self.recent[0] >= HOUR:
-                self.recent.popleft()
+            for q in (self.recent, self.manual):
+                while q and now - q[0] >= HOUR:
+                    q.popleft()
             last = self.last.get(type_)
             why = ""
-            if not force:
+            if type_ == MANUAL:
+                why = "manual_cap" if len(self.manual) >= self.manual_per_hour else ""
+            elif not force:
                 if last is not None and now - last < self.cooldown:
                     why = "cooldown"
                 elif len(self.recent) >= self.max_per_hour:
                     why = "hourly_cap"
             if why:
                 self.suppressed[type_] = self.suppressed.get(type_, 0) + 1
-            else:
-                self.last[type_] = now
-                self.recent.append(now)
-            return why
+                return why, None
+            self.last[type_] = now
+            (self.manual if type_ == MANUAL else self.recent).append(now)
+            return "", Charge(type_, now, last)
+
+    def refusal(self, type_: str, force: bool = False) -> str:
+        """'' if a capture of this type may start now (and charges it), else why not."""
+        return self.take(type_, force)[0]
+
+    def refund(self, charge: Charge) -> None:
+        """Give back a charge whose capture never started (the collector queue was full)."""
+        with self.lock:
+            q = self.manual if charge.type_ == MANUAL else self.recent
+            try:
+                q.remove(charge.at)
+            except ValueError:  # already expired
+                pass
+            if self.last.get(charge.type_) == charge.at:  # no later capture of this type since
+                if charge.prev_last is None:
+                    self.last.pop(charge.type_, None)
+                else:
+                    self.last[charge.type_] = charge.prev_last
 
 
 @dataclass
@@ -142,7 +185,7 @@ class Policy:
         self.cfg = cfg
         self.submit = submit
         self.clock = clock
-        self.throttle = Throttle(c.capture.cooldown_sec, c.capture.max_per_hour, clock)
+        self.throttle = Throttle(c.capture.cooldown_sec, c.capture.max_per_hour, clock, c.capture.manual_per_hour)
         self.lock = threading.Lock()
         self.anomalies: dict[str, int] = {}  # detected, by type (captured or not)
         self.refused: dict[str, int] = {}  # by reason
@@ -151,26 +194,31 @@ class Policy:
         self._captures: dict[str, _Capture] = {}
 
     def set_limits(self, cfg: Config) -> None:
-        self.throttle.set_limits(cfg.capture.cooldown_sec, cfg.capture.max_per_hour)
+        self.throttle.set_limits(cfg.capture.cooldown_sec, cfg.capture.max_per_hour, cfg.capture.manual_per_hour)
 
     def suppressing(self, type_: str) -> bool:
         return self.throttle.suppressing(type_)
 
     @property
     def suppressed(self) -> dict[str, int]:
-        """Anomalies the cooldown or the hourly cap refused, by type."""
+        """Anomalies the cooldown, the hourly cap or the manual cap refused, by type."""
         with self.throttle.lock:
             return dict(self.throttle.suppressed)
 
     def raise_(self, a: Anomaly) -> bool:
         """Alert and capture, or hold as refused. True if the capture was queued."""
+        return not self.raise_why(a)
+
+    def raise_why(self, a: Anomaly) -> str:
+        """raise_(), returning '' if the capture was queued, else why not (a REASONS key)."""
         with self.lock:
             self.anomalies[a.type] = self.anomalies.get(a.type, 0) + 1
-        why = self.throttle.refusal(a.type, force=a.type == "manual")
-        if why:
+        why, charge = self.throttle.take(a.type)
+        if why or charge is None:
             self._hold(a, why)
-            return False
+            return why
         with self.lock:  # before the submit: its result can come back at once
+            prev = self._captures.get(a.type)
             self._captures[a.type] = _Capture(self.clock(), a.detected_wall, id(a))
         queued = self.submit(a)
         cmds = ",".join(command_name(c) for c in a.commands)
@@ -183,18 +231,22 @@ class Policy:
                  AOD_SERVER=",".join(servers), AOD_SHARE=",".join(shares), **extra)
         if queued:
             self._history(history.record(a, captured=True))
-            return True
+            return ""
+        self.throttle.refund(charge)  # never started: no budget, no cooldown, covers nothing
         with self.lock:
             self.capture_failures += 1
             c = self._captures.get(a.type)
             if c is not None and c.anomaly_id == id(a):
-                c.failed = True
+                if prev is None:
+                    del self._captures[a.type]
+                else:
+                    self._captures[a.type] = prev
         log.emit("capture_failed", logging.ERROR,
                  f"AOD capture for {a.type} anomaly dropped: collector queue is full", AOD_ANOMALY=a.type)
         self._history(history.record(a, captured=False, reason="queue_full"))
         with self.lock:
             self.refused["queue_full"] = self.refused.get("queue_full", 0) + 1
-        return False
+        return "queue_full"
 
     def _hold(self, a: Anomaly, why: str) -> None:
         with self.lock:
@@ -236,7 +288,8 @@ class Policy:
                 why = REASONS.get(next(iter(h.reasons)), next(iter(h.reasons)))
             else:
                 why = ", ".join(f"{REASONS.get(r, r)} ({n})" for r, n in sorted(h.reasons.items()))
-            limits = f"cooldown {cfg.capture.cooldown_sec:g}s, max {cfg.capture.max_per_hour}/h"
+            limits = (f"max {cfg.capture.manual_per_hour}/h" if type_ == MANUAL
+                      else f"cooldown {cfg.capture.cooldown_sec:g}s, max {cfg.capture.max_per_hour}/h")
             cover_text = {"written": f"covered by {bundle}", "in progress": "its covering capture is in progress",
                           "failed": "its covering capture failed", "none": "no bundle covers it"}[state]
             msg = (f"AOD {h.anomalies} {type_} anomal{'y' if h.anomalies == 1 else 'ies'}"

@@ -6,8 +6,11 @@ Only finished bundles (bundle.BUNDLE_RE names) are pruned, oldest first (by mtim
 those over max_age, then more until the total fits max_total_bytes. The total also counts the
 anomaly history (anomalies.jsonl and its logrotate rotations), which logrotate, not this module,
 trims. The newest bundle is always kept. Leftover `.partial` files and `.stage-*` dirs of a crashed
-process are removed once they are older than STALE_SEC (a live writer touches them); those
-of this process never are (a wall clock stepped forward must not delete a running capture).
+process are removed once they are older than STALE_SEC (a live writer touches them), or QUIET_SEC
+when the pid in their name is gone; this process's stages as soon as no capture uses them
+(bundle.stage_in_use: a leaked worker's), its partials never (a wall clock stepped forward must
+not delete a running capture). That sweep runs at start, every pass and after each capture
+(collect.py); what it removed is counted (stale_removed(), in `aodv2 status --json`).
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ import time
 from typing import Callable, Optional
 
 from . import history, log
-from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, bundle_entries, owner_pid
+from .bundle import PARTIAL_SUFFIX, STAGE_PREFIX, bundle_entries, owner_pid, stage_in_use
 from .config import Config
+from .tracerstate import pid_alive
 
 STALE_SEC = 3600.0
+QUIET_SEC = 60.0  # a leftover whose owner pid is gone, untouched this long, is stale
+_count_lock = threading.Lock()
+_stale_removed = {"stages": 0, "partials": 0}
 _MiB = 1024 * 1024
 _HISTORY_RE = re.compile(re.escape(history.FILENAME) + r"(\.\d+|-\d{8,10})?(\.gz)?")  # logrotate names
 
@@ -78,10 +85,24 @@ def _remove(path: str, reason: str, size: int, pruned: list[tuple[str, str]], er
     return True
 
 
+def stale_removed() -> dict[str, int]:
+    """Leftover stage dirs and partial files removed since start."""
+    with _count_lock:
+        return dict(_stale_removed)
+
+
+def _is_stale(name: str, path: str, st: os.stat_result, now: float, stale_sec: float) -> bool:
+    pid = owner_pid(name)
+    if pid == os.getpid():  # ours: a stage no capture uses was leaked; a partial is finalize's own
+        return name.startswith(STAGE_PREFIX) and not stage_in_use(name)
+    quiet = now - _newest_mtime(path, st)
+    return quiet > stale_sec or (pid is not None and quiet > QUIET_SEC and not pid_alive(pid))
+
+
 def clean_stale(
     output_dir: str, now: float, stale_sec: float = STALE_SEC
 ) -> tuple[list[tuple[str, str]], list[str]]:
-    """Remove `.partial` files and `.stage-*` dirs untouched for stale_sec."""
+    """Remove leftover `.partial` files and `.stage-*` dirs (see the module doc)."""
     pruned: list[tuple[str, str]] = []
     errors: list[str] = []
     try:
@@ -89,18 +110,28 @@ def clean_stale(
     except FileNotFoundError:
         return pruned, errors
     for name in names:
-        if not (name.startswith(STAGE_PREFIX) or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))):
+        stage = name.startswith(STAGE_PREFIX)
+        if not (stage or (name.startswith(".") and name.endswith(PARTIAL_SUFFIX))):
             continue
-        if owner_pid(name) == os.getpid():
-            continue  # our own capture in progress: never stale, whatever the wall clock says
         path = os.path.join(output_dir, name)
         try:
             st = os.lstat(path)
         except OSError:
             continue
-        if now - _newest_mtime(path, st) > stale_sec:
-            _remove(path, "stale", st.st_size, pruned, errors)
+        n = len(pruned)
+        if _is_stale(name, path, st, now, stale_sec) and _remove(path, "stale", st.st_size, pruned, errors) \
+                and len(pruned) > n:  # removed here (not by a concurrent sweep)
+            with _count_lock:
+                _stale_removed["stages" if stage else "partials"] += 1
     return pruned, errors
+
+
+def sweep_stale(output_dir: str) -> int:
+    """clean_stale now, errors logged (the collector, after each capture). Returns how many went."""
+    pruned, errors = clean_stale(output_dir, time.time())
+    for err in errors:
+        log.emit("pruned", logging.WARNING, f"AOD cannot remove {err}", AOD_OUTPUT=output_dir, AOD_ERROR=err)
+    return len(pruned)
 
 
 def prune(

@@ -13,6 +13,12 @@ so the file ring needs no double mapping. Parsing is vectorised over runs of
 standard 80-byte records; only odd records (BUSY, DISCARD of another length,
 foreign length, garbage) and their immediate neighbours take a Python step each.
 
+Faults the kernel never makes but a file ring (or a dead writer) can, each bounded,
+counted and logged at most once a minute per kind (ringguard.py): positions
+misaligned, reversed or more than the ring apart (resync to the producer); a record
+left BUSY at the same position for STALL_SEC (skipped); a truncated ring file (let go
+before any access could SIGBUS, reopened once it is a whole ring again).
+
 Memory ordering: positions are read and written with single aligned 8-byte
 loads/stores. x86_64 (TSO) gives the load->load and load->store order the
 protocol needs; on arm64 we rely on the microseconds of interpreter work
@@ -26,12 +32,13 @@ import mmap
 import os
 import select
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from aod import bpfsys
 from aod.record import EVENT_DTYPE, EVENT_SIZE, EVENT_VERSION
+from aod.ringguard import REOPEN_EVERY_SEC, Reporter, RingError, RingMaps, StallClock, map_file
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -53,14 +60,10 @@ _STREAK = 16  # standard records in a row before going back to numpy
 FILE_POLL_SEC = 0.005  # file ring (and BUSY head) poll interval: no busy spin
 FILE_IDLE_POLL_SEC = 0.05  # after FILE_IDLE_AFTER_SEC without data the file ring is polled this slowly
 FILE_IDLE_AFTER_SEC = 1.0
-_EMPTY, _BUSY, _READY = 0, 1, 2
+_EMPTY, _BUSY, _READY, _LOST = 0, 1, 2, 3  # head states (_LOST: file ring truncated)
 
 
-class RingError(OSError):
-    """The ring cannot be opened or is not a ring (message names the path)."""
-
-
-class RingReader:
+class RingReader(RingMaps):
     """Single consumer of one ring. Not thread-safe; one reader per ring at a time."""
 
     def __init__(
@@ -72,19 +75,14 @@ class RingReader:
         prod_off: int,
         data_off: int,
         fd: Optional[int] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if size <= 0 or size & (size - 1) or size % 8:
-            raise RingError(errno.EINVAL, f"{path}: ring size {size} is not a power of two")
+        self.clock = clock  # monotonic seconds: stall bound, report rate, reopen pace
         self._last_data = time.monotonic()
         self.path = path
-        self.size = size
-        self._mask = size - 1
-        self._maps = [cons_map, prod_map]
         self._fd = fd
-        self._cons: Any = np.frombuffer(cons_map, dtype="<u8", count=1, offset=0)
-        self._prod: Any = np.frombuffer(prod_map, dtype="<u8", count=1, offset=prod_off)
-        self._data: Any = np.frombuffer(prod_map, dtype=np.uint8, count=size, offset=data_off)
-        self._data32: Any = self._data.view("<u4")
+        self._init_maps()
+        self._attach(size, cons_map, prod_map, prod_off, data_off)
         self._epoll: Optional[select.epoll] = None
         self.wakeup = "poll"
         if fd is not None:
@@ -99,29 +97,33 @@ class RingReader:
                 self.wakeup = "epoll"
             except OSError:
                 self._epoll = None
-        # cumulative counters; callers log them (the reader never logs)
+        self._stall = StallClock(clock)
+        self.report = Reporter(path, clock)  # rate-limited lines about faults of this ring
+        # cumulative counters; callers log them (the reader itself logs only ring faults, rate-limited)
         self.records_read = 0
         self.bytes_read = 0
-        self.bad_records = 0  # unknown version / wrong size / garbage framing
+        self.bad_records = 0  # unknown version / wrong size / garbage framing / bad positions / stalled
         self.foreign = 0  # well-framed records of another length (skipped)
         self.discarded = 0  # records the producer discarded
         self.resyncs = 0  # corrupt positions or garbage len: skipped to producer_pos
+        self.stalled = 0  # records left BUSY for STALL_SEC and skipped (also in bad_records)
+        self.reopens = 0  # file ring truncated and read again once whole
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
     def open_file(cls, path: str) -> RingReader:
-        """A file-backed ring made by ringfile.create()."""
-        from aod import ringfile  # ringfile imports this module
+        """A file-backed ring made by ringfile.create(). Its fd stays open: every wait and drain
+        fstat()s it first, so a truncated file is let go, never read (that would be a SIGBUS)."""
+        from aod import ringfile
 
-        fd, lay = ringfile.open_ring_fd(path, write=True)
+        fd, size, need, cons, rest = map_file(path)
         try:
-            cons = mmap.mmap(fd, ringfile.FILE_PAGE, access=mmap.ACCESS_WRITE)
-            rest = mmap.mmap(fd, lay.counters_off, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as e:
-            raise RingError(errno.EIO, f"{path}: cannot map ring file: {e}") from None
-        finally:
+            r = cls(path, size, cons, rest, ringfile.PROD_OFF, ringfile.DATA_OFF)
+        except BaseException:
             os.close(fd)
-        return cls(path, lay.size, cons, rest, ringfile.PROD_OFF, ringfile.DATA_OFF)
+            raise
+        r._watch_fd, r._need = fd, need
+        return r
 
     @classmethod
     def open_pinned(cls, path: str) -> RingReader:
@@ -145,7 +147,9 @@ class RingReader:
 
     # ---- reading -------------------------------------------------------------------------
     def pending(self) -> int:
-        """Bytes between consumer and producer (ring fill level)."""
+        """Bytes between consumer and producer (ring fill level); 0 while a file ring is lost."""
+        if not self._usable():
+            return 0
         return int(self._prod[0]) - int(self._cons[0])
 
     def _copy(self, pos: int, n: int) -> np.ndarray:
@@ -161,22 +165,23 @@ class RingReader:
 
     def drain(self, max_bytes: Optional[int] = None) -> np.ndarray:
         """Consume committed records (about max_bytes of ring at most); owned EVENT_DTYPE array."""
+        if not self._usable():
+            return np.empty(0, dtype=EVENT_DTYPE)
         cons = int(self._cons[0])
         prod = int(self._prod[0])
         avail = prod - cons
         if avail == 0:
             return np.empty(0, dtype=EVENT_DTYPE)
-        if avail < 0 or avail > self.size or cons % 8:
-            # impossible from the kernel: a corrupt or reset file ring; resync to the producer
-            self.bad_records += 1
-            self.resyncs += 1
-            self._cons[0] = prod
+        if avail < 0 or avail > self.size or (cons | prod) & 7:
+            self._resync(cons, prod)
             return np.empty(0, dtype=EVENT_DTYPE)
         window = avail if max_bytes is None else min(avail, max(REC_SIZE, max_bytes & ~7))
         # pass 1: find the committed prefix; pass 2: re-copy it, so no payload byte can
         # predate its header's commit whatever order memcpy used
-        segments, end, data_end = self._scan(self._copy(cons, window), avail)
+        segments, end, data_end, busy = self._scan(self._copy(cons, window), avail)
         events = self._extract(self._copy(cons, data_end), segments) if segments else None
+        if busy and self._stall.expired(cons + end, prod):
+            end = self._skip_stalled(cons, end, avail)
         if end:
             self._cons[0] = cons + end  # after the copy-out: the producer may reuse the space
             self.bytes_read += end
@@ -185,8 +190,34 @@ class RingReader:
         self.records_read += len(events)
         return events
 
-    def _scan(self, buf: np.ndarray, avail: int) -> Tuple[List[Tuple[int, int]], int, int]:
-        """Walk headers. Returns runs (offset, count) of standard records, consumable end, data end.
+    def _skip_stalled(self, cons: int, end: int, avail: int) -> int:
+        """The record at cons + end stayed BUSY for STALL_SEC: skip it, and the BUSY records right
+        behind it reserved before it was first seen (BUSY as long). Count, report, return the new end."""
+        limit = min(self._stall.limit - cons, avail)
+        first, held = cons + end, self._stall.held()
+        self._stall.reset()
+        n, how = 0, ""
+        while end < limit:
+            h = int(self._data32[((cons + end) & self._mask) >> 2])
+            if not h & BUSY_BIT:
+                break  # committed (maybe just now): the next drain reads it
+            n += 1
+            total = round8((h & LEN_MASK) + HDR_SIZE)
+            if total > self.size or end + total > avail:
+                self.resyncs += 1
+                how, end = "; then skipped to the producer (a garbage length)", avail
+                break
+            end += total
+        if n:
+            self.stalled += n
+            self.bad_records += n
+            self.report("stalled", f"{n} record(s) reserved from position {first:#x} were not committed for "
+                        f"{held:.1f}s (writer dead or stuck?); skipped them{how}, counted as bad records")
+        return end
+
+    def _scan(self, buf: np.ndarray, avail: int) -> Tuple[List[Tuple[int, int]], int, int, bool]:
+        """Walk headers. Returns runs (offset, count) of standard records, consumable end, data
+        end, and whether the walk stopped at a reserved (BUSY) record at the consumable end.
 
         Long runs of standard records are checked with numpy (look-ahead growing x4 from
         _LOOK0); after an odd record, headers are stepped one by one in Python until
@@ -221,12 +252,14 @@ class RingReader:
                 look = 0
             h = hdr[off >> 2]  # scalar step
             if h & BUSY_BIT:
-                break  # not committed yet: stop here, do not advance past it
+                return segments, off, data_end, True  # not committed yet: do not advance past it
             total = round8((h & LEN_MASK) + HDR_SIZE)
             if total > self.size or off + total > avail:
                 # the kernel never writes this: corrupt file ring; skip all that is published
                 self.bad_records += 1
                 self.resyncs += 1
+                self.report("length", f"record length {h & LEN_MASK} runs past the producer or the ring; "
+                            "skipped to the producer, counted as a bad record")
                 off = avail
                 break
             if (h & LEN_MASK) == EVENT_SIZE:
@@ -245,7 +278,7 @@ class RingReader:
             else:
                 self.foreign += 1
             off += total
-        return segments, off, data_end
+        return segments, off, data_end, False
 
     def _extract(self, buf: np.ndarray, segments: List[Tuple[int, int]]) -> np.ndarray:
         if len(segments) == 1:  # common case: one contiguous run of records
@@ -271,13 +304,16 @@ class RingReader:
 
     # ---- waiting -------------------------------------------------------------------------
     def _head(self) -> int:
+        if not self._usable():
+            return _LOST
         cons = int(self._cons[0])
         prod = int(self._prod[0])
         if prod == cons:
             return _EMPTY
-        if 0 < prod - cons <= self.size and cons % 8 == 0:
+        if 0 < prod - cons <= self.size and not (cons | prod) & 7:
             if int(self._data32[(cons & self._mask) >> 2]) & BUSY_BIT:
-                return _BUSY
+                # stuck past STALL_SEC: ready, so drain() skips it
+                return _READY if self._stall.expired(cons, prod) else _BUSY
         return _READY  # committed data, or corruption that drain() resyncs
 
     def wait(self, timeout: float) -> bool:
@@ -285,6 +321,8 @@ class RingReader:
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             state = self._head()
+            if state == _LOST and self._reopen():
+                continue
             if state == _READY:
                 self._last_data = time.monotonic()
                 return True
@@ -293,19 +331,15 @@ class RingReader:
                 return False
             if state == _EMPTY and self._epoll is not None:
                 self._epoll.poll(remaining)
+            elif state == _LOST:
+                time.sleep(min(REOPEN_EVERY_SEC, remaining))
             else:  # file ring, or a BUSY head (the kernel commits within microseconds)
                 idle = state == _EMPTY and time.monotonic() - self._last_data > FILE_IDLE_AFTER_SEC
                 time.sleep(min(FILE_IDLE_POLL_SEC if idle else FILE_POLL_SEC, remaining))
 
     # ---- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
-        self._cons = self._prod = self._data = self._data32 = None  # drop buffer exports first
-        for m in self._maps:
-            try:
-                m.close()
-            except (BufferError, ValueError):
-                pass
-        self._maps = []
+        self._detach()
         if self._epoll is not None:
             self._epoll.close()
             self._epoll = None
@@ -327,4 +361,6 @@ class RingReader:
             "foreign": self.foreign,
             "discarded": self.discarded,
             "resyncs": self.resyncs,
+            "stalled": self.stalled,
+            "reopens": self.reopens,
         }

@@ -11,7 +11,9 @@ the synthetic tracer writes here, RingReader.open_file() reads it. File layout
               (what the BPF tracer keeps in its pinned per-CPU maps)
 
 One writer per file (FileRingWriter is not safe against a second writer); the
-reader and the writer may be different processes and either may restart.
+reader and the writer may be different processes and either may restart. Both
+fstat() the file before touching their maps: a truncated ring file is an error
+(writer) or let go until whole again (reader), never a SIGBUS.
 """
 
 from __future__ import annotations
@@ -169,8 +171,11 @@ class FileRingWriter:
         fd, lay = open_ring_fd(path, write=True)
         try:
             self._mm = mmap.mmap(fd, lay.total, access=mmap.ACCESS_WRITE)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd: Optional[int] = fd  # kept open: fstat()ed before each access (see _check)
+        self._total = lay.total
         self.path = path
         self.size = lay.size
         self._mask = lay.size - 1
@@ -205,7 +210,15 @@ class FileRingWriter:
             pos += total
         return fixed
 
+    def _check(self) -> None:
+        """Raise RingError if the file shrank: touching the map past its end would be a SIGBUS."""
+        size = os.fstat(self._fd).st_size if self._fd is not None else -1
+        if size < self._total:
+            raise RingError(errno.EIO, f"{self.path}: ring file truncated to {max(size, 0)} bytes "
+                            f"(needs {self._total}); writer stops")
+
     def free_bytes(self) -> int:
+        self._check()
         used = int(self._prod[0]) - int(self._cons[0])
         if not 0 <= used <= self.size:
             return 0  # corrupt positions: write nothing until the reader resyncs
@@ -267,6 +280,7 @@ class FileRingWriter:
 
     def commit_pending(self) -> int:
         """Commit the records write_raw(busy=True) left reserved, in order."""
+        self._check()
         for pos, final in self._pending:
             self._data32[(pos & self._mask) >> 2] = final
         n = len(self._pending)
@@ -277,6 +291,7 @@ class FileRingWriter:
         """Add events to the per-command counters as the BPF tracer does for all traffic:
         completions and errors go into hist and latency_sum_ns; errors also count in errors;
         completions with a status (an ignored one, see SyntheticTracer) count in ignored."""
+        self._check()
         kind = events["kind"]
         done = (kind == KIND_COMPLETION) | (kind == KIND_ERROR)
         slot = cmd_slot(events["command"][done])
@@ -296,6 +311,7 @@ class FileRingWriter:
         self._stats["ignored"] += np.bincount(cmd_slot(events["command"][ign]), minlength=CMD_SLOTS).astype(np.uint64)
 
     def add_drops(self, n: int) -> None:
+        self._check()
         self._drops[0] += n
 
     def close(self) -> None:
@@ -304,6 +320,9 @@ class FileRingWriter:
             self._mm.close()
         except BufferError:
             pass
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> FileRingWriter:
         return self

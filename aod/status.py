@@ -3,25 +3,37 @@
 The core rewrites /run/aodv2/status.json (0600, dir 0700) about once a second with a
 snapshot (Core.snapshot in daemon.py) and marks it "stopped" on a clean exit. The CLI
 reads it, decides whether the core is running (its pid alive, the file fresh) and
-formats it for people.
+formats it for people. `--state-dir` may name anyone's directory: a status file that is
+not a regular file, too big, not JSON, nested too deep or of the wrong types is one
+StatusError (exit 1), and its text is escaped for the terminal (safetext.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from typing import Any, Optional
 
 from . import tracerstate
 from .atomicfile import write_atomic
 from .config import HEALTH_TYPES, Config, hung_threshold_ns, min_threshold_ns
+from .safetext import clean_lines, dumps, is_number, loads, short
 from .smb2 import command_name, errno_name, status_name
 from .tracerstate import RUN_DIR, pid_alive
 
 STATUS_FILE = "status.json"
 SCHEMA = 1
 STALE_MIN_SEC = 10.0  # fresher than max(this, 3 intervals) counts as alive
+MAX_STATUS_BYTES = 4 << 20  # the core writes a few KiB
+# top-level fields format_text and assess use, and the JSON type each must have when present
+_NUMBER_FIELDS = ("updated", "started", "watch_interval_sec", "events_per_sec")
+_DICT_FIELDS = ("tracers", "counters", "bad_records_by_reason", "anomalies", "suppressed", "refused", "captures",
+                "last_bundle", "disk", "thresholds", "capture", "upload", "hung", "health_events",
+                "tracer_detail", "names")
+# what formatting a status file of unforeseen types raises (a nested field of the wrong type)
+_SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, OverflowError, RecursionError)
 
 
 class StatusError(Exception):
@@ -42,10 +54,10 @@ def write(state_dir: str, snap: dict[str, Any]) -> None:
 
 
 def read(state_dir: str = RUN_DIR) -> dict[str, Any]:
+    """The status snapshot, checked (see _problem). Raises StatusError."""
     path = status_path(state_dir)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(4 << 20)
+    try:  # O_NONBLOCK: a fifo planted as status.json never blocks
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except PermissionError:
         raise StatusError(f"aodv2 status needs root: {path} is readable by root only", 77) from None
     except FileNotFoundError:
@@ -55,12 +67,58 @@ def read(state_dir: str = RUN_DIR) -> dict[str, Any]:
     except OSError as e:
         raise StatusError(f"cannot read {path}: {e.strerror or e}", 1) from None
     try:
-        snap = json.loads(raw)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise StatusError(f"{path} is not a valid status file (not a regular file)", 1)
+            raw = f.read(MAX_STATUS_BYTES + 1)
+    except OSError as e:
+        raise StatusError(f"cannot read {path}: {e.strerror or e}", 1) from None
+    if len(raw) > MAX_STATUS_BYTES:
+        raise StatusError(f"{path} is not a valid status file (more than {MAX_STATUS_BYTES} bytes)", 1)
+    try:
+        snap = loads(raw)  # nesting bounded: never a RecursionError
         if not isinstance(snap, dict) or snap.get("schema") != SCHEMA:
             raise ValueError(f"expected a schema {SCHEMA} object")
+        problem = _problem(snap)
+        if problem:
+            raise ValueError(problem)
     except ValueError as e:
-        raise StatusError(f"{path} is not a valid status file ({e})", 1) from None
+        raise StatusError(f"{path} is not a valid status file ({short(str(e), 160)})", 1) from None
     return snap
+
+
+def _problem(snap: dict[str, Any]) -> str:
+    """What is wrong with the types of the top-level fields ('' if nothing)."""
+    for k in _NUMBER_FIELDS:
+        if k in snap and not is_number(snap[k]):
+            return f"{k}: expected a number, got {type(snap[k]).__name__}"
+    pid = snap.get("pid")
+    if pid is not None and not (type(pid) is int and 0 < pid < 2**31):
+        return "pid: expected a process id"
+    for k in _DICT_FIELDS:
+        if snap.get(k) is not None and not isinstance(snap[k], dict):
+            return f"{k}: expected an object, got {type(snap[k]).__name__}"
+    if snap.get("unhealthy") is not None and not isinstance(snap["unhealthy"], list):
+        return "unhealthy: expected a list"
+    return ""
+
+
+def report(state_dir: str, as_json: bool) -> tuple[int, str]:
+    """(exit code, text) of `aodv2 status`: 0 running, 1 hung (stale), 3 not running. Raises
+    StatusError, also when a field deeper than _problem checks has a type formatting trips on."""
+    snap = read(state_dir)
+    try:
+        state, reason = assess(snap)
+        if as_json:
+            text = dumps({**snap, "running": state == "running", "assessment": state, "reason": reason},
+                         indent=1, sort_keys=True)
+        else:
+            text = clean_lines(format_text(snap, state, reason))
+    except _SHAPE_ERRORS as e:
+        raise StatusError(f"{status_path(state_dir)} is not a valid status file "
+                          f"({type(e).__name__}: {short(str(e), 120)})", 1) from None
+    return {"running": 0, "stale": 1}.get(state, 3), text
 
 
 def assess(snap: dict[str, Any], now: Optional[float] = None) -> tuple[str, str]:
@@ -213,6 +271,22 @@ def _hung_lines(snap: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _leftover_lines(snap: dict[str, Any]) -> list[str]:
+    """What timed-out work left behind: action processes killed or stranded (alive after SIGKILL),
+    file readers abandoned in the kernel, stale stage dirs removed. Nothing when all are zero."""
+    def part(key: str) -> dict[str, Any]:
+        v = snap.get(key)
+        return v if isinstance(v, dict) else {}
+
+    ap, rd, st = part("action_processes"), part("stranded_reads"), part("stale_removed")
+    if not any(isinstance(v, int) and v for d in (ap, rd, st) for v in d.values()):
+        return []
+    return [f"  leftovers: action processes killed {ap.get('killed', 0)}, stranded {ap.get('stranded', 0)} now "
+            f"({ap.get('stranded_total', 0)} in all); file reads stranded {rd.get('now', 0)} now "
+            f"({rd.get('total', 0)} in all); stale stages removed {st.get('stages', 0)}, "
+            f"partials {st.get('partials', 0)}"]
+
+
 def _rule(r: dict[str, Any]) -> str:
     """'>= 10 in 10.0s, or share >= 0.5 (>= 5) in 60.0s' of a latency or error rule in the snapshot."""
     out = f">= {r.get('acceptable_count', '?')} in {r.get('horizon_sec', '?')}s"
@@ -266,7 +340,9 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
     lines.extend(_hung_lines(snap))
     cap = snap.get("capture") or {}
     if cap:
-        lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h")
+        lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h"
+                     + (f", manual {cap['manual_per_hour']}/h" if cap.get("manual_per_hour") else ""))
+    lines.extend(_leftover_lines(snap))
     up = snap.get("upload")
     if up:
         lines.append(f"  upload: ok {up.get('ok', 0)}, failed {up.get('failed', 0)}, pending {up.get('pending', 0)}"

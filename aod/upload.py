@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 from . import log
 from .collect import drain
 from .config import PLACEHOLDER_RE, Config
+from .reaper import REAPER, TAG_VAR, new_tag
 
 QUEUE_SIZE = 64
 TAIL_BYTES = 2048  # output kept per stream for the log
@@ -98,13 +99,6 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)  # start_new_session: pgid == pid
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _exited(pid: int) -> bool:
     """Leader exited? WNOWAIT leaves it a zombie, so its pid (= our pgid) cannot be reused
     before we kill what is left of the group."""
@@ -126,13 +120,15 @@ def _exit_text(rc: int) -> str:
 def run_attempt(argv: list[str], timeout: float, stop: threading.Event,
                 beat: Callable[[], None]) -> Attempt:
     """Run argv once (no shell, own process group, stdin /dev/null). Never raises OSError."""
+    tag = new_tag()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                                cwd="/", env=child_env())
+                                cwd="/", env={**child_env(), TAG_VAR: tag})
     except OSError as e:
         return Attempt(False, exit="exec",
                        error=f"cannot run {argv[0]}: {e.strerror or e} (expected an executable program)")
+    REAPER.started(tag, proc.pid)  # before anything can sweep: its orphans are not strangers
     assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - PIPE given
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     tails = {out_fd: bytearray(), err_fd: bytearray()}
@@ -175,7 +171,9 @@ def run_attempt(argv: list[str], timeout: float, stop: threading.Event,
             for key, _ in sel.select(min(_TICK_SEC, left)):
                 pump(int(key.fd))
     finally:
-        _kill_group(proc.pid)  # timeout, stop, or children left behind by a finished leader
+        # timeout, stop, or children left behind by a finished leader: the whole tree, setsid
+        # grandchildren too (reaper.py; the core is their subreaper)
+        REAPER.kill_tree(tag)
         try:
             proc.wait(_KILL_WAIT_SEC)
         except subprocess.TimeoutExpired:  # stuck in D state: Popen reaps it later

@@ -1,13 +1,15 @@
 """Bounded, safe YAML reading for the config (below config.py in the config layer).
 
 SafeLoader only, with limits on file size, node count, alias expansion
-("billion laughs"), recursion and nesting, so a hostile or broken file costs
+("billion laughs"), recursion, nesting and integer length (Python refuses to convert
+more than 4300 digits, without saying where), so a hostile or broken file costs
 milliseconds and gives one clear message instead of memory or a traceback.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import Any, Callable, Optional, TypeVar
 
@@ -20,6 +22,9 @@ MAX_YAML_NODES = 20_000  # as written (a full config is ~300)
 MAX_YAML_EXPANDED = 100_000  # after alias expansion
 MAX_YAML_ALIASES = 1_000
 MAX_YAML_DEPTH = 64
+MAX_INT_CHARS = 32  # an integer written longer than this (u64 is 20 digits) is refused with its key
+_INT_TAG = "tag:yaml.org,2002:int"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class YamlError(Exception):
@@ -136,6 +141,36 @@ def _check_graph(root: yaml.Node) -> None:
         stack.extend((c, False) for c in _children(node))
 
 
+def _key_path(path: str, key: yaml.Node) -> str:
+    """path.key, or path[...] for a key that is no plain name (configcheck._join's spelling)."""
+    k = key.value if isinstance(key, yaml.ScalarNode) and isinstance(key.value, str) else "?"
+    if _KEY_RE.match(k):
+        return f"{path}.{k}" if path else k
+    return f"{path}[{k[:20]!r}{'...(truncated)' if len(k) > 20 else ''}]"
+
+
+def _check_ints(root: yaml.Node) -> None:
+    """Refuse an integer scalar longer than MAX_INT_CHARS, naming its line and key path."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag == _INT_TAG and len(node.value) > MAX_INT_CHARS:
+                where = f"{path}: " if path else ""
+                raise _LimitError(f"line {node.start_mark.line + 1}: {where}expected an integer of at most "
+                                  f"{MAX_INT_CHARS} characters, got one of {len(node.value)}")
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((c, f"{path}[{i}]") for i, c in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.append((k, f"{path}[key]" if path else "[key]"))
+                stack.append((v, _key_path(path, k)))
+
+
 def parse(text: str, source: str, inspect: Callable[[yaml.Node], T]) -> tuple[Any, Optional[T]]:
     """(data, inspect(root node)) from one YAML document, or YamlError naming the source and line.
 
@@ -147,6 +182,7 @@ def parse(text: str, source: str, inspect: Callable[[yaml.Node], T]) -> tuple[An
         node = loader.get_single_node()
         if node is None:
             return None, None
+        _check_ints(node)
         seen = inspect(node)
         return loader.construct_document(node), seen
     except _LimitError as exc:

@@ -139,7 +139,8 @@ def scenario(mode: str, seconds: float, root: str, warmup: float = WARMUP, core_
         f.write(f"output_dir: {os.path.join(d, 'out')}\n")
     ringfile.create(ring, 4096 * 1024)
     err = open(os.path.join(d, "core.stderr"), "w+")
-    core = subprocess.Popen([sys.executable, "-m", "aod.cli", "run", "--config", cfgp, "--ring-file", ring],
+    core = subprocess.Popen([sys.executable, "-m", "aod.cli", "run", "--config", cfgp, "--ring-file", ring,
+                             "--state-dir", os.path.join(d, "run")],
                             cwd=ROOT, env={**_env(), **(core_env or {})}, stdout=subprocess.DEVNULL, stderr=err)
     prod: Optional[subprocess.Popen] = None
     res: Dict[str, Any] = {"mode": mode, "seconds": seconds}

@@ -55,3 +55,17 @@ def _fresh_log_handler() -> None:
     from aod import log
 
     log.setup(force_stderr=True)
+
+
+@pytest.fixture(autouse=True)
+def _host_state_guard() -> Iterator[None]:
+    """A test that touched the host's /run/aodv2, /var/log/aodv2 or /sys/fs/bpf/aodv2 fails
+    (tests/hostguard.py), even if the code under test swallowed the refusal."""
+    import hostguard
+
+    hostguard.install()
+    hostguard.take()
+    yield
+    touched = hostguard.take()
+    if touched:
+        pytest.fail("touched the host's aodv2 state: " + "; ".join(sorted(set(touched))[:10]), pytrace=False)

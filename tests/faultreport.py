@@ -27,9 +27,10 @@ from typing import Any, Optional
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MAIN = ["tests/test_faults.py", "tests/test_storm.py", "tests/test_security.py"]
-UNIT = ["tests/test_ring.py", "tests/test_config.py", "tests/test_actions.py", "tests/test_collect.py",
-        "tests/test_retain.py", "tests/test_cli.py", "tests/test_supervisor.py"]
+MAIN = ["tests/test_faults.py", "tests/test_storm.py", "tests/test_security.py", "tests/test_harden_dirs.py",
+        "tests/test_harden_ring.py", "tests/test_harden_view.py", "tests/test_harden_core.py"]
+UNIT = ["tests/test_unitstop.py", "tests/test_ring.py", "tests/test_config.py", "tests/test_actions.py",
+        "tests/test_collect.py", "tests/test_retain.py", "tests/test_cli.py", "tests/test_supervisor.py"]
 
 
 class Collect:
@@ -89,6 +90,23 @@ def _name(nodeid: str) -> str:
     return nodeid.split("::", 1)[1]
 
 
+def render_items(results: list[dict[str, Any]]) -> list[str]:
+    """The hardening review's items (tests/hardening_items.py), each with its tests' outcomes."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from hardening_items import ITEMS
+
+    marks: dict[str, set[str]] = {}
+    for r in results:
+        marks.setdefault(r["nodeid"].split("[", 1)[0], set()).add(_mark(r["outcome"]))
+    out = ["## Hardening review (issue 14): every item and its tests", "",
+           "VM parts are in the VM section at the end (`make vm-faults`, tests/vm/guest/faults_harden.py).", "",
+           "| # | item | tests (result on this run) | VM part |", "|---|---|---|---|"]
+    for i, it in enumerate(ITEMS, 1):
+        tests = "<br>".join(f"`{t.split('::')[1]}` {', '.join(sorted(marks.get(t, {'NOT RUN'})))}" for t in it.tests)
+        out.append(f"| {i} | **{it.section}:** {it.text} | {tests} | {', '.join(it.vm) or '-'} |")
+    return out + [""]
+
+
 def render(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
     main = [r for r in results if r["file"] in MAIN]
     unit = [r for r in results if r["file"] not in MAIN]
@@ -111,6 +129,7 @@ def render(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
         f"{env['storm_sec'] * 10:g} s of 1 s windows)",
         "- result: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
         "",
+        *render_items(results),
         "## Faults injected into a running core, security and bad-input checks",
         "",
         "| # | test | result | seconds |",

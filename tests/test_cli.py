@@ -27,6 +27,7 @@ BAD_ARGS = [
     ["list", "--dir"],
     ["evidence", "extra"],
     ["evidence", "--pin-dir"],
+    ["stop-hook", "a", "b"],
 ]
 
 

@@ -23,7 +23,7 @@ from aod.actions import ACTION_NAMES, ActionEnv
 from aod.anomaly import Anomaly
 from aod.bundle import BUNDLE_RE, list_bundles, read_bundle
 from aod.collect import BundleResult, Collector, capture
-from aod.config import CaptureConfig, Config
+from aod.config import CaptureConfig, Config, RingConfig
 from aod.record import KIND_COMPLETION, KIND_ERROR, empty
 
 
@@ -58,7 +58,8 @@ def fake(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def cfg(out: Path, timeout: float = 10.0, actions: Optional[dict[str, tuple[str, ...]]] = None) -> Config:
     return Config(output_dir=str(out), capture=CaptureConfig(action_timeout_sec=timeout, concurrency=4),
-                  actions=MappingProxyType(actions or {}))
+                  actions=MappingProxyType(actions or {}),
+                  ring=RingConfig(path=str(out.parent / "pins" / "events")))  # never the host's pins
 
 
 def anomaly(type_: str = "latency") -> Anomaly:
@@ -208,32 +209,37 @@ def test_output_dir_not_a_directory(fake: dict[str, Any], records: list[logging.
     assert not r.ok and "not a directory" in r.error and str(fake["out"]) in r.error
 
 
-@pytest.mark.parametrize("mode", [0o777, 0o755, 0o750, 0o701], ids=lambda m: f"{m:04o}")
-def test_loose_output_dir_mode_is_tightened(fake: dict[str, Any], records: list[logging.LogRecord],
-                                            mode: int) -> None:
-    """Any group/other bit, writable or only readable/searchable (bundle names visible), goes."""
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701], ids=lambda m: f"{m:04o}")
+def test_readable_output_dir_is_used_as_it_is_with_one_warning(
+        fake: dict[str, Any], records: list[logging.LogRecord], monkeypatch: pytest.MonkeyPatch, mode: int) -> None:
+    """Group/other bits that are not write bits (bundle names visible): used, one warning, and the
+    mode is never changed (the core does not chmod a directory it did not create)."""
     fake["out"].mkdir(mode=mode)
     os.chmod(fake["out"], mode)
+    chmods: list[Any] = []
+    real_chmod = os.chmod
+
+    def chmod(p: Any, *a: Any, **k: Any) -> None:
+        chmods.append(p)
+        real_chmod(p, *a, **k)
+
+    monkeypatch.setattr(os, "chmod", chmod)
     assert capture(anomaly(), cfg(fake["out"]), fake["env"]).ok
-    assert stat.S_IMODE(os.stat(fake["out"]).st_mode) == 0o700
-    (msg,) = [x.getMessage() for x in records if "set to 0700" in x.getMessage()]
-    assert f"{fake['out']} was mode {mode:04o}" in msg
+    assert stat.S_IMODE(os.stat(fake["out"]).st_mode) == mode and str(fake["out"]) not in map(str, chmods)
+    (msg,) = [x.getMessage() for x in records if "output directory" in x.getMessage()]
+    assert f"{fake['out']} is mode {mode:04o}" in msg
     records.clear()
-    assert capture(anomaly(), cfg(fake["out"]), fake["env"]).ok  # already 0700: nothing to say
+    assert capture(anomaly(), cfg(fake["out"]), fake["env"]).ok  # said once
     assert not any("output directory" in x.getMessage() for x in records)
 
 
-def test_output_dir_that_refuses_chmod_is_used_with_one_warning(fake: dict[str, Any], records: list[logging.LogRecord],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """A filesystem that ignores chmod (cifs, vfat) or refuses it: captures go on, one warning."""
-    fake["out"].mkdir(mode=0o755)
-    os.chmod(fake["out"], 0o755)
-    monkeypatch.setattr(os, "chmod", lambda p, m: None)  # ignored, like vfat
-    for _ in range(2):
-        res = capture(anomaly(), cfg(fake["out"]), fake["env"])
-        assert res.ok and stat.S_IMODE(os.stat(res.path).st_mode) == 0o600
-    msgs = [x.getMessage() for x in records if "output directory" in x.getMessage()]
-    assert len(msgs) == 1 and "cannot be set to 0700 (the filesystem ignores chmod)" in msgs[0]
+def test_world_writable_output_dir_is_refused(fake: dict[str, Any]) -> None:
+    """Another user could swap the stage or plant names: no capture, the reason names path and mode."""
+    fake["out"].mkdir(mode=0o777)
+    os.chmod(fake["out"], 0o777)
+    r = capture(anomaly(), cfg(fake["out"]), fake["env"])
+    assert not r.ok and str(fake["out"]) in r.error and "writable by others" in r.error and "0777" in r.error
+    assert stat.S_IMODE(os.stat(fake["out"]).st_mode) == 0o777 and state(fake["out"]) == []
 
 
 def test_names_unique_in_one_second_and_never_clobber(fake: dict[str, Any]) -> None:

@@ -89,7 +89,8 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
         env.update(NOTIFY_SOCKET=self.sock_path, WATCHDOG_USEC="2000000", PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aod.cli", "run", "--config", str(self.cfg), "--ring-file", str(self.ring)],
+            [sys.executable, "-m", "aod.cli", "run", "--config", str(self.cfg), "--ring-file", str(self.ring),
+             "--state-dir", str(self.tmp / "run")],
             env=env, stdout=subprocess.DEVNULL, stderr=self.stderr,
         )
 
@@ -236,7 +237,7 @@ def test_run_without_root_refuses_kernel_ring(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     monkeypatch.delenv("INVOCATION_ID", raising=False)
-    assert cli.main(["run", "--config", str(cfg)]) == 77
+    assert cli.main(["run", "--config", str(cfg), "--state-dir", str(tmp_path / "run")]) == 77
     err = capsys.readouterr().err
     assert "needs root" in err and "--ring-file" in err
 

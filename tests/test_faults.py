@@ -71,7 +71,8 @@ def test_ring_full_while_core_process_is_stopped(tmp_path: Path, record_property
     env["PYTHONPATH"] = str(ROOT)
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "aod.cli", "run", "--config", str(cfg),
-                                 "--ring-file", str(ring)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+                                 "--ring-file", str(ring), "--state-dir", str(tmp_path / "run")],
+                                env=env, stdout=subprocess.DEVNULL, stderr=err)
     text = lambda: err_path.read_text()  # noqa: E731
     try:
         wait_for(lambda: "core ready" in text(), 15, "core ready")

@@ -101,6 +101,7 @@ def test_core_unit_settings() -> None:
         assert s[key] == ["yes"], key
     assert s["SystemCallArchitectures"] == ["native"]
     assert s["Also"] == ["aodv2-tracer@.service aodv2-evidence.socket"]
+    assert s["ExecStopPost"] == ["+/usr/bin/aodv2 stop-hook %n"], "systemctl stop aodv2 stops the tracers"
     assert s["WantedBy"] == ["multi-user.target"]
 
 
@@ -108,7 +109,10 @@ def test_tracer_unit_settings() -> None:
     s = unit_settings(TRACER_UNIT)
     assert s["Type"] == ["notify"]
     assert s["ExecStart"] == ["/usr/bin/aodv2 tracer %i --config /etc/aodv2/config.yaml"]
-    assert s["PartOf"] == ["aodv2.service"]
+    # a core restart (watchdog, crash) must not stop the tracers: no PartOf=/BindsTo= on the core
+    for key in ("PartOf", "BindsTo", "Requisite", "StopPropagatedFrom", "Requires"):
+        assert key not in s, key
+    assert s["ReloadPropagatedFrom"] == ["aodv2.service"]
     assert s["Restart"] == ["on-failure"] and "RestartSec" in s and "StartLimitBurst" in s
     assert "78" in s["RestartPreventExitStatus"][0].split()
     assert set(s["CapabilityBoundingSet"][0].split()) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN",

@@ -278,7 +278,8 @@ def test_unusable_config_file_is_a_clear_error(target: str, tmp_path: Path, caps
     assert cli.main(["check-config", str(p)]) == 2
     err = capsys.readouterr().err
     assert str(p) in err and "Traceback" not in err
-    assert cli.main(["run", "--config", str(p), "--ring-file", str(tmp_path / "ring")]) == 78
+    assert cli.main(["run", "--config", str(p), "--ring-file", str(tmp_path / "ring"),
+                     "--state-dir", str(tmp_path / "run")]) == 78
     err = capsys.readouterr().err
     assert str(p) in err and "Traceback" not in err and not (tmp_path / "ring").exists()
 

@@ -278,3 +278,15 @@ def test_cli_usage_errors_exit_2() -> None:
     for argv in (["status", "--bogus"], ["collect", "--timeout", "-1"], ["collect", "extra"]):
         r = _cli(*argv)
         assert r.returncode == 2 and "usage: aodv2" in r.stderr, argv
+
+
+def test_leftovers_line_only_when_something_was_left() -> None:
+    """Killed/stranded action processes, stranded reads and removed stale stages reach the text."""
+    base: dict = {"action_processes": {"killed": 0, "stranded": 0, "stranded_total": 0},
+                  "stranded_reads": {"now": 0, "total": 0}, "stale_removed": {"stages": 0, "partials": 0}}
+    assert not any("leftovers" in ln for ln in status._leftover_lines(base))
+    base["action_processes"] = {"killed": 3, "stranded": 1, "stranded_total": 2}
+    base["stale_removed"] = {"stages": 4, "partials": 0}
+    (line,) = status._leftover_lines(base)
+    assert "killed 3, stranded 1 now (2 in all)" in line and "stale stages removed 4" in line
+    assert status._leftover_lines({"action_processes": "junk"}) == []

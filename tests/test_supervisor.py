@@ -9,7 +9,7 @@ import time
 from typing import Callable
 
 from aod import log
-from aod.daemon import Supervisor
+from aod.supervisor import Supervisor
 
 
 class Crashy:

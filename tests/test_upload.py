@@ -221,6 +221,22 @@ def test_timeout_kills_the_process_group(tmp_path: Path, holder: list[Config], r
         wait_for(lambda p=pid: gone(p), 5, f"{f} {pid} killed")
 
 
+def test_timeout_kills_a_setsid_grandchild_of_the_upload(tmp_path: Path, holder: list[Config],
+                                                         running: Running) -> None:
+    """An upload program that starts a grandchild in its own session (out of the process group)
+    and hangs: at the timeout the grandchild dies too (reaper.py), not only the group."""
+    prog = script(tmp_path, "hang", f"setsid sleep 300 &\necho $! > {tmp_path}/grandchild.pid\nsleep 300", sh=True)
+    holder[0] = make_cfg(tmp_path, [prog], retries=0, timeout=0.5)
+    assert running.up.submit(bundle(tmp_path), "latency")
+    wait_for(lambda: running.up.stats()["failed"] == 1, 15, "timeout failure")
+    pid = int((tmp_path / "grandchild.pid").read_text())
+    try:
+        wait_for(lambda: gone(pid), 5, f"setsid grandchild {pid} killed")
+    finally:
+        if not gone(pid):
+            os.kill(pid, 9)
+
+
 def test_children_left_by_a_finished_upload_are_killed(tmp_path: Path, holder: list[Config],
                                                        running: Running) -> None:
     prog = script(tmp_path, "bg", f"sleep 300 &\necho $! > {tmp_path}/child.pid\nexit 0", sh=True)

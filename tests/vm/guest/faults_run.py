@@ -35,6 +35,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
+import faults_harden
 import guestkit
 from guestkit import (
     CORE,
@@ -449,6 +450,7 @@ PARTS: List[Scenario] = [
     ("2_action_hangs", s_hang),
     ("2b_server_stopped", s_stopped),
     ("3_disk_full_readonly", s_disk),
+    *faults_harden.PARTS,
 ]
 
 
@@ -461,6 +463,7 @@ def main() -> int:
     ap.add_argument("--write-config", action="store_true", help="only write the quiet test config and exit")
     ARGS = ap.parse_args()
     guestkit.setup("faults", BASE)
+    faults_harden.F = sys.modules[__name__]
     if ARGS.write_config:
         write_config({})
         return 0

@@ -1,7 +1,7 @@
 #!/bin/bash
 # aodv2 VM scenario: end to end on a real systemd host (issue 5). Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-e2e --script tests/vm/scenarios/e2e.sh \
-#         --copy dist/aodv2_0.3.0-1_all.deb --timeout 2100
+#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 2100
 # Installs the .deb, then (tests/vm/guest/e2e_run.py): 1 install+enable, 2 quiet baseline (with
 # one sequential process), 3 latency (and a second slowdown refused in the cooldown), 3b operator
 # tools, 3c a low-rate slowdown, 4 errors, 4b low-rate errors, 4c ignored statuses,

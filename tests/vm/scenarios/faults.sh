@@ -2,7 +2,7 @@
 # aodv2 VM scenario: faults and security on a real systemd host (issue 7). Run from the host
 # after `make deb` (or `make vm-faults`):
 #     python3 tests/vm/run.py --share /tmp/vmshare-faults --script tests/vm/scenarios/faults.sh \
-#         --copy dist/aodv2_0.3.0-1_all.deb --timeout 1200
+#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 1200
 # Installs the .deb (lib.sh vm_install_deb), writes a quiet config (only SIGUSR1 captures),
 # `systemctl enable --now aodv2`, then tests/vm/guest/faults_run.py:
 #   1 security: user aodtest cannot read /var/log/aodv2 or a bundle, open the pinned ring
@@ -13,6 +13,10 @@
 #     the rest of the bundle written, the mount works again once smbd is back
 #   3 disk full / read-only: /var/log/aodv2 on a 4 MiB ext4 loop -> capture_failed with the
 #     path and ENOSPC/EROFS, the core never restarts, captures succeed again once fixed
+#   4 core restart: SIGSTOP the core; the watchdog restarts it and aodv2-tracer@smb keeps its
+#     MainPID; `systemctl stop aodv2` stops both, `systemctl start aodv2` starts both (faults_harden.py)
+#   5 hostile output_dir (owned by aodtest, or under a parent aodtest owns): exit 78, no loop
+#   6 a FIFO at anomalies.jsonl: the capture completes, status answers, SIGTERM obeyed
 # Results: /share/faults-report.json ({part: {"pass", "seconds", times, "detail": {"checks", ...}}},
 # printed at the end), /share/results.txt, /share/logs/; exit 0 iff every check passed.
 set -u

@@ -2,7 +2,7 @@
 # aodv2 VM scenario: the .deb on a real systemd host (Debian 12 guest, no network).
 # Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
-#         --copy dist/aodv2_0.3.0-1_all.deb --timeout 900
+#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 900
 # Proves: install from the local .deb alone (the guest has no network; runtime deps are in
 # the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
 # and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox,
@@ -105,7 +105,7 @@ printf '%s\n' "$verify_out"
 vm_check "systemd-analyze verify exits 0 (rc $verify_rc)" test "$verify_rc" = 0
 vm_check "systemd-analyze verify prints nothing" test -z "$verify_out"
 
-# --- from a disabled state: disable --now stops the core and (PartOf=) the tracer and removes
+# --- from a disabled state: disable --now stops the core and (stop-hook) the tracer and removes
 #     both links (Also= names the template); enable --now recreates them and starts both
 vm_check "systemctl disable --now aodv2" systemctl disable --now aodv2
 vm_check "disabled: aodv2.service inactive" vm_wait 60 inactive aodv2.service
@@ -214,7 +214,7 @@ vm_check "core still active" active aodv2.service
 # --- docs
 vm_check "man aodv2 renders" sh -c 'MANWIDTH=80 man aodv2 2>/dev/null | grep -q "always-on diagnostics"'
 vm_check "man aodv2.yaml renders" sh -c 'MANWIDTH=80 man 5 aodv2.yaml 2>/dev/null | grep -q "watch_interval_sec"'
-vm_check "man aodv2-tracer renders" sh -c 'MANWIDTH=80 man aodv2-tracer 2>/dev/null | grep -q "PartOf"'
+vm_check "man aodv2-tracer renders" sh -c 'MANWIDTH=80 man aodv2-tracer 2>/dev/null | grep -q "stop-hook"'
 
 # --- purge, with a tracer instance the admin enabled (not started): deb-systemd-helper did not
 #     record its link, the postrm must remove it
@@ -267,8 +267,10 @@ if [ -n "$OLD" ]; then
     vm_check "old: tracer attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
     vm_check "old: core active" vm_wait 120 active aodv2.service
     vm_fact old_version "$(dpkg-query -W -f='${Version}' aodv2)"
-    vm_check "old: cmd_stats_v2 pinned, none of the new maps yet" test -e /sys/fs/bpf/aodv2/cmd_stats_v2 \
-        -a ! -e /sys/fs/bpf/aodv2/inflight_v1 -a ! -e /sys/fs/bpf/aodv2/emit_cfg_v1
+    vm_check "old: cmd_stats_v2 and the in-flight maps pinned" test -e /sys/fs/bpf/aodv2/cmd_stats_v2 \
+        -a -e /sys/fs/bpf/aodv2/inflight_v1 -a -e /sys/fs/bpf/aodv2/emit_cfg_v1
+    vm_check "old: its tracer unit is PartOf= the core (what the upgrade must undo)" \
+        sh -c 'systemctl show -p PartOf --value aodv2-tracer@smb.service | grep -q aodv2.service'
     vm_check "old: a slowdown alerts (the release detects)" slowdown_alerts "$t0" latency
     RING_OLD=$(ring_id); STATS_OLD=$(map_id cmd_stats_v2); CPID_OLD=$(main_pid)
     TPID_OLD=$(systemctl show -p MainPID --value aodv2-tracer@smb.service)
@@ -279,7 +281,9 @@ if [ -n "$OLD" ]; then
     vm_check "upgrade: the new version is installed" test "$(dpkg-query -W -f='${Version}' aodv2)" != "$(basename "$OLD" | cut -d_ -f2)"
     vm_check "upgrade: core restarted (pid $CPID_OLD -> new)" vm_wait 120 sh -c "[ \"\$(systemctl show -p MainPID --value aodv2.service)\" != $CPID_OLD ] && systemctl is-active --quiet aodv2.service"
     vm_check "upgrade: tracer restarted and attached" vm_wait 300 grep -q '"attached"' /run/aodv2/tracer-smb.json
-    vm_check "upgrade: tracer pid changed" test "$(systemctl show -p MainPID --value aodv2-tracer@smb.service)" != "$TPID_OLD"
+    vm_check "upgrade: tracer pid changed (postinst try-restarts the tracers)" test "$(systemctl show -p MainPID --value aodv2-tracer@smb.service)" != "$TPID_OLD"
+    vm_check "upgrade: the tracer is no longer PartOf= the core" \
+        test -z "$(systemctl show -p PartOf --value aodv2-tracer@smb.service)"
     vm_fact upgrade_to_attached_s "$(vm_since "$t")"
     vm_check "upgrade: same ring map (id $RING_OLD)" test "$(ring_id)" = "$RING_OLD"
     vm_check "upgrade: same cmd_stats_v2 map (id $STATS_OLD): the counters go on" test "$(map_id cmd_stats_v2)" = "$STATS_OLD"
