@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from . import log
-from .actions import ActionEnv, Step, redact, redact_capped
+from .actions import ActionEnv, Step
 from .evidencestep import EvidenceFetch, run_evidence
 from .reaper import KILL_WAIT_SEC, REAPER, TAG_VAR, new_tag
+from .redact import cut_partial_line, redact, redact_capped
 from .stageio import CappedSink, ReadGate, StageLike, in_thread, stage_sink, stranded
 
 __all__ = ["ActionResult", "CappedSink", "EvidenceFetch", "StepResult", "combine", "in_thread", "run_step"]
@@ -75,10 +76,8 @@ def _read_file_into(step: Step, path: str, gate: ReadGate) -> tuple[bytes, bool]
         gate.finished()
     truncated = skipped > 0 or len(data) > step.cap_bytes
     data = data[: step.cap_bytes]
-    if skipped:  # start at a line boundary
-        nl = data.find(b"\n")
-        if 0 <= nl < len(data) - 1:
-            data = data[nl + 1 :]
+    if truncated:  # whole lines only: a secret cut at the edge would escape the redaction
+        data = cut_partial_line(data, "tail" if skipped else "head")
     return (redact(data) if step.redact else data), truncated
 
 

@@ -163,66 +163,6 @@ def substitute(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
-# Secrets as mount.cifs, smbclient, sudo and their logs spell them, any case:
-#   password= pass= password2= passwd= credentials= cred= (mount options, env PASSWD=, the
-#   credentials file), --password= / --password VALUE, with a value ending at a comma, blank,
-#   quote or line end (",," is mount.cifs's escaped comma), or quoted ("..." or '...');
-#   user%pass in username= user= (mount.cifs; USER= is smbclient's env) up to a comma, and in
-#   -U / --user (smbclient, net, rpcclient) up to a blank or the closing quote;
-#   smbclient //server/share PASSWORD (the positional password).
-# A key must start a word: PASSWD_FILE= (a path), mypassword= and bypass= stay.
-_KEYS = rb"(?:password2?|passwd|pass|credentials|cred)"
-_QUOTED = rb""""(?:[^"\\\n]|\\.)*"?|'[^'\n]*'?"""
-_ASSIGN = re.compile(rb"(?i)(?<![\w-])((?:--)?" + _KEYS + rb"=)(" + _QUOTED + rb"""|(?:,,|[^,\s"'])*)""")
-_PASS_ARG = re.compile(rb"(?i)(?<![\w-])(--password[ \t]+)(" + _QUOTED + rb"""|[^\s"']+)""")
-_USER_OPT = re.compile(  # mount options: the value ends at a comma
-    rb"""(?i)(?<![\w-])((?:user(?:name)?=)(["'])?[^\s%"',]*%)((?(2)(?:(?!\2)[^\n])*|(?:,,|[^\s"',])*))""")
-_USER_ARG = re.compile(  # -U/--user: everything after the first % is the password
-    rb"""(?<![\w-])((?:-U[ \t]*|--[Uu][Ss][Ee][Rr](?:=|[ \t]+))(["'])?[^\s%"']*%)((?(2)(?:(?!\2)[^\n])*|[^\s"']*))""")
-_SMBCLIENT_PW = re.compile(  # smbclient //srv/share PASSWORD: the token after the service
-    rb"""(?i)(\bsmbclient\b[^\n]*?[ \t](?://|\\\\)[^\s/\\]+[/\\][^\s]*[ \t]+)(""" + _QUOTED + rb"""|[^\s"'-]\S*)""")
-_MASK = b"***"
-
-
-def _mask(m: re.Match[bytes]) -> bytes:
-    """group(1) kept, the value in group(2) masked; a quoted value keeps its quotes."""
-    v = m.group(2)
-    q = v[:1] if v[:1] in (b'"', b"'") else b""
-    return m.group(1) + q + _MASK + (q if q and len(v) > 1 and v.endswith(q) else b"")
-
-
-def _mask_pct(m: re.Match[bytes]) -> bytes:
-    """user%pass: group(1) (up to the %) kept, the password (group 3) masked."""
-    return m.group(1) + _MASK
-
-
-def redact(data: bytes) -> bytes:
-    """Mask passwords and credential files in captured text (the forms above)."""
-    low = data.lower()
-    if b"pass" in low or b"cred" in low:
-        data = _ASSIGN.sub(_mask, data)
-        if b"--password" in low:
-            data = _PASS_ARG.sub(_mask, data)
-    if b"%" in data:
-        if b"user" in low:
-            data = _USER_OPT.sub(_mask_pct, data)
-        if b"-u" in low:
-            data = _USER_ARG.sub(_mask_pct, data)
-    if b"smbclient" in low:
-        data = _SMBCLIENT_PW.sub(_mask, data)
-    return data
-
-
-def cut_partial_line(data: bytes, keep: str) -> bytes:
-    """A capped capture starts and ends at line boundaries, so no secret is cut in half where
-    the regex would miss it: keep="tail" drops the partial first line, "head" the partial last."""
-    if keep == "tail":
-        nl = data.find(b"\n")
-        return data[nl + 1 :] if nl >= 0 else b""
-    nl = data.rfind(b"\n")
-    return data[: nl + 1] if nl >= 0 else b""
-
-
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
@@ -264,12 +204,6 @@ def escape_mount_name(mount: str) -> str:
     if len(name) > 200:  # stay under NAME_MAX with the suffix; keep it unique
         name = name[:180] + "~" + hashlib.sha1(raw).hexdigest()[:16]
     return name
-
-
-def redact_capped(data: bytes, cut: str = "") -> bytes:
-    """redact() a capped capture; cut="head"/"tail": it was truncated keeping that end, so the
-    partial line at the cut is dropped first."""
-    return redact(cut_partial_line(data, cut) if cut else data)
 
 
 def cifs_mount_entries(env: ActionEnv, unique: bool = True) -> list[tuple[str, str]]:

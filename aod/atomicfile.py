@@ -20,10 +20,8 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600, dir_mode: int = 0o70
     Raises OSError; safefs.UnsafePath when another user could swap the parent (`what` names it)."""
     parent = os.path.dirname(path) or "."
     base = os.path.basename(path)
-    safefs.makedirs(parent, dir_mode)
-    dfd = safefs.open_dir(parent, follow=True)
+    dfd, _ = safefs.makedirs_fd(parent, dir_mode, what, system_owner)  # every level checked, by fd
     try:
-        safefs.verify_dir_fd(dfd, parent, what, system_owner)
         tmp = f".{base}.{os.getpid()}.tmp"
         try:
             fd = safefs.open_new(tmp, dfd, os.O_WRONLY, mode)

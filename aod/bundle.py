@@ -100,9 +100,11 @@ def ensure_output_dir(path: str) -> None:
                           path, errno.EPERM)
     try:
         safefs.check_dir(path, WHAT)
-        safefs.makedirs(path, 0o700)
-        safefs.check_dir(path, WHAT)  # and nobody made a missing level first (a sticky parent)
-        st = os.stat(path)
+        fd, _ = safefs.makedirs_fd(path, 0o700, WHAT)  # each level checked again as it is opened or made
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
     except safefs.UnsafePath as e:
         raise BundleError(str(e), path, e.errno) from e
     except OSError as e:

@@ -170,6 +170,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     core = Core(cfg, ring, counters, config_path=args.config, tracer_dir=None if args.ring_file else RUN_DIR,
                 ring_file=args.ring_file, state_dir=args.state_dir)
     install_signals(core)
+    from .reaper import REAPER
+
+    REAPER.kill_untagged = True  # the daemon's only children are its commands: an untagged orphan escaped one
     return core.run()
 
 

@@ -67,8 +67,8 @@ class Control:
     def _listen(self) -> socket.socket:
         state_dir = os.path.dirname(self.path)
         safefs.check_dir(state_dir, "--state-dir")  # nobody else can swap it, or the socket in it
-        safefs.makedirs(state_dir, 0o700)  # missing levels 0700 whatever the umask
-        safefs.check_dir(state_dir, "--state-dir")  # and nobody made one of them first
+        safefs.makedirs(state_dir, 0o700, "--state-dir")  # missing levels 0700 whatever the umask, by fd:
+        # a level someone else made or replaced after check_dir is refused before anything is made in it
         try:
             os.unlink(self.path)  # left by a previous core (or a crashed run of this worker)
         except FileNotFoundError:

@@ -49,11 +49,8 @@ def append(output_dir: str, line: dict[str, Any]) -> Optional[str]:
     path = os.path.join(output_dir, FILENAME)
     data = (json.dumps(line, default=str, separators=(",", ":")) + "\n").encode()
     try:
-        safefs.check_dir(output_dir, "output_dir")
-        safefs.makedirs(output_dir, 0o700)
-        dfd = safefs.open_dir(output_dir, follow=True)
+        dfd, _ = safefs.makedirs_fd(output_dir, 0o700, "output_dir")  # every level checked, by fd
         try:
-            safefs.verify_dir_fd(dfd, output_dir, "output_dir")
             fd = safefs.open_regular(FILENAME, dfd, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600, path)
         finally:
             os.close(dfd)

@@ -10,7 +10,9 @@ SIGKILLs every process of the command, scan after scan until none is left:
   so these never match a stranger);
 - orphans the core adopted as child subreaper (`set_subreaper`, at core start; `systemd-run
   --scope` would move actions out of the service, cgroup.kill needs 5.14 and
-  ProtectControlGroups= blocks it) whose tag belongs to no live action.
+  ProtectControlGroups= blocks it) whose tag belongs to no live action; with
+  `kill_untagged` (the daemon: its only children are its commands) also those with no tag
+  at all, since a process can clear its own environ (exec with `env -i`, or overwrite it).
 
 The core reaps those orphans, and zombies of the tree (children their parent never waited
 for) once it adopts them, by pid only (waitpid(pid, WNOHANG)): never waitpid(-1), which
@@ -133,6 +135,7 @@ class Reaper:
     killed: int = 0  # processes SIGKILLed after their command ended
     stranded: int = 0  # of those, alive after SIGKILL (D state), now
     stranded_total: int = 0
+    kill_untagged: bool = False  # adopted processes without a tag are escaped orphans (cli run)
     lock: threading.Lock = field(default_factory=threading.Lock)
     poll_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -192,7 +195,7 @@ class Reaper:
             _kill(new)
             for p in adopted:
                 t = read_tag(p, self.proc_root)
-                if t and t not in others:
+                if (t or self.kill_untagged) and t not in others:
                     new.append(p)
                     _kill([p])
                 else:

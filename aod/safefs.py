@@ -12,7 +12,11 @@ collect -> retain, the anomaly history, status.json, the control socket and the 
   make the write fail or rename `aodv2.prom` (0644, counts only): every open there is relative
   to the opened directory, O_NOFOLLOW and O_EXCL, so it cannot redirect a write of root's.
 - `system_dir_problem` says why a path cannot be a dedicated directory (/etc, /var/log, /proc/...).
-- `makedirs` creates missing levels with an explicit mode (umask-proof), never touching existing ones.
+- `makedirs` / `makedirs_fd` create missing levels with an explicit mode (umask-proof), never touching
+  existing ones, by a walk through directory fds from "/": each level is opened O_NOFOLLOW and
+  checked by the `check_dir` rules before anything is made in it, and a symlink is followed only if
+  those rules trust it. A name planted after `check_dir` (a symlink or a directory of another user
+  in /tmp) redirects nothing: it is refused before any mkdir under it.
 - `open_dir`, `open_new`, `open_regular`: O_NOFOLLOW|O_NONBLOCK opens relative to a directory fd,
   then an fstat check that a regular file was opened (a planted FIFO never blocks a thread).
 - `remove_tree`: removal through directory fds that never follows a symlink.
@@ -157,10 +161,7 @@ def check_dir(path: str, what: str, system_owner: bool = False) -> None:
             links += 1
             if links > _MAX_LINKS:
                 raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
-            parent = os.lstat(cur)
-            if parent.st_mode & stat.S_ISVTX and _others_write(parent) and not _owner_ok(st.st_uid, system_owner):
-                raise UnsafePath(path, f"{what} {path}: the symlink {nxt} in the shared directory {cur} is "
-                                       f"owned by {_owner(st.st_uid)}; {_expected(what, system_owner)}")
+            _judge_link(path, what, cur, os.lstat(cur), nxt, st, system_owner)
             target = os.readlink(nxt)
             if target.startswith("/"):
                 cur = "/"
@@ -183,6 +184,15 @@ def _judge(path: str, what: str, d: str, st: os.stat_result, final: bool, system
                                f"{stat.S_IMODE(st.st_mode):04o}); {_expected(what, system_owner)}")
 
 
+def _judge_link(path: str, what: str, parent_path: str, parent: os.stat_result, link: str,
+                st: os.stat_result, system_owner: bool) -> None:
+    """A symlink is followed only if nobody else could have planted it: its parent is not a shared
+    (sticky, writable by others) directory, or the symlink is owned by root (or us)."""
+    if parent.st_mode & stat.S_ISVTX and _others_write(parent) and not _owner_ok(st.st_uid, system_owner):
+        raise UnsafePath(path, f"{what} {path}: the symlink {link} in the shared directory {parent_path} is "
+                               f"owned by {_owner(st.st_uid)}; {_expected(what, system_owner)}")
+
+
 def verify_dir_fd(fd: int, path: str, what: str, system_owner: bool = False) -> None:
     """The opened directory itself passes (what was checked by path is what we hold)."""
     st = os.fstat(fd)
@@ -192,31 +202,120 @@ def verify_dir_fd(fd: int, path: str, what: str, system_owner: bool = False) -> 
                                f"{stat.S_IMODE(st.st_mode):04o}); {_expected(what, system_owner)}")
 
 
-def makedirs(path: str, mode: int) -> list[str]:
-    """Create `path` and its missing parents, each with exactly `mode` (mkdir, then fchmod of only
-    the levels created here: the umask does not apply). Returns the created paths, top first."""
-    path = normalize(path)
-    missing: list[str] = []
-    p = path
-    while p != "/" and not os.path.lexists(p):
-        missing.append(p)
-        p = os.path.dirname(p)
-    created: list[str] = []
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, mode & 0o700)  # private until its mode is set
-        except FileExistsError:  # made meanwhile by someone else: not ours to chmod
-            continue
-        fd = os.open(d, DIR_FLAGS | os.O_NOFOLLOW)
-        try:
-            if os.fstat(fd).st_uid == os.geteuid():
-                os.fchmod(fd, mode)
-        finally:
-            os.close(fd)
-        created.append(d)
-    if not os.path.isdir(path):
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a level of the walk (search only)
+_MKDIR_TRIES = 8  # a name that keeps appearing and vanishing (a hostile user in /tmp) is an error, not a loop
+
+
+def makedirs(path: str, mode: int, what: str = "directory", system_owner: bool = False) -> list[str]:
+    """Create `path` and its missing parents, each with exactly `mode`; see makedirs_fd. Returns the
+    created paths (resolved), top first."""
+    fd, created = makedirs_fd(path, mode, what, system_owner)
+    os.close(fd)
     return created
+
+
+def makedirs_fd(path: str, mode: int, what: str = "directory",
+                system_owner: bool = False) -> tuple[int, list[str]]:
+    """Create `path` and its missing parents, each with exactly `mode` (mkdir, then fchmod of only the
+    levels created here: the umask does not apply), and return (an O_RDONLY fd of `path`, the created
+    paths top first). The walk goes from "/" through directory fds, never by path: each level is opened
+    O_NOFOLLOW and must pass the check_dir rules (`what`, `system_owner`: as there) before anything is
+    looked up or made in it; the final directory is checked like check_dir's. A symlink is resolved
+    only if check_dir would trust it (not another user's in a shared sticky directory). A level that
+    someone else made between our lookup and our mkdir (FileExistsError) is opened and checked like
+    any existing one. Raises UnsafePath (nothing is created at or under the culprit),
+    NotADirectoryError, or the OSError of a mkdir/open (naming the full path)."""
+    path = normalize(path)
+    todo = [c for c in path.split("/") if c not in ("", ".")]
+    created: list[str] = []
+    stack: list[tuple[str, int]] = []  # the resolved levels held open, "/" first
+    links = 0
+    try:
+        stack.append(("/", os.open("/", _PATH_FLAGS)))
+        _judge(path, what, "/", os.fstat(stack[0][1]), not todo, system_owner)
+        while todo:
+            name = todo.pop(0)
+            cur, fd = stack[-1]
+            if name == "..":  # the level we came from, already checked (the root's parent is itself)
+                if len(stack) > 1:
+                    os.close(stack.pop()[1])
+                continue
+            nxt = os.path.join(cur, name)
+            try:
+                nfd, target = _step(path, what, system_owner, fd, cur, name, mode, not todo, created)
+            except UnsafePath:
+                raise
+            except OSError as e:
+                if e.filename != name:
+                    raise
+                raise OSError(e.errno, e.strerror, nxt) from None  # the full path, not the bare name
+            if target is None:
+                stack.append((nxt, nfd))
+                continue
+            links += 1
+            if links > _MAX_LINKS:
+                raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
+            if target.startswith("/"):
+                while len(stack) > 1:
+                    os.close(stack.pop()[1])
+            todo = [c for c in target.split("/") if c not in ("", ".")] + todo
+        final, pfd = stack[-1]
+        fd = os.open(".", DIR_FLAGS, dir_fd=pfd)  # the very directory the walk checked, now readable
+        try:
+            _judge(path, what, final, os.fstat(fd), True, system_owner)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, created
+    finally:
+        for _, f in stack:
+            os.close(f)
+
+
+def _step(path: str, what: str, system_owner: bool, fd: int, cur: str, name: str, mode: int, final: bool,
+          created: list[str]) -> tuple[int, Optional[str]]:
+    """Enter `name` in the checked directory `fd` (resolved path `cur`), making it if missing: (its
+    O_PATH fd, None) once checked, or (-1, target) for a symlink that passes _judge_link."""
+    nxt = os.path.join(cur, name)
+    made = False
+    for _ in range(_MKDIR_TRIES):
+        try:
+            nfd = os.open(name, _PATH_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            try:
+                os.mkdir(name, mode & 0o700, dir_fd=fd)  # private until its mode is set
+            except FileExistsError:  # made meanwhile by someone else: judged below like any existing level
+                continue
+            made = True
+            continue
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:  # gone meanwhile: look again
+                continue
+            if not stat.S_ISLNK(st.st_mode):
+                kind = "a file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)
+                raise NotADirectoryError(errno.ENOTDIR, f"{nxt} is {kind}, not a directory", path) from None
+            _judge_link(path, what, cur, os.fstat(fd), nxt, st, system_owner)
+            return -1, os.readlink(name, dir_fd=fd)
+        try:
+            st = os.fstat(nfd)
+            if made and st.st_uid == os.geteuid():  # ours (no one else can swap it here): set its mode
+                rfd = os.open(".", DIR_FLAGS, dir_fd=nfd)  # fchmod needs more than an O_PATH fd
+                try:
+                    os.fchmod(rfd, mode)
+                    st = os.fstat(rfd)
+                finally:
+                    os.close(rfd)
+                created.append(nxt)
+            _judge(path, what, nxt, st, final, system_owner)
+        except BaseException:
+            os.close(nfd)
+            raise
+        return nfd, None
+    raise OSError(errno.EAGAIN, f"{nxt} keeps appearing and vanishing while {what} {path} is created", path)
 
 
 def open_dir(path: str, dir_fd: Optional[int] = None, follow: bool = False) -> int:

@@ -50,7 +50,7 @@ def status_path(state_dir: str = RUN_DIR) -> str:
 
 def write(state_dir: str, snap: dict[str, Any]) -> None:
     """Raises OSError."""
-    write_atomic(status_path(state_dir), json.dumps(snap, sort_keys=True, default=str).encode())
+    write_atomic(status_path(state_dir), json.dumps(snap, sort_keys=True, default=str).encode(), what="--state-dir")
 
 
 def read(state_dir: str = RUN_DIR) -> dict[str, Any]:

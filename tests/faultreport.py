@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MAIN = ["tests/test_faults.py", "tests/test_storm.py", "tests/test_security.py", "tests/test_harden_dirs.py",
         "tests/test_harden_ring.py", "tests/test_harden_view.py", "tests/test_harden_core.py"]
 UNIT = ["tests/test_unitstop.py", "tests/test_ring.py", "tests/test_config.py", "tests/test_actions.py",
-        "tests/test_collect.py", "tests/test_retain.py", "tests/test_cli.py", "tests/test_supervisor.py"]
+        "tests/test_collect.py", "tests/test_retain.py", "tests/test_upload.py", "tests/test_cli.py",
+        "tests/test_supervisor.py"]
 
 
 class Collect:

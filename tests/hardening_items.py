@@ -50,6 +50,10 @@ ITEMS: List[Item] = [
          ("6_fifo_history",)),
     Item("dirs", "missing parents are created with explicit modes under umask 000",
          _t(D, "test_missing_parents_get_explicit_modes_under_umask_0")),
+    Item("dirs", "missing levels are created by a directory-fd walk: a symlink planted in a shared parent between "
+         "the check and the mkdir redirects nothing; root's own symlinks in the path still work",
+         _t(D, "test_symlink_planted_between_the_check_and_the_mkdir_redirects_nothing",
+            "test_missing_levels_through_a_trusted_symlink_are_created_at_its_target")),
     # ---- ring
     Item("ring", "a misaligned or impossible producer position resyncs and is counted, never a crash loop",
          _t(R, "test_impossible_positions_resync_and_count", "test_position_reports_are_rate_limited",
@@ -110,13 +114,17 @@ ITEMS: List[Item] = [
             "test_a_zombie_in_the_tree_is_reaped_not_left_to_the_core",
             "test_leftovers_of_a_finished_command_are_killed", "test_the_sweep_never_reaps_children_it_did_not_kill",
             "test_a_process_that_survives_sigkill_is_counted_not_waited_for",
-            "test_the_core_is_a_subreaper_and_kills_a_hung_actions_tree")),
+            "test_the_core_is_a_subreaper_and_kills_a_hung_actions_tree",
+            "test_an_orphan_that_clears_its_tag_is_killed_too")
+         + ("tests/test_upload.py::test_timeout_kills_a_setsid_grandchild_of_the_upload",)),
     Item("core", "the control socket bounds a request's size and depth; no traceback in the log",
          _t(V, "test_control_deeply_nested_request_gets_an_error_reply",
             "test_control_unforeseen_error_is_one_log_line_and_a_reply")),
-    Item("core", "redaction covers the forms mount.cifs, smbclient and their logs use; a cut capture keeps whole lines",
+    Item("core", "redaction covers the forms mount.cifs, smbclient and their logs use, in linear time; "
+         "a cut capture keeps whole lines",
          _t(C, "test_redaction_covers_the_forms_in_use", "test_a_secret_cut_by_the_capture_limit_does_not_pass",
-            "test_cut_capture_keeps_whole_lines")),
+            "test_cut_capture_keeps_whole_lines", "test_a_capped_file_read_never_keeps_half_a_secret",
+            "test_redaction_of_pathological_lines_finishes")),
     Item("core", "tests and benchmarks never touch the host's /run/aodv2 (or other host state paths)",
          _t(C, "test_every_core_started_by_tests_and_bench_names_its_state_dir",
             "test_the_scan_catches_a_core_without_state_dir", "test_host_state_paths_are_refused_in_tests")),

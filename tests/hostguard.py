@@ -81,6 +81,31 @@ def install() -> None:
         return real(path, file_flags)
 
     bpfsys.obj_get = obj_get
+    _guard_safefs()
+
+
+def _guard_safefs() -> None:
+    """aod.safefs walks directories by fd (openat): the audit events then carry relative names
+    only, so its path entry points are guarded here (every caller uses `safefs.NAME(...)`)."""
+    from aod import safefs
+
+    def wrap(name: str) -> None:
+        real = getattr(safefs, name)
+
+        def guarded(path: Any, *args: Any, **kw: Any) -> Any:
+            if kw.get("dir_fd") is None and not (args and isinstance(args[0], int) and name in _DIR_FD_SECOND):
+                p = host_path(path)
+                if p:
+                    _record(f"safefs.{name}", p)
+            return real(path, *args, **kw)
+
+        setattr(safefs, name, guarded)
+
+    for name in ("check_dir", "makedirs", "makedirs_fd", "open_dir", "open_new", "open_regular"):
+        wrap(name)
+
+
+_DIR_FD_SECOND = ("open_dir", "open_new", "open_regular")  # (name, dir_fd, ...): relative to an fd
 
 
 def installed() -> bool:

@@ -20,9 +20,9 @@ from aod.actions import (
     escape_mount_name,
     parse_cifs_mounts,
     plan,
-    redact,
     substitute,
 )
+from aod.redact import redact
 
 
 def make_tool(bindir: Path, name: str, body: str) -> Path:

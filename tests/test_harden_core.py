@@ -24,9 +24,11 @@ from faultkit import CoreRun, LogTap, config_text, fake_host, slow, tool, wait_f
 
 from aod import actionrun, reaper, status
 from aod import config as config_mod
-from aod.actions import ActionEnv, Step, redact, redact_capped
+from aod.actions import ActionEnv, Step
 from aod.anomaly import Anomaly
 from aod.policy import Policy
+from aod.redact import redact, redact_capped
+from aod.stageio import ReadGate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -188,6 +190,29 @@ def test_timeout_kills_a_setsid_grandchild(tmp_path: Path, record_property: Any)
             os.kill(gpid, signal.SIGKILL)
 
 
+def test_an_orphan_that_clears_its_tag_is_killed_too(tmp_path: Path, subreaper: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """fault: an action's grandchild leaves the session and drops its AODV2_ACTION tag (exec with
+    `env -i`; overwriting its environ in memory reads the same), so once adopted nothing ties it
+    to the action (found by the attacker review).
+    expected: the daemon (`kill_untagged`, set by `aodv2 run`) kills every adopted process that
+    is no live command and carries no other live command's tag: the escaped one dies too."""
+    monkeypatch.setattr(reaper.REAPER, "kill_untagged", True)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    pidfile = tmp_path / "escaped.pid"
+    tool(bindir, "act", f"setsid -f env -i sh -c 'echo $$ > \"{pidfile}\"; exec sleep 1000'; "
+                        f"{_WAIT.format(pidfile)}; sleep 1000")
+    how, _ = _run_cmd(bindir, tmp_path, 1.0)
+    gpid = int(pidfile.read_text())
+    try:
+        assert how == "timeout"
+        wait_for(lambda: _state(gpid) == "", 5, "the untagged orphan killed and reaped")
+    finally:
+        if _state(gpid) not in ("", "Z"):
+            os.kill(gpid, signal.SIGKILL)
+
+
 def test_timeout_kills_a_daemonized_orphan_and_reaps_it(tmp_path: Path, subreaper: None,
                                                         record_property: Any) -> None:
     """fault: an action command daemonizes a sleeper (`setsid -f`: fork, new session, the parent
@@ -236,12 +261,12 @@ def test_leftovers_of_a_finished_command_are_killed(tmp_path: Path, subreaper: N
     pidfile = tmp_path / "daemon.pid"
     tool(bindir, "act", f"setsid -f sh -c 'echo $$ > \"{pidfile}\"; exec sleep 1000' >/dev/null 2>&1; "
                         f"{_WAIT.format(pidfile)}; echo done")
-    how, _ = _run_cmd(bindir, tmp_path, 10.0)
-    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 5, "pid file")
+    how, _ = _run_cmd(bindir, tmp_path, 60.0)  # generous: a loaded CI host
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 15, "pid file")
     gpid = int(pidfile.read_text())
     try:
         assert how == "exited"
-        wait_for(lambda: _state(gpid) == "", 5, "the leftover sleeper killed and reaped")
+        wait_for(lambda: _state(gpid) == "", 15, "the leftover sleeper killed and reaped")
     finally:
         if _state(gpid) not in ("", "Z"):
             os.kill(gpid, signal.SIGKILL)
@@ -369,17 +394,108 @@ FORMS = [
     ('-o "password=hunter2"', '-o "password=***"'),
     ("password=hunter2", "password=***"),  # at the end
     ("mypassword=keep,bypass=keep,user=bob", "mypassword=keep,bypass=keep,user=bob"),  # not ours
+    # found by the attacker review: blanks or a colon around the separator
+    ("password = hunter2", "password = ***"),
+    ("password =hunter2", "password =***"),
+    ("password\t=\thunter2", "password\t=\t***"),
+    ("password= hunter2", "password= ***"),
+    ("password: hunter2", "password: ***"),
+    ("pass: hunter2", "pass: ***"),
+    ("Password : hunter2 next", "Password : *** next"),
+    # a quote inside an unquoted value, or text after a quoted part, is part of the password
+    ('password=hun"ter2', "password=***"),
+    ("password=hun'ter2", "password=***"),
+    ("password='hun'ter2", "password=***"),
+    ('password=hun"ter 2" //fs/x /m', "password=*** //fs/x /m"),  # a quoted part with a blank
+    ('password="hun\\"ter2" next', 'password="***" next'),  # an escaped quote in "..."
+    ("sudo: COMMAND=/bin/mount -t cifs -o password=hun\"ter2,uid=0 //fs/x /mnt",
+     "sudo: COMMAND=/bin/mount -t cifs -o password=***,uid=0 //fs/x /mnt"),
+    # a quoted password after the %
+    ("net ads join -Uadministrator%'hunter2'", "net ads join -Uadministrator%'***'"),
+    ('net rpc info -U bob%"hunter2" -S dc1', 'net rpc info -U bob%"***" -S dc1'),
+    ("rw,username=bob%'hunter2',uid=0", "rw,username=bob%'***',uid=0"),
+    # smbclient's positional password: after options, after a quoted or backslash service
+    ("smbclient //s/x -U bob hunter2", "smbclient //s/x -U bob ***"),
+    ("smbclient -U bob //s/x hunter2 -m SMB3", "smbclient -U bob //s/x *** -m SMB3"),
+    ("smbclient //s/x -W DOM -c 'ls x' --port 445 hunter2", "smbclient //s/x -W DOM -c 'ls x' --port 445 ***"),
+    ("smbclient //s/x -NUbob -p 445 hunter2", "smbclient //s/x -NUbob -p 445 ***"),
+    ("smbclient //s/x -W O'Brien hunter2", "smbclient //s/x -W O'Brien ***"),  # a lone quote in a value
+    ("smbclient '//s/x' hunter2", "smbclient '//s/x' ***"),
+    ('smbclient "//s/my share" hunter2', 'smbclient "//s/my share" ***'),
+    ("smbclient \\\\\\\\s\\\\x hunter2", "smbclient \\\\\\\\s\\\\x ***"),  # shell-escaped \\\\s\\x
+    ("smbclient \\\\s\\x hunter2", "smbclient \\\\s\\x ***"),
+    ("sudo: bob : COMMAND=/usr/bin/smbclient //s/x -U bob hunter2",
+     "sudo: bob : COMMAND=/usr/bin/smbclient //s/x -U bob ***"),
+    ("smbclient -L srv -U bob ; ls //s/x notes ; smbclient //s/x hunter2 -d 3 /tmp/y",
+     "smbclient -L srv -U bob ; ls //s/x notes ; smbclient //s/x *** -d 3 /tmp/y"),  # ; ends a command
+    # user:password@ in a URL (smb://, and a UNC written as //user:pw@server)
+    ("smb://bob:hunter2@server/share", "smb://bob:***@server/share"),
+    ("//bob:hunter2@server/share", "//bob:***@server/share"),
+    ("smb://DOM;bob:hun@ter2@server/share", "smb://DOM;bob:***@server/share"),
+    # JSON and Python dicts, URL-encoded
+    ('{"password": "hunter2"}', '{"password": "***"}'),
+    ('{"user":"bob","passwd":"hun\\"ter2","x":1}', '{"user":"bob","passwd":"***","x":1}'),
+    ("{'password': 'hunter2', 'user': 'bob'}", "{'password': '***', 'user': 'bob'}"),
+    ("password%3Dhunter2", "password%3D***"),
+    ("GET /login?user=bob&password%3Dhunter2 HTTP/1.1", "GET /login?user=bob&password%3D*** HTTP/1.1"),
+    # ordinary log text stays as it is (no over-masking)
+    ("changed passwd for user bob", "changed passwd for user bob"),
+    ("bypass: 3 entries, bypass=on", "bypass: 3 entries, bypass=on"),
+    ("rw,user=bob,uid=0", "rw,user=bob,uid=0"),
+    ("user=bob", "user=bob"),
+    ("open /etc/passwd: permission denied", "open /etc/passwd: permission denied"),
+    ("sudo: bob : COMMAND=/usr/bin/passwd bob", "sudo: bob : COMMAND=/usr/bin/passwd bob"),
+    ("passwd[812]: pam_unix(passwd:chauthtok): password changed for bob",
+     "passwd[812]: pam_unix(passwd:chauthtok): password changed for bob"),
+    ("sshd[9]: Failed password for bob from 10.0.0.1 port 22 ssh2",
+     "sshd[9]: Failed password for bob from 10.0.0.1 port 22 ssh2"),
+    ("smb://server/share //srv:445/share", "smb://server/share //srv:445/share"),
+    ("COMMAND=/bin/mount -t cifs -o username=bob,vers=3.0 //fs/x /mnt",
+     "COMMAND=/bin/mount -t cifs -o username=bob,vers=3.0 //fs/x /mnt"),
+    ("smbclient //s/x -U bob -c 'ls; get a'", "smbclient //s/x -U bob -c 'ls; get a'"),
+    ("smbclient -L srv -U bob", "smbclient -L srv -U bob"),
 ]
 
 
 @pytest.mark.parametrize("raw,want", FORMS, ids=[f[0][:40] for f in FORMS])
 def test_redaction_covers_the_forms_in_use(raw: str, want: str) -> None:
-    """fault: a password in one of the forms mount.cifs, smbclient, their env and sudo's log use.
-    expected: it is masked and the rest of the line is kept."""
+    """fault: a password in one of the forms mount.cifs, smbclient, net, their env, sudo's log and
+    applications use (key = value, key: value, JSON, URL user:password@, URL-encoded), including
+    the forms the attacker review found leaking.
+    expected: it is masked and the rest of the line is kept; a row without a secret (ordinary
+    log text: passwd as a word, bypass, /etc/passwd, user=bob) stays unchanged."""
     got = redact(raw.encode()).decode()
     assert got == want
     if "***" in want:
         assert "hunter" not in got and "ter2" not in got
+
+
+# 1 MiB lines built to make a backtracking pattern take quadratic time (a key without a value,
+# long blank runs, an option or URL prefix that never completes, unclosed quotes); the code
+# before this review took minutes on user=, -U/ and smbclient (quadratic)
+PATHOLOGICAL = [
+    b"password=", b" ", b"\t", b"password = ", b"password\t", b"pass: ", b"(passwd:", b"password%3D", b"cred= ",
+    b'password="', b'password=a"', b"password='a", b'password=a,,"', b'password="a\\', b'"password": "', b"'pass':'",
+    b"user=", b"user=a/", b"user='a%", b"-U/", b"-Ua", b'-U a%"', b"--password ", b"//a:", b"//a:b@", b"//a@b:",
+    b"smbclient ", b"smbclient //s/x ", b"smbclient -U ", b"smbclient '//s/x", b"'", b'"', b"a.", b"%",
+]
+_GATES = b" %-u user pass cred smbclient //x/y\n"  # every rule's quick pre-check passes
+
+
+def test_redaction_of_pathological_lines_finishes(record_property: Any) -> None:
+    """fault: a 1 MiB log line that repeats a fragment of a secret form (found by the attacker
+    review: the patterns must not backtrack catastrophically on a hostile journal line).
+    expected: each line is redacted in linear time (about 0.1-0.3 s per MiB measured); the bound
+    is generous (5 s for 1 MiB; a quadratic pattern takes minutes), the times are recorded."""
+    times = {}
+    for frag in PATHOLOGICAL:
+        line = frag * ((1 << 20) // len(frag)) + _GATES
+        t0 = time.perf_counter()
+        out = redact(line)
+        times[frag.decode()] = round(time.perf_counter() - t0, 3)
+        assert out.endswith(b"\n")
+    record_property("redact_seconds_per_MiB_line", times)
+    assert max(times.values()) < 5, times
 
 
 def _cut_run(tmp_path: Path, keep: str, out: bytes, cap: int) -> bytes:
@@ -408,6 +524,20 @@ def test_a_secret_cut_by_the_capture_limit_does_not_pass(tmp_path: Path) -> None
     assert b"longsecret" not in tail and tail == after
     head = _cut_run(tmp_path, "head", out, len(out) - len(after) - len(b"ter2-longsecret //fs/x /m\n"))
     assert b"hun" not in head and head.endswith(b"filler line\n")
+
+
+@pytest.mark.parametrize("keep", ["tail", "head"])
+@pytest.mark.parametrize("cap", [14, 20, 30, 45])
+def test_a_capped_file_read_never_keeps_half_a_secret(tmp_path: Path, keep: str, cap: int) -> None:
+    """fault: a file action (auth.log) whose only line is longer than the cap, so the kept part
+    starts (tail) or ends (head) inside `password=...` (found by the attacker review: the tail
+    kept the cut line when its only newline was the last byte).
+    expected: the partial line is dropped: no part of the secret is in what is kept."""
+    path = tmp_path / "auth.log"
+    path.write_bytes(b"Jan 1 sudo: COMMAND=/bin/mount -o password=hunter2secret\n")
+    step = Step("a", "d", files=(str(path),), cap_bytes=cap, keep=keep, redact=True)
+    data, truncated = actionrun._read_file_into(step, str(path), ReadGate(time.monotonic() + 5))
+    assert truncated and b"hunter" not in data and b"secret" not in data and b"ter2" not in data, data
 
 
 def test_cut_capture_keeps_whole_lines() -> None:

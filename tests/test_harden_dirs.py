@@ -373,6 +373,101 @@ def test_missing_parents_get_explicit_modes_under_umask_0(tmp_path: Path, umask0
     record_property("modes", json.dumps(got))
 
 
+def plant_on_first_mkdir(monkeypatch: pytest.MonkeyPatch, shared: Path, name: str, target: Path,
+                         kind: str) -> list[str]:
+    """Win the race deterministically: right before the first mkdir (after every check by path), uid
+    65534 plants `shared/name`: a symlink to `target`, or a directory of its own (0777)."""
+    real_mkdir = os.mkdir
+    planted: list[str] = []
+
+    def mkdir(path: Any, mode: int = 0o777, **kw: Any) -> None:
+        if not planted:
+            spot = shared / name
+            if kind == "symlink":
+                os.symlink(target, spot)
+                os.lchown(spot, NOBODY, NOBODY)
+            else:
+                real_mkdir(spot)
+                os.chmod(spot, 0o777)
+                os.chown(spot, NOBODY, NOBODY)
+            planted.append(str(spot))
+        real_mkdir(path, mode, **kw)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return planted
+
+
+@pytest.mark.parametrize("entry,kind", [("output_dir", "symlink"), ("state_dir", "symlink"),
+                                        ("metrics", "symlink"), ("history", "symlink"), ("output_dir", "dir")])
+def test_symlink_planted_between_the_check_and_the_mkdir_redirects_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str, kind: str, record_property: Any) -> None:
+    """fault: output_dir (state dir, metrics dir) is shared/foo/out, shared a root-owned sticky 01777 dir
+    like /tmp, foo missing; after the checks by path and before the first mkdir, uid 65534 plants
+    shared/foo: a symlink to a root-only directory, or a directory of its own (fs.protected_symlinks
+    does not help root here when it is 0).
+    expected: nothing is created at the symlink's target nor in the planted directory (the missing
+    levels are created by a directory-fd walk that opens each level O_NOFOLLOW and checks it); a clear
+    error names the path, the planted entry, its owner and what is expected."""
+    shared, target = tmp_path / "shared", tmp_path / "target"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    target.mkdir(mode=0o700)
+    d = shared / "foo" / "out"
+    planted = plant_on_first_mkdir(monkeypatch, shared, "foo", target, kind)
+    err = ""
+    try:
+        if entry == "output_dir":
+            bundle.ensure_output_dir(str(d))
+        elif entry == "state_dir":
+            status.write(str(d), {"x": 1})
+        elif entry == "metrics":
+            metrics.write(str(d / "aodv2.prom"), "a 1\n")
+        else:
+            err = history.append(str(d), {"x": 1}) or ""
+    except (bundle.BundleError, OSError) as e:  # OSError: safefs.UnsafePath
+        err = str(e)
+    monkeypatch.undo()
+    assert planted == [str(shared / "foo")]  # the race was run
+    assert os.listdir(target) == [] and os.listdir(shared) == ["foo"]
+    if kind == "dir":
+        assert os.listdir(shared / "foo") == []
+    assert str(d) in err and "uid 65534" in err and "expected" in err and "\n" not in err
+    assert (f"the symlink {shared}/foo in the shared directory {shared}" if kind == "symlink"
+            else f"its parent {shared}/foo is owned by another user") in err
+    record_property("error", err)
+
+
+def test_missing_levels_through_a_trusted_symlink_are_created_at_its_target(tmp_path: Path,
+                                                                           umask0: None) -> None:
+    """fault: none, the legitimate case: output_dir goes through root's symlinks, like /var/run -> /run
+    (absolute, in a root-owned 0755 dir), a relative one with `..` in a sticky dir (root's), and an
+    existing output_dir that is itself a symlink to root's directory.
+    expected: the symlinks are followed (they pass the check_dir rules); missing levels are created at
+    their targets, 0700 under umask 000; makedirs_fd returns the final directory's fd; an existing
+    directory keeps its mode."""
+    sysdir, real, shared = tmp_path / "var", tmp_path / "real", tmp_path / "shared"
+    for p, m in ((sysdir, 0o755), (real, 0o755), (shared, 0o1777)):
+        p.mkdir()
+        os.chmod(p, m)
+    os.symlink(real, sysdir / "run")
+    os.symlink("../real/sub", shared / "link")
+    (real / "logs").mkdir()
+    os.chmod(real / "logs", 0o750)
+    os.symlink(real / "logs", sysdir / "log")
+    bundle.ensure_output_dir(str(sysdir / "run" / "aodv2" / "out"))
+    assert (mode(real / "aodv2"), mode(real / "aodv2" / "out")) == (0o700, 0o700)
+    fd, created = safefs.makedirs_fd(str(shared / "link" / "x"), 0o700, "output_dir")
+    try:
+        assert os.fstat(fd).st_ino == os.stat(real / "sub" / "x").st_ino
+    finally:
+        os.close(fd)
+    assert created == [str(real / "sub"), str(real / "sub" / "x")]
+    assert (mode(real / "sub"), mode(real / "sub" / "x")) == (0o700, 0o700)
+    bundle.ensure_output_dir(str(sysdir / "log"))
+    assert safefs.makedirs(str(sysdir / "log"), 0o700) == [] and mode(real / "logs") == 0o750
+    assert sorted(os.listdir(real)) == ["aodv2", "logs", "sub"] and sorted(os.listdir(sysdir)) == ["log", "run"]
+
+
 # --- 5. a read that hangs, and stale stages ----------------------------------------------------
 
 

@@ -38,27 +38,41 @@ GIB = 1 << 30
 # ------------------------------------------------------------------ helpers
 
 
+# The child reports its own VmHWM at exit: ru_maxrss (wait4, getrusage) carries the parent's
+# high-water mark over fork/vfork and exec, so after a long pytest run it says ~300 MB for anything.
+_CHILD = ("import atexit, os, sys\n"
+          "def _hwm():\n"
+          "    for ln in open('/proc/self/status'):\n"
+          "        if ln.startswith('VmHWM:'):\n"
+          "            open(os.environ['AOD_TEST_HWM'], 'w').write(ln.split()[1])\n"
+          "atexit.register(_hwm)\n"
+          "sys.argv = ['aodv2'] + sys.argv[1:]\n"
+          "from aod.cli import main\n"
+          "sys.exit(main())\n")
+
+
 def run_cli(argv: list[str], timeout: float = 60.0) -> tuple[int, str, str, float, float]:
-    """`python -m aod.cli ARGV` in a child: (exit code, stdout, stderr, peak RSS in MiB, seconds).
-    The peak RSS is the child's own (os.wait4), not that of every child pytest ever had."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """`aodv2 ARGV` in a child: (exit code, stdout, stderr, peak RSS in MiB, seconds). The peak
+    RSS is the child's own VmHWM after exec, read by the child as it exits."""
+    with tempfile.TemporaryDirectory() as td, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        hwm = os.path.join(td, "hwm")
         t0 = time.monotonic()
-        p = subprocess.Popen([sys.executable, "-m", "aod.cli", *argv], stdout=out, stderr=err, cwd=ROOT)
-        while True:
-            pid, st, ru = os.wait4(p.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                p.kill()
-                pid, st, ru = os.wait4(p.pid, 0)
-                break
-            time.sleep(0.02)
+        p = subprocess.Popen([sys.executable, "-c", _CHILD, *argv], stdout=out, stderr=err, cwd=ROOT,
+                             env={**os.environ, "AOD_TEST_HWM": hwm})
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
         secs = time.monotonic() - t0
-        p.returncode = os.waitstatus_to_exitcode(st)
         out.seek(0)
         err.seek(0)
-        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
-            ru.ru_maxrss / 1024.0, secs
+        try:
+            with open(hwm) as f:
+                peak = int(f.read()) / 1024.0
+        except (OSError, ValueError):
+            peak = float("inf")  # killed, or died before atexit: no bound can hold
+        return p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), peak, secs
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
