@@ -134,6 +134,7 @@ class Control:
                          f"{str(e)[:200]}")
                 msg = {"ok": False, "error": f"internal error: {type(e).__name__}"}
             _reply(conn, msg)
+            _discard_unread(conn)
         except OSError:
             pass  # the client went away
         finally:
@@ -145,9 +146,13 @@ class Control:
         _pid, uid, _gid = struct.unpack("3i", creds)
         if uid != 0 and uid != os.geteuid():
             return {"ok": False, "error": "permission denied: root only"}
-        conn.settimeout(REQUEST_READ_SEC)
+        deadline = time.monotonic() + REQUEST_READ_SEC  # for the whole request: a trickle is cut off
         data = b""
         while b"\n" not in data and len(data) <= MAX_REQUEST:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {"ok": False, "error": f"bad request: no complete line within {REQUEST_READ_SEC:g}s"}
+            conn.settimeout(left)
             chunk = conn.recv(MAX_REQUEST)
             if not chunk:
                 break
@@ -169,6 +174,18 @@ class Control:
             ok, what = self.collect(clean_reason(req.get("reason")), self.wait_sec)
             return {"ok": True, "path": what} if ok else {"ok": False, "error": what}
         return {"ok": False, "error": f"unknown cmd {req['cmd'][:40]!r}: expected collect or ping"}
+
+
+def _discard_unread(conn: socket.socket) -> None:
+    """Read what the client sent beyond the request (an oversized or trickled one): closing a
+    socket with unread data resets it, and the client would lose the answer."""
+    conn.shutdown(socket.SHUT_WR)
+    for _ in range(64):
+        try:
+            if not conn.recv(65536, socket.MSG_DONTWAIT):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
 
 
 def _reply(conn: socket.socket, msg: dict[str, Any]) -> None:

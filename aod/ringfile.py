@@ -13,7 +13,10 @@ the synthetic tracer writes here, RingReader.open_file() reads it. File layout
 One writer per file (FileRingWriter is not safe against a second writer); the
 reader and the writer may be different processes and either may restart. Both
 fstat() the file before touching their maps: a truncated ring file is an error
-(writer) or let go until whole again (reader), never a SIGBUS.
+(writer) or let go until whole again (reader), not a SIGBUS, unless the shrink lands between
+that fstat and the access (mmap cannot close that window; ringguard.py). A writer that finds
+its producer position misaligned rounds it up to a record boundary, so a corrupt position
+costs one resync, not every later record.
 """
 
 from __future__ import annotations
@@ -219,7 +222,10 @@ class FileRingWriter:
 
     def free_bytes(self) -> int:
         self._check()
-        used = int(self._prod[0]) - int(self._cons[0])
+        prod = int(self._prod[0])
+        if prod % 8:  # a corrupt position: realign (we are the only writer), the reader follows
+            self._prod[0] = prod = (prod + 7) & ~7
+        used = prod - int(self._cons[0])
         if not 0 <= used <= self.size:
             return 0  # corrupt positions: write nothing until the reader resyncs
         return self.size - used

@@ -2,7 +2,10 @@
 
 `RingMaps` holds the mappings of one ring and the cold paths of the reader: impossible
 positions (resync), a file ring whose file shrank (let go before an access could raise
-SIGBUS, mapped again once it is a whole ring). The hot path stays in ring.py.
+SIGBUS, mapped again once it is a whole ring), a file ring replaced under its path (let go,
+the new file mapped). The hot path stays in ring.py. Limit: mmap cannot be made safe against a
+shrink that lands between the fstat and the access (Python cannot catch SIGBUS); only root or
+the ring's owner can truncate it, and the kernel's pinned ring never shrinks.
 
 A producer reserves a record (BUSY), then commits it. The kernel does both in one BPF
 program run, microseconds apart; only a file ring whose writer died or hangs between
@@ -115,6 +118,8 @@ class RingMaps:
         self._need = 0  # bytes the maps of a file ring cover
         self._lost_at: Optional[float] = None  # file ring truncated: maps let go (monotonic time)
         self._retry_at = 0.0
+        self._ident_at = 0.0  # file ring: next check that the path still names the mapped file
+        self._realign_from: Optional[int] = None  # a misaligned producer position we resynced to
         self._maps: List[mmap.mmap] = []
 
     def _attach(self, size: int, cons_map: mmap.mmap, prod_map: mmap.mmap, prod_off: int, data_off: int) -> None:
@@ -142,9 +147,16 @@ class RingMaps:
 
     def _resync(self, cons: int, prod: int) -> None:
         """Positions the kernel never writes (a corrupt or reset file ring): skip to the producer."""
-        self.bad_records += 1
         self.resyncs += 1
+        up = (cons + 7) & ~7
+        if cons == self._realign_from and not prod % 8 and up <= prod <= cons + self.size:
+            # our last resync went to a misaligned producer, and the writer realigned it the same
+            # way (ringfile.py): same fault, no record lost
+            self._cons[0], self._realign_from = up, None
+            return
+        self.bad_records += 1
         self._cons[0] = prod
+        self._realign_from = prod if prod % 8 else None
         self._stall.reset()
         self.report("positions", f"impossible positions (consumer {cons:#x}, producer {prod:#x}: misaligned, "
                     f"reversed or more than the ring size {self.size} apart); skipped to the producer, "
@@ -158,12 +170,15 @@ class RingMaps:
         if fd is None:
             return self._lost_at is None
         try:
-            size = os.fstat(fd).st_size
+            st: Optional[os.stat_result] = os.fstat(fd)
+            size = st.st_size if st else -1
         except OSError as e:
-            size, why = -1, f"cannot stat it ({e.strerror})"
+            st, size, why = None, -1, f"cannot stat it ({e.strerror})"
         if size >= self._need:
-            return True
-        if size >= 0:
+            why = self._replaced(st)
+            if not why:
+                return True
+        elif size >= 0:
             why = f"truncated to {size} bytes (a ring of {self.size} needs {self._need})"
         self._detach()
         self._lost_at = self._retry_at = self.clock()
@@ -171,6 +186,22 @@ class RingMaps:
         self.report("lost", f"ring file {why}; stopped reading it until it is a whole ring again "
                     "(recreate it, e.g. restart its writer)")
         return False
+
+    def _replaced(self, st: Optional[os.stat_result]) -> str:
+        """At most once a REOPEN_EVERY_SEC: why the path no longer names the mapped file (a new
+        ring renamed over it, e.g. ringfile.create(replace=True)), or ''. A removed path keeps the
+        file we have: its writer may still be writing it."""
+        now = self.clock()
+        if st is None or now < self._ident_at:
+            return ""
+        self._ident_at = now + REOPEN_EVERY_SEC
+        try:
+            ps = os.stat(self.path)
+        except OSError:
+            return ""
+        if (ps.st_dev, ps.st_ino) == (st.st_dev, st.st_ino):
+            return ""
+        return "replaced (the path now names another file)"
 
     def _reopen(self) -> bool:
         """At most once a REOPEN_EVERY_SEC while lost: map the file again if it is a whole ring now."""

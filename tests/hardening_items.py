@@ -57,17 +57,20 @@ ITEMS: List[Item] = [
     # ---- ring
     Item("ring", "a misaligned or impossible producer position resyncs and is counted, never a crash loop",
          _t(R, "test_impossible_positions_resync_and_count", "test_position_reports_are_rate_limited",
-            "test_misaligned_producer_while_core_runs")),
+            "test_misaligned_producer_while_core_runs",
+            "test_misaligned_producer_costs_one_resync_not_every_later_record")),
     Item("ring", "a BUSY record never committed is skipped after a bounded wait, counted and reported",
          _t(R, "test_stalled_busy_record_is_skipped_after_the_bound",
             "test_busy_record_committed_within_the_bound_is_read",
             "test_block_of_stalled_records_skipped_at_once_later_ones_get_their_own_bound",
             "test_stalled_record_with_garbage_length_resyncs", "test_stall_bound_is_far_above_a_live_producer",
             "test_stalled_record_while_core_runs")),
-    Item("ring", "a ring file truncated under the core is let go with one log line and reopened, no SIGBUS",
+    Item("ring", "a ring file truncated (or replaced) under the core is let go with one log line and "
+         "reopened, no SIGBUS",
          _t(R, "test_truncated_ring_file_is_let_go_and_reopened", "test_writer_on_truncated_file_raises",
             "test_truncate_ring_file_under_running_core_process",
-            "test_truncation_check_is_per_access_not_per_record")),
+            "test_truncation_check_is_per_access_not_per_record",
+            "test_ring_file_replaced_under_its_path_is_followed")),
     Item("ring", "future-stamped records are counted as bad records and never reach the window detectors",
          ("tests/test_faults.py::test_corrupt_and_foreign_records_while_core_runs",)),
     # ---- viewers and CLI input
@@ -117,8 +120,10 @@ ITEMS: List[Item] = [
             "test_the_core_is_a_subreaper_and_kills_a_hung_actions_tree",
             "test_an_orphan_that_clears_its_tag_is_killed_too")
          + ("tests/test_upload.py::test_timeout_kills_a_setsid_grandchild_of_the_upload",)),
-    Item("core", "the control socket bounds a request's size and depth; no traceback in the log",
+    Item("core", "the control socket bounds a request's size, depth and time (one deadline per request); "
+         "no traceback in the log",
          _t(V, "test_control_deeply_nested_request_gets_an_error_reply",
+            "test_control_request_that_trickles_is_cut_off_by_one_deadline",
             "test_control_unforeseen_error_is_one_log_line_and_a_reply")),
     Item("core", "redaction covers the forms mount.cifs, smbclient and their logs use, in linear time; "
          "a cut capture keeps whole lines",

@@ -518,6 +518,49 @@ def test_control_deeply_nested_request_gets_an_error_reply(tmp_path: Path, recor
     assert not [r for r in records if r.exc_info]
 
 
+def test_control_request_that_trickles_is_cut_off_by_one_deadline(tmp_path: Path, monkeypatch: Any,
+                                                                    record_property: Any) -> None:
+    """fault: a peer sends its request one byte at a time, each within the per-read timeout (a
+    slowloris: four of them held every control slot for hours; found by the attacker review).
+    expected: the whole request has one deadline (REQUEST_READ_SEC): the handler answers "no
+    complete line" and frees its slot soon after the deadline, however the bytes trickle."""
+    monkeypatch.setattr(control, "REQUEST_READ_SEC", 1.0)
+    ctl = control.Control(str(tmp_path), collect=lambda reason, wait: (True, "x"))
+    a, b = socket.socketpair()
+    stop = threading.Event()
+
+    def trickle() -> None:  # for 15 s at most: the old handler returned only when it stopped
+        end = time.monotonic() + 15
+        while not stop.is_set() and time.monotonic() < end:
+            try:
+                a.send(b" ")
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        assert ctl.clients.acquire(blocking=False)
+        t0 = time.monotonic()
+        ctl._serve(b)  # in this thread: returns once the deadline passed
+        took = time.monotonic() - t0
+        stop.set()
+        record_property("handler_seconds", round(took, 2))
+        assert took < 10, took  # generous; before: it returned only when the bytes stopped (15 s)
+        a.settimeout(5)
+        try:  # the answer, unless a byte sent after the handler's last read reset the socket
+            reply = json.loads(a.recv(65536).split(b"\n")[0] or b"null")
+        except ConnectionResetError:
+            reply = None
+        assert reply is None or (reply["ok"] is False and "no complete line" in reply["error"]), reply
+        assert ctl.clients.acquire(blocking=False)  # the slot is free again
+    finally:
+        stop.set()
+        a.close()
+        t.join(5)
+
+
 def test_control_unforeseen_error_is_one_log_line_and_a_reply(tmp_path: Path, records: list[Any]) -> None:
     """fault: the capture callback raises an unexpected exception for a collect request.
     expected: the client gets {"ok": false, "error": "internal error: ..."}; one warning without a
