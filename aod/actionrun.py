@@ -213,15 +213,20 @@ async def run_command(
         err.extend(b)
         del err[:-_STDERR_KEEP]
 
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-        env={"PATH": env.search_path(), "LC_ALL": "C", "SYSTEMD_COLORS": "0", "PAGER": "cat", TAG_VAR: tag},
-    )
+    REAPER.reserve(tag)  # before the fork: no sweep of another command takes this one for an orphan
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+            env={"PATH": env.search_path(), "LC_ALL": "C", "SYSTEMD_COLORS": "0", "PAGER": "cat", TAG_VAR: tag},
+        )
+    except BaseException:
+        REAPER.abandon(tag)
+        raise
     REAPER.started(tag, proc.pid)
 
     async def communicate() -> int:

@@ -136,13 +136,29 @@ class Reaper:
     stranded: int = 0  # of those, alive after SIGKILL (D state), now
     stranded_total: int = 0
     kill_untagged: bool = False  # adopted processes without a tag are escaped orphans (cli run)
+    spawning: int = 0  # commands between reserve() and started(): forked children not yet known
     lock: threading.Lock = field(default_factory=threading.Lock)
     poll_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, tag: str) -> None:
+        """Before spawning a command: its tag is live from now on, and until started() no sweep
+        takes an unknown child of the core for an orphan (a child between fork and exec still
+        has the core's environment, without the tag)."""
+        with self.lock:
+            self.live[tag] = (0, -1)
+            self.spawning += 1
 
     def started(self, tag: str, pid: int) -> None:
         p = read_stat(pid, self.proc_root)
         with self.lock:
             self.live[tag] = (pid, p.start if p else -1)
+            self.spawning = max(0, self.spawning - 1)
+
+    def abandon(self, tag: str) -> None:
+        """The spawn after reserve() failed."""
+        with self.lock:
+            self.live.pop(tag, None)
+            self.spawning = max(0, self.spawning - 1)
 
     def over_limit(self) -> bool:
         return self.stranded >= MAX_STRANDED
@@ -190,8 +206,13 @@ class Reaper:
                     new.append(p)
                 elif p != pid:  # a zombie: the core reaps it once adopted; the leader's is asyncio's
                     zombies.add(p)
-            adopted = [p for p, info in procs.items() if info.ppid == me and p not in found and p not in members
-                       and p not in leaders and p not in checked and info.state not in ("Z", "X")]
+            with self.lock:  # read after the scan: a spawn begun since forked after it
+                spawning = self.spawning > 0
+                leaders |= {p for t, (p, _) in self.live.items() if t != tag}
+                others |= {t for t in self.live if t != tag}
+            adopted = [] if spawning else [
+                p for p, info in procs.items() if info.ppid == me and p not in found and p not in members
+                and p not in leaders and p not in checked and info.state not in ("Z", "X")]
             _kill(new)
             for p in adopted:
                 t = read_tag(p, self.proc_root)

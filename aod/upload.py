@@ -121,14 +121,18 @@ def run_attempt(argv: list[str], timeout: float, stop: threading.Event,
                 beat: Callable[[], None]) -> Attempt:
     """Run argv once (no shell, own process group, stdin /dev/null). Never raises OSError."""
     tag = new_tag()
+    REAPER.reserve(tag)  # before the fork: no sweep of an action takes this one for an orphan
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                                 cwd="/", env={**child_env(), TAG_VAR: tag})
-    except OSError as e:
+    except BaseException as e:
+        REAPER.abandon(tag)
+        if not isinstance(e, OSError):
+            raise
         return Attempt(False, exit="exec",
                        error=f"cannot run {argv[0]}: {e.strerror or e} (expected an executable program)")
-    REAPER.started(tag, proc.pid)  # before anything can sweep: its orphans are not strangers
+    REAPER.started(tag, proc.pid)
     assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - PIPE given
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     tails = {out_fd: bytearray(), err_fd: bytearray()}

@@ -118,7 +118,8 @@ ITEMS: List[Item] = [
             "test_leftovers_of_a_finished_command_are_killed", "test_the_sweep_never_reaps_children_it_did_not_kill",
             "test_a_process_that_survives_sigkill_is_counted_not_waited_for",
             "test_the_core_is_a_subreaper_and_kills_a_hung_actions_tree",
-            "test_an_orphan_that_clears_its_tag_is_killed_too")
+            "test_an_orphan_that_clears_its_tag_is_killed_too",
+            "test_a_command_being_spawned_is_never_taken_for_an_orphan")
          + ("tests/test_upload.py::test_timeout_kills_a_setsid_grandchild_of_the_upload",)),
     Item("core", "the control socket bounds a request's size, depth and time (one deadline per request); "
          "no traceback in the log",

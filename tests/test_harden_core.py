@@ -213,6 +213,33 @@ def test_an_orphan_that_clears_its_tag_is_killed_too(tmp_path: Path, subreaper: 
             os.kill(gpid, signal.SIGKILL)
 
 
+def test_a_command_being_spawned_is_never_taken_for_an_orphan(subreaper: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """fault: while one command is being spawned (forked, not yet registered, still carrying the
+    core's environment without a tag), another command ends and its sweep looks for orphans
+    among the core's children (seen in the VM: smbinfo, started as the journal action ended,
+    "exited -9").
+    expected: from reserve() to started() no sweep kills an unknown child of the core; the
+    command being spawned survives the other command's sweep."""
+    monkeypatch.setattr(reaper.REAPER, "kill_untagged", True)
+    spawning = subprocess.Popen(["sleep", "30"])  # a child of the core, no tag yet: "between fork and exec"
+    other_tag = reaper.new_tag()
+    reaper.REAPER.reserve("spawning-one")
+    try:
+        reaper.REAPER.reserve(other_tag)
+        other = subprocess.Popen(["sleep", "30"], start_new_session=True,
+                                 env={**os.environ, reaper.TAG_VAR: other_tag})
+        reaper.REAPER.started(other_tag, other.pid)
+        reaper.REAPER.kill_tree(other_tag)
+        other.wait(5)
+        assert other.returncode == -signal.SIGKILL
+        assert spawning.poll() is None, "the command being spawned was killed by another's sweep"
+    finally:
+        reaper.REAPER.abandon("spawning-one")
+        spawning.kill()
+        spawning.wait(5)
+
+
 def test_timeout_kills_a_daemonized_orphan_and_reaps_it(tmp_path: Path, subreaper: None,
                                                         record_property: Any) -> None:
     """fault: an action command daemonizes a sleeper (`setsid -f`: fork, new session, the parent
