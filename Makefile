@@ -84,8 +84,15 @@ clean-packaging:
 # make vm-overhead -> bench figure 6 in the VM: SMB workload rounds with the tracer's programs
 #                   detached/attached (ABBA, one load; ~6 min, not in CI); $(VM_SHARE)/overhead/overhead.json
 # make vm-bench  -> the VM runs that bench figure 6 reads (vm-tracer, then vm-overhead)
-VM_SHARE ?= $(CURDIR)/dist/vm
-.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench vm-overhead
+# make vm-matrix -> the kernel-matrix smoke run of one suite (install, both tracer modes, a latency
+#                   anomaly, purge; ~8 min); $(VM_SHARE)/matrix/matrix-report.json
+# make kernels-table -> README's supported-kernels table from the reports under dist/ (commit it)
+# Every vm-* target takes the Debian suite: AOD_VM_SUITE=bullseye|bookworm|trixie (default bookworm);
+# each suite has its own image and its own share, dist/vm (bookworm) or dist/vm-<suite>.
+export AOD_VM_SUITE ?= bookworm
+VM_SHARE ?= $(CURDIR)/dist/vm$(if $(filter-out bookworm,$(AOD_VM_SUITE)),-$(AOD_VM_SUITE))
+.PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench vm-overhead \
+	vm-matrix kernels-table
 test:
 	tests/run
 demo:
@@ -107,6 +114,11 @@ vm-e2e: vm-image deb
 vm-faults: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/faults --script tests/vm/scenarios/faults.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1200
+vm-matrix: vm-image deb
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/matrix --script tests/vm/scenarios/matrix.sh \
+	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --timeout 1200
+kernels-table:
+	$(PYTHON) tests/vm/kernels_table.py --dist $(DIST) --readme README.md
 vm-test:
 	$(PYTHON) -m pytest tests/vm -q
 bench:

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import platform
+import stat
 import struct
 from typing import NamedTuple, Optional
 
@@ -200,6 +201,13 @@ def pack_create(map_type: int, key_size: int, value_size: int, max_entries: int,
     return _CREATE.pack(map_type, key_size, value_size, max_entries, 0, 0, 0, name.encode()[:15])
 
 
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str) -> int:
+    """fd of a new BPF map (flags 0, as bcc's BPF_TABLE makes them)."""
+    attr = ctypes.create_string_buffer(pack_create(map_type, key_size, value_size, max_entries, name),
+                                       _CREATE.size)
+    return _bpf(BPF_MAP_CREATE, attr, f"cannot create BPF map {name} (type {map_type}, {max_entries} entries)")
+
+
 def ringbuf_create(size: int, name: str = "events") -> int:
     """fd of a new BPF ring buffer of `size` bytes (a power-of-two multiple of the page size)."""
     attr = ctypes.create_string_buffer(pack_create(BPF_MAP_TYPE_RINGBUF, 0, 0, size, name), _CREATE.size)
@@ -230,5 +238,17 @@ def ensure_pinned_ringbuf(path: str, size: int) -> bool:
         return False
     finally:
         os.close(fd)
-    os.chmod(path, 0o600)
+    chmod_nofollow(path, 0o600)
     return True
+
+
+def chmod_nofollow(path: str, mode: int) -> None:
+    """chmod the pin at `path` itself: never through a symlink put there since it was pinned (the
+    kernel pins 0600 & ~umask already). Raises OSError (ELOOP: path is a symlink now)."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link now: not changed")
+        os.chmod(f"/proc/self/fd/{fd}", mode)  # the inode this fd holds, not a name looked up again
+    finally:
+        os.close(fd)

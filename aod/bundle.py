@@ -5,9 +5,10 @@ ring -> dispatch -> detect -> **collect** -> retain.
 A capture writes into `<output_dir>/.stage-<type>_<stamp>_<pid>_<seq>/` (0700), an open
 stageio.Stage: every file in it is created relative to its fd, O_NOFOLLOW|O_EXCL. `finalize()`
 streams the stage (walked through directory fds; symlinks and anything not a regular file are
-left out) as a tar through zstd into `.<name>.<pid>.partial` (0600 from creation), fsyncs it,
-then links it to `aod_<type>_<YYYYmmddTHHMMSSZ>_<seq>.tar.zst` (never clobbering) and fsyncs the
-dir, all relative to the output dir's fd. Only names matching BUNDLE_RE are finished bundles;
+left out) as a tar through zstd (zstdcodec.py: the zstandard module or the zstd program) into
+`.<name>.<pid>.partial` (0600 from creation), fsyncs it, then links it to
+`aod_<type>_<YYYYmmddTHHMMSSZ>_<seq>.tar.zst` (never clobbering) and fsyncs the dir, all
+relative to the output dir's fd. Only names matching BUNDLE_RE are finished bundles;
 retain.py relies on that. The output dir must pass safefs.check_dir and must not be a system
 directory (ensure_output_dir); the core never changes the mode of one it did not create.
 """
@@ -24,11 +25,9 @@ import tarfile
 import threading
 import time
 from pathlib import PurePosixPath
-from typing import IO, Optional
+from typing import IO, Any, Optional
 
-import zstandard
-
-from . import log, safefs
+from . import log, safefs, zstdcodec
 from .stageio import Stage, StageLike, opened
 
 BUNDLE_RE = re.compile(r"^aod_([a-z0-9]+)_(\d{8}T\d{6}Z)_(\d+)\.tar\.zst$")
@@ -241,12 +240,12 @@ def _members(stage: Stage) -> list[tuple[str, bool, float]]:
     return first + [m for m in out if m not in first]
 
 
-def _compressor() -> zstandard.ZstdCompressor:
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=0)
+def _writer(raw: IO[bytes]) -> Any:
+    return zstdcodec.writer(raw, ZSTD_LEVEL)  # the module, or the zstd program writing to raw's fd
 
 
 def _write_tar(stage: Stage, top: str, raw: IO[bytes]) -> None:
-    with _compressor().stream_writer(raw, closefd=False) as zw:
+    with _writer(raw) as zw:
         with tarfile.open(fileobj=zw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             ti = tarfile.TarInfo(top)
             ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o700, int(time.time())
@@ -302,6 +301,7 @@ def finalize(stage: StageLike, output_dir: str, anomaly_type: str, wall: float) 
     fd, out_fd, created = -1, -1, False
     try:
         with opened(stage) as st:
+            zstdcodec.backend()  # none: CodecError saying what to install, before any file is made
             out_fd = _open_output_dir(output_dir)
             for _ in range(1000):  # a name free both as bundle and as partial (earlier runs, crashes)
                 name = bundle_name(anomaly_type, wall, _next_seq())
@@ -328,7 +328,7 @@ def finalize(stage: StageLike, output_dir: str, anomaly_type: str, wall: float) 
                 os.fsync(out_fd)
             except OSError:  # the bundle is complete and named; durability of the name is best effort
                 pass
-    except Exception as e:  # OSError, TarError, ZstdError, ...: never leave a partial behind
+    except Exception as e:  # OSError, TarError, CodecError, ...: never leave a partial behind
         if fd >= 0:
             os.close(fd)
         if created:
@@ -378,7 +378,7 @@ def read_bundle(path: str, limit: int = READ_LIMIT) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     total = 0
     try:
-        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as zr:
+        with open(path, "rb") as f, zstdcodec.reader(f) as zr:
             with tarfile.open(fileobj=zr, mode="r|") as tar:  # type: ignore[call-overload]
                 for m in tar:
                     parts = PurePosixPath(m.name).parts
@@ -390,6 +390,6 @@ def read_bundle(path: str, limit: int = READ_LIMIT) -> dict[str, bytes]:
                         raise BundleError(f"bundle {path} inflates to more than {limit} bytes", path)
                     fobj = tar.extractfile(m)
                     out[rel] = fobj.read() if fobj is not None else b""
-    except (OSError, tarfile.TarError, zstandard.ZstdError) as e:
+    except (OSError, tarfile.TarError, zstdcodec.CodecError) as e:
         raise _fail("cannot read bundle", path, e) from e
     return out

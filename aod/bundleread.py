@@ -5,7 +5,7 @@ bundles of bundle.py, for `aodv2 show` and `aodv2 list` (bundleview.py) and `sho
 (bundleextract.py). Every read is size-capped (headers too: bundlecheck.py), summary.json is parsed
 with a nesting bound, events.npy only as exactly record.EVENT_DTYPE, and a bundle cut off or
 garbled between two members is told apart from a whole one (tarfile's stream mode stops there
-silently).
+silently). zstdcodec.py inflates (the zstandard module, or the zstd program, bounded in time).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Optional
 
 import numpy as np
-import zstandard
 
-from . import bundle
+from . import bundle, zstdcodec
 from .bundlecheck import BoundedTar, load_events
 from .safetext import loads, short
 
@@ -132,7 +131,10 @@ class _Inflated:
     """
 
     def __init__(self, raw: IO[bytes], path: str, limit: int) -> None:
-        self._zr = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
+        try:  # the zstandard module, or the zstd program (zstdcodec.py)
+            self._zr = zstdcodec.reader(raw)
+        except zstdcodec.CodecError as e:  # neither is installed, or the program cannot run
+            raise ViewError(f"cannot read bundle {path}: {e}") from None
         self.path, self.limit = path, limit
         self.pos = 0
         self.last_nonzero = 0  # end offset of the last non-zero byte seen
@@ -146,6 +148,9 @@ class _Inflated:
         if tail:
             self.last_nonzero = self.pos - len(data) + len(tail)
         return data
+
+    def close(self) -> None:
+        self._zr.close()  # the zstd program, if any, killed and reaped
 
     def finish(self, tar_end: int) -> str:
         """'' if the archive ends properly at offset tar_end, else what is wrong."""
@@ -195,6 +200,13 @@ def stream_file(raw: IO[bytes], path: str, visit: Visit, limit: int, check_end: 
     """stream() over an already opened bundle, from its current offset."""
     inflated = _Inflated(raw, path, limit)
     try:
+        return _stream_tar(inflated, path, visit, limit, check_end)
+    finally:
+        inflated.close()
+
+
+def _stream_tar(inflated: _Inflated, path: str, visit: Visit, limit: int, check_end: bool) -> str:
+    try:
         with BoundedTar.open(fileobj=inflated, mode="r|") as tar:  # type: ignore[call-overload]
             for m in tar:
                 if not 0 <= m.size <= limit:  # tarfile would skip its data block by block, forever
@@ -205,16 +217,24 @@ def stream_file(raw: IO[bytes], path: str, visit: Visit, limit: int, check_end: 
             return inflated.finish(tar.offset) if check_end else ""
     except ViewError:
         raise
-    except OSError as e:  # disk read errors; ZstdError is not an OSError
+    except OSError as e:  # disk read errors; CodecError is not an OSError
         raise os_error(path, e, "cannot read bundle") from None
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, ValueError, UnicodeError) as e:
-        msg = short(str(e) or type(e).__name__)
-        if inflated.pos == 0:
-            return f"truncated or corrupt: the zstd stream yields no data ({msg})"
-        if msg in ("empty file", "truncated header", "invalid header", "bad checksum") \
-                and inflated.pos <= _BLOCK:
-            return f"not a tar archive inside the zstd stream, or truncated ({msg})"
-        return f"corrupt: {msg}"
+    except zstdcodec.CodecError as e:
+        if not e.corrupt:  # the zstd program stalled or was killed: nothing known about the bundle
+            raise ViewError(f"cannot read bundle {path}: {short(str(e))}") from None
+        return _verdict(inflated, e)
+    except (tarfile.TarError, EOFError, ValueError, UnicodeError) as e:
+        return _verdict(inflated, e)
+
+
+def _verdict(inflated: _Inflated, e: Exception) -> str:
+    """What a bundle whose tar or zstd stream failed is: truncated or corrupt, and where."""
+    msg = short(str(e) or type(e).__name__)
+    if inflated.pos == 0:
+        return f"truncated or corrupt: the zstd stream yields no data ({msg})"
+    if msg in ("empty file", "truncated header", "invalid header", "bad checksum") and inflated.pos <= _BLOCK:
+        return f"not a tar archive inside the zstd stream, or truncated ({msg})"
+    return f"corrupt: {msg}"
 
 
 def _is_summary(name: str) -> bool:

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any, Optional
 
-from . import bundle
+from . import bundle, zstdcodec
 from . import config as config_mod
 from .bundleextract import extract
 from .bundleread import EX_FAIL, EX_NOPERM, EX_USAGE, ViewError, human_bytes, os_error, peek_summary, read_view
@@ -63,7 +63,11 @@ def list_rows(output_dir: str) -> list[ListRow]:
     except OSError as e:
         raise os_error(output_dir, e, "cannot list output directory") from None
     rows: list[ListRow] = []
-    for path in bundle.list_bundles(output_dir):
+    paths = bundle.list_bundles(output_dir)
+    why = zstdcodec.problem() if paths else ""
+    if why:  # one message, not one per row
+        raise ViewError(f"cannot read the bundles in {output_dir}: {why}")
+    for path in paths:
         t, when = _name_fields(path)
         try:
             size = os.stat(path).st_size

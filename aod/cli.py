@@ -161,6 +161,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, ring=dataclasses.replace(cfg.ring, path=args.ring_file))
     for w in cfg.warnings:
         log.emit("started", log.logging.WARNING, f"AOD config: {w}", AOD_CONFIG=args.config)
+    from . import zstdcodec
+
+    why = zstdcodec.problem()
+    if why:  # detection runs; every capture fails with this message until it is installed
+        log.emit("started", log.logging.WARNING, f"AOD captures will fail: {why}")
     try:
         ring, counters = _open_ring(cfg, args.ring_file)
     except OSError as e:

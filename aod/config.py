@@ -33,6 +33,7 @@ EVIDENCE_ACTIONS = ("task_stacks", "inflight", "connections")
 HUNG_MIN_MS = 100.0  # a hung threshold below this would call ordinary slow requests hung
 HUNG_GROUP_MAX_MS = 500.0
 LATENCY_MODES = ("all", "trackonly", "excludeonly")
+TRACER_MODES = ("auto", "tracepoint", "kprobe")  # tracer.mode: how the smb tracer attaches
 DEFAULT_CONFIG_PATH = "/etc/aodv2/config.yaml"
 
 LOOKUP_SIZE = 65536  # threshold_lookup() is indexed by the u16 command of an event
@@ -193,6 +194,15 @@ class UploadConfig:
 
 
 @dataclass(frozen=True)
+class TracerConfig:
+    """Read by the smb tracer at attach (a change needs a tracer restart): auto = the cifs
+    tracepoints when smb3_cmd_enter/done are usable, else the kprobe fallback; tracepoint = those or
+    exit 78; kprobe = the fallback even where the tracepoints exist (`--force-kprobes`)."""
+
+    mode: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     source: str = "<defaults>"
     watch_interval_sec: float = 1.0
@@ -210,6 +220,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     ring: RingConfig = RingConfig()
     tracers: tuple[str, ...] = ("smb",)
+    tracer: TracerConfig = TracerConfig()
     metrics: MetricsConfig = MetricsConfig()
     upload: UploadConfig = UploadConfig()
 
@@ -372,6 +383,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         "retention": _plain(cfg.retention),
         "ring": _plain(cfg.ring),
         "tracers": list(cfg.tracers),
+        "tracer": _plain(cfg.tracer),
         "metrics": _plain(cfg.metrics),
         "upload": {**_plain(cfg.upload), "command": list(cfg.upload.command)},
     }

@@ -3,8 +3,8 @@
 config.load_text (run by the core at start and on reload, and by `aodv2 check-config`) imports
 _build from here lazily (this module imports config for its dataclasses). _build walks the
 top-level keys, hands latency, errors and ignored_statuses to configrules.py and parses the
-rest (reconnect, health, actions, capture, retention, ring, tracers, metrics, upload) itself,
-recording every problem in `_Errors` with the typed checks of configcheck.py.
+rest (reconnect, health, actions, capture, retention, ring, tracers, tracer, metrics, upload)
+itself, recording every problem in `_Errors` with the typed checks of configcheck.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .config import (
     ANOMALY_TYPES,
     HEALTH_TYPES,
     PLACEHOLDER_RE,
+    TRACER_MODES,
     UPLOAD_PLACEHOLDERS,
     Config,
     HealthConfig,
@@ -27,6 +28,7 @@ from .config import (
     MetricsConfig,
     ReconnectConfig,
     RingConfig,
+    TracerConfig,
     UploadConfig,
     _default_actions,
     _known_actions,
@@ -80,6 +82,8 @@ def _build(errs: _Errors, data: dict[str, Any]) -> Config:
         kw["ring"] = _ring(errs, top["ring"])
     if "tracers" in top:
         kw["tracers"] = _tracers(errs, top["tracers"])
+    if "tracer" in top:
+        kw["tracer"] = _tracer(errs, top["tracer"])
     if "metrics" in top:
         kw["metrics"] = _metrics(errs, top["metrics"])
     if "upload" in top:
@@ -183,6 +187,17 @@ def _tracers(errs: _Errors, raw: Any) -> tuple[str, ...]:
         else:
             errs.add(f"tracers[{i}]", f"expected a tracer name of a-z, 0-9, '_' or '-' (1-32), {_got(v)}")
     return tuple(out)
+
+
+def _tracer(errs: _Errors, raw: Any) -> TracerConfig:
+    sec = _mapping(errs, raw, "tracer", ("mode",))
+    if not sec or "mode" not in sec:
+        return TracerConfig()
+    v = sec["mode"]
+    if isinstance(v, str) and v in TRACER_MODES:
+        return TracerConfig(mode=v)
+    errs.add("tracer.mode", f"expected one of: {', '.join(TRACER_MODES)}, {_got(v)}{_suggest(v, TRACER_MODES)}")
+    return TracerConfig()
 
 
 def _metrics(errs: _Errors, raw: Any) -> MetricsConfig:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import __version__, log, metrics, reaper, retain, safefs, stageio, status, tracerstate
+from . import __version__, log, metrics, reaper, retain, safefs, stageio, status, tracerstate, zstdcodec
 from . import config as config_mod
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
@@ -255,6 +255,7 @@ class Core:
             "anomalies": pol["anomalies"], "suppressed": self.policy.suppressed, "refused": pol["refused"],
             "captures": st.captures, "bundles_written": st.bundles,
             "capture_failures": st.capture_failures + pol["capture_failures"],
+            "zstd": zstdcodec.describe(),  # what bundles are compressed with: module | cli PATH | none
             "action_processes": reaper.REAPER.snapshot(),  # killed, stranded (alive after SIGKILL)
             "bundle_bytes_written": st.bundle_bytes_written, "last_bundle": st.last_bundle or None,
             "disk": {"used_bytes": used, "bundles": n, "budget_bytes": int(cfg.retention.max_total_mb * 1024 * 1024),

@@ -16,7 +16,10 @@ emit_cfg_v1 (bpf/aod_event.h; aod/record.py dtypes). Other processes read them: 
 helper the in-flight table, aod/names.py the server and share names.
 
 Where the pins live and whether what is pinned there can be reused: PinPaths, pin_paths,
-prepare_pin_dir, check_pinned (the tracer calls them before loading).
+prepare_pin_dir, check_pinned, create_missing (the tracer calls them before loading).
+create_missing pins every map the program declares before bcc compiles it: bcc before 0.22
+(Debian 11 ships 0.18) only opens a BPF_TABLE_PINNED map that exists ("bpf_table X failed to
+open"); later bcc opens the same maps. One path on every suite.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import errno
 import logging
 import os
 import re
+import resource
 import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
@@ -186,6 +190,10 @@ def prepare_pin_dir(paths: PinPaths, mountinfo: str = "/proc/self/mountinfo") ->
         raise SetupError(f"cannot create pin directory {paths.dir}: {e.strerror}", EX_OSERR) from None
     if not stat.S_ISDIR(st.st_mode):
         raise SetupError(f"{paths.dir} exists and is not a directory", EX_OSERR)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:  # others could plant symlinks or their own maps
+        raise SetupError(f"pin directory {paths.dir} is owned by uid {st.st_uid} or writable by other users "
+                         f"(mode {st.st_mode & 0o7777:o}); remove it ('rm -r {paths.dir}') to let the tracer "
+                         "create it 0700", EX_CONFIG)
     if st.st_mode & 0o077:
         log.emit("tracer", logging.WARNING,
                  f"AOD pin directory {paths.dir} is accessible to other users (mode {st.st_mode & 0o777:o}); "
@@ -218,8 +226,50 @@ def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, 
     return maps
 
 
-def check_pinned(paths: PinPaths, ring_bytes: int, name: str) -> list[str]:
-    """Inspect maps a previous run pinned (they are reused, never deleted).
+def create_missing(paths: PinPaths, ring_bytes: int, name: str) -> list[str]:
+    """Create and pin (0600) every map of `name`'s program that is not pinned yet, with the shapes
+    check_pinned expects; a concurrent pin of the same path (EEXIST) is not an error. Returns the
+    paths created; raises SetupError when a map cannot be created or pinned."""
+    want = {paths.ring: (bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)}
+    want.update(expected_maps(paths, name))
+    try:  # before 5.11 maps are charged against RLIMIT_MEMLOCK (bcc lifts it too, but later)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except (OSError, ValueError):
+        pass  # the unit's LimitMEMLOCK=infinity covers it; else map_create says EPERM
+    made: list[str] = []
+    found: set[str] = set()
+    for path, (mtype, ks, vs, entries) in want.items():
+        if os.path.lexists(path):
+            found.add(path)
+            continue
+        base = os.path.basename(path)
+        mname = re.sub(r"[^A-Za-z0-9_.]", "_", base.split("_v")[0] if "_v" in base else base)  # kernel: EINVAL
+        try:
+            fd = bpfsys.map_create(mtype, ks, vs, entries, mname)
+        except OSError as e:
+            raise SetupError(f"cannot create the map for {path}: {e}", EX_OSERR) from None
+        try:
+            bpfsys.obj_pin(fd, path)
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                found.add(path)
+                continue
+            raise SetupError(f"cannot pin {path}: {e}", EX_OSERR) from None
+        finally:
+            os.close(fd)
+        try:
+            bpfsys.chmod_nofollow(path, 0o600)
+        except OSError:
+            pass  # replaced since it was pinned: the check below says what is there now
+        made.append(path)
+    # what was there already or appeared meanwhile was not seen by the tracer's check_pinned: bcc
+    # would open it (through a symlink too) unchecked
+    check_pinned(paths, ring_bytes, name, only=found | set(made))
+    return made
+
+
+def check_pinned(paths: PinPaths, ring_bytes: int, name: str, only: Optional[set[str]] = None) -> list[str]:
+    """Inspect maps a previous run pinned (they are reused, never deleted); `only`: just those paths.
 
     Returns warnings; raises SetupError when a pinned object cannot be reused.
     """
@@ -229,11 +279,20 @@ def check_pinned(paths: PinPaths, ring_bytes: int, name: str) -> list[str]:
     want = {paths.ring: (bpfsys.BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes)}
     want.update(expected_maps(paths, name))
     for path, (mtype, ks, vs, entries) in want.items():
+        if only is not None and path not in only:
+            continue
         if os.path.islink(path):  # bpffs has symlinks: bcc would follow it to a map we never checked
             raise SetupError(f"{path} is a symbolic link; remove it ('rm {path}') to let the tracer create "
                              "the map", EX_CONFIG)
-        if not os.path.exists(path):
+        try:
+            owner = os.lstat(path).st_uid
+        except FileNotFoundError:
             continue
+        except OSError as e:
+            raise SetupError(f"cannot inspect pinned {path}: {e}", EX_OSERR) from None
+        if owner != os.geteuid():  # pinned by someone else: they may read or feed what it holds
+            raise SetupError(f"{path} is pinned by uid {owner}, not by this user; remove it ('rm {path}') to "
+                             "let the tracer create the map", EX_CONFIG)
         try:
             fd = bpfsys.obj_get(path, bpfsys.BPF_F_RDONLY)
             try:

@@ -1,7 +1,8 @@
 """Killing and reaping a quick action's whole process tree (collect layer, under actionrun.py).
 
 ring -> dispatch -> detect -> **collect**: actionrun.run_command() starts every command in its
-own session with AODV2_ACTION=<tag> in its environment and registers it here (`started`).
+own session with AODV2_ACTION=<tag> in its environment and registers it here (`started`);
+uploads do too, and the zstd program of zstdcodec.py, which its owner reaps and then `forget`s.
 When the command ends (exit, timeout, cancel) `kill_tree` (blocking: run it in a thread)
 SIGKILLs every process of the command, scan after scan until none is left:
 
@@ -159,6 +160,11 @@ class Reaper:
         with self.lock:
             self.live.pop(tag, None)
             self.spawning = max(0, self.spawning - 1)
+
+    def forget(self, tag: str) -> None:
+        """A single-process command its owner has reaped, or killed and given up on (zstdcodec.py)."""
+        with self.lock:
+            self.live.pop(tag, None)
 
     def over_limit(self) -> bool:
         return self.stranded >= MAX_STRANDED

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import time
 from typing import Any, Optional
@@ -178,21 +179,25 @@ def thresholds(cfg: Config) -> dict[str, Any]:
     }
 
 
-DETAIL_KEYS = ("emit_min_ns", "emit_cmd_mask", "hung_threshold_ns", "health", "aging")
+_MODE_RE = re.compile(r"^[a-z][a-z() -]{0,39}$")  # "kprobe", "kprobe (--force-kprobes)"
+DETAIL_KEYS = ("emit_min_ns", "emit_cmd_mask", "hung_threshold_ns", "health", "aging", "mode", "mode_config")
 
 
 def tracer_details(state_dir: Optional[str], names: Any) -> dict[str, dict[str, Any]]:
-    """What each tracer publishes beyond its state (tracerstate.read_detail): its emit filter,
-    hung threshold, health tracepoints offered and attached, aging counters. {} per tracer
+    """What each tracer publishes beyond its state (tracerstate.read_detail): how it attached (mode,
+    and the tracer.mode asked for), its emit filter, hung threshold, health tracepoints offered and
+    attached, aging counters. {} per tracer
     that publishes none (an older tracer, or none running)."""
     if not state_dir:
         return {}
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         d = tracerstate.read_detail(state_dir, name)
-        ok = {"emit_min_ns": int, "emit_cmd_mask": int, "hung_threshold_ns": int, "health": dict, "aging": dict}
+        ok = {"emit_min_ns": int, "emit_cmd_mask": int, "hung_threshold_ns": int, "health": dict, "aging": dict,
+              "mode": str, "mode_config": str}
         out[name] = {k: d[k] for k in DETAIL_KEYS  # a malformed value is left out, never shown
-                     if isinstance(d.get(k), ok[k]) and not isinstance(d.get(k), bool)}
+                     if isinstance(d.get(k), ok[k]) and not isinstance(d.get(k), bool)
+                     and (ok[k] is not str or _MODE_RE.match(d[k]))}
     return out
 
 
@@ -248,6 +253,9 @@ def _hung_lines(snap: dict[str, Any]) -> list[str]:
         lines.append(f"  health types: {','.join(on) or 'none'} enabled; kernel health events seen: "
                      f"{_counts(snap.get('health_events'))}")
     for name, d in sorted((snap.get("tracer_detail") or {}).items()):
+        if d.get("mode"):
+            lines.append(f"  tracer {name} attached in {d['mode']} mode"
+                         + (f" (tracer.mode {d['mode_config']})" if d.get("mode_config") else ""))
         h = d.get("health") or {}
         if h:
             offered, attached = list(h.get("offered") or []), list(h.get("attached") or [])
@@ -315,7 +323,8 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
                  + f", event buffer overflow {snap.get('event_buffer_overflow', 0)}")
     lines.append(f"  anomalies: {_counts(snap.get('anomalies'))}; suppressed: {_counts(snap.get('suppressed'))}"
                  + (f" (by reason: {_counts(snap.get('refused'))})" if snap.get("refused") else ""))
-    lines.append(f"  captures: {_counts(snap.get('captures'))}; failed {snap.get('capture_failures', 0)}")
+    lines.append(f"  captures: {_counts(snap.get('captures'))}; failed {snap.get('capture_failures', 0)}"
+                 + (f"; zstd {short(str(snap['zstd']), 80)}" if snap.get("zstd") else ""))
     last = snap.get("last_bundle") or {}
     lines.append("  last bundle: " + (f"{last.get('path')} ({last.get('type')}, {_mb(last.get('bytes', 0))}, "
                                       f"{_when(float(last.get('time', 0)))})" if last else "none"))

@@ -15,16 +15,18 @@ import os
 import socket
 from collections import Counter
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
-import numpy.typing as npt
 
 from . import __version__
 from .anomaly import Anomaly
 from .config import HEALTH_TYPES, Config, hung_threshold_ns
 from .record import CMD_SLOTS, EVENT_VERSION, HIST_BUCKETS, KIND_COMPLETION, KIND_ERROR
 from .smb2 import command_name, errno_name, status_name
+
+if TYPE_CHECKING:  # numpy.typing arrived in numpy 1.20; Debian 11 has 1.19
+    import numpy.typing as npt
 
 TOP_PROCESSES = 10
 

@@ -1,8 +1,9 @@
 """The tracer's attach plan (tracer layer, before the load): which cifs tracepoints this kernel
 offers, whether their formats have the fields bpf/smb.bpf.c reads, and how to trace SMB here.
 
-Data flow: tracefs events/cifs/*/format + available_filter_functions -> AttachPlan (tracepoints,
-kprobes, -D defines) -> aod/tracer.py compiles bpf/smb.bpf.c with them and attaches.
+Data flow: tracefs events/cifs/*/format + available_filter_functions + /sys/kernel/btf/cifs
+(aod/btf.py, aod/kallsyms.py) + config tracer.mode -> AttachPlan (tracepoints, kprobes, -D
+defines) -> aod/tracer.py compiles bpf/smb.bpf.c with them and attaches.
 
 Three groups of tracepoints:
   SMB_TRACEPOINTS     request pairing, errors, reconnects, tree connects (names);
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from . import kallsyms
+from .btf import KernelBtf, module_btf
 
 EX_OK = 0
 EX_USAGE = 2
@@ -137,22 +139,33 @@ def function_list(tracefs: Sequence[str], kallsyms_path: str) -> tuple[Optional[
 
 def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
              force_kprobes: bool = False, symbols_from: str = "/proc/kallsyms",
-             optional: Sequence[str] = ()) -> AttachPlan:
-    """How to trace SMB here: tracepoints if enter+done are usable, else kprobes; the usable health
-    tracepoints either way; the aging trigger in tracepoint mode only (the kprobe fallback keys its
-    in-flight map by mid pointer: no aging there). `optional`: optional_defines(). Raises SetupError."""
+             optional: Sequence[str] = (), kernel_btf: Optional[KernelBtf] = None,
+             mode: str = "auto") -> AttachPlan:
+    """How to trace SMB here. mode (config tracer.mode; force_kprobes = "kprobe"): auto = tracepoints
+    if enter+done are usable, else kprobes; tracepoint = those or a SetupError naming what is missing;
+    kprobe = the fallback even where the tracepoints exist. The usable health tracepoints either way;
+    the aging trigger in tracepoint mode only (the kprobe fallback keys its in-flight map by mid
+    pointer: no aging there). kernel_btf: cifs BTF to check the kprobes' signatures against (None:
+    not looked at). `optional`: optional_defines(). Raises SetupError."""
+    mode = "kprobe" if force_kprobes else mode
     usable = [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]
     health = [t for t in HEALTH_TRACEPOINTS if tps.get(t) == ""]
     notes = tuple(f"cifs:{t} not used: {why}" for t, why in tps.items() if why)
-    have_required = all(t in usable for t in REQUIRED_TRACEPOINTS)
-    if have_required and not force_kprobes:
+    missing = [f"cifs:{t} ({tps[t] or 'unusable'})" if t in tps else f"cifs:{t} (not offered by this kernel)"
+               for t in REQUIRED_TRACEPOINTS if t not in usable]
+    if mode == "tracepoint" and missing:
+        raise SetupError(f"tracer.mode is tracepoint, but this kernel lacks {' and '.join(missing)}; set "
+                         "tracer.mode to auto (or kprobe) to use the kprobe fallback", EX_CONFIG)
+    if not missing and mode != "kprobe":
         both = usable + health
         plan = AttachPlan("tracepoint", tuple(f"cifs:{t}" for t in both) + (TRIGGER_TRACEPOINT,),
                           defines=tuple(f"AOD_HAVE_{t.upper()}=1" for t in both) + tuple(optional), notes=notes)
-        conn = kallsyms.choose_conn_probes(kallsyms_text or "")
+        conn, refused = kallsyms.conn_choice(kallsyms_text or "", kernel_btf)
+        notes += tuple(refused)
         if conn is None:
             where = (f"are not in {symbols_from}" if kallsyms_text
                      else f"cannot be looked up: cannot read {symbols_from}")
+            where = "were refused" if refused else where
             return dataclasses.replace(plan, notes=notes + (
                 f"no connection probes ({kallsyms.ALLOC_SYMBOL} and one of {'/'.join(kallsyms.RECV_SYMBOLS)} "
                 f"{where}): requests are paired without their connection, so two "
@@ -161,12 +174,14 @@ def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
             plan, optional_kprobes=(("kprobe", conn[0], "aod_conn_alloc"), ("kprobe", conn[1], "aod_conn_recv")),
             defines=plan.defines + ("AOD_CONN_PROBES=1",),
             notes=notes + (f"pairing key names the connection: kprobes on {conn[0]} and {conn[1]}",))
-    kp = kallsyms.choose_kprobes(kallsyms_text or "", release)
+    kp, refused = kallsyms.kprobe_choice(kallsyms_text or "", release, kernel_btf)
+    notes += tuple(refused)
     if kp is None:
-        raise SetupError(
-            "cannot trace SMB on this kernel: the cifs tracepoints smb3_cmd_enter/smb3_cmd_done are "
-            f"missing or unusable and no kprobe fallback symbols ({kallsyms.ALLOC_SYMBOL} and a mid release "
-            f"function) are in {symbols_from}" + ("" if kallsyms_text else " (not readable)"), EX_CONFIG)
+        why = "; ".join(refused) or (f"no kprobe fallback symbols ({kallsyms.ALLOC_SYMBOL} and a mid release "
+                                     f"function) are in {symbols_from}" + ("" if kallsyms_text else " (not readable)"))
+        lacks = "missing or unusable" if missing else f"not used (tracer.mode {mode})"
+        raise SetupError(f"cannot trace SMB on this kernel: the cifs tracepoints smb3_cmd_enter/smb3_cmd_done "
+                         f"are {lacks} and the kprobe fallback is not possible: {why}", EX_CONFIG)
     extra = [t for t in usable if t not in REQUIRED_TRACEPOINTS] + health
     rel = kp.release
     return AttachPlan(
@@ -176,8 +191,21 @@ def plan_smb(tps: Mapping[str, str], kallsyms_text: Optional[str], release: str,
          ("kprobe", rel.symbol, "aod_release")),
         ("AOD_KPROBE_MODE=1", f"AOD_RELEASE_ARG={rel.arg}", f"AOD_RELEASE_OFF={rel.offset}")
         + tuple(f"AOD_HAVE_{t.upper()}=1" for t in extra) + tuple(optional),
-        notes + (f"kprobe fallback: {kp.alloc} -> {rel.symbol} (arg {rel.arg}, offset {rel.offset})",),
+        notes + (f"kprobe fallback{' (tracer.mode kprobe)' if mode == 'kprobe' else ''}: {kp.alloc} -> "
+                 f"{rel.symbol} (arg {rel.arg}, offset {rel.offset}; {rel.how})",),
     )
+
+
+def smb_plan(events_dir: Optional[str], tracefs: Sequence[str], kallsyms_path: str, release: str,
+             mode: str, btf_dir: str) -> tuple[AttachPlan, dict[str, list[str]], tuple[str, ...]]:
+    """The smb tracer's (plan, health lists, notes to log) from the running kernel: the cifs formats,
+    the function list and the cifs BTF. Raises SetupError."""
+    tps = usable_tracepoints(events_dir, {**SMB_TRACEPOINTS, **HEALTH_TRACEPOINTS})
+    funcs, funcs_from = function_list(tracefs, kallsyms_path)
+    plan = plan_smb(tps, funcs, release, False, funcs_from,
+                    optional_defines(events_dir, [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]),
+                    module_btf("cifs", btf_dir), mode)
+    return plan, health_lists(tps, plan), plan.notes + health_notes(tps)
 
 
 def _read(path: str) -> Optional[str]:

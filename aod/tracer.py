@@ -11,7 +11,8 @@ sd_notify READY=1 with STATUS=waiting while the cifs tracepoints are missing (mo
 not loaded yet is normal), compile and attach when they appear (STATUS=attached), then
 sleep until SIGTERM/SIGINT and exit 0. SIGHUP re-reads the config and updates maps only
 (emit filter, ignored statuses, hung threshold): nothing is rebuilt or re-attached, so a
-reload loses and duplicates nothing.
+reload loses and duplicates nothing. tracer.mode (auto | tracepoint | kprobe; --force-kprobes
+= kprobe) is applied at attach only: a reload that changes it logs that a restart is needed.
 The ring and maps are pinned in bpffs and reused, never recreated, so either
 side can restart at any time. bcc is imported lazily: only this command needs it.
 
@@ -34,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import config as config_mod
 from . import log, pins, tracerlive, tracerstate
+from .btf import BTF_DIR
 from .pins import PinPaths, bpffs_mount, check_pinned, expected_maps, pin_paths, prepare_pin_dir  # noqa: F401
 from .tracepoints import (  # noqa: F401  (re-exported: the tracer's public names)
     EX_CONFIG,
@@ -54,6 +56,7 @@ from .tracepoints import (  # noqa: F401  (re-exported: the tracer's public name
     optional_defines,
     parse_format,
     plan_smb,
+    smb_plan,
     usable_tracepoints,
 )
 from .tracerargs import (  # noqa: F401  (re-exported)
@@ -62,9 +65,11 @@ from .tracerargs import (  # noqa: F401  (re-exported)
     SYNTH_KINDS,
     TRACERS,
     Options,
+    cflags,
     default_bpf_dir,
     parse_args,
     parser,
+    ring_pages,
 )
 from .tracerlive import emit_cmd_mask  # noqa: F401  (re-exported)
 
@@ -76,55 +81,6 @@ BCC_MISSING = (
     "bcc is not installed: install python3-bpfcc (Debian/Ubuntu) or python3-bcc (Fedora/RHEL); "
     "it is not on PyPI (the PyPI 'bcc' package is unrelated)"
 )
-
-
-
-# ---------------------------------------------------------------- cflags and the emit filter
-
-
-def ring_pages(size_kb: int, page_size: int) -> int:
-    size = size_kb * 1024
-    if size < page_size or size % page_size or size & (size - 1):
-        raise SetupError(f"ring.size_kb {size_kb} must be a power of two and a multiple of the "
-                         f"{page_size // 1024} KiB page size", EX_CONFIG)
-    return size // page_size
-
-
-def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
-           defines: Sequence[str] = (), page_size: int = 4096, self_tgid: int = 0) -> list[str]:
-    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved). Nothing a
-    reload may change is compiled in (the emit filter is the emit_cfg_v1 map); self_tgid: the
-    tracer's pid, whose getppid() fires the aging trigger (0: no aging)."""
-    tracer_id = TRACERS[opts.name][1]
-    out = [
-        f"-I{bpf_dir}",
-        f"-DAOD_TRACER_ID={tracer_id}",
-        f"-DAOD_RING_PAGES={ring_pages(cfg.ring.size_kb, page_size)}",
-        f'-DAOD_RING_PIN="{paths.ring}"',
-        f'-DAOD_DROPS_PIN="{paths.drops}"',
-        f'-DAOD_STATS_PIN="{paths.cmd_stats}"',
-    ]
-    if opts.name == "smb":
-        out += [
-            f"-DAOD_INFLIGHT_MAX={pins.INFLIGHT_MAX}",
-            f'-DAOD_IGNORED_PIN="{paths.ignored}"',
-            f'-DAOD_INFLIGHT_PIN="{paths.inflight}"',
-            f'-DAOD_HUNG_PIN="{paths.hung}"',
-            f'-DAOD_SERVERS_PIN="{paths.servers}"',
-            f'-DAOD_TREES_PIN="{paths.trees}"',
-            f'-DAOD_CONNS_PIN="{paths.conns}"',
-            f'-DAOD_EMIT_CFG_PIN="{paths.emit_cfg}"',
-        ] + ([f"-DAOD_SELF_TGID={self_tgid}"] if self_tgid else [])
-    elif opts.name == "synthetic":
-        out += [
-            f"-DAOD_SYNTH_PID={opts.synth_pid}",
-            f"-DAOD_SYNTH_KIND={SYNTH_KINDS[opts.synth_kind]}",
-            f"-DAOD_SYNTH_CMD={opts.synth_command}",
-            f"-DAOD_SYNTH_LATENCY_NS={int(opts.synth_latency_ms * 1e6)}ULL",
-            f"-DAOD_SYNTH_STATUS={opts.synth_status:#x}U",
-            f"-DAOD_SYNTH_ERRNO={opts.synth_errno}",
-        ]
-    return out + [f"-D{d}" for d in defines]
 
 
 def wait_until(ready: Callable[[], Optional[str]], stop: threading.Event, sleep: Callable[[float], bool],
@@ -226,6 +182,7 @@ class Env:
     tracefs: tuple[str, ...] = TRACEFS_CANDIDATES
     module_dir: str = CIFS_MODULE_DIR
     kallsyms: str = "/proc/kallsyms"
+    btf_dir: str = BTF_DIR  # vmlinux and cifs BTF: the kprobes' signatures
     mountinfo: str = "/proc/self/mountinfo"
     release: str = field(default_factory=lambda: os.uname().release)
     page_size: int = field(default_factory=lambda: os.sysconf("SC_PAGE_SIZE"))
@@ -236,6 +193,7 @@ class Env:
     import_bcc: Callable[[], Any] = import_bcc
     load: Callable[[Any, str, list, AttachPlan, str], Loaded] = bcc_load
     check_pinned: Callable[[PinPaths, int, str], list] = check_pinned
+    create_pins: Callable[[PinPaths, int, str], list] = pins.create_missing  # bcc < 0.22 opens pins only
     notifier: Any = None  # aod.notify.Notifier-like: ready(status), status(text), stopping()
     state_dir: Optional[str] = None  # main() sets /run/aodv2: tracer-NAME.json tells the core our state
     aging_factory: Optional[tracerlive.AgingFactory] = tracerlive.bcc_aging  # None: no aging scan
@@ -327,7 +285,9 @@ def run(opts: Options, env: Env) -> int:
         prepare_pin_dir(paths, env.mountinfo)
         for w in env.check_pinned(paths, ring_bytes, name):
             _emit(logging.WARNING, name, w, AOD_RING=paths.ring)
+        env.create_pins(paths, ring_bytes, name)
 
+        mode = "kprobe" if opts.force_kprobes else cfg.tracer.mode  # the flag overrides tracer.mode
         if name == "smb":
             def on_wait() -> None:
                 # READY now, not at attach: a start job pending until cifs loads (maybe never)
@@ -345,12 +305,8 @@ def run(opts: Options, env: Env) -> int:
             if events_dir is None:
                 _emit(logging.INFO, name, "stopped before the cifs module appeared")
                 return EX_OK
-            tps = usable_tracepoints(events_dir or None, {**SMB_TRACEPOINTS, **HEALTH_TRACEPOINTS})
-            funcs, funcs_from = function_list(env.tracefs, env.kallsyms)
-            plan = plan_smb(tps, funcs, env.release, opts.force_kprobes, funcs_from,
-                            optional_defines(events_dir or None, [t for t in SMB_TRACEPOINTS if tps.get(t) == ""]))
-            health = health_lists(tps, plan)
-            notes = plan.notes + health_notes(tps)
+            plan, health, notes = smb_plan(events_dir or None, env.tracefs, env.kallsyms, env.release,
+                                           mode, env.btf_dir)
         else:
             plan = AttachPlan("syscall", ("syscalls:sys_enter_getppid",))
             notes, health = plan.notes, {}
@@ -376,7 +332,8 @@ def run(opts: Options, env: Env) -> int:
         _sync_ignored(name, loaded, cfg.ignored_statuses)
         if name == "smb":
             live = tracerlive.SmbLive(loaded.obj, env.state_dir, lambda lv, m: _emit(lv, name, m), aging_stop,
-                                      env.aging_factory, health, plan.mode == "tracepoint", aging_off)
+                                      env.aging_factory, health, plan.mode == "tracepoint", aging_off,
+                                      (plan.mode, mode, opts.force_kprobes))
             conf = live.apply(cfg)
             for gone in pins.remove_stale(paths.dir):
                 _emit(logging.INFO, name, f"removed the pin of an older layout: {gone}")

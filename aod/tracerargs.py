@@ -1,5 +1,8 @@
 """`aodv2 tracer` arguments (tracer layer, first step): which tracer, which config, where its BPF
-sources and pins are, and the synthetic tracer's record. aod/tracer.py re-exports these names.
+sources and pins are, the synthetic tracer's record, and the clang -I/-D flags built from them
+and the config (cflags). aod/tracer.py re-exports these names.
+
+`--force-kprobes` is the command-line form of config `tracer.mode: kprobe` and overrides it.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from . import config as config_mod
+from . import pins
+from .pins import PinPaths
 from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_SMB, TRACER_SYNTHETIC
-from .tracepoints import EX_USAGE, SetupError
+from .tracepoints import EX_CONFIG, EX_USAGE, SetupError
 
 DEFAULT_BPF_DIR = "/usr/share/aodv2/bpf"
 DEFAULT_PIN_DIR = "/sys/fs/bpf/aodv2"
@@ -61,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pin-dir", help=f"bpffs directory of the ring and maps (default: directory of "
                                      f"config ring.path, {DEFAULT_PIN_DIR})")
     p.add_argument("--force-kprobes", action="store_true",
-                   help="smb: use the kprobe fallback even if the tracepoints exist (testing)")
+                   help="smb: use the kprobe fallback even if the tracepoints exist (as config "
+                        "tracer.mode: kprobe, which it overrides)")
     g = p.add_argument_group("synthetic tracer (tests only)")
     g.add_argument("--pid", type=_int0, default=0, help="follow getppid() of this tgid (0: every process)")
     g.add_argument("--kind", choices=sorted(SYNTH_KINDS), default="completion")
@@ -98,3 +104,51 @@ def default_bpf_dir() -> str:
     if os.path.isfile(os.path.join(here, "aod_event.h")):
         return here
     return DEFAULT_BPF_DIR
+
+
+# ---------------------------------------------------------------- compiler flags
+
+
+def ring_pages(size_kb: int, page_size: int) -> int:
+    size = size_kb * 1024
+    if size < page_size or size % page_size or size & (size - 1):
+        raise SetupError(f"ring.size_kb {size_kb} must be a power of two and a multiple of the "
+                         f"{page_size // 1024} KiB page size", EX_CONFIG)
+    return size // page_size
+
+
+def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
+           defines: Sequence[str] = (), page_size: int = 4096, self_tgid: int = 0) -> list[str]:
+    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved). Nothing a
+    reload may change is compiled in (the emit filter is the emit_cfg_v1 map); self_tgid: the
+    tracer's pid, whose getppid() fires the aging trigger (0: no aging)."""
+    tracer_id = TRACERS[opts.name][1]
+    out = [
+        f"-I{bpf_dir}",
+        f"-DAOD_TRACER_ID={tracer_id}",
+        f"-DAOD_RING_PAGES={ring_pages(cfg.ring.size_kb, page_size)}",
+        f'-DAOD_RING_PIN="{paths.ring}"',
+        f'-DAOD_DROPS_PIN="{paths.drops}"',
+        f'-DAOD_STATS_PIN="{paths.cmd_stats}"',
+    ]
+    if opts.name == "smb":
+        out += [
+            f"-DAOD_INFLIGHT_MAX={pins.INFLIGHT_MAX}",
+            f'-DAOD_IGNORED_PIN="{paths.ignored}"',
+            f'-DAOD_INFLIGHT_PIN="{paths.inflight}"',
+            f'-DAOD_HUNG_PIN="{paths.hung}"',
+            f'-DAOD_SERVERS_PIN="{paths.servers}"',
+            f'-DAOD_TREES_PIN="{paths.trees}"',
+            f'-DAOD_CONNS_PIN="{paths.conns}"',
+            f'-DAOD_EMIT_CFG_PIN="{paths.emit_cfg}"',
+        ] + ([f"-DAOD_SELF_TGID={self_tgid}"] if self_tgid else [])
+    elif opts.name == "synthetic":
+        out += [
+            f"-DAOD_SYNTH_PID={opts.synth_pid}",
+            f"-DAOD_SYNTH_KIND={SYNTH_KINDS[opts.synth_kind]}",
+            f"-DAOD_SYNTH_CMD={opts.synth_command}",
+            f"-DAOD_SYNTH_LATENCY_NS={int(opts.synth_latency_ms * 1e6)}ULL",
+            f"-DAOD_SYNTH_STATUS={opts.synth_status:#x}U",
+            f"-DAOD_SYNTH_ERRNO={opts.synth_errno}",
+        ]
+    return out + [f"-D{d}" for d in defines]

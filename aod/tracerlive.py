@@ -7,6 +7,9 @@ program; aging.Scanner -> hung records; everything applied -> /run/aodv2/tracer-
 
 A reload (SIGHUP) is map updates only: the programs stay attached, so no record is duplicated
 and no request in flight loses its start (the old design loaded a second program first).
+tracer.mode (and with it tracepoint or kprobe programs) is chosen at attach: a reload that changes
+it logs that a tracer restart applies it. The state file says how it attached ("mode") and what
+was asked ("mode_config").
 """
 
 from __future__ import annotations
@@ -110,9 +113,16 @@ class SmbLive:
 
     def __init__(self, obj: Any, state_dir: Optional[str], log: Log, stop: threading.Event,
                  aging_factory: Optional[AgingFactory] = bcc_aging, health: Optional[dict] = None,
-                 aging_supported: bool = True, aging_off: str = "") -> None:
+                 aging_supported: bool = True, aging_off: str = "",
+                 mode: Optional[tuple[str, str, bool]] = None) -> None:
+        """mode: (how it attached, config tracer.mode then, --force-kprobes given)."""
         self.obj, self.state_dir, self.log, self.stop = obj, state_dir, log, stop
         self.extra: dict[str, Any] = {"health": health or {"offered": [], "attached": []}}
+        self.mode = mode
+        if mode is not None:
+            self.extra["mode"] = mode[0]
+            self.extra["mode_config"] = "kprobe (--force-kprobes)" if mode[2] else mode[1]
+        self.mode_told = mode[1] if mode else ""
         self.lock = threading.Lock()
         self.since = time.time()
         self.state = "attached"
@@ -132,8 +142,17 @@ class SmbLive:
                                             lambda m: log(logging.WARNING, m))
 
     def apply(self, cfg: config_mod.Config) -> dict[str, int]:
-        """Emit filter and aging thresholds from cfg (attach and reload); returns what is in force."""
+        """Emit filter and aging thresholds from cfg (attach and reload); returns what is in force.
+        tracer.mode applies at attach only: a reload that changes it says a restart is needed."""
         conf = applied(cfg)
+        if self.mode is not None and cfg.tracer.mode != self.mode_told:
+            self.mode_told = cfg.tracer.mode
+            attached, at_start, forced = self.mode
+            self.log(logging.WARNING, f"tracer.mode is now {cfg.tracer.mode} (was {at_start}); it applies when "
+                     "the tracer attaches: still in " + (f"{attached} mode (--force-kprobes overrides tracer.mode)"
+                     if forced else f"{attached} mode until 'systemctl restart aodv2-tracer@smb'")
+                     if cfg.tracer.mode != at_start else
+                     f"tracer.mode is back to {at_start}, as when the tracer attached ({attached} mode)")
         try:
             write_emit_cfg(self.obj.get_table(EMIT_CFG_TABLE), conf["emit_min_ns"], conf["emit_cmd_mask"])
         except Exception as e:  # bcc raises plain Exception/KeyError: the old filter stays

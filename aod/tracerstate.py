@@ -4,7 +4,8 @@
 mode 0600 in a 0700 directory. A state whose pid is gone reads as "down".
 
 The smb tracer adds (`extra`), at attach, on reload and at most once a second from its aging
-thread: "emit_min_ns", "emit_cmd_mask" (the emit filter in the kernel), "hung_threshold_ns"
+thread: "mode" (tracepoint | kprobe: how it attached), "mode_config" (config tracer.mode then,
+or "kprobe (--force-kprobes)"), "emit_min_ns", "emit_cmd_mask" (the emit filter in the kernel), "hung_threshold_ns"
 (0 = aging off), "hung_cmd_mask", "health": {"offered": [...], "attached": [...]} (cifs health
 tracepoints), "aging": {"scans", "inflight", "hung", "hung_records", "hung_full", "unpaired",
 "scan_ms_max", "hung_expired"} (aging.AgingStats), and "aging_unsupported": reason (kprobe mode).

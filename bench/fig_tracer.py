@@ -58,8 +58,8 @@ def find_overhead() -> Optional[str]:
     return max(found, key=os.path.getmtime) if found else None
 
 
-def overhead_rows(path: str) -> List[Row]:
-    """Rows 6 and 6b from overhead.sh's JSON (ABBA rounds, one load)."""
+def overhead_rows(path: str, fig: str = "6", what: str = "tracer overhead, SMB workload, VM") -> List[Row]:
+    """Rows 6 and 6b from overhead.sh's JSON (ABBA rounds, one load); `fig`, `what`: another suite's."""
     with open(path) as f:
         d = json.load(f)
     ratio, loss = float(d["median_pair_ratio"]), float(d["median_pair_loss"])
@@ -92,11 +92,27 @@ def overhead_rows(path: str) -> List[Row]:
             + ")")
     raw = {k: v for k, v in d.items() if k != "rounds"}
     raw["file"], raw["mtime"] = path, when
-    rows = [Row("6", "tracer overhead, SMB workload, VM", value,
+    rows = [Row(fig, what, value,
                 f"tracer detached: median {float(d['median_off_s']):.2f} s/round",
                 f"throughput {ratio:.3f}x, 95% CI +-{100 * half:.1f}%", "<= 3% loss", ok, raw,
                 note=note)]
-    return rows + bpf_share_row(path)
+    return rows + (bpf_share_row(path) if fig == "6" else [])
+
+
+# the same figure on other Debian suites' kernels (AOD_VM_SUITE=<suite> make vm-overhead), next to 6
+SUITE_OVERHEAD = {"trixie": ("6t", "tracer overhead, SMB workload, VM, Debian 13 kernel")}
+
+
+def suite_rows() -> List[Row]:
+    rows: List[Row] = []
+    for suite, (fig, what) in SUITE_OVERHEAD.items():
+        path = os.path.join(ROOT, "dist", f"vm-{suite}", "overhead", "overhead.json")
+        if os.path.isfile(path):
+            rows += overhead_rows(path, fig, what)
+        else:
+            rows.append(Row(fig, what, f"{NOT_MEASURED} (AOD_VM_SUITE={suite} make vm-overhead)", "-", "-",
+                            "<= 3% loss", None))
+    return rows
 
 
 def _secs(xs: List[float]) -> str:
@@ -113,7 +129,7 @@ def find_results() -> Optional[str]:
 def run(quick: bool) -> List[Row]:
     ovh = find_overhead()
     if ovh is not None:
-        return overhead_rows(ovh)
+        return overhead_rows(ovh) + suite_rows()
     path = find_results()
     if path is None:
         return [Row("6", "tracer overhead, SMB workload on a real kernel", NOT_MEASURED, "tracer off", "-",

@@ -385,7 +385,7 @@ static __always_inline void end_parts(struct aod_key *k)
 			return;
 		struct aod_key nk = *n;
 		next_part.delete(&cur);
-		struct aod_start s;
+		struct aod_start s = {}; /* zeroed: a newer clang may carry an unset copy in a register the verifier refuses */
 		if (take(&nk, &s)) {
 			u64 now = bpf_ktime_get_ns();
 			count(nk.cmd, now > s.ts ? now - s.ts : 0, AOD_COUNT_HIST);
@@ -419,7 +419,7 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_done)
 	u64 sesid = args->sesid, mid = args->mid;
 	u32 tid = args->tid;
 	make_key(&k, sesid, cmd, mid);
-	struct aod_start copy;
+	struct aod_start copy = {};
 	close_enter();
 	if (finish(&k, &copy)) {
 		next_part.delete(&k); /* a part that succeeded: the rest are traced on their own */
@@ -459,7 +459,7 @@ TRACEPOINT_PROBE(cifs, smb3_cmd_err)
 	int rc = args->rc;
 #ifndef AOD_KPROBE_MODE
 	struct aod_key k;
-	struct aod_start copy;
+	struct aod_start copy = {};
 	make_key(&k, sesid, cmd, mid);
 	close_enter();
 	int paired = finish(&k, &copy);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -49,6 +50,18 @@ def repo_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(params=["module", "cli"])
+def zstd_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: bundles written and read by the zstandard module, then by the zstd
+    program (aod/zstdcodec.py; AOD_ZSTD_BACKEND reaches child processes too)."""
+    from aod import zstdcodec
+
+    if request.param == "cli" and not zstdcodec.cli_path():
+        pytest.skip("no zstd program (tests/run installs the zstd package)")
+    monkeypatch.setenv(zstdcodec.ENV_VAR, request.param)
+    return str(request.param)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_log_handler() -> None:
     """Bind the aodv2 log handler to this test's stderr (capsys swaps it per test)."""
@@ -69,3 +82,19 @@ def _host_state_guard() -> Iterator[None]:
     touched = hostguard.take()
     if touched:
         pytest.fail("touched the host's aodv2 state: " + "; ".join(sorted(set(touched))[:10]), pytrace=False)
+
+
+@pytest.fixture
+def bpffs(tmp_path: Path) -> Iterator[Path]:
+    """A private bpf filesystem under tmp_path (root only), unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount bpffs and create BPF maps")
+    mnt = tmp_path / "bpffs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "bpf", "bpf", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount bpffs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

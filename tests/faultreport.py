@@ -28,7 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ["tests/test_faults.py", "tests/test_storm.py", "tests/test_security.py", "tests/test_harden_dirs.py",
-        "tests/test_harden_ring.py", "tests/test_harden_view.py", "tests/test_harden_core.py"]
+        "tests/test_harden_ring.py", "tests/test_harden_view.py", "tests/test_harden_core.py",
+        "tests/test_harden_matrix_pins.py", "tests/test_harden_matrix_zstd.py"]
 UNIT = ["tests/test_unitstop.py", "tests/test_ring.py", "tests/test_config.py", "tests/test_actions.py",
         "tests/test_collect.py", "tests/test_retain.py", "tests/test_upload.py", "tests/test_cli.py",
         "tests/test_supervisor.py"]
@@ -99,7 +100,7 @@ def render_items(results: list[dict[str, Any]]) -> list[str]:
     marks: dict[str, set[str]] = {}
     for r in results:
         marks.setdefault(r["nodeid"].split("[", 1)[0], set()).add(_mark(r["outcome"]))
-    out = ["## Hardening review (issue 14): every item and its tests", "",
+    out = ["## Hardening review (issue 14) and the issue-15 matrix: every item and its tests", "",
            "VM parts are in the VM section at the end (`make vm-faults`, tests/vm/guest/faults_harden.py).", "",
            "| # | item | tests (result on this run) | VM part |", "|---|---|---|---|"]
     for i, it in enumerate(ITEMS, 1):

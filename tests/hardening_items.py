@@ -1,4 +1,5 @@
-"""Every item of the hardening review (issue 14) and the tests that prove it, for docs/faults.md.
+"""Every item of the hardening review (issue 14) and of the issue-15 hardening (the matrix: pin
+directories, the zstd program backend) with the tests that prove it, for docs/faults.md.
 
 tests/faultreport.py renders this table with each test's outcome from the same run;
 tests/test_hardening_items.py fails when a listed test does not exist or a hardening test is
@@ -19,6 +20,7 @@ class Item(NamedTuple):
 
 D, R, V, C = "tests/test_harden_dirs.py", "tests/test_harden_ring.py", "tests/test_harden_view.py", \
     "tests/test_harden_core.py"
+P, Z = "tests/test_harden_matrix_pins.py", "tests/test_harden_matrix_zstd.py"
 
 
 def _t(file: str, *names: str) -> Tuple[str, ...]:
@@ -136,4 +138,25 @@ ITEMS: List[Item] = [
             "test_the_scan_catches_a_core_without_state_dir", "test_host_state_paths_are_refused_in_tests")),
     Item("core", "every verb's --help works (aodv2 tracer --help included)",
          _t(V, "test_every_verb_has_help")),
+    # ---- matrix (issue 15): pin directories and the zstd program
+    Item("matrix (issue 15)", "the chmod after pinning never follows a symlink swapped in for the fresh pin "
+         "(tracer create_missing and the core's ring alike): the target keeps its mode, the start fails",
+         _t(P, "test_chmod_after_pin_never_follows_a_symlink_swapped_in",
+            "test_core_ring_chmod_never_follows_a_symlink_swapped_in")),
+    Item("matrix (issue 15)", "a pin that appears between check_pinned and create_missing is checked before bcc "
+         "opens it, not skipped as already pinned",
+         _t(P, "test_entry_appearing_after_check_pinned_is_checked_before_bcc")),
+    Item("matrix (issue 15)", "a pin directory another user owns or can write (a 0777 dir under a 1777 bpffs "
+         "root), or a map another user pinned or owns, is refused",
+         _t(P, "test_pin_dir_writable_by_others_is_refused", "test_pin_dir_of_another_user_is_refused",
+            "test_kernel_map_pinned_by_another_user_is_refused")),
+    Item("matrix (issue 15)", "a ring basename with - or + (allowed in ring.path) gets map names the kernel "
+         "accepts, so the tracer still starts",
+         _t(P, "test_map_names_are_ones_the_kernel_accepts", "test_kernel_ring_basename_with_a_dash")),
+    Item("matrix (issue 15)", "gzip, xz or lzma frames after zstd frames are refused as corrupt by the zstd program "
+         "as by the module (\"Unknown frame descriptor\"); every zstd and skippable frame form still reads the same",
+         _t(Z, "test_cli_refuses_foreign_frames_as_the_module_does")),
+    Item("matrix (issue 15)", "aodv2 check gives a bundle with a foreign (gzip) tail the same verdict on both zstd "
+         "backends",
+         _t(Z, "test_check_verdict_is_the_same_on_both_backends")),
 ]

@@ -225,6 +225,7 @@ def _bad_inputs(tmp: Path, real: str) -> dict[str, tuple[str, str]]:
     return out
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_show_bad_input_one_line_and_exit_1(real: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for name, (path, msg) in _bad_inputs(tmp_path, real).items():
         rc, out, err = run(["show", path], capsys)
@@ -233,6 +234,7 @@ def test_show_bad_input_one_line_and_exit_1(real: str, tmp_path: Path, capsys: p
         assert msg in err, (name, err)
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_show_truncated_bundle_keeps_what_it_read(big: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cut = tmp_path / os.path.basename(big)
     cut.write_bytes(Path(big).read_bytes()[: os.path.getsize(big) // 2])
@@ -244,6 +246,7 @@ def test_show_truncated_bundle_keeps_what_it_read(big: str, tmp_path: Path, caps
     assert rc == 1 and json.loads(out)["complete"] is False
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_truncation_at_a_member_boundary_is_detected(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """tarfile itself stops silently when the stream ends between two members."""
     summ = json.dumps({"anomaly": {"type": "manual"}}).encode()
@@ -273,6 +276,7 @@ def test_show_usage_errors_exit_2(capsys: pytest.CaptureFixture) -> None:
 # ------------------------------------------------------------------ list
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_list_rows_and_corrupt_row(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     t0 = time.time() - 3600
     paths = [_capture(tmp_path, t, wall=t0 + i * 60) for i, t in enumerate(("latency", "error", "emergency"))]
@@ -301,6 +305,7 @@ def test_list_rows_and_corrupt_row(tmp_path: Path, capsys: pytest.CaptureFixture
     assert d["bundles"][3]["type"] == "latency" and d["bundles"][3]["detected_at"] == "2020-01-01T00:00:00Z"
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_list_reads_only_the_head(big: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """summary.json is the first file: a bundle whose tail is gone still lists (show flags it)."""
     d = tmp_path / "out"
@@ -381,6 +386,7 @@ def test_not_root_gets_needs_root_and_77(real: str) -> None:
 # ------------------------------------------------------------------ extract
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_extract_real_bundle(real: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     dest = tmp_path / "x"
     rc, out, err = run(["show", real, "--extract", str(dest)], capsys)

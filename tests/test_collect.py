@@ -79,6 +79,7 @@ def state(out: Path) -> list[str]:
     return sorted(os.listdir(out)) if out.exists() else []
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_full_capture_bundle_contents_and_modes(
     fake: dict[str, Any], records: list[logging.LogRecord]
 ) -> None:
@@ -165,11 +166,7 @@ def test_failure_midway_leaves_nothing_and_next_capture_works(
     (fake["proc"] / "fs" / "cifs" / "DebugData").write_bytes(os.urandom(200_000))
     seen: list[list[str]] = []
 
-    class Comp:
-        def stream_writer(self, raw: Any, closefd: bool = True) -> _DiskFullWriter:
-            return _DiskFullWriter(raw, fake["out"], seen)
-
-    monkeypatch.setattr(bundle, "_compressor", lambda: Comp())
+    monkeypatch.setattr(bundle, "_writer", lambda raw: _DiskFullWriter(raw, fake["out"], seen))
     r = capture(anomaly(), cfg(fake["out"]), fake["env"])
     assert not r.ok and r.path is None and "No space left on device" in r.error
     assert seen and all(not any(BUNDLE_RE.match(n) for n in names) for names in seen)
@@ -348,6 +345,7 @@ def test_config_provider_error_is_logged_and_worker_continues(
     assert any(x.levelno == logging.ERROR and "config gone" in x.getMessage() for x in records)
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_read_bundle_is_safe_and_list_bundles_only_finished(tmp_path: Path) -> None:
     import tarfile
 

@@ -219,6 +219,7 @@ def _fill(path: Path) -> int:
     return n
 
 
+@pytest.mark.usefixtures("zstd_backend")
 @pytest.mark.parametrize("fault", ["enospc", "erofs"])
 def test_output_dir_full_or_read_only_during_capture(
     fault: str, small_fs: Path, tmp_path: Path, tap: LogTap, record_property: Any

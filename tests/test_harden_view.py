@@ -278,6 +278,7 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.usefixtures("zstd_backend")
 @pytest.mark.parametrize("verb", ["show", "list", "extract"])
 @pytest.mark.parametrize("case", ["GNU long name of 1.5 GiB", "pax header of 1.5 GiB", "40 pax headers of 60 KB digits",
                                   "member claiming 2^80 bytes", "GNU sparse map of 128 MiB"])
@@ -364,6 +365,7 @@ def test_extract_caps_members_and_creates_nothing(tmp_path: Path, record_propert
         assert f"{MAX_EXTRACT_MEMBERS} members" in doc
 
 
+@pytest.mark.usefixtures("zstd_backend")
 def test_extract_creates_no_dir_for_a_bundle_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """fault: --extract DIR of a missing file, a non-zstd file, and zstd data that is no tar.
     expected: one line and exit 1 each, and DIR is not created."""

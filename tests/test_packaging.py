@@ -382,8 +382,8 @@ def test_every_shipped_config_key_is_documented() -> None:
     keys = sorted(set(config_keys(shipped)))
     assert "capture.cooldown_sec" in keys and "errors[].name" in keys
     documented = set(man_entries(MAN / "aodv2.yaml.5"))
-    sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring", "metrics", "upload",
-                "health", "health.credits", "health.connect", "health.auth"}
+    sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring", "tracer", "metrics",
+                "upload", "health", "health.credits", "health.connect", "health.auth"}
     missing = [k for k in keys if k not in documented and k not in sections]
     assert not missing, f"config keys missing from man/aodv2.yaml.5: {missing}"
 
@@ -654,9 +654,12 @@ def test_deb_control_and_scripts(built: Built, tmp_path: Path) -> None:
     control = (c / "control").read_text()
     depends = re.search(r"^Depends: (.*)$", control, re.M)
     assert depends
-    for pkg in ("python3-bpfcc", "python3-numpy", "python3-yaml", "python3-zstandard", "python3-systemd",
-                "python3-sdnotify", "iproute2"):
-        assert pkg in depends.group(1), pkg
+    deps = [d.strip() for d in depends.group(1).split(",")]
+    for pkg in ("python3-bpfcc", "python3-numpy", "python3-yaml", "python3-systemd", "python3-sdnotify", "iproute2"):
+        assert pkg in deps, pkg
+    # bundles: the zstandard module or the zstd program (Debian 11 has no python3-zstandard);
+    # dh_python3 must not add the module as a hard dependency (debian/py3dist-overrides)
+    assert "python3-zstandard | zstd" in deps and "python3-zstandard" not in deps, deps
     assert re.search(r"^Recommends: .*cifs-utils", control, re.M)
     assert re.search(rf"^Version: {re.escape(__version__)}-\d+$", control, re.M)
     postinst = (c / "postinst").read_text()
@@ -712,9 +715,11 @@ def test_rpm_contents(built: Built) -> None:
     assert any(re.fullmatch(r"/usr/lib/python3\.\d+/site-packages/aod/cli\.py", p) for p in listing)
     assert set(rpm_q(built, "--configfiles").split()) == {"/etc/aodv2/config.yaml", "/etc/logrotate.d/aodv2"}
     requires = rpm_q(built, "--requires")
-    for pkg in ("python3-bcc", "python3-numpy", "python3-pyyaml", "python3-zstandard", "python3-systemd",
+    for pkg in ("python3-bcc", "python3-numpy", "python3-pyyaml", "python3-systemd",
                 "python3-sdnotify", "cifs-utils", "iproute"):
         assert re.search(rf"^{pkg}$", requires, re.M), pkg
+    assert re.search(r"^\(python3-zstandard or zstd\)$", requires, re.M), requires  # rich: rpm >= 4.13
+    assert not re.search(r"^python3-zstandard$|dist\(zstandard\)", requires, re.M), requires  # generator's too
     scripts = rpm_q(built, "--scripts")
     assert "preset aodv2.service aodv2-tracer@smb.service aodv2-evidence.socket" in scripts  # %systemd_post
     assert "disable --now aodv2.service" in scripts  # %systemd_preun
@@ -777,3 +782,18 @@ def test_security_exposure(unit_root: Path, unit: str) -> None:
     assert m, r.stdout + r.stderr
     score = float(m.group(1))
     assert score <= MAX_EXPOSURE[unit], f"{unit}: exposure {score}\n{r.stdout}"
+
+
+def test_units_name_no_absolute_path_that_a_supported_layout_lacks() -> None:
+    """Debian 11 is not usr-merged: systemd-tmpfiles is /bin/systemd-tmpfiles there, so a unit
+    naming /usr/bin/systemd-tmpfiles logs "Executable ... missing, skipping" and the step silently
+    does nothing. Absolute paths are ours (/usr/bin/aodv2) or exist on both layouts (/bin/kill);
+    other tools go by name (systemd >= 239 searches its fixed path)."""
+    allowed = {"/usr/bin/aodv2", "/bin/kill"}
+    for unit in sorted(Path(ROOT, "systemd").glob("*.service")):
+        for line in unit.read_text().splitlines():
+            if not line.startswith("Exec"):
+                continue
+            cmd = line.split("=", 1)[1].lstrip("+-@:!")
+            exe = cmd.split()[0]
+            assert exe in allowed or "/" not in exe, f"{unit.name}: {line}"

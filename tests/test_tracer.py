@@ -444,8 +444,10 @@ class Harness:
         return tracer.Env(
             tracefs=(str(self.tracefs),), module_dir=str(self.tmp / "module-cifs"),
             kallsyms=str(self.tmp / "kallsyms"), mountinfo=str(self.tmp / "mountinfo"), release="6.1.0",
+            btf_dir=str(self.tmp / "btf"),  # none: the kprobe choice by symbol and version (test_btf.py has BTF)
             page_size=4096, stop=self.stop, sleep=self.sleep, poll_sec=0.02, import_bcc=self.import_bcc,
-            load=self.load, check_pinned=lambda p, n, name: [], notifier=self.notifier,
+            load=self.load, check_pinned=lambda p, n, name: [], create_pins=lambda p, n, name: [],
+            notifier=self.notifier,
             state_dir=str(self.state_dir), aging_factory=self.aging_factory,
             trigger_tgid=lambda events_dir: (os.getpid(), ""))  # as in the host pid namespace
 

@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""Build (or find in the cache) the Debian 12 VM image for the aodv2 VM harness.
+"""Build (or find in the cache) the Debian VM image for the aodv2 VM harness, one per suite.
 
 Sits outside the daemon's data flow: it makes the real-kernel test bed on which
 tracers -> ring -> dispatch -> detect -> collect -> retain run end to end.
 
-The image is a bookworm rootfs made by mmdebstrap (minbase + systemd, kernel,
+The suite is AOD_VM_SUITE: bullseye (11), bookworm (12, the default) or trixie (13).
+The image is a rootfs of that suite made by mmdebstrap (minbase + systemd, kernel,
 headers, samba, cifs-utils, bcc, the aodv2 runtime deps), with the files under
 tests/vm/overlay/ laid on top (9p modules in the initramfs, fstab share line,
 the oneshot runner unit).  It is turned into an ext4 image with `mkfs.ext4 -d`
 and the kernel + initrd are copied next to it for direct kernel boot.
 
 Result, cached outside the repo clone:
-    ${AOD_VM_CACHE:-/var/cache/aodv2-vm}/<key>/{rootfs.img,vmlinuz,initrd.img,manifest.json}
+    ${AOD_VM_CACHE:-/var/cache/aodv2-vm}/<suite>-<key>/{rootfs.img,vmlinuz,initrd.img,manifest.json}
 where <key> hashes every build input (this file, the package list, the
-mirror lines, the overlay tree), so a second run is instant.
+mirror lines, the overlay tree) and the archive's current version of every listed
+package (read from the suite's Packages indexes), so a second run is instant and an
+archive update (a new kernel, a bcc fix) builds a new image.
 
 Usage: python3 tests/vm/image.py [--force] [--print-dir]
 Needs root (mmdebstrap in root mode, chroot) and the Debian mirror.
@@ -24,19 +27,22 @@ import argparse
 import fcntl
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 OVERLAY = HERE / "overlay"
-SUITE = "bookworm"
+SUITES = ("bullseye", "bookworm", "trixie")
+DEFAULT_SUITE = "bookworm"
 DEFAULT_CACHE = "/var/cache/aodv2-vm"
 HOSTNAME = "aodv2-vm"
 
@@ -50,7 +56,7 @@ PACKAGES: List[str] = [
     # eBPF
     "python3-bpfcc", "bpfcc-tools",
     # aodv2 runtime deps (Debian names, as the .deb will depend on them)
-    "python3", "python3-numpy", "python3-yaml", "python3-zstandard",
+    "python3", "python3-numpy", "python3-yaml", "python3-zstandard",  # not in bullseye: SUITE_DROP
     "python3-systemd", "python3-sdnotify",
     # quick actions / evidence tools and test conveniences
     "man-db", "procps", "psmisc", "util-linux", "zstd", "tcpdump", "trace-cmd",
@@ -59,6 +65,23 @@ PACKAGES: List[str] = [
     # security and disk-full faults (#7): loop-mounted small ext4
     "prometheus-node-exporter", "rclone", "curl", "e2fsprogs",
 ]
+
+# Listed packages a suite's archive lacks; the .deb must work without them there.
+SUITE_DROP: Dict[str, Tuple[str, ...]] = {"bullseye": ("python3-zstandard",)}
+
+
+def suite() -> str:
+    """AOD_VM_SUITE, checked (BuildError names the choices)."""
+    s = os.environ.get("AOD_VM_SUITE") or DEFAULT_SUITE
+    if s not in SUITES:
+        raise BuildError(f"AOD_VM_SUITE={s!r}: expected one of {', '.join(SUITES)}")
+    return s
+
+
+def packages(suite_name: str) -> List[str]:
+    drop = SUITE_DROP.get(suite_name, ())
+    return [p for p in PACKAGES if p not in drop]
+
 
 # Host tools the build and run.py need (Debian package -> a binary it provides).
 HOST_DEPS: Dict[str, str] = {
@@ -145,14 +168,15 @@ def _source_pairs(name: str, text: str) -> List[Tuple[str, str]]:
 def parse_debian_uris(files: Iterable[Tuple[str, str]]) -> Dict[str, str]:
     """{'debian': uri, 'security': uri} from (file name, content) pairs of apt sources.
 
-    Only bookworm Debian archives count; missing ones fall back to deb.debian.org.
+    Any suite's lines count (the host may run another release than the guest: the archive URI
+    serves every suite); missing ones fall back to deb.debian.org.
     """
     found: Dict[str, str] = {}
     for name, text in files:
-        for uri, suite in _source_pairs(name, text):
-            if not suite.startswith(SUITE):
+        for uri, suite_name in _source_pairs(name, text):
+            if not re.match(r"(bullseye|bookworm|trixie|forky|sid)\b", suite_name):
                 continue
-            if suite.endswith("-security"):
+            if suite_name.endswith("-security") or "debian-security" in uri:
                 found.setdefault("security", uri.rstrip("/"))
             elif "debian" in uri:
                 found.setdefault("debian", uri.rstrip("/"))
@@ -183,13 +207,81 @@ def host_debian_uris() -> Dict[str, str]:
     return found
 
 
-def mirror_lines() -> List[str]:
+def mirror_lines(suite_name: str = DEFAULT_SUITE) -> List[str]:
     uris = host_debian_uris()
     return [
-        f"deb {uris['debian']} {SUITE} main",
-        f"deb {uris['debian']} {SUITE}-updates main",
-        f"deb {uris['security']} {SUITE}-security main",
+        f"deb {uris['debian']} {suite_name} main",
+        f"deb {uris['debian']} {suite_name}-updates main",
+        f"deb {uris['security']} {suite_name}-security main",
     ]
+
+
+# ---------------------------------------------------------------- archive versions
+
+
+def _fetch(url: str, timeout: float = 60.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) mirror from apt's sources
+        data: bytes = r.read()
+        return data
+
+
+def packages_index_sha(inrelease: str, member: str = "main/binary-amd64/Packages.xz") -> Optional[str]:
+    """SHA256 of `member` from a Release/InRelease text, or None."""
+    in_sha = False
+    for line in inrelease.splitlines():
+        if not line[:1].isspace():
+            in_sha = line.startswith("SHA256:")
+            continue
+        parts = line.split()
+        if in_sha and len(parts) == 3 and parts[2] == member:
+            return parts[0]
+    return None
+
+
+def parse_packages(text: str, wanted: Iterable[str]) -> Dict[str, str]:
+    """{package: version} of the `wanted` packages in a Packages index text."""
+    want = set(wanted)
+    out: Dict[str, str] = {}
+    for st in _deb822_stanzas(text):
+        name = st.get("package", "")
+        if name in want and "version" in st:
+            out[name] = st["version"]
+    return out
+
+
+def archive_versions(mirrors: List[str], wanted: List[str], cache: Path) -> Dict[str, str]:
+    """{"<suite> <package>": version} of every wanted package in each mirror line's main index.
+
+    Indexes are fetched only when their InRelease names a new hash (parsed results are kept in
+    `cache`). Raises BuildError when the archive cannot be read or a package is in none of them."""
+    out: Dict[str, str] = {}
+    cache.mkdir(parents=True, exist_ok=True)
+    for line in mirrors:
+        _, uri, dist, _comp = line.split()
+        try:
+            rel = _fetch(f"{uri}/dists/{dist}/InRelease").decode("utf-8", "replace")
+        except (OSError, ValueError) as e:
+            raise BuildError(f"cannot read {uri}/dists/{dist}/InRelease: {e}") from None
+        sha = packages_index_sha(rel)
+        if sha is None:
+            raise BuildError(f"{uri}/dists/{dist}/InRelease lists no main/binary-amd64/Packages.xz")
+        memo = cache / f"{sha}-{hashlib.sha256(' '.join(sorted(wanted)).encode()).hexdigest()[:12]}.json"
+        try:
+            found = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            try:
+                raw = _fetch(f"{uri}/dists/{dist}/main/binary-amd64/Packages.xz", timeout=300)
+            except (OSError, ValueError) as e:
+                raise BuildError(f"cannot read the {dist} Packages index: {e}") from None
+            if hashlib.sha256(raw).hexdigest() != sha:
+                raise BuildError(f"{dist} Packages.xz does not match its InRelease (mirror mid-update?)") from None
+            found = parse_packages(lzma.decompress(raw).decode("utf-8", "replace"), wanted)
+            memo.write_text(json.dumps(found, sort_keys=True))
+        out.update({f"{dist} {k}": v for k, v in found.items()})
+    missing = [p for p in wanted if not any(k.split()[1] == p for k in out)]
+    if missing:
+        raise BuildError(f"not in the {mirrors[0].split()[2]} archive: {', '.join(missing)}")
+    return out
 
 
 # ---------------------------------------------------------------- cache key
@@ -199,11 +291,13 @@ def overlay_files() -> List[Path]:
     return sorted(p for p in OVERLAY.rglob("*") if p.is_file())
 
 
-def cache_key(mirrors: List[str]) -> str:
+def cache_key(mirrors: List[str], versions: Optional[Dict[str, str]] = None,
+              pkgs: Optional[List[str]] = None) -> str:
     h = hashlib.sha256()
     h.update(Path(__file__).read_bytes())
-    h.update("\n".join(sorted(PACKAGES)).encode())
+    h.update("\n".join(sorted(PACKAGES if pkgs is None else pkgs)).encode())
     h.update("\n".join(mirrors).encode())
+    h.update(json.dumps(versions or {}, sort_keys=True).encode())
     for p in overlay_files():
         rel = p.relative_to(OVERLAY).as_posix()
         h.update(f"\0{rel}\0{p.stat().st_mode & 0o777:o}\0".encode())
@@ -267,22 +361,23 @@ PHASES = [
 FETCHED = re.compile(r"^Fetched (\S+ \S+) in (\S+)")
 
 
-def mmdebstrap(rootfs: Path, mirrors: List[str], logf: Path) -> Dict[str, object]:
+def mmdebstrap(rootfs: Path, mirrors: List[str], logf: Path, suite_name: str,
+               pkgs: List[str]) -> Dict[str, object]:
     """Run mmdebstrap into directory `rootfs`; return seconds per phase (+ apt 'Fetched' lines)."""
     if " " in str(OVERLAY):
         raise BuildError(f"overlay path must not contain spaces: {OVERLAY}")
     argv = [
         "mmdebstrap", "--verbose", "--variant=minbase", "--mode=root", "--format=directory",
-        "--include=" + ",".join(PACKAGES),
+        "--include=" + ",".join(pkgs),
         "--dpkgopt=force-unsafe-io",
         *[f"--dpkgopt={x}" for x in DPKG_EXCLUDES],
         "--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata",
         # Overlay before the kernel package runs update-initramfs, so the 9p
         # modules list (usr/share/initramfs-tools/modules.d) is honoured.
         "--essential-hook=sync-in " + str(OVERLAY) + " /",
-        SUITE, str(rootfs), *mirrors,
+        suite_name, str(rootfs), *mirrors,
     ]
-    log(f"mmdebstrap --variant=minbase ... {len(PACKAGES)} packages (log: {logf})")
+    log(f"mmdebstrap --variant=minbase {suite_name} ... {len(pkgs)} packages (log: {logf})")
     start = time.monotonic()
     marks: List[Tuple[str, float]] = [("setup", start)]
     fetched: List[str] = []
@@ -360,7 +455,8 @@ def make_ext4(rootfs: Path, img: Path) -> int:
     return size
 
 
-def build(dest: Path, mirrors: List[str]) -> Image:
+def build(dest: Path, mirrors: List[str], suite_name: str, pkgs: List[str],
+          versions: Dict[str, str]) -> Image:
     t0 = time.monotonic()
     work = dest.with_name(dest.name + f".build-{os.getpid()}")
     if work.exists():
@@ -368,7 +464,7 @@ def build(dest: Path, mirrors: List[str]) -> Image:
     work.mkdir(parents=True)
     rootfs = work / "rootfs"
     try:
-        phases = mmdebstrap(rootfs, mirrors, work / "mmdebstrap.log")
+        phases = mmdebstrap(rootfs, mirrors, work / "mmdebstrap.log", suite_name, pkgs)
         t1 = time.monotonic()
         customize(rootfs)
         kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
@@ -390,7 +486,8 @@ def build(dest: Path, mirrors: List[str]) -> Image:
         t3 = time.monotonic()
         shutil.rmtree(rootfs)
         manifest: Dict[str, object] = {
-            "key": dest.name, "suite": SUITE, "kernel": kver, "mirrors": mirrors,
+            "key": dest.name, "suite": suite_name, "kernel": kver, "mirrors": mirrors,
+            "archive_versions": versions,
             "image_bytes": size, "packages": len(pkgs),
             "versions": {p.split()[0]: p.split()[1] for p in pkgs if len(p.split()) == 2},
             "timings_s": {"mmdebstrap": round(t1 - t0, 1), "mmdebstrap_phases": phases,
@@ -410,12 +507,15 @@ def build(dest: Path, mirrors: List[str]) -> Image:
     return img
 
 
-def prune_cache(root: Path, keep: str, spare: int = 3) -> List[Path]:
-    """Delete cached images other than `keep`, sparing the `spare` most recent ones."""
-    others = [d for d in root.iterdir()
-              if d.is_dir() and d.name != keep and re.fullmatch(r"[0-9a-f]{16}", d.name)]
-    others.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    gone = others[spare:]
+def prune_cache(root: Path, keep: str, spare: int = 2) -> List[Path]:
+    """Delete cached images of keep's suite other than `keep`, sparing the `spare` most recent
+    ones, and every image of the older, suite-less harness (<key> only); other suites' stay."""
+    prefix = keep.split("-")[0]
+    mine = [d for d in root.iterdir()
+            if d.is_dir() and d.name != keep and re.fullmatch(rf"{re.escape(prefix)}-[0-9a-f]{{16}}", d.name)]
+    mine.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    legacy = [d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name)]
+    gone = mine[spare:] + legacy
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)
         try:
@@ -425,10 +525,19 @@ def prune_cache(root: Path, keep: str, spare: int = 3) -> List[Path]:
     return gone
 
 
-def ensure_image(force: bool = False) -> Image:
-    """Return the cached image for the current inputs, building it if needed."""
-    mirrors = mirror_lines()
-    key = cache_key(mirrors)
+def image_key(suite_name: str) -> Tuple[str, List[str], List[str], Dict[str, str]]:
+    """(cache dir name, mirror lines, packages, archive versions) for a suite."""
+    mirrors = mirror_lines(suite_name)
+    pkgs = packages(suite_name)
+    versions = archive_versions(mirrors, pkgs, cache_root() / "indexes")
+    return f"{suite_name}-{cache_key(mirrors, versions, pkgs)}", mirrors, pkgs, versions
+
+
+def ensure_image(force: bool = False, suite_name: Optional[str] = None) -> Image:
+    """Return the cached image of the suite (AOD_VM_SUITE) for the current inputs and archive,
+    building it if needed."""
+    suite_name = suite_name or suite()
+    key, mirrors, pkgs, versions = image_key(suite_name)
     root = cache_root()
     dest = root / key
     if not force:
@@ -446,7 +555,7 @@ def ensure_image(force: bool = False) -> Image:
             if img is not None:
                 return img
         log(f"building VM image {key} in {root} (mirror {mirrors[0].split()[1]})")
-        img = build(dest, mirrors)
+        img = build(dest, mirrors, suite_name, pkgs, versions)
         for d in prune_cache(root, key):
             log(f"removed old cached image {d}")
     t = img.manifest.get("timings_s", {})
@@ -460,10 +569,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--print-dir", action="store_true", help="print only the image dir")
     ap.add_argument("--key", action="store_true", help="print the cache key and exit")
     args = ap.parse_args(argv)
-    if args.key:
-        print(cache_key(mirror_lines()))
-        return 0
     try:
+        if args.key:
+            print(image_key(suite())[0])
+            return 0
         img = ensure_image(force=args.force)
     except BuildError as e:
         log(f"error: {e}")

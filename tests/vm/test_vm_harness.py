@@ -84,7 +84,9 @@ def fake_vm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A cached fake image + fake qemu on PATH; returns the share dir."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("AOD_VM_CACHE", str(cache))
-    key = image.cache_key(image.mirror_lines())
+    monkeypatch.delenv("AOD_VM_SUITE", raising=False)
+    monkeypatch.setattr(image, "archive_versions", lambda mirrors, wanted, cache: {"bookworm x": "1"})
+    key = image.image_key("bookworm")[0]
     d = cache / key
     d.mkdir(parents=True)
     for name in ("rootfs.img", "vmlinuz", "initrd.img"):
@@ -210,6 +212,60 @@ def test_cache_key_tracks_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert image.cache_key(m) != k1
     monkeypatch.undo()
     assert image.cache_key([*m[:1], "deb http://x/debian bookworm main"]) != k1
+
+
+def test_suite_choice_packages_and_mirrors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AOD_VM_SUITE", "trixie")
+    assert image.suite() == "trixie"
+    monkeypatch.setenv("AOD_VM_SUITE", "buster")
+    with pytest.raises(image.BuildError, match="bullseye, bookworm, trixie"):
+        image.suite()
+    assert "python3-zstandard" not in image.packages("bullseye")  # not in Debian 11's archive
+    assert "python3-zstandard" in image.packages("trixie") and "zstd" in image.packages("bullseye")
+    assert [ln.split()[2] for ln in image.mirror_lines("bullseye")] == [
+        "bullseye", "bullseye-updates", "bullseye-security"]
+    # the host's bookworm sources name the mirror every suite is fetched from
+    deb822 = "Types: deb\nURIs: http://m.example/debian\nSuites: bookworm\nComponents: main\n"
+    assert image.parse_debian_uris([("d.sources", deb822)])["debian"] == "http://m.example/debian"
+
+
+def test_archive_versions_key_the_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive update (a new kernel) gives a new key; the index is fetched only when its hash moves."""
+    import lzma
+    index = b"Package: linux-image-amd64\nVersion: 6.1.1-1\n\nPackage: other\nVersion: 2\n"
+    xz = lzma.compress(index)
+    sha = __import__("hashlib").sha256(xz).hexdigest()
+    inrelease = f"Origin: Debian\nSHA256:\n {sha} {len(xz)} main/binary-amd64/Packages.xz\n".encode()
+    fetched: list = []
+
+    def fetch(url: str, timeout: float = 60.0) -> bytes:
+        fetched.append(url)
+        return inrelease if url.endswith("InRelease") else xz
+
+    monkeypatch.setattr(image, "_fetch", fetch)
+    m = ["deb http://m.example/debian bookworm main"]
+    v1 = image.archive_versions(m, ["linux-image-amd64"], tmp_path)
+    assert v1 == {"bookworm linux-image-amd64": "6.1.1-1"} and len(fetched) == 2
+    assert image.archive_versions(m, ["linux-image-amd64"], tmp_path) == v1 and len(fetched) == 3  # memo
+    with pytest.raises(image.BuildError, match="not in the bookworm archive: hello"):
+        image.archive_versions(m, ["linux-image-amd64", "hello"], tmp_path)
+    k1 = image.cache_key(m, v1)
+    assert image.cache_key(m, {"bookworm linux-image-amd64": "6.1.2-1"}) != k1
+    xz_bad = b"not the indexed file"
+    monkeypatch.setattr(image, "_fetch", lambda url, timeout=60.0: inrelease if url.endswith("InRelease") else xz_bad)
+    with pytest.raises(image.BuildError, match="does not match"):
+        image.archive_versions(m, ["other"], tmp_path / "fresh")
+
+
+def test_prune_keeps_other_suites(tmp_path: Path) -> None:
+    names = ["bookworm-" + "a" * 16, "bookworm-" + "b" * 16, "bookworm-" + "c" * 16, "trixie-" + "d" * 16,
+             "e" * 16]
+    for i, n in enumerate(names):
+        (tmp_path / n).mkdir()
+        os.utime(tmp_path / n, (i, i))
+    gone = {p.name for p in image.prune_cache(tmp_path, "bookworm-" + "c" * 16, spare=1)}
+    assert gone == {"bookworm-" + "a" * 16, "e" * 16}  # the newest other bookworm one is spared; trixie stays
+    assert (tmp_path / ("trixie-" + "d" * 16)).is_dir()
 
 
 def test_incomplete_cache_dir_is_not_an_image(tmp_path: Path) -> None:

@@ -177,6 +177,21 @@ print("" if v is None else (json.dumps(v) if isinstance(v,(dict,list)) else v))'
 }
 
 # vm_install_deb FILE...: install aodv2 packages built on the host (runtime deps are in the image).
+# vm_one_deb: DEB=the one aodv2 .deb in the share, checked and recorded; exits the scenario if
+# there is not exactly one (run.py removes older aodv2_*.deb before copying; a stale one left
+# next to the new must not be the one tested)
+vm_one_deb() {
+    local debs
+    shopt -s nullglob
+    debs=(/share/aodv2_*_all.deb)
+    shopt -u nullglob
+    vm_fact debs_in_share "${#debs[@]}: ${debs[*]:-none}"
+    DEB=""
+    [ ${#debs[@]} -eq 1 ] && DEB=${debs[0]}
+    vm_check "exactly one aodv2 .deb in the share (found ${#debs[@]})" test -n "$DEB"
+    [ -n "$DEB" ] || { vm_summary; exit 1; }
+    vm_fact deb "$(basename "$DEB")"
+}
 vm_install_deb() { DEBIAN_FRONTEND=noninteractive dpkg -i "$@"; }
 
 # vm_collect_logs: copy journal and samba logs into $VM_SHARE/logs for the host.

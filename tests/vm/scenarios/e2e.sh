@@ -1,7 +1,7 @@
 #!/bin/bash
 # aodv2 VM scenario: end to end on a real systemd host (issue 5). Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-e2e --script tests/vm/scenarios/e2e.sh \
-#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 2100
+#         --copy dist/aodv2_0.5.0-1_all.deb --timeout 2100
 # Installs the .deb, then (tests/vm/guest/e2e_run.py): 1 install+enable, 2 quiet baseline (with
 # one sequential process), 3 latency (and a second slowdown refused in the cooldown), 3b operator
 # tools, 3c a low-rate slowdown, 4 errors, 4b low-rate errors, 4c ignored statuses,
@@ -17,17 +17,7 @@ set -u
 . /share/vmlib/lib.sh
 rm -f "$VM_RESULTS" /share/e2e-report.json
 T0=$(vm_now)
-# Exactly one package: run.py removes older aodv2_*.deb from the share before copying, and a
-# stale one left next to the new must not be the one tested.
-shopt -s nullglob
-DEBS=(/share/aodv2_*_all.deb)
-shopt -u nullglob
-vm_fact debs_in_share "${#DEBS[@]}: ${DEBS[*]:-none}"
-DEB=""
-[ ${#DEBS[@]} -eq 1 ] && DEB=${DEBS[0]}
-vm_check "exactly one aodv2 .deb in the share (found ${#DEBS[@]})" test -n "$DEB"
-[ -n "$DEB" ] || { vm_summary; exit 1; }
-vm_fact deb "$(basename "$DEB")"
+vm_one_deb
 vm_fact kernel "$(uname -r)"
 
 # An SMB client first: samba on 127.0.0.1 and the CIFS mount (this loads cifs, so the tracer

@@ -2,7 +2,7 @@
 # aodv2 VM scenario: faults and security on a real systemd host (issue 7). Run from the host
 # after `make deb` (or `make vm-faults`):
 #     python3 tests/vm/run.py --share /tmp/vmshare-faults --script tests/vm/scenarios/faults.sh \
-#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 1200
+#         --copy dist/aodv2_0.5.0-1_all.deb --timeout 1200
 # Installs the .deb (lib.sh vm_install_deb), writes a quiet config (only SIGUSR1 captures),
 # `systemctl enable --now aodv2`, then tests/vm/guest/faults_run.py:
 #   1 security: user aodtest cannot read /var/log/aodv2 or a bundle, open the pinned ring

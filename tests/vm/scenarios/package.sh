@@ -2,7 +2,7 @@
 # aodv2 VM scenario: the .deb on a real systemd host (Debian 12 guest, no network).
 # Run from the host after `make deb`:
 #     python3 tests/vm/run.py --share /tmp/vmshare-pkg --script tests/vm/scenarios/package.sh \
-#         --copy dist/aodv2_0.4.0-1_all.deb --timeout 900
+#         --copy dist/aodv2_0.5.0-1_all.deb --timeout 900
 # Proves: install from the local .deb alone (the guest has no network; runtime deps are in
 # the image; apt's --no-download refuses local .deb paths, so plain `apt-get install /path`), postinst enables
 # and starts the core and aodv2-tracer@smb, the core reaches READY inside its sandbox,

@@ -411,8 +411,9 @@ cat /share/tracer-overhead.json
 vm_fact tracer_overhead "$(cat /share/tracer-overhead.json)"
 vm_check "BPF programs ran during the traced workload" py /share/tracer-overhead.json "d['bpf_runs'] > 100"
 
-# --- 9. kprobe fallback (forced; this kernel has the tracepoints)
-tracer_start smb $R/k1.log --config $R/aod.yaml --force-kprobes
+# --- 9. kprobe fallback (forced by the config's tracer.mode: kprobe; this kernel has the tracepoints)
+{ cat $R/aod.yaml; printf 'tracer:\n  mode: kprobe\n'; } > $R/aod-kprobe.yaml
+tracer_start smb $R/k1.log --config $R/aod-kprobe.yaml
 KPID=$TPID
 if wait_attached $R/k1.log $KPID; then
     cat $R/k1.log
@@ -421,6 +422,8 @@ if wait_attached $R/k1.log $KPID; then
     vm_access_denied
     reader_stop $R/r7.json
     vm_fact kprobe_per_cmd "$(j $R/r7.json per_cmd)"
+    vm_check "kprobe fallback: chosen by tracer.mode, functions by this kernel's BTF" \
+        grep -q "kprobe fallback (tracer.mode kprobe).*by BTF" $R/k1.log
     vm_check "kprobe fallback: completions with latency" py $R/r7.json "d['completions'] > 20 and d['median_latency_ms'] > 0"
     vm_check "kprobe fallback: errors still from smb3_cmd_err" py $R/r7.json "any(e[1] == '0xC0000022' for e in d['errors'])"
 else
