@@ -2,7 +2,8 @@
 """README's supported-kernels table, generated from the VM reports (issue 15).
 
 Reads, per Debian suite, what the VM runs under dist/ left behind:
-  bookworm  dist/vm/{tracer,package,e2e,faults}/  (the full suites: results.txt, *-report.json)
+  bookworm  dist/vm/{tracer,package,e2e,faults}/  (the full suites: results.txt, *-report.json,
+                                                   tracer/facts/facts.txt)
   bullseye, trixie  dist/vm-<suite>/matrix/       (the merged smoke run: results.txt,
                                                    matrix-report.json, facts/facts.txt)
 and writes one row per suite (kernel, bcc, Python, systemd, tracer modes proven, scenario results)
@@ -71,7 +72,8 @@ def scenarios(rep: Optional[Dict[str, Any]]) -> Tuple[int, int, List[str]]:
 
 def row_bookworm(dist: Path) -> Dict[str, Any]:
     vm = dist / "vm"
-    f = {**facts(vm / "package" / "results.txt"), **facts(vm / "tracer" / "results.txt")}
+    f = {**facts(vm / "package" / "results.txt"), **facts(vm / "tracer" / "results.txt"),
+         **facts_file(vm / "tracer" / "facts" / "facts.txt")}
     parts, failed, seconds = [], [], 0.0
     for name in FULL:
         p, n = checks(vm / name / "results.txt")
@@ -86,8 +88,8 @@ def row_bookworm(dist: Path) -> Dict[str, Any]:
             if n or not p:
                 failed.append(f"{name}: {n} failed checks" if n else f"{name}: no results")
     modes = "tracepoint, kprobe" if checks(vm / "tracer" / "results.txt")[0] else "?"
-    return {"suite": "bookworm", "kernel": f.get("kernel", "?"), "bcc": f.get("bcc_version", "?"),
-            "python": f.get("python", "3.11"), "systemd": f.get("systemd", "252"), "modes": modes,
+    return {"suite": "bookworm", "kernel": f.get("kernel", "?"), "bcc": f.get("bcc") or f.get("bcc_version", "?"),
+            "python": f.get("python", "?"), "systemd": f.get("systemd", "?"), "modes": modes,
             "results": ", ".join(parts), "failed": failed}
 
 

@@ -31,6 +31,9 @@ def _bookworm(dist: Path) -> None:
         d = dist / "vm" / name
         d.mkdir(parents=True)
         (d / "results.txt").write_text("FACT kernel=6.1.0-57-amd64\nFACT bcc_version=0.26.0\nPASS x\n")
+        if name == "tracer":
+            (d / "facts").mkdir()
+            (d / "facts" / "facts.txt").write_text("kernel=6.1.0-57-amd64\nbcc=0.26.0\npython=3.11.2\nsystemd=252\n")
         if name in ("e2e", "faults"):
             (d / f"{name}-report.json").write_text(json.dumps({"1_a": {"pass": True, "seconds": 3},
                                                                "_run": {"pass": True, "seconds": 3}}))
@@ -48,7 +51,7 @@ def test_rows_from_reports_and_the_check(tmp_path: Path, capsys) -> None:
     rows = [ln for ln in text.splitlines() if ln.startswith("| 1")]
     assert rows[0].startswith("| 11 bullseye | 5.10.0-46-amd64 | 0.18.0 | 3.9.2 | 247 | tracepoint, kprobe | smoke 5/5")
     assert rows[0].endswith("| PASS |")
-    assert "| 12 bookworm | 6.1.0-57-amd64 | 0.26.0 |" in text and "e2e 1/1" in text
+    assert "| 12 bookworm | 6.1.0-57-amd64 | 0.26.0 | 3.11.2 | 252 |" in text and "e2e 1/1" in text
     trixie = next(r for r in rows if "trixie" in r)
     assert "| tracepoint |" in trixie and "FAIL: 4_kprobe" in trixie
     assert kt.main(["--dist", str(tmp_path), "--check"]) == 1  # a failed suite fails CI

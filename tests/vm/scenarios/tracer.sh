@@ -87,6 +87,8 @@ vm_check "cifs mount" vm_cifs_mount
 vm_check "tracer attached after modprobe" wait_attached $R/t1.log $T1PID
 vm_fact modprobe_to_attached_s "$(vm_since "$t")"
 cat $R/t1.log
+# this kernel's tracing facts (README's supported-kernels table; tests/fixtures/kernels/bookworm)
+rm -rf /share/facts; bash "$VM_LIB_DIR/kernel_facts.sh" /share/facts
 if ! attached $R/t1.log; then   # nothing below can work: stop early
     vm_fact cifs_events "$(ls "$TRACEFS/events/cifs" | tr '\n' ' ')"
     vm_collect_logs; vm_summary; exit 1
