@@ -24,6 +24,7 @@ Needs root (mmdebstrap in root mode, chroot) and the Debian mirror.
 from __future__ import annotations
 
 import argparse
+import email.utils
 import fcntl
 import hashlib
 import json
@@ -85,6 +86,7 @@ def packages(suite_name: str) -> List[str]:
 
 # Host tools the build and run.py need (Debian package -> a binary it provides).
 HOST_DEPS: Dict[str, str] = {
+    "gpgv": "gpgv",
     "mmdebstrap": "mmdebstrap",
     "qemu-system-x86": "qemu-system-x86_64",
     "qemu-utils": "qemu-img",
@@ -219,10 +221,52 @@ def mirror_lines(suite_name: str = DEFAULT_SUITE) -> List[str]:
 # ---------------------------------------------------------------- archive versions
 
 
-def _fetch(url: str, timeout: float = 60.0) -> bytes:
+INRELEASE_MAX = 4 << 20  # bytes; bookworm's is ~150 KB
+PACKAGES_XZ_MAX = 64 << 20  # bytes; bookworm's main index is ~9 MB
+PACKAGES_MAX = 512 << 20  # bytes once decompressed (~45 MB today)
+FETCH_DEADLINE_S = 300.0
+ARCHIVE_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def _fetch(url: str, timeout: float = 60.0, limit: int = INRELEASE_MAX) -> bytes:
+    """The body of `url`, at most `limit` bytes and FETCH_DEADLINE_S in all (BuildError beyond)."""
+    end = time.monotonic() + FETCH_DEADLINE_S
+    chunks: List[bytes] = []
+    size = 0
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - http(s) mirror from apt's sources
-        data: bytes = r.read()
-        return data
+        while True:
+            b = r.read(1 << 16)
+            if not b:
+                return b"".join(chunks)
+            size += len(b)
+            if size > limit:
+                raise BuildError(f"{url}: more than {limit} bytes; refused")
+            if time.monotonic() > end:
+                raise BuildError(f"{url}: not read within {FETCH_DEADLINE_S:.0f} s")
+            chunks.append(b)
+
+
+def verified_release(data: bytes, keyring: str = ARCHIVE_KEYRING) -> str:
+    """The signed text of an InRelease, checked by gpgv against the Debian archive keyring, and
+    not past its Valid-Until (a replayed old InRelease would pin a stale image). BuildError else."""
+    try:
+        r = subprocess.run(["gpgv", "--keyring", keyring, "--output", "-", "-"],  # noqa: S603,S607
+                           input=data, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildError(f"gpgv (package gpgv) could not check an InRelease: {e}") from None
+    if r.returncode != 0:
+        raise BuildError("InRelease signature not valid against " + keyring + ": "
+                         + r.stderr.decode("utf-8", "replace").strip()[-300:])
+    text = r.stdout.decode("utf-8", "replace")
+    m = re.search(r"^Valid-Until:\s*(.+)$", text, re.M)
+    if m:
+        try:
+            until = email.utils.parsedate_to_datetime(m.group(1).strip()).timestamp()
+        except (TypeError, ValueError):
+            raise BuildError(f"InRelease Valid-Until not understood: {m.group(1).strip()!r}") from None
+        if until < time.time():
+            raise BuildError(f"InRelease expired (Valid-Until {m.group(1).strip()}): a stale mirror or a replay")
+    return text
 
 
 def packages_index_sha(inrelease: str, member: str = "main/binary-amd64/Packages.xz") -> Optional[str]:
@@ -233,7 +277,7 @@ def packages_index_sha(inrelease: str, member: str = "main/binary-amd64/Packages
             in_sha = line.startswith("SHA256:")
             continue
         parts = line.split()
-        if in_sha and len(parts) == 3 and parts[2] == member:
+        if in_sha and len(parts) == 3 and parts[2] == member and re.fullmatch(r"[0-9a-f]{64}", parts[0]):
             return parts[0]
     return None
 
@@ -259,9 +303,10 @@ def archive_versions(mirrors: List[str], wanted: List[str], cache: Path) -> Dict
     for line in mirrors:
         _, uri, dist, _comp = line.split()
         try:
-            rel = _fetch(f"{uri}/dists/{dist}/InRelease").decode("utf-8", "replace")
+            raw_rel = _fetch(f"{uri}/dists/{dist}/InRelease")
         except (OSError, ValueError) as e:
             raise BuildError(f"cannot read {uri}/dists/{dist}/InRelease: {e}") from None
+        rel = verified_release(raw_rel)
         sha = packages_index_sha(rel)
         if sha is None:
             raise BuildError(f"{uri}/dists/{dist}/InRelease lists no main/binary-amd64/Packages.xz")
@@ -270,12 +315,19 @@ def archive_versions(mirrors: List[str], wanted: List[str], cache: Path) -> Dict
             found = json.loads(memo.read_text())
         except (OSError, ValueError):
             try:
-                raw = _fetch(f"{uri}/dists/{dist}/main/binary-amd64/Packages.xz", timeout=300)
+                raw = _fetch(f"{uri}/dists/{dist}/main/binary-amd64/Packages.xz", limit=PACKAGES_XZ_MAX)
             except (OSError, ValueError) as e:
                 raise BuildError(f"cannot read the {dist} Packages index: {e}") from None
             if hashlib.sha256(raw).hexdigest() != sha:
                 raise BuildError(f"{dist} Packages.xz does not match its InRelease (mirror mid-update?)") from None
-            found = parse_packages(lzma.decompress(raw).decode("utf-8", "replace"), wanted)
+            dec = lzma.LZMADecompressor()
+            try:
+                text = dec.decompress(raw, max_length=PACKAGES_MAX)
+            except lzma.LZMAError as e:
+                raise BuildError(f"{dist} Packages.xz: {e}") from None
+            if not dec.eof:
+                raise BuildError(f"{dist} Packages.xz: more than {PACKAGES_MAX} bytes, or truncated; refused") from None
+            found = parse_packages(text.decode("utf-8", "replace"), wanted)
             memo.write_text(json.dumps(found, sort_keys=True))
         out.update({f"{dist} {k}": v for k, v in found.items()})
     missing = [p for p in wanted if not any(k.split()[1] == p for k in out)]
@@ -509,12 +561,15 @@ def build(dest: Path, mirrors: List[str], suite_name: str, pkgs: List[str],
 
 def prune_cache(root: Path, keep: str, spare: int = 2) -> List[Path]:
     """Delete cached images of keep's suite other than `keep`, sparing the `spare` most recent
-    ones, and every image of the older, suite-less harness (<key> only); other suites' stay."""
+    ones, and every image of the older, suite-less harness (<key> only) unused for a day; other
+    suites' stay."""
     prefix = keep.split("-")[0]
     mine = [d for d in root.iterdir()
             if d.is_dir() and d.name != keep and re.fullmatch(rf"{re.escape(prefix)}-[0-9a-f]{{16}}", d.name)]
     mine.sort(key=lambda d: d.stat().st_mtime, reverse=True)
-    legacy = [d for d in root.iterdir() if d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name)]
+    day = time.time() - 86400  # a suite-less image used in the last day may serve an older checkout
+    legacy = [d for d in root.iterdir()
+              if d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name) and d.stat().st_mtime < day]
     gone = mine[spare:] + legacy
     for d in gone:
         shutil.rmtree(d, ignore_errors=True)

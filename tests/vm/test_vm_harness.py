@@ -238,11 +238,12 @@ def test_archive_versions_key_the_image(tmp_path: Path, monkeypatch: pytest.Monk
     inrelease = f"Origin: Debian\nSHA256:\n {sha} {len(xz)} main/binary-amd64/Packages.xz\n".encode()
     fetched: list = []
 
-    def fetch(url: str, timeout: float = 60.0) -> bytes:
+    def fetch(url: str, timeout: float = 60.0, limit: int = 0) -> bytes:
         fetched.append(url)
         return inrelease if url.endswith("InRelease") else xz
 
     monkeypatch.setattr(image, "_fetch", fetch)
+    monkeypatch.setattr(image, "verified_release", lambda data: data.decode())  # unsigned test text
     m = ["deb http://m.example/debian bookworm main"]
     v1 = image.archive_versions(m, ["linux-image-amd64"], tmp_path)
     assert v1 == {"bookworm linux-image-amd64": "6.1.1-1"} and len(fetched) == 2
@@ -252,9 +253,53 @@ def test_archive_versions_key_the_image(tmp_path: Path, monkeypatch: pytest.Monk
     k1 = image.cache_key(m, v1)
     assert image.cache_key(m, {"bookworm linux-image-amd64": "6.1.2-1"}) != k1
     xz_bad = b"not the indexed file"
-    monkeypatch.setattr(image, "_fetch", lambda url, timeout=60.0: inrelease if url.endswith("InRelease") else xz_bad)
+    monkeypatch.setattr(image, "_fetch",
+                        lambda url, timeout=60.0, limit=0: inrelease if url.endswith("InRelease") else xz_bad)
     with pytest.raises(image.BuildError, match="does not match"):
         image.archive_versions(m, ["other"], tmp_path / "fresh")
+
+
+ARCHIVE = Path(__file__).resolve().parent.parent / "fixtures" / "archive"
+
+
+def test_inrelease_signature_is_checked_by_gpgv() -> None:
+    """A real bullseye InRelease verifies against the Debian keyring; one changed byte does not."""
+    real = (ARCHIVE / "bullseye-InRelease").read_bytes()
+    text = image.verified_release(real)
+    assert "Codename: bullseye" in text and "BEGIN PGP" not in text
+    sha = image.packages_index_sha(text)
+    assert sha is not None and len(sha) == 64
+    forged = real.replace(b"Codename: bullseye", b"Codename: bullsEye", 1)
+    with pytest.raises(image.BuildError, match="signature not valid"):
+        image.verified_release(forged)
+
+
+def test_expired_inrelease_and_bad_hashes_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess as sp
+    old = b"Origin: Debian\nValid-Until: Sat, 01 Jan 2000 00:00:00 UTC\n"
+    monkeypatch.setattr(image.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a[0], 0, old, b""))
+    with pytest.raises(image.BuildError, match="expired"):
+        image.verified_release(b"signed")
+    fresh = b"Origin: Debian\nValid-Until: Sat, 01 Jan 2100 00:00:00 UTC\n"
+    monkeypatch.setattr(image.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a[0], 0, fresh, b""))
+    assert "2100" in image.verified_release(b"signed")
+    bad = "SHA256:\n ../../etc/passwd 12 main/binary-amd64/Packages.xz\n"
+    assert image.packages_index_sha(bad) is None  # never a path into a cache file name
+
+
+def test_fetch_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    class Body(io.BytesIO):
+        def __enter__(self) -> Body:
+            return self
+
+    monkeypatch.setattr(image.urllib.request, "urlopen", lambda url, timeout: Body(b"x" * 300_000))
+    assert len(image._fetch("http://m.example/a", limit=300_000)) == 300_000
+    with pytest.raises(image.BuildError, match="more than 299999 bytes"):
+        image._fetch("http://m.example/a", limit=299_999)
 
 
 def test_prune_keeps_other_suites(tmp_path: Path) -> None:
