@@ -29,10 +29,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from . import log
 
@@ -326,3 +327,19 @@ REAPER = Reaper()
 def new_tag() -> str:
     """A tag no other command of any core will carry."""
     return f"{os.getpid()}.{time.monotonic_ns()}.{os.urandom(4).hex()}"
+
+
+def popen_tagged(argv: list[str], env: dict[str, str], **kw: Any) -> tuple[subprocess.Popen, str]:
+    """subprocess.Popen of argv in its own session (cwd /, other fds closed) with `env` plus a new
+    tag, live for the reaper: reserved before the fork (no sweep takes it for an orphan), started
+    after, abandoned when the spawn fails (what Popen raised is raised). Returns (proc, tag)."""
+    tag = new_tag()
+    REAPER.reserve(tag)
+    try:
+        proc = subprocess.Popen(argv, env={**env, TAG_VAR: tag}, start_new_session=True,  # noqa: S603
+                                close_fds=True, cwd="/", **kw)
+    except BaseException:
+        REAPER.abandon(tag)
+        raise
+    REAPER.started(tag, proc.pid)
+    return proc, tag

@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 from . import log
 from .collect import drain
 from .config import PLACEHOLDER_RE, Config
-from .reaper import REAPER, TAG_VAR, new_tag
+from .reaper import REAPER, popen_tagged
 
 QUEUE_SIZE = 64
 TAIL_BYTES = 2048  # output kept per stream for the log
@@ -120,19 +120,12 @@ def _exit_text(rc: int) -> str:
 def run_attempt(argv: list[str], timeout: float, stop: threading.Event,
                 beat: Callable[[], None]) -> Attempt:
     """Run argv once (no shell, own process group, stdin /dev/null). Never raises OSError."""
-    tag = new_tag()
-    REAPER.reserve(tag)  # before the fork: no sweep of an action takes this one for an orphan
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                                cwd="/", env={**child_env(), TAG_VAR: tag})
-    except BaseException as e:
-        REAPER.abandon(tag)
-        if not isinstance(e, OSError):
-            raise
+    try:  # tagged and live for the reaper before the fork: no sweep of an action takes it for an orphan
+        proc, tag = popen_tagged(argv, child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    except OSError as e:
         return Attempt(False, exit="exec",
                        error=f"cannot run {argv[0]}: {e.strerror or e} (expected an executable program)")
-    REAPER.started(tag, proc.pid)
     assert proc.stdout is not None and proc.stderr is not None  # noqa: S101 - PIPE given
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     tails = {out_fd: bytearray(), err_fd: bytearray()}

@@ -67,18 +67,11 @@ class _Child(Stream):
 
     def __init__(self, path: str, stall: float, args: list[str], stdout: Any) -> None:
         self.stall = stall  # seconds without progress before the program is killed
-        tag = reaper.new_tag()
-        reaper.REAPER.reserve(tag)  # before the fork: no sweep takes it for an orphan (reaper.py)
-        try:
-            self.proc = subprocess.Popen([path, *args], bufsize=0, stdin=subprocess.PIPE, stdout=stdout,
-                                         stderr=subprocess.PIPE, close_fds=True, start_new_session=True,
-                                         cwd="/", env={**_CHILD_ENV, reaper.TAG_VAR: tag})
-        except BaseException as e:
-            reaper.REAPER.abandon(tag)
-            if isinstance(e, OSError):
-                raise CodecError(f"cannot run {path}: {e.strerror or e}") from e
-            raise
-        reaper.REAPER.started(tag, self.proc.pid)
+        try:  # live for the reaper before the fork: no sweep takes it for an orphan (reaper.py)
+            self.proc, tag = reaper.popen_tagged([path, *args], _CHILD_ENV, bufsize=0, stdin=subprocess.PIPE,
+                                                 stdout=stdout, stderr=subprocess.PIPE)
+        except OSError as e:
+            raise CodecError(f"cannot run {path}: {e.strerror or e}") from e
         self._tag, self.pid = tag, self.proc.pid
         self._in: Optional[IO[bytes]] = self.proc.stdin
         self._out: Optional[IO[bytes]] = self.proc.stdout
