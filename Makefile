@@ -83,6 +83,10 @@ clean-packaging:
 # make bench     -> benchmarks (python -m bench; bench/RESULTS.md); bench-quick: CI's short mode
 # make vm-overhead -> bench figure 6 in the VM: SMB workload rounds with the tracer's programs
 #                   detached/attached (ABBA, one load; ~6 min, not in CI); $(VM_SHARE)/overhead/overhead.json
+# make vm-overhead-recorder -> bench figure 6r in the VM: the smb tracer attached throughout, the trace
+#                   recorder's tracefs instance off/on between rounds (ABBA; RECORDER_PAIRS pairs, default
+#                   240, ~10-12 min, not in CI; RECORDER_OFF=disable: "off" disables the instance's events
+#                   instead of removing it); $(VM_SHARE)/overhead-recorder/overhead-recorder.json
 # make vm-bench  -> the VM runs that bench figure 6 reads (vm-tracer, then vm-overhead)
 # make vm-matrix -> the kernel-matrix smoke run of one suite (install, both tracer modes, a latency
 #                   anomaly, purge; ~8 min); $(VM_SHARE)/matrix/matrix-report.json
@@ -92,7 +96,7 @@ clean-packaging:
 export AOD_VM_SUITE ?= bookworm
 VM_SHARE ?= $(CURDIR)/dist/vm$(if $(filter-out bookworm,$(AOD_VM_SUITE)),-$(AOD_VM_SUITE))
 .PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench vm-overhead \
-	vm-matrix kernels-table
+	vm-overhead-recorder vm-matrix kernels-table
 test:
 	tests/run
 demo:
@@ -105,6 +109,14 @@ vm-tracer: vm-image
 vm-overhead: vm-image
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/overhead --script tests/vm/scenarios/overhead.sh \
 	    --copy aod --copy bpf --timeout 1800
+RECORDER_PAIRS ?= 240
+RECORDER_OFF ?= remove
+vm-overhead-recorder: vm-image
+	mkdir -p $(VM_SHARE)/overhead-recorder
+	echo $(RECORDER_PAIRS) > $(VM_SHARE)/overhead-recorder/pairs
+	echo $(RECORDER_OFF) > $(VM_SHARE)/overhead-recorder/recorder-off
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/overhead-recorder --script tests/vm/scenarios/overhead_recorder.sh \
+	    --copy aod --copy bpf --timeout 2700
 vm-package: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --copy tests/vm/releases --timeout 2100

@@ -5,4 +5,4 @@ Data flow: ring (ring.py) -> dispatch (dispatch.py) -> detect (detect.py)
 the threads together under systemd.
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"

@@ -7,7 +7,8 @@ file, relative to the stage's fd, so a read stuck in the kernel is abandoned and
 stranded, never able to write or re-create anything later), runs commands (argv, no shell; at the
 timeout, and whatever it leaves behind when it exits, its whole process tree is killed:
 reaper.py), or writes one section of the evidence helper's answer (EvidenceFetch: one
-request per capture, shared by every evidence step). A skipped or missing step runs nothing.
+request per capture, shared by every evidence step), or freezes a flight recorder (recorderstep.py).
+A skipped or missing step runs nothing.
 Every step is bounded by the action timeout.
 """
 
@@ -29,8 +30,9 @@ from . import log
 from .actions import ActionEnv, Step
 from .evidencestep import EvidenceFetch, run_evidence
 from .reaper import KILL_WAIT_SEC, REAPER, TAG_VAR, new_tag
+from .recorderstep import run_recorder
 from .redact import cut_partial_line, redact, redact_capped
-from .stageio import CappedSink, ReadGate, StageLike, in_thread, stage_sink, stranded
+from .stageio import CappedSink, ReadGate, StageLike, in_thread, stage_sink, stranded, write_capped
 
 __all__ = ["ActionResult", "CappedSink", "EvidenceFetch", "StepResult", "combine", "in_thread", "run_step"]
 _KILL_WAIT_SEC = KILL_WAIT_SEC  # after SIGKILL; a task stuck in D state is abandoned, not waited for
@@ -113,19 +115,6 @@ def _read_capped(fd: int, step: Step, gate: ReadGate) -> tuple[bytes, int]:
     return b"".join(parts), skipped
 
 
-def _write_file(stage: StageLike, rel: str, data: bytes, cap: int) -> int:
-    """Write a file step's data into the stage (relative to its fd); OSError names the stage file."""
-    try:
-        sink = stage_sink(stage, rel, cap, "head")
-        try:
-            sink.write(data)
-        finally:
-            size = sink.close()
-    except OSError as e:  # name the stage file, not the source, on ENOSPC/EROFS
-        raise OSError(e.errno, e.strerror, os.path.join(os.fspath(stage), rel)) from e
-    return size
-
-
 async def _run_file(step: Step, stage: StageLike, timeout: float, res: StepResult) -> None:
     path = next((p for p in step.files if os.path.exists(p)), None)
     if path is None:
@@ -153,7 +142,7 @@ async def _run_file(step: Step, stage: StageLike, timeout: float, res: StepResul
     except BaseException:  # cancelled (shutdown): the thread may still be in its read
         gate.abandon()
         raise
-    res.bytes = await in_thread(_write_file, stage, step.dest, data, step.cap_bytes)
+    res.bytes, _ = await in_thread(write_capped, stage, step.dest, data, step.cap_bytes)
 
 
 async def _end_tree(proc: asyncio.subprocess.Process, tag: str) -> None:
@@ -293,6 +282,8 @@ async def run_step(step: Step, stage: StageLike, timeout: float, env: ActionEnv,
             res.status, res.error = "missing", step.missing
         elif step.evidence:
             await run_evidence(step, stage, fetch, res)
+        elif step.recorder:
+            await run_recorder(step, stage, timeout, env, res)
         elif step.files:
             await _run_file(step, stage, timeout, res)
         else:

@@ -22,6 +22,11 @@ import shutil
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from .configrecorder import RecorderConfig
+from .recordtrace import INSTANCE as TRACE_INSTANCE
+from .recordtrace import TRACEFS_ROOTS
+from .tracerstate import RUN_DIR
+
 # the actions every anomaly type runs by default (and their order in the bundle summary)
 BASE_ACTIONS: tuple[str, ...] = (
     "kernel_log",
@@ -32,6 +37,8 @@ BASE_ACTIONS: tuple[str, ...] = (
     "cifs_open_files",
     "mounts",
     "smbinfo",
+    "trace_recorder",
+    "packet_recorder",
 )
 # evidence while it hangs, from the privileged helper (evidence.py): for hung and emergency
 EVIDENCE_ACTIONS: tuple[str, ...] = ("task_stacks", "inflight", "connections")
@@ -56,6 +63,8 @@ class ActionEnv:
     path: Optional[str] = None  # PATH for the binaries; None = $PATH plus the sbin dirs
     journal_dir: str = "/run/systemd/journal"  # exists when journald runs
     evidence_socket: str = EVIDENCE_SOCKET  # aodv2-evidence.socket
+    tracefs: tuple[str, ...] = TRACEFS_ROOTS  # where the trace recorder's instance is looked for
+    run_dir: str = RUN_DIR  # the recorders' state files (recorder-NAME.json)
 
     def search_path(self) -> str:
         if self.path is not None:
@@ -83,8 +92,11 @@ class ActionSpec:
     redact: bool = False  # mask passwords and credential files (redact())
     evidence: str = ""  # a section of the evidence helper's answer (stacks | inflight | connections)
     urgent: bool = False  # started first, outside capture.concurrency: evidence that fades with the hang
+    recorder: str = ""  # freeze a flight recorder: trace | pcap (recorderstep.py)
 
 
+_RECORDER_DEFAULTS = RecorderConfig()
+PCAP_BUNDLE_MAX = 256 * MiB  # of a bundle's pcap (the newest packets of the window); the freeze reads <= 4x
 _SINCE_UNTIL = ("--since", "@{since}", "--until", "@{until}")
 
 ACTIONS: Mapping[str, ActionSpec] = {
@@ -124,6 +136,9 @@ ACTIONS: Mapping[str, ActionSpec] = {
             per_mount=True,
             cap_bytes=1 * MiB,
         ),
+        # the flight recorders' last recorder.*.window_sec before the trigger; urgent: their rings overwrite
+        ActionSpec("trace_recorder", "recorder/trace.txt", recorder="trace", urgent=True),
+        ActionSpec("packet_recorder", "recorder/smb.pcap", recorder="pcap", urgent=True),
         # one request to the helper answers all three; each writes its section (+ .json)
         ActionSpec("task_stacks", "evidence/stacks.txt", evidence="stacks", cap_bytes=8 * MiB, urgent=True),
         ActionSpec("inflight", "evidence/inflight.txt", evidence="inflight", cap_bytes=4 * MiB, urgent=True),
@@ -151,6 +166,8 @@ class Step:
     evidence: str = ""  # helper section (ActionSpec.evidence)
     urgent: bool = False
     skipped: str = ""  # why it is deliberately not run (status "skipped"), e.g. a hung mount
+    recorder: str = ""  # trace | pcap: files holds the instance dirs (trace) or the ring dir (pcap)
+    window_start: float = 0.0  # recorder: epoch seconds; older records are left out
 
 
 # --- pure helpers -------------------------------------------------------------
@@ -220,13 +237,26 @@ def cifs_mounts(env: ActionEnv) -> list[str]:
 
 
 def plan(spec: ActionSpec, env: ActionEnv, since: int, until: int,
-         guarded: Optional[Mapping[str, str]] = None) -> list[Step]:
+         guarded: Optional[Mapping[str, str]] = None, recorder: RecorderConfig = _RECORDER_DEFAULTS,
+         trigger_wall: float = 0.0) -> list[Step]:
     """Expand one table row into steps for this host (resolves files, binaries and mounts).
 
-    guarded: mount point -> why it must not be touched; its per-mount steps are skipped."""
+    guarded: mount point -> why it must not be touched; its per-mount steps are skipped.
+    recorder, trigger_wall: the recorder config and the anomaly's time, for the recorder rows."""
     values = {"since": str(since), "until": str(until), "proc": env.proc_root, "var_log": env.var_log}
     common: dict[str, Any] = {"cap_bytes": spec.cap_bytes, "keep": spec.keep, "redact": spec.redact,
                               "urgent": spec.urgent}
+    if spec.recorder == "trace":
+        t = recorder.trace
+        return [Step(spec.name, spec.dest, files=tuple(os.path.join(r, "instances", TRACE_INSTANCE)
+                                                        for r in env.tracefs), recorder="trace",
+                     window_start=trigger_wall - t.window_sec, urgent=True, cap_bytes=t.max_bytes,
+                     skipped="" if t.enabled else "recorder.trace.enabled is false")]
+    if spec.recorder == "pcap":
+        p = recorder.pcap
+        return [Step(spec.name, spec.dest, files=(p.dir,), recorder="pcap", window_start=trigger_wall - p.window_sec,
+                     urgent=True, cap_bytes=min(p.ring_bytes + 1024, PCAP_BUNDLE_MAX), redact=p.scrub,
+                     skipped="" if p.enabled else "recorder.pcap.enabled is false")]
     if spec.evidence:
         return [Step(spec.name, spec.dest, evidence=spec.evidence, **common)]
     if spec.files:

@@ -29,6 +29,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 HEAD_LIMIT = 16 * 1024 * 1024  # list: inflate at most this much looking for summary.json
 SUMMARY_LIMIT = 1024 * 1024  # a real one is a few KiB
 EVENTS_LIMIT = 32 * 1024 * 1024  # 466k records; the core keeps at most 65536
+TRACE_LIMIT = 16 << 20  # of recorder/trace.txt read for `aodv2 show` (lines around the trigger)
 MAX_MEMBERS = 100_000  # show; --extract stops at bundleextract.MAX_EXTRACT_MEMBERS
 _BLOCK = tarfile.BLOCKSIZE
 
@@ -58,6 +59,7 @@ class BundleView:
     events: Optional[np.ndarray] = None
     problems: list[str] = field(default_factory=list)  # events.npy unreadable, ...
     error: str = ""  # the bundle is corrupt or truncated (what was read before is kept)
+    trace: Optional[bytes] = None  # recorder/trace.txt, its first TRACE_LIMIT bytes
 
 
 def human_bytes(n: Optional[float]) -> str:
@@ -273,6 +275,9 @@ def read_view(path: str, limit: int = bundle.READ_LIMIT) -> BundleView:
             raise ViewError(f"{path}: more than {MAX_MEMBERS} members; not an aodv2 bundle")
         view.members.append(Member(m.name, int(m.size), member_kind(m), m.linkname))
         p = name_parts(m.name)
+        if m.isreg() and p[-2:] == ["recorder", "trace.txt"] and len(p) <= 3 and view.trace is None:
+            f = tar.extractfile(m)
+            view.trace = f.read(TRACE_LIMIT) if f is not None else b""
         if not m.isreg() or len(p) > 2:
             return True
         if _is_summary(m.name) and view.summary is None:

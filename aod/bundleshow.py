@@ -9,8 +9,12 @@ before they are formatted, JSON carries no NaN or Infinity (safetext.py).
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import os
+import re
+from datetime import datetime, timezone
 from typing import IO, Any
 
 import numpy as np
@@ -251,6 +255,7 @@ def format_show(view: BundleView, ascii_only: bool = False) -> str:
         size = human_bytes(m.size) if m.kind == "file" else m.kind
         link = f" -> {clean(m.linkname)}" if m.linkname else ""
         out.append(f"  {size:>10}  {clean(rel)}{'/' if m.kind == 'dir' else ''}{link}")
+    out += trace_excerpt(view)
     hists = histograms(view)
     if hists:
         src = next(iter(hists.values()))[1]
@@ -267,6 +272,54 @@ def format_show(view: BundleView, ascii_only: bool = False) -> str:
     for p in problems(view):
         out += ["", f"note: {clean(p, 1000)}"]
     return "\n".join(out)
+
+
+_TRACE_TS = re.compile(rb"\[\d{3,}\]\s+(?:\S+\s+)?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d:\d\d): ")
+TRACE_BEFORE, TRACE_AFTER = 12, 4  # lines shown before and after the trigger time
+
+
+def trace_excerpt(view: BundleView) -> list[str]:
+    """The trace recorder's lines around the anomaly's detection time (recorder/trace.txt).
+    One pass over the bytes, keeping only the lines shown (a crafted bundle of millions of
+    short lines costs time, not memory)."""
+    if view.trace is None:
+        return []
+    try:
+        trigger = datetime.fromisoformat(str((view.summary or {}).get("detected_at", "")).replace("Z", "+00:00"))
+        if trigger.tzinfo is None:
+            trigger = trigger.replace(tzinfo=timezone.utc)
+    except (ValueError, TypeError, OverflowError):
+        trigger = None
+    before: collections.deque[bytes] = collections.deque(maxlen=TRACE_BEFORE)
+    after: list[bytes] = []
+    n, at = 0, -1
+    for raw in io.BytesIO(view.trace):
+        if raw.startswith(b"#"):
+            continue
+        n += 1
+        if at >= 0:
+            if len(after) < TRACE_AFTER:
+                after.append(raw)
+            continue
+        m = _TRACE_TS.search(raw[:400]) if trigger is not None else None
+        if m and trigger is not None:
+            try:
+                late = datetime.fromisoformat(m.group(1).decode()) > trigger
+            except (ValueError, TypeError, OverflowError):
+                late = False
+            if late:
+                at, after = n - 1, [raw]
+                continue
+        before.append(raw)
+    out = ["", f"trace recorder: {n} lines in recorder/trace.txt"]
+    shown = list(before) + after
+    if not shown:
+        return out
+    out[-1] += f", around the trigger ({clean((view.summary or {}).get('detected_at', '?'))}):"
+    for i, raw in enumerate(shown):
+        ln = raw.decode("utf-8", "replace").strip()
+        out.append(("> " if at >= 0 and i == len(before) else "  ") + clean(ln, 300))
+    return out
 
 
 def show_json(view: BundleView) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | evidence |
-stop-hook | version`.
+"""Command line: `aodv2 run | demo | check-config | status | collect | show | list | tracer | recorder |
+evidence | stop-hook | version`.
 
 Exit codes: 0 ok, 1 failure, 2 usage or invalid config (check-config), 3 core not
 running (status, collect), 77 not permitted (not root), 78 invalid config (run).
@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--state-dir", default=RUN_DIR, help="the core's state directory (default %(default)s)")
     t = sub.add_parser("tracer", help="run one eBPF tracer (aodv2-tracer@NAME.service)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
+    rc = sub.add_parser("recorder", help="run one flight recorder (aodv2-recorder@NAME.service: trace or pcap)",
+                        add_help=False)
+    rc.add_argument("args", nargs=argparse.REMAINDER)
     ev = sub.add_parser("evidence", help="answer one evidence request on stdin (aodv2-evidence@.service; root)")
     ev.add_argument("--proc", default="/proc", help=argparse.SUPPRESS)  # tests: a fake /proc
     ev.add_argument("--pin-dir", default="/sys/fs/bpf/aodv2", help="pinned maps of the tracers (%(default)s)")
@@ -203,8 +206,8 @@ def cmd_evidence(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["tracer"]:  # its arguments go to tracerargs.py's parser as they are: argparse's
-        args = argparse.Namespace(verb="tracer", args=argv[1:])  # REMAINDER refuses a leading --help
+    if argv[:1] in (["tracer"], ["recorder"]):  # their arguments go to their own parser as they are:
+        args = argparse.Namespace(verb=argv[0], args=argv[1:])  # argparse's REMAINDER refuses a leading --help
     else:
         args = _parser().parse_args(argv)
     try:
@@ -228,6 +231,10 @@ def main(argv: Optional[list] = None) -> int:
             from . import tracer
 
             return int(tracer.main(args.args))
+        if args.verb == "recorder":
+            from . import recorder
+
+            return recorder.main(args.args)
         if args.verb == "evidence":
             return cmd_evidence(args)
         if args.verb == "stop-hook":

@@ -82,7 +82,7 @@ def _log_window(anomaly: Anomaly, config: Config) -> tuple[int, int]:
 
 
 def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int, anomaly: Anomaly,
-              pin_dir: str) -> tuple[list[tuple[str, list[Step]]], dict[str, str]]:
+              pin_dir: str, config: Config) -> tuple[list[tuple[str, list[Step]]], dict[str, str]]:
     """Steps per action name, and the guarded mounts (mount point -> reason)."""
     guarded: dict[str, str] = {}
     if any(ACTIONS[n].per_mount for n in names if n in ACTIONS):
@@ -90,7 +90,8 @@ def _plan_all(names: tuple[str, ...], env: ActionEnv, since: int, until: int, an
     out: list[tuple[str, list[Step]]] = []
     for name in names:
         spec = ACTIONS.get(name)
-        out.append((name, plan(spec, env, since, until, guarded) if spec else []))
+        out.append((name, plan(spec, env, since, until, guarded, config.recorder, anomaly.detected_wall)
+                     if spec else []))
     return out, guarded
 
 
@@ -170,7 +171,7 @@ async def run_capture(
     try:
         since, until = _log_window(anomaly, config)
         pin_dir = os.path.dirname(config.ring.path)
-        planned, guarded = await in_thread(_plan_all, names, env, since, until, anomaly, pin_dir)
+        planned, guarded = await in_thread(_plan_all, names, env, since, until, anomaly, pin_dir, config)
         steps = [s for _, ss in planned for s in ss]
         await in_thread(_prepare_dirs, stage, steps)
         pids = mountguard.evidence_pids(anomaly) if any(s.evidence for s in steps) else ()

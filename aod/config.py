@@ -22,6 +22,7 @@ import numpy as np
 
 from .actions import ACTION_NAMES
 from .configcheck import _duplicate_keys, _errno_out, _Errors, _got, _ms_to_ns, _plain
+from .configrecorder import RecorderConfig
 from .smb2 import NT_STATUS, command_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
@@ -223,6 +224,7 @@ class Config:
     tracer: TracerConfig = TracerConfig()
     metrics: MetricsConfig = MetricsConfig()
     upload: UploadConfig = UploadConfig()
+    recorder: RecorderConfig = RecorderConfig()
 
 
 # ---------------------------------------------------------------- public API
@@ -386,4 +388,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         "tracer": _plain(cfg.tracer),
         "metrics": _plain(cfg.metrics),
         "upload": {**_plain(cfg.upload), "command": list(cfg.upload.command)},
+        "recorder": {"trace": {**_plain(cfg.recorder.trace), "events": list(cfg.recorder.trace.events)},
+                     "pcap": {**_plain(cfg.recorder.pcap), "ports": list(cfg.recorder.pcap.ports)}},
     }

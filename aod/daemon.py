@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import __version__, log, metrics, reaper, retain, safefs, stageio, status, tracerstate, zstdcodec
+from . import __version__, log, metrics, reaper, recorderstatus, retain, safefs, stageio, status, tracerstate, zstdcodec
 from . import config as config_mod
 from .anomaly import Anomaly
 from .collect import BundleResult, Collector
@@ -243,6 +243,7 @@ class Core:
             "output_dir": cfg.output_dir, "watch_interval_sec": cfg.watch_interval_sec,
             "tracers": self.tracer_states(), "counters": self._counters_state(), "healthy": self.supervisor.healthy(),
             "tracer_detail": status.tracer_details(self.tracer_dir, cfg.tracers),
+            "recorders": recorderstatus.details(self.tracer_dir, cfg.recorder),
             "hung": {"records": self.detector.hung.records, "open_group": len(self.detector.hung.parts),
                      "emergencies_deduplicated": self.detector.emergencies_deduplicated},
             "health_events": dict(self.detector.health_counts),

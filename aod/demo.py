@@ -93,8 +93,10 @@ def run(workdir: Optional[str] = None, out: TextIO = sys.stdout, timeout: float 
             done.set()
 
     reader = RingReader.open_file(cfg.ring.path)
-    # real quick actions, but not the host's evidence helper: its answer is about real pids
-    env = ActionEnv(evidence_socket=os.path.join(os.path.abspath(workdir), "evidence.sock"))
+    # real quick actions, but not the host's evidence helper (its answer is about real pids) nor
+    # the host's flight recorders (the demo's traffic is synthetic: they would not have it)
+    env = ActionEnv(evidence_socket=os.path.join(os.path.abspath(workdir), "evidence.sock"), tracefs=(),
+                    run_dir=os.path.abspath(workdir))
     core = Core(cfg, reader, FileCounters(cfg.ring.path), on_result=on_result, collector_env=env)
     core_thread = threading.Thread(target=core.run, name="aodv2-core", daemon=True)
     core_thread.start()

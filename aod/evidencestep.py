@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Optional
 
 from . import evidence_client
 from .actions import Step
-from .stageio import StageLike, in_thread, stage_sink
+from .stageio import StageLike, in_thread, write_capped
 
 if TYPE_CHECKING:
     from .actionrun import StepResult
@@ -36,15 +36,6 @@ class EvidenceFetch:
                 in_thread(evidence_client.request, self.path, self.want, self.pids, self.timeout),
                 self.timeout + 0.5))
         return asyncio.shield(self._fut)
-
-
-def _write_capped(stage: StageLike, rel: str, data: bytes, cap: int) -> tuple[int, bool]:
-    sink = stage_sink(stage, rel, cap, "head")  # relative to the stage's fd
-    try:
-        sink.write(data)
-    finally:
-        size = sink.close()
-    return size, sink.truncated
 
 
 async def run_evidence(step: Step, stage: StageLike, fetch: Optional[EvidenceFetch], res: StepResult) -> None:
@@ -69,8 +60,8 @@ async def run_evidence(step: Step, stage: StageLike, fetch: Optional[EvidenceFet
     text = evidence_client.render(step.evidence, resp)
     raw = json.dumps({step.evidence: section, **{k: v for k, v in notes.items() if v},
                       "truncated": bool((resp.get("truncated") or {}).get(step.evidence))}, indent=1).encode()
-    res.bytes, res.truncated = await in_thread(_write_capped, stage, step.dest, text, step.cap_bytes)
-    size, cut = await in_thread(_write_capped, stage, os.path.splitext(step.dest)[0] + ".json", raw,
+    res.bytes, res.truncated = await in_thread(write_capped, stage, step.dest, text, step.cap_bytes)
+    size, cut = await in_thread(write_capped, stage, os.path.splitext(step.dest)[0] + ".json", raw,
                                 step.cap_bytes)
     res.bytes += size
     res.truncated |= cut or bool((resp.get("truncated") or {}).get(step.evidence))

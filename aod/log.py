@@ -44,6 +44,7 @@ MESSAGE_IDS: dict[str, str] = {
     "control": "a0d20014c0de4b1a9f0e7d6c5b4a3921",
     "metrics_failed": "a0d20015c0de4b1a9f0e7d6c5b4a3921",
     "overflow": "a0d20016c0de4b1a9f0e7d6c5b4a3921",
+    "recorder": "a0d20017c0de4b1a9f0e7d6c5b4a3921",
 }
 
 _PRIORITY = {ALERT: 1, logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, NOTICE: 5, logging.INFO: 6,

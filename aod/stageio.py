@@ -184,6 +184,20 @@ def stage_sink(stage: StageLike, rel: str, cap: int, keep: str) -> CappedSink:
     return CappedSink(os.path.join(os.fspath(stage), rel), cap, keep, fd=fd)
 
 
+def write_capped(stage: StageLike, rel: str, data: bytes, cap: int) -> tuple[int, bool]:
+    """Write data (its head, up to cap) to stage/rel: (bytes written, cut by the cap). An OSError
+    names the stage file (ENOSPC, EROFS), not the source the data came from."""
+    try:
+        sink = stage_sink(stage, rel, cap, "head")
+        try:
+            sink.write(data)
+        finally:
+            size = sink.close()
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, os.path.join(os.fspath(stage), rel)) from e
+    return size, sink.truncated
+
+
 # --- reads that may hang --------------------------------------------------------
 
 _stranded_lock = threading.Lock()

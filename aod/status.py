@@ -17,7 +17,7 @@ import stat
 import time
 from typing import Any, Optional
 
-from . import tracerstate
+from . import recorderstatus, tracerstate
 from .atomicfile import write_atomic
 from .config import HEALTH_TYPES, Config, hung_threshold_ns, min_threshold_ns
 from .safetext import clean_lines, dumps, is_number, loads, short
@@ -32,7 +32,7 @@ MAX_STATUS_BYTES = 4 << 20  # the core writes a few KiB
 _NUMBER_FIELDS = ("updated", "started", "watch_interval_sec", "events_per_sec")
 _DICT_FIELDS = ("tracers", "counters", "bad_records_by_reason", "anomalies", "suppressed", "refused", "captures",
                 "last_bundle", "disk", "thresholds", "capture", "upload", "hung", "health_events",
-                "tracer_detail", "names")
+                "tracer_detail", "names", "recorders")
 # what formatting a status file of unforeseen types raises (a nested field of the wrong type)
 _SHAPE_ERRORS = (TypeError, ValueError, AttributeError, LookupError, OverflowError, RecursionError)
 
@@ -347,6 +347,7 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
     if th.get("ignored_statuses"):
         lines.append(f"  ignored statuses (not errors): {', '.join(th['ignored_statuses'])}")
     lines.extend(_hung_lines(snap))
+    lines.extend(recorderstatus.lines(snap))
     cap = snap.get("capture") or {}
     if cap:
         lines.append(f"  capture: cooldown {cap.get('cooldown_sec')}s, max {cap.get('max_per_hour')}/h"

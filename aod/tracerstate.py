@@ -3,6 +3,8 @@
 /run/aodv2/tracer-NAME.json = {"name", "pid", "state", "since"}, written atomically,
 mode 0600 in a 0700 directory. A state whose pid is gone reads as "down".
 
+The recorders (recorder.py) write /run/aodv2/recorder-NAME.json the same way (read_recorder).
+
 The smb tracer adds (`extra`), at attach, on reload and at most once a second from its aging
 thread: "mode" (tracepoint | kprobe: how it attached), "mode_config" (config tracer.mode then,
 or "kprobe (--force-kprobes)"), "emit_min_ns", "emit_cmd_mask" (the emit filter in the kernel), "hung_threshold_ns"
@@ -24,17 +26,17 @@ from .atomicfile import write_atomic
 RUN_DIR = "/run/aodv2"
 
 
-def state_path(state_dir: str, name: str) -> str:
-    return os.path.join(state_dir, f"tracer-{name}.json")
+def state_path(state_dir: str, name: str, prefix: str = "tracer") -> str:
+    return os.path.join(state_dir, f"{prefix}-{name}.json")
 
 
 def write_state(state_dir: Optional[str], name: str, state: str,
-                extra: Optional[dict] = None, since: Optional[float] = None) -> Optional[str]:
-    """Publish one tracer's state (+ `extra` keys; `since`: when it entered that state, default now).
-    Returns an error text instead of raising (best effort)."""
+                extra: Optional[dict] = None, since: Optional[float] = None, prefix: str = "tracer") -> Optional[str]:
+    """Publish one tracer's (or, prefix "recorder", one recorder's) state (+ `extra` keys; `since`:
+    when it entered that state, default now). Returns an error text instead of raising (best effort)."""
     if not state_dir:
         return None
-    path = state_path(state_dir, name)
+    path = state_path(state_dir, name, prefix)
     data: dict[str, Any] = dict(extra or {})
     data.update({"name": name, "pid": os.getpid(), "state": state,
                  "since": time.time() if since is None else since})
@@ -85,6 +87,19 @@ def read_detail(state_dir: str, name: str) -> dict:
     if not isinstance(d, dict) or not isinstance(d.get("state"), str) or not pid_alive(d.get("pid")):
         return {}
     return d
+
+
+def read_recorder(state_dir: str, name: str) -> tuple[dict, bool]:
+    """(recorder-NAME.json as written, its process is alive); ({}, False) when missing or corrupt.
+    A stopped, disabled or failed recorder's last word stays readable after it exits."""
+    try:
+        with open(state_path(state_dir, name, "recorder"), encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return {}, False
+    if not isinstance(d, dict) or not isinstance(d.get("state"), str):
+        return {}, False
+    return d, pid_alive(d.get("pid"))
 
 
 def describe(states: dict[str, str]) -> str:

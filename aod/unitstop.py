@@ -7,8 +7,8 @@ watchdog restart of the core detached the tracers and left aodv2 blind while bcc
 
 systemd runs this after every end of the core (`ExecStopPost=+/usr/bin/aodv2 stop-hook %n`) and
 it asks systemd which job is ending the core:
-  - a stop job (systemctl stop, disable --now, shutdown, isolate): stop every aodv2-tracer@ unit
-    with it, before `systemctl stop aodv2` returns;
+  - a stop job (systemctl stop, disable --now, shutdown, isolate): stop every aodv2-tracer@ and
+    aodv2-recorder@ unit with it, before `systemctl stop aodv2` returns;
   - a restart job (systemctl restart) or no job (the core died or the watchdog killed it, and
     Restart=on-failure brings it back): leave the tracers running.
 The hook never fails the core's stop: every problem is one line on stderr (the journal) and exit 0.
@@ -23,6 +23,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 TRACERS = "aodv2-tracer@*.service"
+RECORDERS = "aodv2-recorder@*.service"  # the flight recorders stop with the core the same way
 UNIT_RE = re.compile(r"^[A-Za-z0-9@._:\\-]{1,256}$")
 TIMEOUT_S = 25.0  # under the core's TimeoutStopSec=30s; a tracer stops in ~1 s
 
@@ -66,13 +67,13 @@ def main(argv: Optional[Sequence[str]] = None, run: Runner = _run) -> int:
         print(f"aodv2 stop-hook: {unit} ended by {why}; tracers left running", file=sys.stderr)
         return 0
     try:
-        r = run(["systemctl", "stop", "--", TRACERS], TIMEOUT_S)
+        r = run(["systemctl", "stop", "--", TRACERS, RECORDERS], TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as e:
-        print(f"aodv2 stop-hook: stopping {TRACERS} failed: {e}", file=sys.stderr)
+        print(f"aodv2 stop-hook: stopping {TRACERS} {RECORDERS} failed: {e}", file=sys.stderr)
         return 0
     if r.returncode != 0:
-        print(f"aodv2 stop-hook: systemctl stop {TRACERS} exited {r.returncode}: {r.stderr.strip()[:300]}",
+        print(f"aodv2 stop-hook: systemctl stop {TRACERS} {RECORDERS} exited {r.returncode}: {r.stderr.strip()[:300]}",
               file=sys.stderr)
     else:
-        print(f"aodv2 stop-hook: {unit} stopped; stopped {TRACERS} with it", file=sys.stderr)
+        print(f"aodv2 stop-hook: {unit} stopped; stopped {TRACERS} {RECORDERS} with it", file=sys.stderr)
     return 0

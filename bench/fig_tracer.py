@@ -12,6 +12,14 @@ target: the 95% interval's half-width must be <= 3%; then PASS if the loss is <=
 
 Where we look: $AOD_VM_OVERHEAD if set (only there), else dist/vm/overhead/overhead.json and
 /tmp/vmshare-overhead/overhead.json (the newer).
+
+Row 6r: the trace recorder's added cost, from tests/vm/scenarios/overhead_recorder.sh (`make
+vm-overhead-recorder`): the same ABBA rounds with the smb tracer attached in every round and the
+recorder's tracefs instance (aod/recordtrace.py, default config) removed/applied between rounds
+(overhead_run.py --compare recorder). Loss = 1 - median pair ratio, the recorder's loss on top
+of the tracer's; verdict when the 95% interval's half-width is <= 2%: PASS if the loss is <= 2%,
+else MISS. Looked up in $AOD_VM_OVERHEAD_RECORDER if set (only there), else
+dist/vm/overhead-recorder/overhead-recorder.json; row 6rt: dist/vm-trixie/... (AOD_VM_SUITE=trixie).
 Fallback (older runs): tests/vm/scenarios/tracer.sh step 8 (60 files, tracer off then on,
 twice, with a bcc compile between): `FACT throughput_seconds= off=.. on=.. off=.. on=..` in
 <share>/results.txt and <share>/tracer-overhead.json (6b), looked up in $AOD_VM_BENCH_RESULTS,
@@ -27,7 +35,7 @@ import os
 import re
 import statistics
 import time
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from .common import ROOT, Row
 
@@ -37,6 +45,7 @@ OVERHEAD_CANDIDATES = (os.path.join(ROOT, "dist", "vm", "overhead", "overhead.js
                        "/tmp/vmshare-overhead/overhead.json")
 NOT_MEASURED = "not measured (needs `make vm-bench`)"
 TARGET = 0.03  # loss
+RECORDER_TARGET = 0.02  # loss added by the trace recorder, tracer attached in both arms
 # what overhead_rows reads (tests/vm/guest/overhead_run.py writes them)
 OVERHEAD_KEYS = ("pair_ratios", "median_pair_ratio", "median_pair_loss", "median_loss_ci95", "pair_loss_iqr",
                  "pair_loss_q25", "pair_loss_q75", "min_loss", "median_off_s", "workload_seconds_off",
@@ -51,52 +60,78 @@ def find_overhead() -> Optional[str]:
         try:
             with open(p) as f:
                 d = json.load(f)
-            if d.get("pair_ratios") and all(k in d for k in OVERHEAD_KEYS):
+            if d.get("pair_ratios") and all(k in d for k in OVERHEAD_KEYS) and d.get("compare", "tracer") == "tracer":
                 found.append(p)
         except (OSError, ValueError, AttributeError):
             continue
     return max(found, key=os.path.getmtime) if found else None
 
 
+# what each kind of overhead.json compares (its "compare"; figure 6's older files have none: tracer)
+COMPARE: Dict[str, Dict[str, Any]] = {
+    "tracer": {"target": TARGET, "with": "with tracer", "baseline": "tracer detached", "off": "tracer off",
+               "source": "tests/vm/scenarios/overhead.sh: one bcc load",
+               "toggle": "programs detached/attached between rounds"},
+    "recorder": {"target": RECORDER_TARGET, "with": "added by the trace recorder",
+                 "baseline": "recorder off, tracer attached", "off": "recorder off",
+                 "source": "tests/vm/scenarios/overhead_recorder.sh: one bcc load, the smb tracer attached in "
+                           "every round",
+                 "toggle": "the trace recorder's tracefs instance removed/applied (default config) between rounds"},
+}
+
+
 def overhead_rows(path: str, fig: str = "6", what: str = "tracer overhead, SMB workload, VM") -> List[Row]:
-    """Rows 6 and 6b from overhead.sh's JSON (ABBA rounds, one load); `fig`, `what`: another suite's."""
+    """Rows 6 and 6b from overhead.sh's JSON (ABBA rounds, one load); `fig`, `what`: another suite's.
+    A JSON of overhead_recorder.sh ("compare": "recorder") gives the one row of the recorder's added loss."""
     with open(path) as f:
         d = json.load(f)
+    kind = d.get("compare", "tracer")
+    c = COMPARE[kind]
+    target = float(c["target"])
+    pct = f"{100 * target:.0f}%"
     ratio, loss = float(d["median_pair_ratio"]), float(d["median_pair_loss"])
     lo, hi = (float(x) for x in d["median_loss_ci95"])
     half, iqr = (hi - lo) / 2, float(d["pair_loss_iqr"])
     n = len(d["pair_ratios"])
-    resolved = half <= TARGET
-    ok = (loss <= TARGET) if resolved else None
+    resolved = half <= target
+    ok = (loss <= target) if resolved else None
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(path)))
-    value = f"{100 * loss:+.1f}% loss with tracer (median of {n} pairs)"
+    value = f"{100 * loss:+.1f}% loss {c['with']} (median of {n} pairs)"
     if not resolved:
-        value += f"; not resolved: 95% CI +-{100 * half:.1f}% > 3%"
+        value += f"; not resolved: 95% CI +-{100 * half:.1f}% > {pct}"
     off, on = d["workload_seconds_off"], d["workload_seconds_on"]
     if n <= 16:  # few pairs: every number; many: their range (all of them are in the JSON)
-        times = (f"tracer off {_secs(off)} s, on {_secs(on)} s; loss per pair % "
+        times = (f"{c['off']} {_secs(off)} s, on {_secs(on)} s; loss per pair % "
                  + ", ".join(f"{100 * (1 - r):+.1f}" for r in d["pair_ratios"]))
     else:
         times = (f"round times (min/median/max) off {_secs([min(off), statistics.median(off), max(off)])} s, "
                  f"on {_secs([min(on), statistics.median(on), max(on)])} s; every round in the JSON")
-    note = (f"from {path} ({when}, kernel {d.get('kernel', '?')}; tests/vm/scenarios/overhead.sh: one bcc load, "
-            f"{n} ABBA pairs of {d.get('files_per_round', '?')}-file workload rounds, programs detached/attached "
-            f"between rounds; {times}; median {100 * loss:+.2f}%, 95% bootstrap CI [{100 * lo:+.2f}%, "
+    toggle = str(c["toggle"])
+    if kind == "recorder" and d.get("recorder_off") == "disable":
+        toggle = ("the trace recorder's tracefs instance kept, its events disabled/enabled (recordtrace.apply, "
+                  "default config) between rounds")
+    extra = ""
+    if kind == "recorder" and d.get("trace_entries_per_on_round") is not None:
+        extra = f"; {float(d['trace_entries_per_on_round']):.0f} cifs trace entries per recorder-on round"
+    note = (f"from {path} ({when}, kernel {d.get('kernel', '?')}; {c['source']}, "
+            f"{n} ABBA pairs of {d.get('files_per_round', '?')}-file workload rounds, {toggle}; {times}; "
+            f"median {100 * loss:+.2f}%, 95% bootstrap CI [{100 * lo:+.2f}%, "
             f"{100 * hi:+.2f}%], IQR {100 * iqr:.2f}% ({100 * float(d['pair_loss_q25']):+.2f}% .. "
             f"{100 * float(d['pair_loss_q75']):+.2f}%); min-time loss {100 * float(d['min_loss']):+.2f}%"
             + (f", 10th-percentile-time loss {100 * float(d['p10_loss']):+.2f}%" if d.get("p10_loss") is not None
                else "")
-            + ("" if resolved else f"; the interval is wider than the {100 * TARGET:.0f}% target, so no verdict")
-            + (f"; the interval straddles {100 * TARGET:.0f}%: the verdict rests on the median" if resolved
-               and lo <= TARGET < hi else "")
+            + extra
+            + ("" if resolved else f"; the interval is wider than the {pct} target, so no verdict")
+            + (f"; the interval straddles {pct}: the verdict rests on the median" if resolved
+               and lo <= target < hi else "")
             + ")")
     raw = {k: v for k, v in d.items() if k != "rounds"}
     raw["file"], raw["mtime"] = path, when
     rows = [Row(fig, what, value,
-                f"tracer detached: median {float(d['median_off_s']):.2f} s/round",
-                f"throughput {ratio:.3f}x, 95% CI +-{100 * half:.1f}%", "<= 3% loss", ok, raw,
+                f"{c['baseline']}: median {float(d['median_off_s']):.2f} s/round",
+                f"throughput {ratio:.3f}x, 95% CI +-{100 * half:.1f}%", f"<= {pct} loss", ok, raw,
                 note=note)]
-    return rows + (bpf_share_row(path) if fig == "6" else [])
+    return rows + (bpf_share_row(path) if fig == "6" and kind == "tracer" else [])
 
 
 # the same figure on other Debian suites' kernels (AOD_VM_SUITE=<suite> make vm-overhead), next to 6
@@ -115,6 +150,41 @@ def suite_rows() -> List[Row]:
     return rows
 
 
+# the trace recorder's added cost (make vm-overhead-recorder), per suite: share dir, row
+RECORDER_OVERHEAD = {"bookworm": ("6r", "trace recorder overhead (tracer attached), SMB workload, VM"),
+                     "trixie": ("6rt", "trace recorder overhead (tracer attached), SMB workload, VM, Debian 13 kernel")}
+RECORDER_JSON = os.path.join("overhead-recorder", "overhead-recorder.json")
+
+
+def recorder_path(suite: str) -> str:
+    share = "vm" if suite == "bookworm" else f"vm-{suite}"
+    return os.path.join(ROOT, "dist", share, RECORDER_JSON)
+
+
+def usable_recorder_json(path: str) -> bool:
+    """A complete overhead_run.py --compare recorder result."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return bool(d.get("pair_ratios")) and all(k in d for k in OVERHEAD_KEYS) and d.get("compare") == "recorder"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def recorder_rows() -> List[Row]:
+    """6r (bookworm, or $AOD_VM_OVERHEAD_RECORDER), and 6rt when a trixie run exists."""
+    rows: List[Row] = []
+    for suite, (fig, what) in RECORDER_OVERHEAD.items():
+        env = os.environ.get("AOD_VM_OVERHEAD_RECORDER") if suite == "bookworm" else None
+        path = env or recorder_path(suite)
+        if usable_recorder_json(path):
+            rows += overhead_rows(path, fig, what)
+        elif suite == "bookworm":
+            rows.append(Row(fig, what, f"not measured (needs `make vm-overhead-recorder`; {path})", "-", "-",
+                            f"<= {100 * RECORDER_TARGET:.0f}% loss", None))
+    return rows
+
+
 def _secs(xs: List[float]) -> str:
     return "/".join(f"{x:.2f}" for x in xs)
 
@@ -127,6 +197,10 @@ def find_results() -> Optional[str]:
 
 
 def run(quick: bool) -> List[Row]:
+    return tracer_rows() + recorder_rows()
+
+
+def tracer_rows() -> List[Row]:
     ovh = find_overhead()
     if ovh is not None:
         return overhead_rows(ovh) + suite_rows()

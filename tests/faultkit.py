@@ -135,7 +135,8 @@ def fake_host(tmp: Path) -> tuple[ActionEnv, dict[str, Path]]:
     tool(bindir, "smbinfo", 'echo "smbinfo $*"')
     # the evidence helper's socket: absent here (a host with aodv2 installed has the real one)
     env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal),
-                    evidence_socket=str(tmp / "evidence.sock"))
+                    evidence_socket=str(tmp / "evidence.sock"), tracefs=(str(tmp / "tracefs"),),
+                    run_dir=str(tmp / "run"))
     return env, {"proc": proc, "log": var_log, "bin": bindir, "journal": journal}
 
 

@@ -44,7 +44,8 @@ def tree(tmp_path: Path) -> dict[str, Path]:
 
 def env_of(t: dict[str, Path], journal: bool = True) -> ActionEnv:
     return ActionEnv(proc_root=str(t["proc"]), var_log=str(t["log"]), path=str(t["bin"]),
-                     journal_dir=str(t["journal"] if journal else t["tmp"] / "nojournal"))
+                     journal_dir=str(t["journal"] if journal else t["tmp"] / "nojournal"),
+                     tracefs=(str(t["tmp"] / "tracefs"),), run_dir=str(t["tmp"] / "run"))
 
 
 def run(step: Step, t: dict[str, Path], timeout: float = 10.0) -> actionrun.StepResult:
@@ -65,7 +66,7 @@ def one(name: str, t: dict[str, Path], journal: bool = True) -> Step:
 def test_table_matches_stable_names_and_is_plain_data() -> None:
     assert tuple(ACTIONS) == ACTION_NAMES
     for spec in ACTIONS.values():
-        assert [bool(spec.files), bool(spec.argv), bool(spec.evidence)].count(True) == 1, spec.name
+        assert [bool(spec.files), bool(spec.argv), bool(spec.evidence), bool(spec.recorder)].count(True) == 1, spec.name
         assert spec.keep in ("head", "tail") and spec.cap_bytes > 0
         for argv in spec.argv:
             assert all(isinstance(a, str) for a in argv)
@@ -76,6 +77,8 @@ def test_table_matches_stable_names_and_is_plain_data() -> None:
     assert {ACTIONS[n].evidence for n in actions.EVIDENCE_ACTIONS} == {"stacks", "inflight", "connections"}
     assert all(ACTIONS[n].urgent for n in (*actions.EVIDENCE_ACTIONS, "cifs_debug"))
     assert not any(ACTIONS[n].urgent for n in ("journal", "kernel_log", "smbinfo"))
+    assert {ACTIONS[n].recorder for n in ("trace_recorder", "packet_recorder")} == {"trace", "pcap"}
+    assert ACTIONS["trace_recorder"].urgent and ACTIONS["packet_recorder"].urgent  # their rings overwrite
 
 
 def test_substitute_is_single_pass() -> None:

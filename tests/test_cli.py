@@ -28,6 +28,9 @@ BAD_ARGS = [
     ["evidence", "extra"],
     ["evidence", "--pin-dir"],
     ["stop-hook", "a", "b"],
+    ["recorder"],
+    ["recorder", "bogus"],
+    ["recorder", "trace", "--bogus"],
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import errno
 import io
 import json
@@ -46,9 +47,19 @@ def fake(tmp_path: Path) -> Iterator[dict[str, Any]]:
     tool(bindir, "journalctl", 'echo "journal $*"')
     tool(bindir, "dmesg", 'echo "dmesg $*"')
     tool(bindir, "smbinfo", 'echo "smbinfo $*"')
+    inst = tmp_path / "tracefs" / "instances" / "aodv2"  # the trace recorder's instance, as tracefs shows it
+    (inst / "options").mkdir(parents=True)
+    (inst / "options" / "pause-on-trace").write_bytes(b"0\n")
+    (inst / "trace_clock").write_bytes(b"local global counter uptime perf mono mono_raw [boot] tai\n")
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    (inst / "trace").write_bytes(
+        b"# tracer: nop\n#\n# entries-in-buffer/entries-written: 2/2   #P:2\n"
+        + f"   kworker/0:1-12      [000] .....  {boot - 3600:.6f}: smb3_cmd_done: old\n".encode()
+        + f"            dd-42      [001] .....  {boot - 1:.6f}: smb3_cmd_done: sid=0x1 tid=0x2 cmd=9 mid=7\n".encode())
     helper = fake_helper(tmp_path)  # the evidence helper on tmp/evidence.sock, over a fake /proc
     env = ActionEnv(proc_root=str(proc), var_log=str(var_log), path=str(bindir), journal_dir=str(journal),
-                    evidence_socket=str(helper.path))
+                    evidence_socket=str(helper.path), tracefs=(str(tmp_path / "tracefs"),),
+                    run_dir=str(tmp_path / "run"))
     try:
         yield {"env": env, "bin": bindir, "proc": proc, "out": tmp_path / "out", "tmp": tmp_path,
                "helper": helper}
@@ -92,12 +103,19 @@ def test_full_capture_bundle_contents_and_modes(
     assert state(fake["out"]) == [os.path.basename(r.path)]  # no stage, no partial left
     assert [x["name"] for x in r.actions] == list(ACTION_NAMES)
     # no tracer pinned its maps here: the in-flight table is missing, not failed
-    want = {**dict.fromkeys(ACTION_NAMES, "ok"), "inflight": "missing"}
+    # the packet recorder is off by default
+    want = {**dict.fromkeys(ACTION_NAMES, "ok"), "inflight": "missing", "packet_recorder": "skipped"}
     assert {x["name"]: x["status"] for x in r.actions} == want
     files = read_bundle(r.path)
     evidence = {f"evidence/{n}.{x}" for n in ("stacks", "inflight", "connections") for x in ("txt", "json")}
     assert set(files) == {"summary.json", "events.npy", "kernel.log", "journal.log", "syslog.log", "mounts",
-                          "cifs/DebugData", "cifs/Stats", "cifs/open_files", "smbinfo/mnt_s%20x.txt"} | evidence
+                          "cifs/DebugData", "cifs/Stats", "cifs/open_files", "smbinfo/mnt_s%20x.txt",
+                          "recorder/trace.txt"} | evidence
+    trace = files["recorder/trace.txt"].decode().splitlines()
+    lines = [ln for ln in trace if not ln.startswith("#")]
+    assert len(lines) == 1 and "cmd=9 mid=7" in lines[0] and "old" not in lines[0], trace  # an hour ago: outside
+    wall = datetime.datetime.fromisoformat(lines[0].split()[3].rstrip(":")).timestamp()
+    assert abs(wall - (time.time() - 1)) < 2, lines[0]  # boot seconds became wall-clock time
     assert b"SMB2_write" in files["evidence/stacks.txt"] and b"cifsd" in files["evidence/stacks.txt"]
     assert len(fake["helper"].requests) == 1  # one request for the three evidence actions
     assert files["kernel.log"].startswith(b"journal -k --no-pager")

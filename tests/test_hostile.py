@@ -200,6 +200,6 @@ def test_capture_plan_guards_the_hung_mount_stacked_on_top(tmp_path: Path) -> No
     a = Anomaly("hung", "hung", 1, time.time(), 0, 0, 1, commands=(9,),
                 details=MappingProxyType({"hung_shares": ["\\\\srv\\hung"]}))
     env = ActionEnv(proc_root=str(tmp_path), path=str(tmp_path))
-    planned, guarded = collect._plan_all(("smbinfo",), env, 0, 1, a, str(tmp_path / "nopins"))
+    planned, guarded = collect._plan_all(("smbinfo",), env, 0, 1, a, str(tmp_path / "nopins"), config.Config())
     assert set(guarded) == {"/mnt/s"} and all(s.skipped for _, ss in planned for s in ss)
     assert guarded["/mnt/s"].startswith("mount /mnt/s has hung requests")  # seen, not inferred

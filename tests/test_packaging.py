@@ -52,7 +52,8 @@ SYS_PATH = "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
 # host's network namespace for ss (no PrivateNetwork=), AF_NETLINK. It runs per request, root
 # only, read-only everywhere, for at most RuntimeMaxSec; the core keeps its 1.1. 2.0 -> 2.2 for
 # CAP_DAC_READ_SEARCH: without it the VM showed every non-root task's stack as EACCES.
-MAX_EXPOSURE = {"aodv2.service": 1.1, "aodv2-tracer@smb.service": 1.7, "aodv2-evidence@0.service": 2.2}
+MAX_EXPOSURE = {"aodv2.service": 1.1, "aodv2-tracer@smb.service": 1.7, "aodv2-evidence@0.service": 2.2,
+                "aodv2-recorder@trace.service": 0.8, "aodv2-recorder@pcap.service": 2.1}
 
 
 def need(tool: str) -> str:
@@ -100,7 +101,7 @@ def test_core_unit_settings() -> None:
     for key in ("NoNewPrivileges", "PrivateTmp", "ProtectKernelTunables", "ProtectControlGroups"):
         assert s[key] == ["yes"], key
     assert s["SystemCallArchitectures"] == ["native"]
-    assert s["Also"] == ["aodv2-tracer@.service aodv2-evidence.socket"]
+    assert s["Also"] == ["aodv2-tracer@.service aodv2-recorder@.service aodv2-evidence.socket"]
     assert s["ExecStopPost"] == ["+/usr/bin/aodv2 stop-hook %n"], "systemctl stop aodv2 stops the tracers"
     assert s["WantedBy"] == ["multi-user.target"]
 
@@ -194,7 +195,8 @@ def test_enable_core_enables_the_default_tracer_instance(tmp_path: Path) -> None
 
 
 POSTRM = ROOT / "debian" / "aodv2.postrm"
-POSTRM_PATHS = ("/etc/systemd/system", "/sys/fs/bpf/aodv2", "/var/log/aodv2", "/run/aodv2")
+POSTRM_PATHS = ("/etc/systemd/system", "/sys/fs/bpf/aodv2", "/var/log/aodv2", "/run/aodv2", "/var/lib/aodv2",
+                "/sys/kernel/tracing/instances/aodv2", "/sys/kernel/debug/tracing/instances/aodv2")
 
 
 def postrm_in(fake: Path) -> str:
@@ -225,14 +227,23 @@ def test_postrm_purge_removes_admin_enabled_tracer_links(tmp_path: Path) -> None
     (wants / "other.service").symlink_to("/lib/systemd/system/other.service")
     (wants / "aodv2-tracer@local.service").write_text("[Unit]\n")  # a file, not a link: kept
 
+    inst = fake / "sys/kernel/tracing/instances/aodv2"  # left by a killed trace recorder
+    inst.mkdir(parents=True)
+    (fake / "run/aodv2/recorder-trace.instance").write_text(f"{inst}\n")
+    (fake / "var/lib/aodv2/pcap").mkdir(parents=True)
+
     r = run([sh, str(script), "remove"])
     assert r.returncode == 0, r.stderr
     assert len(list(wants.iterdir())) == 4, "remove must leave the enablement links alone"
+    assert (inst / "tracing_on").read_text() == "0\n"  # stopped (tracefs would let rmdir remove it)
+    assert not (fake / "run/aodv2/recorder-trace.instance").exists()
+    assert (fake / "var/lib/aodv2/pcap").is_dir(), "remove keeps the packet ring; purge removes it"
 
     r = run([sh, str(script), "purge"])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in wants.iterdir()) == ["aodv2-tracer@local.service", "other.service"]
     assert not (fake / "var/log/aodv2").exists() and not (fake / "run/aodv2").exists()
+    assert not (fake / "var/lib/aodv2").exists()
     assert (fake / "sys/fs/bpf/aodv2").is_dir(), "pins are only removed from a real bpffs"
 
     for p in list(wants.iterdir()):
@@ -383,7 +394,8 @@ def test_every_shipped_config_key_is_documented() -> None:
     assert "capture.cooldown_sec" in keys and "errors[].name" in keys
     documented = set(man_entries(MAN / "aodv2.yaml.5"))
     sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring", "tracer", "metrics",
-                "upload", "health", "health.credits", "health.connect", "health.auth"}
+                "upload", "health", "health.credits", "health.connect", "health.auth", "recorder", "recorder.trace",
+                "recorder.pcap"}
     missing = [k for k in keys if k not in documented and k not in sections]
     assert not missing, f"config keys missing from man/aodv2.yaml.5: {missing}"
 
@@ -622,6 +634,9 @@ def test_deb_contents(built: Built) -> None:
         "/usr/bin/aodv2": "-rwxr-xr-x",
         "/lib/systemd/system/aodv2.service": "-rw-r--r--",
         "/lib/systemd/system/aodv2-tracer@.service": "-rw-r--r--",
+        "/lib/systemd/system/aodv2-recorder@.service": "-rw-r--r--",
+        "/lib/systemd/system/aodv2-recorder@trace.service.d/recorder.conf": "-rw-r--r--",
+        "/lib/systemd/system/aodv2-recorder@pcap.service.d/recorder.conf": "-rw-r--r--",
         "/lib/systemd/system/aodv2-evidence.socket": "-rw-r--r--",
         "/lib/systemd/system/aodv2-evidence@.service": "-rw-r--r--",
         "/usr/lib/tmpfiles.d/aodv2.conf": "-rw-r--r--",
@@ -700,6 +715,9 @@ def test_rpm_contents(built: Built) -> None:
         "/usr/bin/aodv2": "-rwxr-xr-x",
         "/usr/lib/systemd/system/aodv2.service": "-rw-r--r--",
         "/usr/lib/systemd/system/aodv2-tracer@.service": "-rw-r--r--",
+        "/usr/lib/systemd/system/aodv2-recorder@.service": "-rw-r--r--",
+        "/usr/lib/systemd/system/aodv2-recorder@trace.service.d/recorder.conf": "-rw-r--r--",
+        "/usr/lib/systemd/system/aodv2-recorder@pcap.service.d/recorder.conf": "-rw-r--r--",
         "/usr/lib/systemd/system/aodv2-evidence.socket": "-rw-r--r--",
         "/usr/lib/systemd/system/aodv2-evidence@.service": "-rw-r--r--",
         "/usr/lib/tmpfiles.d/aodv2.conf": "-rw-r--r--",
@@ -721,7 +739,8 @@ def test_rpm_contents(built: Built) -> None:
     assert re.search(r"^\(python3-zstandard or zstd\)$", requires, re.M), requires  # rich: rpm >= 4.13
     assert not re.search(r"^python3-zstandard$|dist\(zstandard\)", requires, re.M), requires  # generator's too
     scripts = rpm_q(built, "--scripts")
-    assert "preset aodv2.service aodv2-tracer@smb.service aodv2-evidence.socket" in scripts  # %systemd_post
+    # %systemd_post
+    assert "preset aodv2.service aodv2-tracer@smb.service aodv2-recorder@trace.service aodv2-evidence.socket" in scripts
     assert "disable --now aodv2.service" in scripts  # %systemd_preun
     assert "try-restart aodv2.service" in scripts  # %systemd_postun_with_restart
     assert "systemd-tmpfiles --create aodv2.conf" in scripts
@@ -762,7 +781,8 @@ def test_systemd_analyze_verify_is_silent(unit_root: Path) -> None:
     sa = need("systemd-analyze")
     env = {**os.environ, "MANPATH": str(unit_root / "usr/share/man"), "PATH": SYS_PATH}
     r = run([sa, "verify", f"--root={unit_root}", "aodv2.service", "aodv2-tracer@smb.service",
-             "aodv2-evidence.socket", "aodv2-evidence@0.service"], env=env)
+             "aodv2-evidence.socket", "aodv2-evidence@0.service", "aodv2-recorder@trace.service",
+             "aodv2-recorder@pcap.service"], env=env)
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
     # the check is real: a missing binary is reported
     (unit_root / "usr/bin/aodv2").rename(unit_root / "usr/bin/aodv2.away")

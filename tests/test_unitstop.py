@@ -57,7 +57,7 @@ def test_stop_hook_stops_tracers_only_on_a_stop_job(tmp_path: Path, jobs: str, r
     assert r.returncode == 0, r.stderr
     calls = log.read_text().splitlines()
     assert calls[0] == "list-jobs --no-legend --no-pager -- aodv2.service"
-    assert (f"stop -- {unitstop.TRACERS}" in calls) is stops, calls
+    assert (f"stop -- {unitstop.TRACERS} {unitstop.RECORDERS}" in calls) is stops, calls
     assert ("left running" in r.stderr) is (not stops), r.stderr
     assert "Traceback" not in r.stderr
 

@@ -262,8 +262,17 @@ def s12_health(c: Checks) -> None:
     c.check("config reloaded", kind == "ok")
     offered = sorted(t for t in HEALTH_TPS if os.path.isdir(os.path.join(EVENTS_DIR, t)))
     c.detail["kernel_offers"] = offered
-    st = status_json()
-    health = ((st.get("tracer_detail") or {}).get("smb") or {}).get("health") or {}
+
+    def settled() -> Optional[Dict[str, Any]]:
+        h = ((status_json().get("tracer_detail") or {}).get("smb") or {}).get("health") or {}
+        done = h.get("offered") and sorted(h.get("attached") or []) == sorted(h["offered"])
+        return h if done and set(offered) - {"smb3_reconnect"} <= set(h["offered"]) else None
+
+    # polled for up to 20 s: one CI run read a status right after the reload that failed a check below
+    t = time.monotonic()
+    health = wait_for(settled, 20, 1.0) or ((status_json().get("tracer_detail") or {}).get("smb") or {}).get(
+        "health") or {}
+    c.times["status_health_s"] = round(time.monotonic() - t, 1)
     c.detail["status_health"] = health
     c.check("aodv2 status: the tracer offers every health tracepoint the kernel has",
             offered and set(offered) - {"smb3_reconnect"} <= set(health.get("offered") or []), health)

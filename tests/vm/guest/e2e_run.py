@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import e2e_hang
+import e2e_recorder
 import guestkit
 import numpy as np
 import yaml
@@ -390,6 +391,7 @@ def s1_install_enable(c: Checks) -> None:
     m5 = run(["man", "5", "aodv2.yaml"], env=env).stdout
     c.check("man aodv2 renders", "always-on diagnostics" in m1 and "MESSAGE IDS" in m1, f"{len(m1)} chars")
     c.check("man aodv2.yaml renders", "watch_interval_sec" in m5, f"{len(m5)} chars")
+    e2e_recorder.check_install(c)
 
 
 LOW_RATE = {"latency": {"default_threshold_ms": 250.0, "emergency_threshold_ms": 3000.0}}
@@ -469,6 +471,7 @@ def s3_latency(c: Checks) -> None:
     before = set(bundles())
     cur = cursor()
     t0 = time.monotonic()
+    marker = e2e_recorder.mark(ARGS.mount)  # in the trace recorder and the journal at one moment
     # 400 ms each way on lo: ~800 ms per round trip, over 300 ms, under the 3000 ms emergency
     alert, stats = slow_until(cur, f"{LAT_DELAY_MS}ms", 16, 30, "latency", "lat", extra=ARGS.slow_after)
     c.detail["workload"] = stats
@@ -516,6 +519,7 @@ def s3_latency(c: Checks) -> None:
     c.detail["actions"] = acts
     for a in ("kernel_log", "journal", "cifs_debug", "cifs_stats", "mounts", "smbinfo"):
         c.check(f"action {a} ok", acts.get(a) == "ok", acts.get(a))
+    e2e_recorder.check_trace(c, b, alert, marker)
     pc = b["summary"].get("per_command", {})
     affected = {k: v for k, v in pc.items() if v.get("slow_events")}
     c.detail["p50_ms_affected"] = {k: v.get("p50_ms") for k, v in affected.items()}
@@ -1188,6 +1192,7 @@ SCENARIOS: List[Scenario] = [
     ("7_core_hangs", s7_core_hangs),
     ("8_reload", s8_reload),
     *e2e_hang.SCENARIOS,
+    *e2e_recorder.SCENARIOS,
     ("9_retention", s9_retention),
     ("10_purge", s10_purge),
 ]
@@ -1207,12 +1212,12 @@ def main() -> int:
     ap.add_argument("--only", default="",
                     help="comma-separated scenario numbers (1 is always run; the others are reported skipped)")
     ARGS = ap.parse_args()
-    e2e_hang.E = sys.modules[__name__]
+    e2e_hang.E = e2e_recorder.E = sys.modules[__name__]
     guestkit.setup("e2e", BASE)
     if os.path.isdir(os.path.dirname(ARGS.keep_dir)):
         os.makedirs(ARGS.keep_dir, exist_ok=True)
     return guestkit.run_scenarios(SCENARIOS, ARGS.report, ARGS.only, always=("1",),
-                                  diag_units=(CORE, "aodv2-tracer@*"), cleanup=lambda: netem(None),
+                                  diag_units=(CORE, "aodv2-tracer@*", "aodv2-recorder@*"), cleanup=lambda: netem(None),
                                   info={"deb": os.path.basename(ARGS.deb)})
 
 

@@ -218,3 +218,18 @@ for k, v in json.load(open(sys.argv[1])).items():
     print(f"{sys.argv[2]}_{k}", ("PASS" if v.get("pass") else "FAIL") + f" {v.get('seconds')}s")
 PY
 }
+
+# The overhead benches (overhead.sh, overhead_recorder.sh): the share on a RAM-backed ext4 (no
+# disk noise in the rounds), samba and the CIFS mount; without the mount the run ends here.
+vm_bench_mount() {
+    vm_ram_share() {
+        truncate -s 512M /dev/shm/smb.img && mkfs.ext4 -q -F -m 0 /dev/shm/smb.img &&
+            mkdir -p "$SMB_SHARE_DIR" && mount -o loop /dev/shm/smb.img "$SMB_SHARE_DIR"
+    }
+    vm_check "share on a RAM-backed ext4" vm_ram_share
+    vm_check "samba listening" vm_samba_start
+    vm_check "cifs mount" vm_cifs_mount
+    if ! vm_cifs_mounted; then
+        vm_collect_logs; vm_summary; exit 1
+    fi
+}

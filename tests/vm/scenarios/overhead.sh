@@ -33,16 +33,7 @@ ring:
 EOF
 py() { python3 -c "import json,sys; d=json.load(open('$1')); sys.exit(0 if ($2) else 1)"; }
 
-ram_share() {
-    truncate -s 512M /dev/shm/smb.img && mkfs.ext4 -q -F -m 0 /dev/shm/smb.img &&
-        mkdir -p "$SMB_SHARE_DIR" && mount -o loop /dev/shm/smb.img "$SMB_SHARE_DIR"
-}
-vm_check "share on a RAM-backed ext4" ram_share
-vm_check "samba listening" vm_samba_start
-vm_check "cifs mount" vm_cifs_mount
-if ! vm_cifs_mounted; then
-    vm_collect_logs; vm_summary; exit 1
-fi
+vm_bench_mount
 
 vm_check "second vCPU offline for the rounds" bash -c "echo 0 > $CPU1"
 vm_fact cpus_online "$(cat /sys/devices/system/cpu/online)"
