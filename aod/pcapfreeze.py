@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import struct
+import time
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import List, Optional, Tuple, Union
@@ -203,8 +204,9 @@ def _write(out: _Header, recs: List[_Rec], srcs: dict[int, Tuple[memoryview, _He
     return b"".join(parts)
 
 
-def _collect(dfd: int, names: list[str], window: Tuple[int, int], budget: int, notes: list[str]) -> _Ring:
-    """Read and parse the ring, newest file first (the read bound keeps the newest)."""
+def _collect(dfd: int, names: list[str], window: Tuple[int, int], budget: int, notes: list[str],
+             deadline: Optional[float] = None) -> _Ring:
+    """Read and parse the ring, newest file first (the read bound and the deadline keep the newest)."""
     ordered = _newest_first(dfd, names, notes)
     newest = next((name for name, reg in ordered if reg), None)
     ring = _Ring(names=[name for name, _reg in ordered])
@@ -212,6 +214,9 @@ def _collect(dfd: int, names: list[str], window: Tuple[int, int], budget: int, n
     for fidx, (name, _reg) in enumerate(ordered):
         if budget <= 0:
             notes.append(f"{name}: not read, read bound of the freeze reached")
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            notes.append(f"{name}: not read, the action deadline passed")
             continue
         got = _read_file(dfd, name, budget, notes)
         if got is None:
@@ -237,7 +242,8 @@ def _collect(dfd: int, names: list[str], window: Tuple[int, int], budget: int, n
     return ring
 
 
-def freeze(dir_path: str, now: float, window_sec: float, cap_bytes: int, prefix: str = "smb.pcap") -> PcapFreeze:
+def freeze(dir_path: str, now: float, window_sec: float, cap_bytes: int, prefix: str = "smb.pcap",
+           deadline: Optional[float] = None) -> PcapFreeze:
     """The records of the ring in dir_path stamped within the last window_sec before now, as
     one pcap of at most cap_bytes. Never raises for bad input: problems are in .notes."""
     res = PcapFreeze(b"", 0, None, None)
@@ -253,7 +259,7 @@ def freeze(dir_path: str, now: float, window_sec: float, cap_bytes: int, prefix:
         names = ring_files(dfd, prefix)
         window = (_to_ns(now - window_sec), _to_ns(now + FUTURE_SKEW_SEC))
         budget = max(READ_TOTAL_FACTOR * cap_bytes, READ_TOTAL_MIN)
-        ring = _collect(dfd, names, window, budget, res.notes)
+        ring = _collect(dfd, names, window, budget, res.notes, deadline)
     except OSError as e:
         res.notes.append(f"packet ring at {dir_path} unreadable ({e.strerror})")
         return res

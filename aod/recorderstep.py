@@ -88,7 +88,7 @@ async def run_recorder(step: Step, stage: StageLike, timeout: float, env: Action
         window = max(0.0, time.time() - step.window_start)
         try:
             pz = await asyncio.wait_for(in_thread(pcapfreeze.freeze, ring, time.time(), window, step.cap_bytes,
-                                                  PCAP_PREFIX), timeout)
+                                                  PCAP_PREFIX, deadline), timeout)
         except asyncio.TimeoutError:
             res.status, res.error = "timeout", f"reading the packet ring {ring} took over {timeout:g}s"
             return

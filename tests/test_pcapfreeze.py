@@ -284,3 +284,12 @@ def test_snaplen_covers_records_of_older_files(tmp_path: Path) -> None:
     assert read_pcap(res.data)[0] == (">", False, 5000, 1) and tags(res) == ["big", "small"]
     res = freeze(str(tmp_path), NOW, 8.5, 1 << 20)
     assert read_pcap(res.data)[0] == (">", False, 4000, 1) and tags(res) == ["small"]
+
+
+def test_a_passed_deadline_reads_no_more_files(tmp_path: Path) -> None:
+    import time
+
+    put(tmp_path, "smb.pcap0", pcap([(at(NOW - 1), payload("x"))]), 0)
+    res = freeze(str(tmp_path), NOW, 10.0, 1 << 20, deadline=time.monotonic() - 1)
+    assert res.packets == 0 and any("the action deadline passed" in n for n in res.notes), res.notes
+    assert freeze(str(tmp_path), NOW, 10.0, 1 << 20, deadline=time.monotonic() + 60).packets == 1

@@ -60,6 +60,10 @@ def s2_tracepoint(c: Checks) -> None:
     c.detail["status"] = st.stdout[-1500:]
     c.check("aodv2 status: tracer smb attached in tracepoint mode",
             st.returncode == 0 and "tracer smb attached in tracepoint mode" in st.stdout, st.stdout[-400:])
+    rec = [ln.strip() for ln in st.stdout.splitlines() if "trace recorder:" in ln]
+    c.detail["trace_recorder"] = rec
+    c.check("aodv2 status: the trace recorder records this kernel's cifs events (instances/aodv2)",
+            rec and re.search(r"trace recorder: recording [1-9]\d* events in \S+/instances/aodv2", rec[0]), rec)
 
 
 def latency_bundle(c: Checks, tag: str) -> None:
@@ -87,8 +91,14 @@ def latency_bundle(c: Checks, tag: str) -> None:
     slow = int((ev["latency_ns"] >= 300e6).sum()) if ev is not None and "latency_ns" in (ev.dtype.names or ()) else 0
     c.detail["slow_events"] = slow
     c.check("the bundle's events hold slow completions (>= 300 ms)", slow > 0, slow)
+    trace = b["data"].get("recorder/trace.txt", b"").decode("utf-8", "replace").splitlines()
+    cifs = [ln for ln in trace if re.search(r"\] \S*\s*\d{4}-\d\d-\d\dT[\d:.]+[+-]\d\d:\d\d: smb3_cmd_", ln)]
+    c.detail["trace_lines"] = {"all": len(trace), "cifs_with_wall_clock": len(cifs)}
+    c.check("trace_recorder ok: recorder/trace.txt holds cifs lines with wall-clock times",
+            acts.get("trace_recorder") == "ok" and cifs, (acts.get("trace_recorder"), trace[:4]))
     sh = run(["aodv2", "show", b["path"]], timeout=60)
-    c.check("aodv2 show reads the bundle", sh.returncode == 0 and "latency" in sh.stdout,
+    c.check("aodv2 show reads the bundle and prints the trace around the trigger",
+            sh.returncode == 0 and "latency" in sh.stdout and "trace recorder:" in sh.stdout,
             (sh.stdout + sh.stderr).strip()[-300:])
 
 
