@@ -531,8 +531,8 @@ def test_control_request_that_trickles_is_cut_off_by_one_deadline(tmp_path: Path
     a, b = socket.socketpair()
     stop = threading.Event()
 
-    def trickle() -> None:  # for 15 s at most: the old handler returned only when it stopped
-        end = time.monotonic() + 15
+    def trickle() -> None:  # for 60 s at most: the old handler returned only when it stopped
+        end = time.monotonic() + 60
         while not stop.is_set() and time.monotonic() < end:
             try:
                 a.send(b" ")
@@ -549,7 +549,9 @@ def test_control_request_that_trickles_is_cut_off_by_one_deadline(tmp_path: Path
         took = time.monotonic() - t0
         stop.set()
         record_property("handler_seconds", round(took, 2))
-        assert took < 10, took  # generous; before: it returned only when the bytes stopped (15 s)
+        # generous (a loaded CI host once took 13.8 s for the 1 s deadline); before the fix it
+        # returned only when the bytes stopped (60 s)
+        assert took < 30, took
         a.settimeout(5)
         try:  # the answer, unless a byte sent after the handler's last read reset the socket
             reply = json.loads(a.recv(65536).split(b"\n")[0] or b"null")
