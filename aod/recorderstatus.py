@@ -83,6 +83,8 @@ def lines(snap: dict[str, Any]) -> list[str]:
                        f"({t.get('buffer_kb', '?')} KiB per CPU, clock {t.get('clock', '?')}, read from "
                        f"{t.get('read', '?')})" + (f"; not on this kernel: {', '.join(missing)}" if missing else "")
                        + (f"; refused: {', '.join(t['refused'])}" if t.get("refused") else ""))
+            if t.get("events"):
+                out.append(f"    recorded: {', '.join(t['events'])}")
         else:
             out.append(f"  trace recorder: {state}" + (f" ({t['error']})" if t.get("error") else "")
                        + ("" if t.get("enabled", True) else " (recorder.trace.enabled is false)"))
