@@ -28,12 +28,6 @@ DEFAULT_TRACE_EVENTS: tuple[str, ...] = (
     "cifs/smb3_insufficient_credits", "cifs/smb3_connect_done", "cifs/smb3_connect_err",
     "cifs/smb3_tcon", "cifs/smb3_ses_not_found", "cifs/smb3_key_expired", "cifs/smb3_kerberos_auth",
 )
-# for the NFS tracer (optional): RPC latency, retransmits and disconnects, NFSv4 sequence errors
-NFS_TRACE_EVENTS: tuple[str, ...] = (
-    "sunrpc/rpc_stats_latency", "sunrpc/xprt_retransmit", "sunrpc/xprt_disconnect_auto",
-    "sunrpc/xprt_disconnect_done", "sunrpc/xprt_disconnect_force", "nfs4/nfs4_sequence_done",
-    "nfs4/nfs4_xdr_status",
-)
 # 136 bytes: the SMB2 header whole over IPv4 with TCP timestamps, and never file data: a READ
 # response's data starts >= 138 bytes into a frame, a WRITE request's later (see aodv2.yaml(5))
 PCAP_SNAPLEN = 136
