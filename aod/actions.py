@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from .configrecorder import RecorderConfig
-from .recordtrace import INSTANCE as TRACE_INSTANCE
-from .recordtrace import TRACEFS_ROOTS
+from .recordtrace import TRACEFS_ROOTS, instance_path
 from .tracerstate import RUN_DIR
 
 # the actions every anomaly type runs by default (and their order in the bundle summary)
@@ -248,8 +247,7 @@ def plan(spec: ActionSpec, env: ActionEnv, since: int, until: int,
                               "urgent": spec.urgent}
     if spec.recorder == "trace":
         t = recorder.trace
-        return [Step(spec.name, spec.dest, files=tuple(os.path.join(r, "instances", TRACE_INSTANCE)
-                                                        for r in env.tracefs), recorder="trace",
+        return [Step(spec.name, spec.dest, files=tuple(instance_path(r) for r in env.tracefs), recorder="trace",
                      window_start=trigger_wall - t.window_sec, urgent=True, cap_bytes=t.max_bytes,
                      skipped="" if t.enabled else "recorder.trace.enabled is false")]
     if spec.recorder == "pcap":

@@ -255,19 +255,24 @@ def _dir_check(p: str) -> Optional[str]:
     return None
 
 
-def _output_dir(errs: _Errors, path: str, v: Any, default: str) -> str:
-    """An absolute path (normalized: /./x/. is /x) of a directory for aodv2 alone."""
+def _own_dir(errs: _Errors, path: str, v: Any, what: str, examples: str) -> Optional[str]:
+    """An absolute path (normalized: /./x/. is /x) of a directory for `what` alone, or None after
+    recording why not (examples: the system directories the message names)."""
     n = len(errs.items)
-    got = _abs_path(errs, path, v, default)
+    got = _abs_path(errs, path, v, "")
     if len(errs.items) > n:
-        return default
+        return None
     p = safefs.normalize(got)
     why = _dir_check(p)
     if why:
-        errs.add(path, f"expected a directory of its own for the bundles (not / or a system directory such as "
-                       f"/etc, /var/log or /tmp, nothing under /proc, /sys or /dev), {_got(v)}: {why}")
-        return default
+        errs.add(path, f"expected a directory of its own for {what} (not / or a system directory such as "
+                       f"{examples}, nothing under /proc, /sys or /dev), {_got(v)}: {why}")
+        return None
     return p
+
+
+def _output_dir(errs: _Errors, path: str, v: Any, default: str) -> str:
+    return _own_dir(errs, path, v, "the bundles", "/etc, /var/log or /tmp") or default
 
 
 def _metrics_path(errs: _Errors, path: str, v: Any, default: str) -> str:

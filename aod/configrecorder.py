@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from . import safefs
-from .configcheck import _dir_check, _Errors, _got, _list, _mapping, _Num, _number
+from .configcheck import _Errors, _got, _list, _mapping, _Num, _number, _own_dir
 
 MiB = 1024 * 1024
 TRACE_CLOCKS = ("boot", "mono")  # clocks the core converts to wall-clock time exactly
@@ -32,6 +31,12 @@ DEFAULT_TRACE_EVENTS: tuple[str, ...] = (
 # response's data starts >= 138 bytes into a frame, a WRITE request's later (see aodv2.yaml(5))
 PCAP_SNAPLEN = 136
 PCAP_PREFIX = "smb.pcap"  # tcpdump -W appends the file number: smb.pcap0 .. (AppArmor allows *.pcap[0-9]*)
+
+
+def is_ring_file(name: str, prefix: str = PCAP_PREFIX) -> bool:
+    """A file of the packet ring: prefix + the file number (ASCII digits only), as tcpdump -W names it."""
+    num = name[len(prefix):]
+    return name.startswith(prefix) and num.isascii() and num.isdigit()
 
 
 @dataclass(frozen=True)
@@ -155,19 +160,12 @@ def _iface(errs: _Errors, path: str, v: Any) -> Optional[str]:
 
 
 def _dir(errs: _Errors, path: str, v: Any) -> Optional[str]:
-    """An absolute path (normalized) of a directory for the ring alone: the recorder makes it 0700
-    and deletes smb.pcapN files in it, so never / or a system directory such as /var/lib."""
-    if not (isinstance(v, str) and v.startswith("/") and ".." not in v.split("/") and len(v) < 512
-            and not any(ord(c) < 32 or ord(c) == 127 for c in v)):
-        errs.add(path, f"expected an absolute directory path (no '..'), {_got(v)}")
+    """A directory for the ring alone: the recorder makes it 0700 and deletes smb.pcapN files in
+    it, so never / or a system directory such as /var/lib."""
+    if isinstance(v, str) and len(v) >= 512:
+        errs.add(path, f"expected an absolute directory path shorter than 512 characters, {_got(v)}")
         return None
-    p = safefs.normalize(v)
-    why = _dir_check(p)
-    if why:
-        errs.add(path, f"expected a directory of its own for the packet ring (not / or a system directory "
-                       f"such as /var/lib or /tmp, nothing under /proc, /sys or /dev), {_got(v)}: {why}")
-        return None
-    return p
+    return _own_dir(errs, path, v, "the packet ring", "/var/lib or /tmp")
 
 
 def parse_recorder(errs: _Errors, raw: Any) -> RecorderConfig:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import stat
 import struct
 import time
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import List, Optional, Tuple, Union
+
+from .configrecorder import is_ring_file
 
 MAGIC_US = 0xA1B2C3D4
 MAGIC_NS = 0xA1B23C4D
@@ -72,8 +73,7 @@ class _Ring:
 def ring_files(dirfd_or_path: Union[int, str], prefix: str = "smb.pcap") -> list[str]:
     """Names in the directory (an open fd or a path) that are prefix + digits, in ring-number
     order. Raises OSError if the directory cannot be listed."""
-    pat = re.compile(re.escape(prefix) + r"[0-9]+")
-    names = [n for n in os.listdir(dirfd_or_path) if pat.fullmatch(n)]
+    names = [n for n in os.listdir(dirfd_or_path) if is_ring_file(n, prefix)]
     return sorted(names, key=lambda n: (int(n[len(prefix):]), n))
 
 

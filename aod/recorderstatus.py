@@ -11,7 +11,7 @@ import os
 import stat
 from typing import Any, Optional
 
-from .configrecorder import RecorderConfig
+from .configrecorder import RecorderConfig, is_ring_file
 from .safetext import short
 from .tracerstate import read_recorder
 
@@ -30,7 +30,7 @@ def _ring_usage(path: str, prefix: str = "smb.pcap") -> tuple[int, int]:
     n = size = 0
     try:
         for name in os.listdir(dfd)[:10000]:
-            if name.startswith(prefix) and name[len(prefix):].isascii() and name[len(prefix):].isdigit():
+            if is_ring_file(name, prefix):
                 try:
                     st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                 except OSError:
@@ -46,7 +46,7 @@ def details(state_dir: Optional[str], rcfg: RecorderConfig) -> dict[str, dict[st
     """name -> {enabled (config), state (recording | disabled | failed | stopped | down | not running), ...}."""
     out: dict[str, dict[str, Any]] = {}
     for name, enabled in (("trace", rcfg.trace.enabled), ("pcap", rcfg.pcap.enabled)):
-        d, alive = read_recorder(state_dir, name) if state_dir else ({}, False)
+        d, state = read_recorder(state_dir, name) if state_dir else ({}, "not running")
         row: dict[str, Any] = {"enabled": enabled}
         row.update({k: short(d[k], 300) for k in _STR if isinstance(d.get(k), str)})
         row.update({k: d[k] for k in _NUM if isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)})
@@ -55,10 +55,7 @@ def details(state_dir: Optional[str], rcfg: RecorderConfig) -> dict[str, dict[st
                 row[k] = [short(x, 200) for x in d[k][:_MAX_ITEMS] if isinstance(x, str)]
         if isinstance(d.get("failed"), dict):
             row["refused"] = sorted(short(str(k), 200) for k in list(d["failed"])[:_MAX_ITEMS])
-        if not d:
-            row["state"] = "not running"
-        elif not alive and row.get("state") in ("recording", "waiting"):
-            row["state"] = "down"
+        row["state"] = short(state, 300)
         if name == "pcap":
             row["ring_files"], row["ring_used_bytes"] = _ring_usage(rcfg.pcap.dir)
         out[name] = row

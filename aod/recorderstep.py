@@ -31,10 +31,9 @@ UNITS = {"trace": "aodv2-recorder@trace.service", "pcap": "aodv2-recorder@pcap.s
 
 def recorder_state(env: ActionEnv, name: str) -> str:
     """What the recorder unit last said, for a step's error: "aodv2-recorder@NAME: STATE (why)"."""
-    d, alive = read_recorder(env.run_dir, name)
+    d, state = read_recorder(env.run_dir, name)
     if not d:
         return f"{UNITS[name]} has not run (no {env.run_dir}/recorder-{name}.json)"
-    state = d.get("state") if alive or d.get("state") in ("stopped", "disabled", "failed") else "down"
     err = d.get("error")
     return f"{UNITS[name]}: {state}" + (f" ({err})" if isinstance(err, str) and err else "")
 
@@ -50,8 +49,7 @@ def _low_space(path: str, floor: int = 1 << 20) -> str:
 
 
 def _note_unless_recording(env: ActionEnv, name: str, notes: list[str]) -> None:
-    d, alive = read_recorder(env.run_dir, name)
-    if not (alive and d.get("state") == "recording"):
+    if read_recorder(env.run_dir, name)[1] != "recording":
         notes.append(recorder_state(env, name))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -22,11 +21,10 @@ import threading
 from typing import Any, Callable, Optional
 
 from . import safefs
-from .configrecorder import PCAP_PREFIX, PcapRecorderConfig
+from .configrecorder import PCAP_PREFIX, PcapRecorderConfig, is_ring_file
 from .recorder import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE, _load, _publish, _say
 
 DISABLED = "recorder.pcap.enabled is false"
-_RING_FILE = re.compile(re.escape(PCAP_PREFIX) + r"[0-9]+")  # what tcpdump -W names (ASCII digits only)
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 STOP_WAIT_SEC = 5.0
 Spawn = Callable[[list[str]], Any]  # argv -> a Popen-like (pid, poll, terminate, kill, wait)
@@ -59,7 +57,7 @@ def prepare_ring_dir(path: str, files: Optional[int] = None) -> None:
         safefs.verify_dir_fd(dfd, path, "recorder.pcap.dir")  # what was checked is what is open
         os.fchmod(dfd, 0o700)
         for n in os.listdir(dfd):
-            if _RING_FILE.fullmatch(n) and not (n in keep and stat.S_ISREG(
+            if is_ring_file(n) and not (n in keep and stat.S_ISREG(
                     os.stat(n, dir_fd=dfd, follow_symlinks=False).st_mode)):
                 os.unlink(n, dir_fd=dfd)
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -78,11 +79,18 @@ def _write(path: str, value: str) -> None:
         raise TraceSetupError(f"cannot write {value!r} to {path}: {e.strerror or e}") from e
 
 
+_SELECTED = re.compile(r"\[([A-Za-z0-9_-]{1,32})\]")
+
+
+def selected(trace_clock: str) -> str:
+    """The selected clock in trace_clock's text: the bracketed name ("" if none)."""
+    m = _SELECTED.search(trace_clock)
+    return m.group(1) if m else ""
+
+
 def current_clock(inst: str) -> str:
-    """The selected trace clock: the bracketed name in trace_clock."""
-    text = _read(os.path.join(inst, "trace_clock"))
-    start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else ""
+    """The instance's selected trace clock; TraceSetupError when unreadable."""
+    return selected(_read(os.path.join(inst, "trace_clock")))
 
 
 def expand(events_dir: str, wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:

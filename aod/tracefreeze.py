@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .recordtrace import selected
+
 MiB = 1024 * 1024
 READ_CAP = 256 * MiB  # of trace text read per freeze (the newest cap_bytes of it are kept)
 LINE_MAX = 4096  # a longer line is cut (an event with a huge string field)
@@ -72,13 +74,12 @@ def iso(wall: float) -> str:
 
 
 def selected_clock(inst: str) -> str:
+    """The instance's selected trace clock ("" when unreadable: the lines are then left raw)."""
     try:
-        with open(os.path.join(inst, "trace_clock"), "rb") as f:
-            text = f.read(4096)
+        with open(os.path.join(inst, "trace_clock"), encoding="ascii", errors="replace") as f:
+            return selected(f.read(4096))
     except OSError:
         return ""
-    m = re.search(rb"\[([A-Za-z0-9_-]{1,32})\]", text)
-    return m.group(1).decode() if m else ""
 
 
 class _Keep:

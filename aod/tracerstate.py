@@ -89,17 +89,21 @@ def read_detail(state_dir: str, name: str) -> dict:
     return d
 
 
-def read_recorder(state_dir: str, name: str) -> tuple[dict, bool]:
-    """(recorder-NAME.json as written, its process is alive); ({}, False) when missing or corrupt.
-    A stopped, disabled or failed recorder's last word stays readable after it exits."""
+RECORDER_FINAL = ("stopped", "disabled", "failed")  # states a recorder leaves behind when it exits
+
+
+def read_recorder(state_dir: str, name: str) -> tuple[dict, str]:
+    """(recorder-NAME.json as written, its state now): "not running" ({}) when missing or corrupt,
+    "down" when its process is gone without saying stopped, disabled or failed (its last word
+    stays readable after it exits), else the state it wrote."""
     try:
         with open(state_path(state_dir, name, "recorder"), encoding="utf-8") as f:
             d = json.load(f)
     except (OSError, ValueError):
-        return {}, False
+        return {}, "not running"
     if not isinstance(d, dict) or not isinstance(d.get("state"), str):
-        return {}, False
-    return d, pid_alive(d.get("pid"))
+        return {}, "not running"
+    return d, d["state"] if d["state"] in RECORDER_FINAL or pid_alive(d.get("pid")) else "down"
 
 
 def describe(states: dict[str, str]) -> str:
