@@ -43,6 +43,12 @@ def _publish(state_dir: Optional[str], name: str, state: str, extra: dict[str, A
         _say(name, logging.WARNING, err)
 
 
+def _failed(state_dir: Optional[str], name: str, why: str, extra: Optional[dict[str, Any]] = None) -> None:
+    """Say why the recorder cannot record, in the journal and in its state file."""
+    _say(name, logging.ERROR, why)
+    _publish(state_dir, name, "failed", {**(extra or {}), "error": why})
+
+
 def _load(path: str, name: str) -> Optional[config_mod.Config]:
     try:
         return config_mod.load(path)
@@ -96,8 +102,7 @@ def run_trace(cfg_path: str, state_dir: Optional[str], notifier: Any,
                     applied, first = None, False
             elif root is None:
                 why = f"tracefs is not mounted (looked for {' and '.join(r + '/instances' for r in roots)})"
-                _say("trace", logging.ERROR, why)
-                _publish(state_dir, "trace", "failed", {"error": why})
+                _failed(state_dir, "trace", why)
                 return EX_OSERR
             elif applied is None or hup_seen or applied.missing or not os.path.isdir(applied.instance):
                 gone = applied is not None and not os.path.isdir(applied.instance)
@@ -110,8 +115,7 @@ def run_trace(cfg_path: str, state_dir: Optional[str], notifier: Any,
             last_err = ""
         except recordtrace.TraceSetupError as e:
             if applied is None and first:  # nothing recording yet: systemd retries (70), not a foreign one (71)
-                _say("trace", logging.ERROR, str(e))
-                _publish(state_dir, "trace", "failed", {"error": str(e)})
+                _failed(state_dir, "trace", str(e))
                 return EX_OSERR if isinstance(e, recordtrace.ForeignInstance) else EX_SOFTWARE
             if str(e) != last_err:  # the old settings stay; said once per problem
                 _say("trace", logging.WARNING, f"{e}; keeping what was recording")

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 from . import safefs
 from .configrecorder import PCAP_PREFIX, PcapRecorderConfig, is_ring_file
-from .recorder import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE, _load, _publish, _say
+from .recorder import EX_CONFIG, EX_OK, EX_OSERR, EX_SOFTWARE, EX_UNAVAILABLE, _failed, _load, _publish, _say
 
 DISABLED = "recorder.pcap.enabled is false"
 _SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -100,8 +100,7 @@ def _start(p: PcapRecorderConfig, tcpdump: str, state_dir: Optional[str], spawn:
         prepare_ring_dir(p.dir, p.files)
     except (safefs.UnsafePath, OSError) as e:
         why = f"ring directory refused: {e}"
-        _say("pcap", logging.ERROR, why)
-        _publish(state_dir, "pcap", "failed", {"error": why})
+        _failed(state_dir, "pcap", why)
         return None
     proc = spawn(pcap_argv(tcpdump, p))
     _publish(state_dir, "pcap", "recording", _state(p, proc.pid))
@@ -128,8 +127,7 @@ def run_pcap(cfg_path: str, state_dir: Optional[str], notifier: Any, stop: Optio
     tcpdump = shutil.which("tcpdump", path=path)
     if tcpdump is None:
         why = "tcpdump is not installed (apt install tcpdump, or dnf install tcpdump)"
-        _say("pcap", logging.ERROR, why)
-        _publish(state_dir, "pcap", "failed", {"error": why})
+        _failed(state_dir, "pcap", why)
         return EX_UNAVAILABLE
     p = cfg.recorder.pcap
     proc: Any = None
@@ -146,8 +144,7 @@ def run_pcap(cfg_path: str, state_dir: Optional[str], notifier: Any, stop: Optio
             rc = proc.poll() if proc is not None else None
             if rc is not None:
                 why = f"tcpdump exited with status {rc} (its messages: journalctl -u aodv2-recorder@pcap)"
-                _say("pcap", logging.ERROR, why)
-                _publish(state_dir, "pcap", "failed", {**_state(p, proc.pid), "error": why})
+                _failed(state_dir, "pcap", why, _state(p, proc.pid))
                 proc = None
                 return EX_SOFTWARE
             if not hup.is_set():
