@@ -87,6 +87,8 @@ clean-packaging:
 #                   recorder's tracefs instance off/on between rounds (ABBA; RECORDER_PAIRS pairs, default
 #                   240, ~10-12 min, not in CI; RECORDER_OFF=disable: "off" disables the instance's events
 #                   instead of removing it); $(VM_SHARE)/overhead-recorder/overhead-recorder.json
+# make vm-overhead-nfs -> bench figure 6n in the VM: NFS workload rounds with the nfs tracer's programs
+#                   detached/attached (ABBA, one load; not in CI); $(VM_SHARE)/overhead-nfs/overhead-nfs.json
 # make vm-bench  -> the VM runs that bench figure 6 reads (vm-tracer, then vm-overhead)
 # make vm-matrix -> the kernel-matrix smoke run of one suite (install, both tracer modes, a latency
 #                   anomaly, purge; ~8 min); $(VM_SHARE)/matrix/matrix-report.json
@@ -96,7 +98,7 @@ clean-packaging:
 export AOD_VM_SUITE ?= bookworm
 VM_SHARE ?= $(CURDIR)/dist/vm$(if $(filter-out bookworm,$(AOD_VM_SUITE)),-$(AOD_VM_SUITE))
 .PHONY: test demo vm-image vm-tracer vm-package vm-e2e vm-faults vm-test bench bench-quick vm-bench vm-overhead \
-	vm-overhead-recorder vm-matrix kernels-table
+	vm-overhead-recorder vm-overhead-nfs vm-matrix kernels-table
 test:
 	tests/run
 demo:
@@ -117,6 +119,12 @@ vm-overhead-recorder: vm-image
 	echo $(RECORDER_OFF) > $(VM_SHARE)/overhead-recorder/recorder-off
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/overhead-recorder --script tests/vm/scenarios/overhead_recorder.sh \
 	    --copy aod --copy bpf --timeout 2700
+NFS_PAIRS ?= 120
+vm-overhead-nfs: vm-image
+	mkdir -p $(VM_SHARE)/overhead-nfs
+	echo $(NFS_PAIRS) > $(VM_SHARE)/overhead-nfs/pairs
+	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/overhead-nfs --script tests/vm/scenarios/overhead_nfs.sh \
+	    --copy aod --copy bpf --timeout 2400
 vm-package: vm-image deb
 	$(PYTHON) tests/vm/run.py --share $(VM_SHARE)/package --script tests/vm/scenarios/package.sh \
 	    --copy $(DIST)/aodv2_$(DEB_VERSION)_all.deb --copy tests/vm/releases --timeout 2100

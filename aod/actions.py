@@ -36,6 +36,9 @@ BASE_ACTIONS: tuple[str, ...] = (
     "cifs_open_files",
     "mounts",
     "smbinfo",
+    "nfs_mountstats",
+    "nfs_rpc_stats",
+    "nfs_mounts",
     "trace_recorder",
     "packet_recorder",
 )
@@ -92,6 +95,7 @@ class ActionSpec:
     evidence: str = ""  # a section of the evidence helper's answer (stacks | inflight | connections)
     urgent: bool = False  # started first, outside capture.concurrency: evidence that fades with the hang
     recorder: str = ""  # freeze a flight recorder: trace | pcap (recorderstep.py)
+    protocol: str = ""  # smb | nfs: run for that protocol's anomalies only ("": every anomaly)
 
 
 _RECORDER_DEFAULTS = RecorderConfig()
@@ -124,9 +128,9 @@ ACTIONS: Mapping[str, ActionSpec] = {
                    redact=True),
         # urgent: DebugData shows the outstanding requests only while the hang holds
         ActionSpec("cifs_debug", "cifs/DebugData", files=("{proc}/fs/cifs/DebugData",), redact=True,
-                   urgent=True),
-        ActionSpec("cifs_stats", "cifs/Stats", files=("{proc}/fs/cifs/Stats",)),
-        ActionSpec("cifs_open_files", "cifs/open_files", files=("{proc}/fs/cifs/open_files",)),
+                   urgent=True, protocol="smb"),
+        ActionSpec("cifs_stats", "cifs/Stats", files=("{proc}/fs/cifs/Stats",), protocol="smb"),
+        ActionSpec("cifs_open_files", "cifs/open_files", files=("{proc}/fs/cifs/open_files",), protocol="smb"),
         ActionSpec("mounts", "mounts", files=("{proc}/mounts",), cap_bytes=4 * MiB, redact=True),
         ActionSpec(
             "smbinfo",
@@ -134,7 +138,17 @@ ACTIONS: Mapping[str, ActionSpec] = {
             argv=tuple(("smbinfo", sub, "{mount}") for sub in SMBINFO_SUBCOMMANDS),
             per_mount=True,
             cap_bytes=1 * MiB,
+            protocol="smb",
         ),
+        # per-operation counts, times and errors of every NFS mount (the core's mount namespace is the host's)
+        # every mount's device as /proc/mounts shows it (a FUSE URL may hold a password): redacted
+        ActionSpec("nfs_mountstats", "nfs/mountstats", files=("{proc}/self/mountstats",), cap_bytes=8 * MiB,
+                   redact=True, protocol="nfs"),
+        # /proc/net/rpc/nfs exists in the initial network namespace only: the core's is private, pid 1's is not
+        ActionSpec("nfs_rpc_stats", "nfs/rpc_nfs", files=("{proc}/1/net/rpc/nfs", "{proc}/net/rpc/nfs"),
+                   protocol="nfs"),
+        ActionSpec("nfs_mounts", "nfs/nfsstat-m.txt", argv=(("nfsstat", "-m"),), cap_bytes=1 * MiB, redact=True,
+                   protocol="nfs"),
         # the flight recorders' last recorder.*.window_sec before the trigger; urgent: their rings overwrite
         ActionSpec("trace_recorder", "recorder/trace.txt", recorder="trace", urgent=True),
         ActionSpec("packet_recorder", "recorder/smb.pcap", recorder="pcap", urgent=True),
@@ -167,6 +181,11 @@ class Step:
     skipped: str = ""  # why it is deliberately not run (status "skipped"), e.g. a hung mount
     recorder: str = ""  # trace | pcap: files holds the instance dirs (trace) or the ring dir (pcap)
     window_start: float = 0.0  # recorder: epoch seconds; older records are left out
+
+
+def for_protocol(names: tuple[str, ...], protocol: str) -> tuple[str, ...]:
+    """The action names that apply to an anomaly of this protocol ("": all of them)."""
+    return tuple(n for n in names if not protocol or n not in ACTIONS or ACTIONS[n].protocol in ("", protocol))
 
 
 # --- pure helpers -------------------------------------------------------------

@@ -21,7 +21,7 @@ class Anomaly:
     window_start_ns: int  # monotonic, inclusive
     window_end_ns: int  # monotonic, exclusive
     events: np.ndarray = field(default_factory=lambda: np.zeros(0, EVENT_DTYPE))  # the window's events (EVENT_DTYPE)
-    commands: tuple[int, ...] = ()  # affected SMB2 command ids
+    commands: tuple[int, ...] = ()  # affected SMB2 command ids or NFS procedure codes (nfsproc.py)
     details: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # thresholds, statuses, ...
     window_stats: Optional[np.ndarray] = None  # CMD_STATS_DTYPE[CMD_SLOTS]: all-traffic delta for the window
     # the detector's anomalies carry their events as views of the drained batches, gathered into
@@ -29,6 +29,12 @@ class Anomaly:
     gather: Optional[Callable[[], np.ndarray]] = field(default=None, compare=False, repr=False)
     # and their all-traffic statistics from their start to the last window closed when used
     stats_gather: Optional[Callable[[], Optional[np.ndarray]]] = field(default=None, compare=False, repr=False)
+    protocol: str = ""  # smb | nfs: whose records raised it (detectsplit.py); "" for manual captures
+
+    @property
+    def key(self) -> str:
+        """What the policy throttles by and a bundle is named after: the type, 'nfs_<type>' for NFS."""
+        return self.type if self.protocol in ("", "smb") else f"{self.protocol}_{self.type}"
 
     def __post_init__(self) -> None:
         assert self.events.dtype == EVENT_DTYPE

@@ -23,7 +23,7 @@ from .bundleread import BundleView, Member, human_bytes, name_parts
 from .record import HIST_BUCKETS, KIND_COMPLETION, hist_bucket
 from .safetext import clean as _clean
 from .safetext import is_number, short
-from .smb2 import COMMAND_NAMES
+from .smb2 import command_name
 from .summary import bucket_bounds_us
 
 BAR_WIDTH = 40
@@ -133,7 +133,7 @@ def histograms(view: BundleView) -> dict[str, tuple[list[int], str]]:
     for cmd in sorted({int(c) for c in np.unique(comp["command"])}):
         b = hist_bucket(comp["latency_ns"][comp["command"] == cmd])
         counts = np.bincount(b, minlength=HIST_BUCKETS)[:HIST_BUCKETS]
-        out[COMMAND_NAMES.get(cmd, f"CMD_{cmd}")] = ([int(x) for x in counts], "events")
+        out[command_name(cmd)] = ([int(x) for x in counts], "events")
     return out
 
 
@@ -203,8 +203,10 @@ def format_show(view: BundleView, ascii_only: bool = False) -> str:
     if isinstance(cmds, list) and cmds:
         items, more = _first(cmds, 32)
         cmd_txt = ", ".join(clean(c, 40) for c in items) + more
-    out.append(f"anomaly    {clean(a.get('type', '?'))}: rule {clean(a.get('rule', '?'))}, "
-               f"{clean(a.get('count', '?'))} events, commands {cmd_txt}")
+    proto = a.get("protocol")
+    out.append(f"anomaly    {clean(a.get('type', '?'))}"
+               + (f" ({clean(proto, 8)})" if isinstance(proto, str) and proto not in ("", "smb", "any") else "")
+               + f": rule {clean(a.get('rule', '?'))}, {clean(a.get('count', '?'))} events, commands {cmd_txt}")
     w = _d(s.get("window"))
     out.append(f"detected   {clean(s.get('detected_at', '?'))}   window {clean(w.get('start', '?'))} .. "
                f"{clean(w.get('end', '?'))} ({clean(w.get('seconds', '?'))} s)")

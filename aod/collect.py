@@ -36,7 +36,7 @@ import numpy as np
 
 from . import bundle, log, mountguard, retain
 from .actionrun import ActionResult, StepResult, combine, in_thread, run_step
-from .actions import ACTION_NAMES, ACTIONS, ActionEnv, Step, cifs_mount_entries, plan
+from .actions import ACTION_NAMES, ACTIONS, ActionEnv, Step, cifs_mount_entries, for_protocol, plan
 from .anomaly import Anomaly
 from .config import Config
 from .evidencestep import EvidenceFetch
@@ -149,8 +149,8 @@ async def _run_steps(
 
 
 def _fail(anomaly: Anomaly, t0: float, error: str, path: str, actions: list[dict[str, Any]]) -> BundleResult:
-    log.emit("capture_failed", logging.ERROR, f"AOD capture for {anomaly.type} anomaly failed: {error}",
-             AOD_ANOMALY=anomaly.type, AOD_PATH=path, AOD_ERROR=error)
+    log.emit("capture_failed", logging.ERROR, f"AOD capture for {anomaly.key} anomaly failed: {error}",
+             AOD_ANOMALY=anomaly.key, AOD_PATH=path, AOD_ERROR=error)
     return BundleResult(anomaly, None, False, error=error, duration_s=round(time.monotonic() - t0, 3),
                         actions=actions)
 
@@ -162,9 +162,9 @@ async def run_capture(
     """One capture end to end. Logs the outcome; never raises (except CancelledError)."""
     t0 = time.monotonic()
     configured = config.actions.get(anomaly.type)
-    names = tuple(configured) if configured is not None else ACTION_NAMES
+    names = for_protocol(tuple(configured) if configured is not None else ACTION_NAMES, anomaly.protocol)
     try:
-        stage = await in_thread(bundle.new_stage, config.output_dir, anomaly.type, anomaly.detected_wall)
+        stage = await in_thread(bundle.new_stage, config.output_dir, anomaly.key, anomaly.detected_wall)
     except bundle.BundleError as e:
         return _fail(anomaly, t0, str(e), e.path, [])
     actions: list[dict[str, Any]] = []
@@ -186,12 +186,12 @@ async def run_capture(
         for r in results:
             if r.status in ("failed", "timeout"):
                 log.emit("action_failed", logging.WARNING, f"AOD action {r.name} {r.status}: {r.error}",
-                         AOD_ACTION=r.name, AOD_STATUS=r.status, AOD_ANOMALY=anomaly.type)
+                         AOD_ACTION=r.name, AOD_STATUS=r.status, AOD_ANOMALY=anomaly.key)
         summary = build_summary(anomaly, config, actions)
         if guarded:
             summary["guarded_mounts"] = guarded  # mount point -> why no action touched it
         await in_thread(_write_meta, stage, anomaly, summary)
-        path, size = await in_thread(bundle.finalize, stage, config.output_dir, anomaly.type,
+        path, size = await in_thread(bundle.finalize, stage, config.output_dir, anomaly.key,
                                      anomaly.detected_wall)
     except bundle.BundleError as e:  # finalize removed the stage and the partial
         return _fail(anomaly, t0, str(e), e.path, actions)
@@ -207,7 +207,7 @@ async def run_capture(
         return _fail(anomaly, t0, f"internal error: {e!r}", stage.path, actions)
     dur = round(time.monotonic() - t0, 3)
     log.emit("bundle", logging.INFO, f"AOD bundle written: {path}", AOD_BUNDLE=path,
-             AOD_ANOMALY=anomaly.type, AOD_BYTES=size, AOD_DURATION=dur)
+             AOD_ANOMALY=anomaly.key, AOD_BYTES=size, AOD_DURATION=dur)
     return BundleResult(anomaly, path, True, bytes=size, duration_s=dur, actions=actions)
 
 
@@ -358,7 +358,7 @@ class Collector:
                 self.on_result(result)
             except Exception as e:
                 log.emit("capture_failed", logging.WARNING, f"AOD bundle result handler failed: {e!r}",
-                         AOD_ANOMALY=anomaly.type, AOD_BUNDLE=result.path or "")
+                         AOD_ANOMALY=anomaly.key, AOD_BUNDLE=result.path or "")
 
     def _drop_queued(self) -> None:
         n = drain(self._queue) + len(self._backlog)

@@ -22,6 +22,8 @@ import numpy as np
 
 from .actions import ACTION_NAMES
 from .configcheck import _duplicate_keys, _errno_out, _Errors, _got, _ms_to_ns, _plain
+from .confignfs import NfsConfig
+from .confignfs import to_dict as _nfs_dict
 from .configrecorder import RecorderConfig
 from .smb2 import NT_STATUS, command_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
@@ -225,6 +227,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     upload: UploadConfig = UploadConfig()
     recorder: RecorderConfig = RecorderConfig()
+    nfs: NfsConfig = NfsConfig()
 
 
 # ---------------------------------------------------------------- public API
@@ -390,4 +393,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
         "upload": {**_plain(cfg.upload), "command": list(cfg.upload.command)},
         "recorder": {"trace": {**_plain(cfg.recorder.trace), "events": list(cfg.recorder.trace.events)},
                      "pcap": {**_plain(cfg.recorder.pcap), "ports": list(cfg.recorder.pcap.ports)}},
+        "nfs": _nfs_dict(cfg.nfs),
     }

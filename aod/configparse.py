@@ -4,7 +4,8 @@ config.load_text (run by the core at start and on reload, and by `aodv2 check-co
 _build from here lazily (this module imports config for its dataclasses). _build walks the
 top-level keys, hands latency, errors and ignored_statuses to configrules.py and parses the
 rest (reconnect, health, actions, capture, retention, ring, tracers, tracer, metrics, upload)
-itself (recorder: configrecorder.py), recording every problem in `_Errors` with the typed checks of configcheck.py.
+itself (recorder: configrecorder.py; nfs: confignfs.py), recording every problem in `_Errors` with
+the typed checks of configcheck.py.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .config import (
     _known_actions,
 )
 from .configcheck import _abs_path, _Errors, _got, _list, _mapping, _metrics_path, _output_dir, _short, _suggest
+from .confignfs import parse_nfs
 from .configrecorder import parse_recorder
 from .configrules import _check_ignored, _error_rules, _ignored_statuses, _latency, _num_field
 
@@ -91,6 +93,8 @@ def _build(errs: _Errors, data: dict[str, Any]) -> Config:
         kw["upload"] = _upload(errs, top["upload"])
     if "recorder" in top:
         kw["recorder"] = parse_recorder(errs, top["recorder"])
+    if "nfs" in top:
+        kw["nfs"] = parse_nfs(errs, top["nfs"])
     return dataclasses.replace(d, **kw)
 
 

@@ -27,7 +27,7 @@ from .collect import BundleResult, Collector
 from .config import Config
 from .control import Control
 from .counters import Counters
-from .detect import Detector
+from .detectsplit import Detectors
 from .dispatch import Columns, Dispatcher, RecentEvents
 from .names import Names
 from .notify import Notifier
@@ -84,11 +84,11 @@ class Core:
         self.names = Names(os.path.dirname(cfg.ring.path) if tracer_dir else None)
         self.tally = Tally(self.names)
         self.emit_check = status.EmitCheck()
-        self.detector = Detector(cfg, suppressing=self.policy.suppressing, recent=self.recent,
+        self.detector: Detectors = Detectors(cfg, suppressing=self.policy.suppressing, recent=self.recent,
                                  stats_since=lambda ns: self.watcher.horizon.since(ns), names=self.names)
         self.dispatcher = Dispatcher(ring, self.recent, self._on_batch, deadline=self.detector.next_deadline,
                                      on_tick=self._on_tick)
-        self.watcher = Watcher(self.tally, self.detector, counters, lambda: self.cfg.watch_interval_sec,
+        self.watcher: Watcher = Watcher(self.tally, self.detector, counters, lambda: self.cfg.watch_interval_sec,
                                self.raise_anomaly, bad_records=lambda: self.bad_records()["total"],
                                overflow=lambda: self.recent.overflow, on_window=self.policy.flush)
         self.retention = Retention(lambda: self.cfg)
@@ -124,15 +124,15 @@ class Core:
         with self.lock:
             if r.ok and r.path:
                 self.stats.bundles += 1
-                self.stats.captures[r.anomaly.type] = self.stats.captures.get(r.anomaly.type, 0) + 1
+                self.stats.captures[r.anomaly.key] = self.stats.captures.get(r.anomaly.key, 0) + 1
                 self.stats.bundle_bytes_written += r.bytes
-                self.stats.last_bundle = {"path": r.path, "type": r.anomaly.type, "time": time.time(),
+                self.stats.last_bundle = {"path": r.path, "type": r.anomaly.key, "time": time.time(),
                                           "bytes": r.bytes}
             else:
                 self.stats.capture_failures += 1
             waiter = self._waiters.pop(id(r.anomaly), None)
         self.policy.on_result(r.anomaly, r.path, r.ok)
-        if r.ok and r.path and self.uploader.enabled() and not self.uploader.submit(r.path, r.anomaly.type):
+        if r.ok and r.path and self.uploader.enabled() and not self.uploader.submit(r.path, r.anomaly.key):
             log.emit("upload_failed", WARNING, f"AOD upload of {r.path} skipped: upload queue is full",
                      AOD_BUNDLE=r.path)
         if waiter:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import health, hung, smb2
+from . import health, hung, nfsproc, smb2
 from .anomaly import Anomaly
 from .config import Config
 from .detecttables import LATENCY, Rule, Tables, latency_kind, ns, tables
@@ -79,8 +79,11 @@ class Detector:
                  suppressing: Callable[[str], bool] = lambda _type: False,
                  recent: Optional[RecentEvents] = None,
                  stats_since: Callable[[int], Optional[np.ndarray]] = lambda _ns: None,
-                 names: Optional[Names] = None) -> None:
+                 names: Optional[Names] = None, protocol: str = "smb",
+                 mine: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
         self.clock = clock
+        self.protocol = protocol  # of the records fed to it (detectsplit.py): its anomalies carry it
+        self.mine = mine  # bool mask of a batch's records of its protocol: its evidence (None: all)
         self.names = names  # server and share names of an anomaly's events
         self.hung = hung.HungGroups()  # dispatcher thread
         self.emergencies_deduplicated = 0  # completions over the emergency threshold of hung requests
@@ -172,7 +175,7 @@ class Detector:
         iv = max(int(t.cfg.watch_interval_sec * 1e9), 1)
         hung_rows = np.flatnonzero(kind == KIND_HUNG)
         if len(hung_rows) and t.hung_ns:  # first: a request hung and done in one batch is hung only
-            hung_rows = hung_rows[t.hung_slots[cmd_slot(cmd[hung_rows])]]
+            hung_rows = hung_rows[t.hung_slots[cmd_slot(cmd[hung_rows])] & t.tracked[cmd[hung_rows]]]
             self.hung.feed(batch[hung_rows], self.mono(), int(t.cfg.latency.hung_group_ms * 1e6))
         cand = np.flatnonzero(lat > t.min_threshold_ns)  # the slow few: look up thresholds for these
         over = cand[_latency_kind(kind[cand]) & (lat[cand] > t.thresholds_ns[cmd[cand]])]
@@ -217,12 +220,13 @@ class Detector:
             errs = np.flatnonzero(kind == KIND_ERROR)
             if len(errs):
                 status, err, ecmd = batch["nt_status"][errs], batch["err"][errs], cmd[errs]
+                named = self._statuses(status, err)
                 for r in t.rules:
                     m = np.flatnonzero(r.mask(status, err, ecmd))
                     m = m[ts[errs[m]] >= np.uint64(self._latched.get(r.key, 0))]
                     if not len(m):
                         continue
-                    cr = counts[r.key].feed(ts[errs[m]], ecmd[m], status[m])
+                    cr = counts[r.key].feed(ts[errs[m]], ecmd[m], named[m])
                     self._counted(r.key, ecmd[m], cr is not None, status[m])
                     if cr is not None:
                         self._latch(r.key, cr.crossing_ts, iv)
@@ -298,8 +302,18 @@ class Detector:
              "thresholds_ms": {smb2.command_name(c): float(t.thresholds_ns[c]) / 1e6 for c in cmds}},
             cr.first_ts, cr.last_ts + 1, cr.crossing_ts - ns(lat.horizon_sec), lambda ev: _match_latency(t, ev))
 
+    def _statuses(self, status: np.ndarray, err: np.ndarray) -> np.ndarray:
+        """What an error rule counts errors by: the NT status (SMB; 0 when matched by errno), or for
+        NFS the NFS4ERR_* status, else the errno flagged with nfsproc.ERRNO_FLAG (both are named)."""
+        if self.protocol != "nfs":
+            return status
+        return np.where(status != 0, status, err.astype(np.uint32) | np.uint32(nfsproc.ERRNO_FLAG))
+
+    def _status_name(self, s: int) -> str:
+        return nfsproc.status_label(s) if self.protocol == "nfs" else smb2.status_name(s)
+
     def _error_found(self, r: Rule, cr: Crossing) -> _Found:
-        statuses = {smb2.status_name(s): n for s, n in sorted(cr.by_status.items()) if s}  # 0: matched by errno
+        statuses = {self._status_name(s): n for s, n in sorted(cr.by_status.items()) if s}  # 0: matched by errno
         return _Found(
             "error", r.rule.name, cr.count, np.array(sorted(cr.by_command), dtype=np.uint16),
             {"trigger": "count", "acceptable_count": r.rule.acceptable_count, "horizon_sec": r.rule.horizon_sec,
@@ -367,7 +381,7 @@ class Detector:
             return _Found("latency", f"over_threshold_share>={lat.share:g} in {lat.share_horizon_sec:g}s", m, cmds,
                           details, start, end_ns, start, lambda ev: _match_latency(t, ev))
         details["by_command"] = by_cmd
-        details["statuses"] = {smb2.status_name(s): n for s, n in sorted(per_status.items()) if s}
+        details["statuses"] = {self._status_name(s): n for s, n in sorted(per_status.items()) if s}
         return _Found("error", r.rule.name, m, cmds, details, start, end_ns, start, r.match)
 
     # ---- anomalies ------------------------------------------------------------------------
@@ -377,6 +391,8 @@ class Detector:
         taken as references now and gathered into one array when the collector needs it."""
         if self.recent is not None:
             snap = self.recent.snapshot()
+            if self.mine is not None:  # the shared recent events hold every protocol's records
+                snap = [_select(b, c, self.mine(b)) for b, c in snap]
         else:
             snap = [(batch, cols if cols is not None else Columns.of(batch))] if batch is not None else []
         from_ns = min(f.evidence_from_ns for f in found)
@@ -396,9 +412,13 @@ class Detector:
             out.append(Anomaly(type=f.type, rule=f.rule, count=f.count, detected_wall=wall, detected_mono_ns=mono,
                                window_start_ns=f.start_ns, window_end_ns=f.end_ns,
                                commands=tuple(int(c) for c in np.unique(f.commands)),
-                               details={**f.details, **named, **extra}, gather=gather,
+                               details={**f.details, **named, **extra}, gather=gather, protocol=self.protocol,
                                stats_gather=functools.partial(self.stats_since, f.start_ns)))
         return out
+
+
+def _select(batch: np.ndarray, cols: Columns, keep: np.ndarray) -> tuple[np.ndarray, Columns]:
+    return (batch, cols) if keep.all() else (batch[keep], cols.select(keep))
 
 
 def _gather(snap: list[tuple[np.ndarray, Columns]], from_ns: int, matches: tuple[Match, ...]) -> np.ndarray:

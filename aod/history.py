@@ -35,6 +35,7 @@ def base(type_: str, wall: float, rule: str, count: int, commands: Iterable[int]
 
 def record(a: Anomaly, captured: bool = True, reason: str = "") -> dict[str, Any]:
     out = base(a.type, a.detected_wall, a.rule, a.count, a.commands)
+    out["protocol"] = a.protocol or "any"  # smb | nfs | any (manual)
     out["servers"] = list(a.details.get("servers") or [])  # named at the top for log shippers
     out["shares"] = list(a.details.get("shares") or [])
     out["details"] = dict(a.details)

@@ -69,6 +69,12 @@ TREES = "trees_v1"  # lru_hash: {u64 sesid; u32 tid; u32 pad} -> char[128] UNC
 CONNS = "conns_v1"  # lru_hash: u64 struct TCP_Server_Info * (aod_key.conn) -> u64 conn_id
 EMIT_CFG = "emit_cfg_v1"  # array[1]: {u64 emit_min_ns; u32 cmd_mask; u32 pad}
 INFLIGHT_MAX = 16384  # LRU entries for requests in flight
+# the nfs tracer's own maps (bpf/nfs.bpf.c; same layouts as the smb ones, cmd stats by NFS slot)
+NFS_STATS = "nfs_stats_v1"  # percpu_array[NFS_SLOTS] of struct aod_cmd_stats
+NFS_IGNORED = "nfs_ignored_v1"  # hash: benign status (errno or NFS4ERR_*) -> 1
+NFS_INFLIGHT = "nfs_inflight_v1"
+NFS_HUNG = "nfs_hung_v1"
+NFS_EMIT_CFG = "nfs_emit_cfg_v1"
 # older layouts a current tracer replaces: name -> (map type, key size, value size, entries)
 STALE = {CMD_STATS_V1: (bpfsys.BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_V1_DTYPE.itemsize, CMD_SLOTS)}
 
@@ -142,6 +148,10 @@ class PinPaths:
         return (self.ring, self.drops, self.cmd_stats, self.ignored, self.inflight, self.hung, self.servers,
                 self.trees, self.conns, self.emit_cfg)
 
+    def pin(self, name: str) -> str:
+        """Another map beside the ring (a front's own: NFS_*)."""
+        return os.path.join(self.dir, name)
+
 
 def pin_paths(ring: config_mod.RingConfig, pin_dir: Optional[str] = None) -> PinPaths:
     """Ring at config ring.path (or --pin-dir/<its basename>); drops, cmd_stats_v2, ignored_status and
@@ -207,22 +217,45 @@ BPF_MAP_TYPE_ARRAY = 2  # (bpfsys names only the types the core opens)
 BPF_MAP_TYPE_LRU_HASH = 9
 
 
-# expected shapes of maps that may already be pinned: path attr -> (type, key, value, max_entries)
-def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, int]]:
+def request_maps(stats: str, slots: int, ignored: str, inflight: str, hung: str, emit_cfg: str
+                 ) -> dict[str, tuple[int, int, int, int]]:
+    """Shapes of a request tracer's maps (smb, nfs): statistics, ignored statuses, in flight, hung,
+    emit filter."""
     from .bpfsys import BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY
     from .record import CMD_STATS_DTYPE
 
+    key, start = INFLIGHT_KEY_DTYPE.itemsize, INFLIGHT_START_DTYPE.itemsize
+    return {stats: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_DTYPE.itemsize, slots),
+            ignored: (BPF_MAP_TYPE_HASH, 4, 4, IGNORED_MAX),
+            inflight: (BPF_MAP_TYPE_LRU_HASH, key, start, INFLIGHT_MAX),
+            hung: (BPF_MAP_TYPE_HASH, key, start, HUNG_MAX),
+            emit_cfg: (BPF_MAP_TYPE_ARRAY, 4, EMIT_CFG_DTYPE.itemsize, 1)}
+
+
+def smb_maps(paths: PinPaths) -> dict[str, tuple[int, int, int, int]]:
+    maps = request_maps(paths.cmd_stats, CMD_SLOTS, paths.ignored, paths.inflight, paths.hung, paths.emit_cfg)
+    maps[paths.servers] = (BPF_MAP_TYPE_LRU_HASH, 8, HOST_LEN, SERVERS_MAX)
+    maps[paths.trees] = (BPF_MAP_TYPE_LRU_HASH, TREE_KEY_DTYPE.itemsize, UNC_LEN, TREES_MAX)
+    maps[paths.conns] = (BPF_MAP_TYPE_LRU_HASH, 8, 8, SERVERS_MAX)
+    return maps
+
+
+def nfs_maps(paths: PinPaths) -> dict[str, tuple[int, int, int, int]]:
+    from .record import NFS_SLOTS
+
+    p = paths.pin
+    return request_maps(p(NFS_STATS), NFS_SLOTS, p(NFS_IGNORED), p(NFS_INFLIGHT), p(NFS_HUNG), p(NFS_EMIT_CFG))
+
+
+# expected shapes of maps that may already be pinned: path -> (type, key, value, max_entries)
+def expected_maps(paths: PinPaths, name: str) -> dict[str, tuple[int, int, int, int]]:
+    from .bpfsys import BPF_MAP_TYPE_PERCPU_ARRAY
+    from .tracerfront import fronts
+
     maps = {paths.drops: (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1)}
-    if name == "smb":
-        key, start = INFLIGHT_KEY_DTYPE.itemsize, INFLIGHT_START_DTYPE.itemsize
-        maps[paths.cmd_stats] = (BPF_MAP_TYPE_PERCPU_ARRAY, 4, CMD_STATS_DTYPE.itemsize, CMD_SLOTS)
-        maps[paths.ignored] = (BPF_MAP_TYPE_HASH, 4, 4, IGNORED_MAX)
-        maps[paths.inflight] = (BPF_MAP_TYPE_LRU_HASH, key, start, INFLIGHT_MAX)
-        maps[paths.hung] = (BPF_MAP_TYPE_HASH, key, start, HUNG_MAX)
-        maps[paths.servers] = (BPF_MAP_TYPE_LRU_HASH, 8, HOST_LEN, SERVERS_MAX)
-        maps[paths.trees] = (BPF_MAP_TYPE_LRU_HASH, TREE_KEY_DTYPE.itemsize, UNC_LEN, TREES_MAX)
-        maps[paths.conns] = (BPF_MAP_TYPE_LRU_HASH, 8, 8, SERVERS_MAX)
-        maps[paths.emit_cfg] = (BPF_MAP_TYPE_ARRAY, 4, EMIT_CFG_DTYPE.itemsize, 1)
+    front = fronts().get(name)
+    if front is not None:
+        maps.update(front.maps(paths))
     return maps
 
 

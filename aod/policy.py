@@ -212,22 +212,22 @@ class Policy:
     def raise_why(self, a: Anomaly) -> str:
         """raise_(), returning '' if the capture was queued, else why not (a REASONS key)."""
         with self.lock:
-            self.anomalies[a.type] = self.anomalies.get(a.type, 0) + 1
-        why, charge = self.throttle.take(a.type)
+            self.anomalies[a.key] = self.anomalies.get(a.key, 0) + 1
+        why, charge = self.throttle.take(a.key)
         if why or charge is None:
             self._hold(a, why)
             return why
         with self.lock:  # before the submit: its result can come back at once
-            prev = self._captures.get(a.type)
-            self._captures[a.type] = _Capture(self.clock(), a.detected_wall, id(a))
+            prev = self._captures.get(a.key)
+            self._captures[a.key] = _Capture(self.clock(), a.detected_wall, id(a))
         queued = self.submit(a)
         cmds = ",".join(command_name(c) for c in a.commands)
         statuses = a.details.get("statuses") or ()  # error: {name: count}; reconnect: [names]
         extra = {"AOD_STATUS": ",".join(statuses)} if statuses else {}
         servers, shares = a.details.get("servers") or [], a.details.get("shares") or []
         log.emit("anomaly", log.ALERT,
-                 f"AOD detected anomaly: {a.type} with {a.count} events{where(servers, shares)}",
-                 AOD_ANOMALY=a.type, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule,
+                 f"AOD detected anomaly: {a.key} with {a.count} events{where(servers, shares)}",
+                 AOD_ANOMALY=a.key, AOD_COUNT=a.count, AOD_COMMAND=cmds, AOD_RULE=a.rule,
                  AOD_SERVER=",".join(servers), AOD_SHARE=",".join(shares), **extra)
         if queued:
             self._history(history.record(a, captured=True))
@@ -235,14 +235,14 @@ class Policy:
         self.throttle.refund(charge)  # never started: no budget, no cooldown, covers nothing
         with self.lock:
             self.capture_failures += 1
-            c = self._captures.get(a.type)
+            c = self._captures.get(a.key)
             if c is not None and c.anomaly_id == id(a):
                 if prev is None:
-                    del self._captures[a.type]
+                    del self._captures[a.key]
                 else:
-                    self._captures[a.type] = prev
+                    self._captures[a.key] = prev
         log.emit("capture_failed", logging.ERROR,
-                 f"AOD capture for {a.type} anomaly dropped: collector queue is full", AOD_ANOMALY=a.type)
+                 f"AOD capture for {a.key} anomaly dropped: collector queue is full", AOD_ANOMALY=a.key)
         self._history(history.record(a, captured=False, reason="queue_full"))
         with self.lock:
             self.refused["queue_full"] = self.refused.get("queue_full", 0) + 1
@@ -251,7 +251,7 @@ class Policy:
     def _hold(self, a: Anomaly, why: str) -> None:
         with self.lock:
             self.refused[why] = self.refused.get(why, 0) + 1
-            self._held.setdefault(a.type, _Held()).add(a, why)
+            self._held.setdefault(a.key, _Held()).add(a, why)
 
     def _history(self, line: dict[str, Any]) -> None:
         err = history.append(self.cfg().output_dir, line)
@@ -262,7 +262,7 @@ class Policy:
     def on_result(self, anomaly: Anomaly, path: Optional[str], ok: bool) -> None:
         """The collector finished a capture: the covering bundle of later refusals is known."""
         with self.lock:
-            c = self._captures.get(anomaly.type)
+            c = self._captures.get(anomaly.key)
             if c is not None and c.anomaly_id == id(anomaly):
                 c.path, c.failed = (path if ok else None), not ok
 

@@ -29,11 +29,18 @@ HEALTH_CONNECT_DONE = 5
 HEALTH_KEY_EXPIRED = 6
 HEALTH_KERBEROS_AUTH = 7  # failures only (rc != 0)
 HEALTH_SLOW_RSP = 8
+# the nfs tracer's transport events (sunrpc): session_id = client_id for RPC_RETRANSMIT
+HEALTH_RPC_RETRANSMIT = 9  # latency_ns holds the transmissions so far
+HEALTH_XPRT_TIMEOUT = 10
+HEALTH_XPRT_DISCONNECT = 11
+HEALTH_XPRT_CONNECT = 12
 HEALTH_NAMES = {HEALTH_CREDIT_TIMEOUT: "credit_timeout", HEALTH_INSUFFICIENT_CREDITS: "insufficient_credits",
                 HEALTH_RECONNECT_INVALID_CREDITS: "reconnect_with_invalid_credits",
                 HEALTH_CONNECT_ERR: "connect_err", HEALTH_CONNECT_DONE: "connect_done",
                 HEALTH_KEY_EXPIRED: "key_expired", HEALTH_KERBEROS_AUTH: "kerberos_auth",
-                HEALTH_SLOW_RSP: "slow_rsp"}
+                HEALTH_SLOW_RSP: "slow_rsp", HEALTH_RPC_RETRANSMIT: "rpc_retransmit",
+                HEALTH_XPRT_TIMEOUT: "xprt_timeout", HEALTH_XPRT_DISCONNECT: "xprt_disconnect",
+                HEALTH_XPRT_CONNECT: "xprt_connect"}
 # health code -> anomaly type; connect_done and slow_rsp raise none (slow_rsp is counted)
 HEALTH_TYPE = {HEALTH_CREDIT_TIMEOUT: "credits", HEALTH_INSUFFICIENT_CREDITS: "credits",
                HEALTH_RECONNECT_INVALID_CREDITS: "credits", HEALTH_CONNECT_ERR: "connect",
@@ -43,7 +50,11 @@ HEALTH_BY_CONN = frozenset({1, 2, 3, 4, 5})  # codes whose session_id is a conn_
 TRACER_SMB = 1
 TRACER_SYNTHETIC = 2
 TRACER_FILE = 3
-TRACER_NAMES = {TRACER_SMB: "smb", TRACER_SYNTHETIC: "synthetic", TRACER_FILE: "file"}
+TRACER_NFS = 4
+TRACER_NAMES = {TRACER_SMB: "smb", TRACER_SYNTHETIC: "synthetic", TRACER_FILE: "file", TRACER_NFS: "nfs"}
+NFS_SLOTS = 128  # entries of nfs_stats_v1 (bpf/aod_event.h AOD_NFS_SLOTS)
+NFS_PROCS_MAX = 256
+NFS_NAME_LEN = 28
 
 CMD_SLOTS = 32
 HIST_BUCKETS = 32

@@ -1,8 +1,11 @@
-"""Names for SMB2 command ids, NT status codes and errnos (lookup data for config and reports)."""
+"""Names for SMB2 command ids (and, through nfsproc.py, NFS procedure codes), NT status codes and
+errnos (lookup data for config and reports)."""
 
 from __future__ import annotations
 
 import errno as _errno
+
+from . import nfsproc
 
 COMMANDS: dict[str, int] = {
     "NEGOTIATE": 0,
@@ -92,6 +95,10 @@ ERRNOS: dict[str, int] = {name: num for num, name in _errno.errorcode.items()}
 
 
 def command_name(cmd: int) -> str:
+    """SMB2 command name; an NFS procedure code (the nfs tracer's records share the command
+    space, aod/nfsproc.py) is named 'NFSv3 READ'."""
+    if nfsproc.is_nfs(cmd):
+        return nfsproc.name(cmd)
     return COMMAND_NAMES.get(int(cmd), f"CMD_{int(cmd)}")
 
 

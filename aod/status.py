@@ -20,6 +20,7 @@ from typing import Any, Optional
 from . import recorderstatus, tracerstate
 from .atomicfile import write_atomic
 from .config import HEALTH_TYPES, Config, hung_threshold_ns, min_threshold_ns
+from .confignfs import nfs_view
 from .safetext import clean_lines, dumps, is_number, loads, short
 from .smb2 import command_name, errno_name, status_name
 from .tracerstate import RUN_DIR, pid_alive
@@ -214,9 +215,9 @@ class EmitCheck:
 
     def check(self, cfg: Config, details: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
         """(tracer, message) of each new gap."""
-        ours = min_threshold_ns(cfg.latency)
         out = []
         for name, d in sorted(details.items()):
+            ours = min_threshold_ns((nfs_view(cfg) if name == "nfs" else cfg).latency)
             emit = d.get("emit_min_ns")
             if not isinstance(emit, int) or isinstance(emit, bool) or ours >= emit:
                 continue

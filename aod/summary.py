@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import __version__
+from . import __version__, nfsproc
 from .anomaly import Anomaly
 from .config import HEALTH_TYPES, Config, hung_threshold_ns
 from .record import CMD_SLOTS, EVENT_VERSION, HIST_BUCKETS, KIND_COMPLETION, KIND_ERROR
@@ -192,12 +192,14 @@ def build_summary(
     """The summary.json dict (JSON-serialisable)."""
     ev = anomaly.records()
     errs = ev[ev["kind"] == KIND_ERROR]
-    statuses = Counter(status_name(int(s)) for s in errs["nt_status"] if int(s))
+    name = (lambda s: nfsproc.status_name(s, 0)) if anomaly.protocol == "nfs" else status_name
+    statuses = Counter(name(int(s)) for s in errs["nt_status"] if int(s))
     errnos = Counter(errno_name(int(e)) for e in errs["err"] if int(e))
     return jsonable({
         "aodv2_version": __version__,
         "anomaly": {
             "type": anomaly.type,
+            "protocol": anomaly.protocol or "any",  # smb | nfs | any (a manual capture)
             "rule": anomaly.rule,
             "count": anomaly.count,
             "commands": [command_name(c) for c in anomaly.commands],

@@ -71,6 +71,7 @@ from .tracerargs import (  # noqa: F401  (re-exported)
     parser,
     ring_pages,
 )
+from .tracerfront import Front, PlanInput, fronts
 from .tracerlive import emit_cmd_mask  # noqa: F401  (re-exported)
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
@@ -103,16 +104,18 @@ def wait_until(ready: Callable[[], Optional[str]], stop: threading.Event, sleep:
     return None
 
 
-class CifsWatch:
-    """`ready()` for wait_until: the cifs events dir, or the loaded module (seen twice, no tracepoints)."""
+class SubsystemWatch:
+    """`ready()` for wait_until: the events dir of a tracefs system, or the loaded module (seen
+    twice, no tracepoints: "", an old kernel)."""
 
-    def __init__(self, tracefs: Sequence[str], module_dir: str = CIFS_MODULE_DIR) -> None:
+    def __init__(self, tracefs: Sequence[str], module_dir: str = CIFS_MODULE_DIR, system: str = "cifs") -> None:
         self.tracefs = tuple(tracefs)
         self.module_dir = module_dir
+        self.system = system
         self._module_seen = False
 
     def __call__(self) -> Optional[str]:
-        d = find_events_dir(self.tracefs)
+        d = find_events_dir(self.tracefs, self.system)
         if d is not None:
             return d
         if os.path.isdir(self.module_dir):
@@ -180,7 +183,7 @@ class Env:
     """Everything main() touches outside Python; tests replace parts of it."""
 
     tracefs: tuple[str, ...] = TRACEFS_CANDIDATES
-    module_dir: str = CIFS_MODULE_DIR
+    module_dir: Optional[str] = None  # None: /sys/module/<the front's module>
     kallsyms: str = "/proc/kallsyms"
     btf_dir: str = BTF_DIR  # vmlinux and cifs BTF: the kprobes' signatures
     mountinfo: str = "/proc/self/mountinfo"
@@ -211,9 +214,9 @@ def _state(state_dir: Optional[str], name: str, state: str) -> None:
 
 
 def _sync_ignored(name: str, loaded: Loaded, statuses: frozenset[int]) -> None:
-    """Fill the ignored_status map from config (smb tracer; a program without the map is skipped)."""
+    """Fill the ignored_status map from the config (a program without the map is skipped)."""
     get = getattr(loaded.obj, "get_table", None)
-    if name != "smb" or get is None:
+    if get is None:
         return
     try:
         added, removed = pins.sync_ignored(get(pins.IGNORED), statuses)
@@ -230,7 +233,8 @@ def _warn_failed(name: str, loaded: Loaded) -> None:
               "without their connection where it is missing")
 
 
-def _reload(opts: Options, env: Env, loaded: Loaded, live: Optional[tracerlive.SmbLive], what: str) -> None:
+def _reload(opts: Options, env: Env, loaded: Loaded, live: Optional[tracerlive.TracerLive], what: str,
+            front: Front) -> None:
     """SIGHUP (systemctl reload aodv2 propagates here): re-read the config and update the maps
     (ignored statuses, emit filter, hung threshold). Nothing is rebuilt or re-attached, so
     nothing is lost or duplicated. A bad config keeps everything as it is. The ring and pin
@@ -243,10 +247,10 @@ def _reload(opts: Options, env: Env, loaded: Loaded, live: Optional[tracerlive.S
         except config_mod.ConfigError as e:
             _emit(logging.ERROR, name, f"reload rejected, keeping the running config: {e}".replace("\n", "; "))
             return
-        _sync_ignored(name, loaded, cfg.ignored_statuses)
-        if live is None:
+        if front.live is None or live is None:
             _emit(logging.INFO, name, "config reloaded; nothing of it applies to this tracer")
             return
+        _sync_ignored(name, loaded, front.live.ignored(cfg))
         conf = live.apply(cfg)
         err = live.publish()
         if err:
@@ -276,8 +280,9 @@ def run(opts: Options, env: Env) -> int:
             bcc = env.import_bcc()
         except ImportError:
             raise SetupError(BCC_MISSING, EX_UNAVAILABLE) from None
+        front = fronts()[name]
         bpf_dir = opts.bpf_dir or default_bpf_dir()
-        source = os.path.join(bpf_dir, TRACERS[name][0])
+        source = os.path.join(bpf_dir, front.source)
         if not os.path.isfile(source):
             raise SetupError(f"BPF source {source} not found (--bpf-dir)", EX_CONFIG)
         paths = pin_paths(cfg.ring, opts.pin_dir)
@@ -288,32 +293,34 @@ def run(opts: Options, env: Env) -> int:
         env.create_pins(paths, ring_bytes, name)
 
         mode = "kprobe" if opts.force_kprobes else cfg.tracer.mode  # the flag overrides tracer.mode
-        if name == "smb":
+        events_dir: Optional[str] = None
+        if front.system:
+            system = front.system
+            module_dir = env.module_dir or os.path.join("/sys/module", front.module)
+
             def on_wait() -> None:
-                # READY now, not at attach: a start job pending until cifs loads (maybe never)
+                # READY now, not at attach: a start job pending until the module loads (maybe never)
                 # would keep boot from finishing (`systemctl is-system-running --wait` hangs).
                 _state(env.state_dir, name, "waiting")
-                env.notifier.ready("waiting for cifs tracepoints")
-                _emit(logging.INFO, name, "waiting for the cifs module (tracepoints in "
-                      f"{' or '.join(env.tracefs)}/events/cifs)")
+                env.notifier.ready(f"waiting for {system} tracepoints")
+                _emit(logging.INFO, name, f"waiting for the {front.module} module (tracepoints in "
+                      f"{' or '.join(env.tracefs)}/events/{system})")
                 if not any(os.path.isdir(os.path.join(t, "events")) for t in env.tracefs):
                     _emit(logging.WARNING, name, f"tracefs is not mounted at {' or '.join(env.tracefs)}; "
                           "mount it ('mount -t tracefs tracefs /sys/kernel/tracing') or the wait never ends")
 
-            events_dir = wait_until(CifsWatch(env.tracefs, env.module_dir), env.stop, sleep,
+            events_dir = wait_until(SubsystemWatch(env.tracefs, module_dir, system), env.stop, sleep,
                                     env.poll_sec, on_wait)
             if events_dir is None:
-                _emit(logging.INFO, name, "stopped before the cifs module appeared")
+                _emit(logging.INFO, name, f"stopped before the {front.module} module appeared")
                 return EX_OK
-            plan, health, notes = smb_plan(events_dir or None, env.tracefs, env.kallsyms, env.release,
-                                           mode, env.btf_dir)
-        else:
-            plan = AttachPlan("syscall", ("syscalls:sys_enter_getppid",))
-            notes, health = plan.notes, {}
+        plan, health, notes = front.plan(PlanInput(events_dir, env.tracefs, env.kallsyms, env.release,
+                                                   env.btf_dir, mode))
         for note in notes:
             _emit(logging.INFO, name, note)
 
-        self_tgid, aging_off = env.trigger_tgid(events_dir) if plan.mode == "tracepoint" else (0, "")
+        aging = front.live is not None and front.live.aging and plan.mode in front.aging_in
+        self_tgid, aging_off = env.trigger_tgid(events_dir) if aging else (0, "")
         flags = cflags(opts, cfg, paths, bpf_dir, plan.defines, env.page_size, self_tgid)
         try:
             loaded = env.load(bcc, source, flags, plan, paths.ring)
@@ -324,16 +331,22 @@ def run(opts: Options, env: Env) -> int:
         env.notifier.status(f"failed: {e}"[:200])
         return e.code
 
-    live: Optional[tracerlive.SmbLive] = None
+    live: Optional[tracerlive.TracerLive] = None
     aging_stop = threading.Event()
     try:
         what = f"{loaded.attached} tracepoints" + (f", {loaded.kprobes} kprobes" if loaded.kprobes else "")
         _warn_failed(name, loaded)
-        _sync_ignored(name, loaded, cfg.ignored_statuses)
-        if name == "smb":
-            live = tracerlive.SmbLive(loaded.obj, env.state_dir, lambda lv, m: _emit(lv, name, m), aging_stop,
-                                      env.aging_factory, health, plan.mode == "tracepoint", aging_off,
-                                      (plan.mode, mode, opts.force_kprobes))
+        if front.live is not None:
+            _sync_ignored(name, loaded, front.live.ignored(cfg))
+            if front.live.setup is not None:
+                try:
+                    _emit(logging.INFO, name, front.live.setup(loaded.obj))
+                except Exception as e:  # bcc: plain Exception/KeyError
+                    raise SetupError(f"cannot fill the maps of {source}: {e}", EX_SOFTWARE) from None
+            live = tracerlive.TracerLive(loaded.obj, env.state_dir, lambda lv, m: _emit(lv, name, m), aging_stop,
+                                         env.aging_factory, health, aging, aging_off,
+                                         (plan.mode, mode, opts.force_kprobes) if front.modes else None,
+                                         name, front.live.applied)
             conf = live.apply(cfg)
             for gone in pins.remove_stale(paths.dir):
                 _emit(logging.INFO, name, f"removed the pin of an older layout: {gone}")
@@ -355,7 +368,11 @@ def run(opts: Options, env: Env) -> int:
         while not sleep(1.0):
             if env.reload.is_set():
                 env.reload.clear()
-                _reload(opts, env, loaded, live, what)
+                _reload(opts, env, loaded, live, what, front)
+    except SetupError as e:
+        _emit(logging.ERROR, name, str(e), AOD_EXIT=e.code)
+        env.notifier.status(f"failed: {e}"[:200])
+        return e.code
     finally:
         env.notifier.stopping()
         aging_stop.set()

@@ -10,22 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import config as config_mod
-from . import pins
 from .pins import PinPaths
-from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_SMB, TRACER_SYNTHETIC
+from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
 from .tracepoints import EX_CONFIG, EX_USAGE, SetupError
 
 DEFAULT_BPF_DIR = "/usr/share/aodv2/bpf"
 DEFAULT_PIN_DIR = "/sys/fs/bpf/aodv2"
 
-# what each tracer compiles and which tracer_id it writes
-TRACERS: Mapping[str, tuple[str, int]] = {
-    "smb": ("smb.bpf.c", TRACER_SMB),
-    "synthetic": ("synthetic.bpf.c", TRACER_SYNTHETIC),
-}
+# the tracers (aod/tracerfront.py fronts; listed here for the argument parser, which they import)
+TRACERS = ("smb", "nfs", "synthetic")
 
 SYNTH_KINDS = {"completion": KIND_COMPLETION, "error": KIND_ERROR, "reconnect": KIND_RECONNECT}
 
@@ -89,7 +85,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     if ns.name != "synthetic" and synth_given:
         raise SetupError("aodv2 tracer: --pid/--kind/--command/--latency-ms/--status/--errno "
                          "are for the synthetic tracer only", EX_USAGE)
-    if ns.force_kprobes and ns.name != "smb":
+    if ns.force_kprobes and ns.name != "smb":  # the one front with modes (tracerfront.Front.modes)
         raise SetupError("aodv2 tracer: --force-kprobes is for the smb tracer only", EX_USAGE)
     if not (0 <= ns.pid < 2**32 and 0 <= ns.command < 2**16 and 0 <= ns.status < 2**32
             and 0 <= ns.errno < 2**31 and 0 <= ns.latency_ms < 1e9):
@@ -119,36 +115,18 @@ def ring_pages(size_kb: int, page_size: int) -> int:
 
 def cflags(opts: Options, cfg: config_mod.Config, paths: PinPaths, bpf_dir: str,
            defines: Sequence[str] = (), page_size: int = 4096, self_tgid: int = 0) -> list[str]:
-    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved). Nothing a
-    reload may change is compiled in (the emit filter is the emit_cfg_v1 map); self_tgid: the
-    tracer's pid, whose getppid() fires the aging trigger (0: no aging)."""
-    tracer_id = TRACERS[opts.name][1]
+    """-I/-D flags for bpf/<name>.bpf.c (argv elements for clang; no shell involved): the ring's, the
+    front's own (tracerfront.Front.defines) and the plan's. Nothing a reload may change is compiled
+    in (the emit filter is a map); self_tgid: the tracer's pid, whose getppid() fires the aging
+    trigger (0: no aging)."""
+    from .tracerfront import fronts
+
+    front = fronts()[opts.name]
     out = [
         f"-I{bpf_dir}",
-        f"-DAOD_TRACER_ID={tracer_id}",
+        f"-DAOD_TRACER_ID={front.tracer_id}",
         f"-DAOD_RING_PAGES={ring_pages(cfg.ring.size_kb, page_size)}",
         f'-DAOD_RING_PIN="{paths.ring}"',
         f'-DAOD_DROPS_PIN="{paths.drops}"',
-        f'-DAOD_STATS_PIN="{paths.cmd_stats}"',
-    ]
-    if opts.name == "smb":
-        out += [
-            f"-DAOD_INFLIGHT_MAX={pins.INFLIGHT_MAX}",
-            f'-DAOD_IGNORED_PIN="{paths.ignored}"',
-            f'-DAOD_INFLIGHT_PIN="{paths.inflight}"',
-            f'-DAOD_HUNG_PIN="{paths.hung}"',
-            f'-DAOD_SERVERS_PIN="{paths.servers}"',
-            f'-DAOD_TREES_PIN="{paths.trees}"',
-            f'-DAOD_CONNS_PIN="{paths.conns}"',
-            f'-DAOD_EMIT_CFG_PIN="{paths.emit_cfg}"',
-        ] + ([f"-DAOD_SELF_TGID={self_tgid}"] if self_tgid else [])
-    elif opts.name == "synthetic":
-        out += [
-            f"-DAOD_SYNTH_PID={opts.synth_pid}",
-            f"-DAOD_SYNTH_KIND={SYNTH_KINDS[opts.synth_kind]}",
-            f"-DAOD_SYNTH_CMD={opts.synth_command}",
-            f"-DAOD_SYNTH_LATENCY_NS={int(opts.synth_latency_ms * 1e6)}ULL",
-            f"-DAOD_SYNTH_STATUS={opts.synth_status:#x}U",
-            f"-DAOD_SYNTH_ERRNO={opts.synth_errno}",
-        ]
+    ] + front.defines(opts, paths) + ([f"-DAOD_SELF_TGID={self_tgid}"] if self_tgid else [])
     return out + [f"-D{d}" for d in defines]

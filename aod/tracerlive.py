@@ -1,4 +1,4 @@
-"""The smb tracer while attached (tracer layer): the maps it keeps in step with the config, the
+"""A request tracer (smb, nfs) while attached (tracer layer): the maps it keeps in step with the config, the
 aging thread, and the state file it publishes for the core.
 
 Data flow: config -> emit_cfg_v1 (emit filter), ignored_status, aging thresholds -> kernel
@@ -108,15 +108,18 @@ def bcc_aging(obj: Any) -> tuple[aging.Maps, Callable[[Any], None], Callable[[],
     return maps, aging.TriggerEmitter(get(HUNG_REQ_TABLE).map_fd), lambda: _percpu_sum(unpaired)
 
 
-class SmbLive:
-    """Applies a config to the attached smb program and publishes what is in force."""
+class TracerLive:
+    """Applies a config to an attached request tracer (smb, nfs) and publishes what is in force."""
 
     def __init__(self, obj: Any, state_dir: Optional[str], log: Log, stop: threading.Event,
                  aging_factory: Optional[AgingFactory] = bcc_aging, health: Optional[dict] = None,
                  aging_supported: bool = True, aging_off: str = "",
-                 mode: Optional[tuple[str, str, bool]] = None) -> None:
-        """mode: (how it attached, config tracer.mode then, --force-kprobes given)."""
+                 mode: Optional[tuple[str, str, bool]] = None, name: str = "smb",
+                 conf_of: Callable[[config_mod.Config], dict[str, int]] = applied) -> None:
+        """mode: (how it attached, config tracer.mode then, --force-kprobes given) for a tracer that
+        has modes (smb); name: the state file's; conf_of: what it applies from a config."""
         self.obj, self.state_dir, self.log, self.stop = obj, state_dir, log, stop
+        self.name, self.conf_of = name, conf_of
         self.extra: dict[str, Any] = {"health": health or {"offered": [], "attached": []}}
         self.mode = mode
         if mode is not None:
@@ -144,7 +147,7 @@ class SmbLive:
     def apply(self, cfg: config_mod.Config) -> dict[str, int]:
         """Emit filter and aging thresholds from cfg (attach and reload); returns what is in force.
         tracer.mode applies at attach only: a reload that changes it says a restart is needed."""
-        conf = applied(cfg)
+        conf = self.conf_of(cfg)
         if self.mode is not None and cfg.tracer.mode != self.mode_told:
             self.mode_told = cfg.tracer.mode
             attached, at_start, forced = self.mode
@@ -178,7 +181,7 @@ class SmbLive:
                 self.state, self.since = state, time.time()
             if self.thread is not None:
                 self.extra["aging"] = self.thread.scanner.stats.as_dict()
-            return tracerstate.write_state(self.state_dir, "smb", self.state, dict(self.extra), self.since)
+            return tracerstate.write_state(self.state_dir, self.name, self.state, dict(self.extra), self.since)
 
     def _publish_aging(self, stats: dict) -> None:
         with self.lock:

@@ -23,10 +23,10 @@ import numpy as np
 from . import log
 from .anomaly import Anomaly
 from .counters import Counters, delta, zero_stats
-from .detect import Detector
+from .detectsplit import Detectors
 from .dispatch import Columns
 from .names import Names
-from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, hist_bucket
+from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_NFS, hist_bucket
 from .sharelabels import ShareTotals
 
 
@@ -58,6 +58,10 @@ class Tally:
         self.reconnects: dict[int, int] = {}  # nt_status -> reconnect records
 
     def add(self, batch: np.ndarray, cols: Columns) -> None:
+        n_records = len(batch)
+        nfs = batch["tracer_id"] == TRACER_NFS
+        if nfs.any():  # the error and share tallies are SMB's (NT statuses, shares); records count all
+            batch, cols = batch[~nfs], cols.select(~nfs)
         errs: list[tuple[tuple[int, int], int]] = []
         rcs: list[tuple[int, int]] = []
         idx = np.flatnonzero(cols.kind == KIND_ERROR)
@@ -69,7 +73,7 @@ class Tally:
             rcs = [(int(s), int(n)) for s, n in zip(*np.unique(batch["nt_status"][ridx], return_counts=True))]
         self._by_share(batch, cols, idx)
         with self.lock:
-            self.records += len(batch)
+            self.records += n_records
             for k, n in errs:
                 self.errors[k] = self.errors.get(k, 0) + n
             for s, n in rcs:
@@ -153,7 +157,7 @@ class HorizonStats:
 class Watcher:
     name = "watcher"
 
-    def __init__(self, tally: Tally, detector: Detector, counters: Optional[Counters],
+    def __init__(self, tally: Tally, detector: Detectors, counters: Optional[Counters],
                  interval: Callable[[], float], on_anomaly: Callable[[Anomaly], object],
                  bad_records: Callable[[], int] = lambda: 0, overflow: Callable[[], int] = lambda: 0,
                  on_window: Callable[[], object] = lambda: None,

@@ -60,7 +60,8 @@ def find_overhead() -> Optional[str]:
         try:
             with open(p) as f:
                 d = json.load(f)
-            if d.get("pair_ratios") and all(k in d for k in OVERHEAD_KEYS) and d.get("compare", "tracer") == "tracer":
+            if (d.get("pair_ratios") and all(k in d for k in OVERHEAD_KEYS) and d.get("compare", "tracer") == "tracer"
+                    and d.get("tracer", "smb") == "smb"):
                 found.append(p)
         except (OSError, ValueError, AttributeError):
             continue
@@ -72,6 +73,9 @@ COMPARE: Dict[str, Dict[str, Any]] = {
     "tracer": {"target": TARGET, "with": "with tracer", "baseline": "tracer detached", "off": "tracer off",
                "source": "tests/vm/scenarios/overhead.sh: one bcc load",
                "toggle": "programs detached/attached between rounds"},
+    "nfs": {"target": TARGET, "with": "with the nfs tracer", "baseline": "nfs tracer detached", "off": "tracer off",
+            "source": "tests/vm/scenarios/overhead_nfs.sh: one bcc load, NFSv4.2 over 127.0.0.1 to the in-guest nfsd",
+            "toggle": "the nfs tracer's programs detached/attached between rounds"},
     "recorder": {"target": RECORDER_TARGET, "with": "added by the trace recorder",
                  "baseline": "recorder off, tracer attached", "off": "recorder off",
                  "source": "tests/vm/scenarios/overhead_recorder.sh: one bcc load, the smb tracer attached in "
@@ -86,6 +90,8 @@ def overhead_rows(path: str, fig: str = "6", what: str = "tracer overhead, SMB w
     with open(path) as f:
         d = json.load(f)
     kind = d.get("compare", "tracer")
+    if kind == "tracer" and d.get("tracer") == "nfs":
+        kind = "nfs"
     c = COMPARE[kind]
     target = float(c["target"])
     pct = f"{100 * target:.0f}%"
@@ -196,8 +202,26 @@ def find_results() -> Optional[str]:
     return max(found, key=os.path.getmtime) if found else None
 
 
+NFS_JSON = os.path.join(ROOT, "dist", "vm", "overhead-nfs", "overhead-nfs.json")
+
+
+def nfs_rows() -> List[Row]:
+    """6n: the nfs tracer's cost on NFS throughput (make vm-overhead-nfs), or not measured."""
+    what = "nfs tracer overhead, NFS workload, VM"
+    try:
+        with open(NFS_JSON) as f:
+            d = json.load(f)
+        usable = bool(d.get("pair_ratios")) and all(k in d for k in OVERHEAD_KEYS) and d.get("tracer") == "nfs"
+    except (OSError, ValueError, AttributeError):
+        usable = False
+    if usable:
+        return overhead_rows(NFS_JSON, "6n", what)
+    return [Row("6n", what, f"{NOT_MEASURED} (make vm-overhead-nfs; {NFS_JSON})", "-", "-",
+                f"<= {100 * TARGET:.0f}% loss", None)]
+
+
 def run(quick: bool) -> List[Row]:
-    return tracer_rows() + recorder_rows()
+    return tracer_rows() + recorder_rows() + nfs_rows()
 
 
 def tracer_rows() -> List[Row]:

@@ -29,11 +29,17 @@
 #define AOD_HEALTH_KEY_EXPIRED 6
 #define AOD_HEALTH_KERBEROS_AUTH 7 /* failures only */
 #define AOD_HEALTH_SLOW_RSP 8
+/* the nfs tracer's transport events (sunrpc); session_id = client_id for 9 */
+#define AOD_HEALTH_RPC_RETRANSMIT 9   /* latency_ns holds the transmissions so far */
+#define AOD_HEALTH_XPRT_TIMEOUT 10    /* err = the status */
+#define AOD_HEALTH_XPRT_DISCONNECT 11
+#define AOD_HEALTH_XPRT_CONNECT 12
 
 /* tracer_id */
 #define AOD_TRACER_SMB 1
 #define AOD_TRACER_SYNTHETIC 2
 #define AOD_TRACER_FILE 3
+#define AOD_TRACER_NFS 4
 
 /* per-command latency statistics (pinned per-CPU array, key = command slot) */
 #define AOD_CMD_SLOTS 32
@@ -48,6 +54,16 @@
 #define AOD_TREES_MAX 4096  /* entries of the pinned `trees_v1` hash */
 #define AOD_HOST_LEN 64     /* servers_v1 value: hostname, NUL-terminated */
 #define AOD_UNC_LEN 128     /* trees_v1 value: "\\\\server\\share", NUL-terminated */
+
+/* the nfs tracer (bpf/nfs.bpf.c): `command` is an NFS procedure code (0x0300 | v3 procedure,
+ * 0x0400 | v4 client procedure: aod/nfsproc.py), its statistics a map of its own */
+#define AOD_NFS_SLOTS 128     /* nfs_stats_v1 entries: v3 codes in 0-31, v4 in 32-127 */
+#define AOD_NFS_PROCS_MAX 256 /* procedure names the front loads */
+#define AOD_NFS_NAME_LEN 28
+struct aod_nfs_proc {
+	__u32 version;
+	char name[AOD_NFS_NAME_LEN]; /* sunrpc's procname, NUL-padded */
+};
 
 struct aod_event {
 	__u16 version;     /* AOD_EVENT_VERSION */

@@ -635,7 +635,7 @@ def test_kprobe_mode_says_aging_is_unsupported(tmp_path: Path) -> None:
     from test_tracer import FakeBPF
 
     logs: list[str] = []
-    live = tracerlive.SmbLive(FakeBPF({}), str(tmp_path), lambda lv, m: logs.append(m), threading.Event(),
+    live = tracerlive.TracerLive(FakeBPF({}), str(tmp_path), lambda lv, m: logs.append(m), threading.Event(),
                               aging_supported=False)
     live.apply(config_mod.load_text("latency: {hung_threshold_ms: 500}\n"))
     assert live.publish("attached") is None

@@ -47,6 +47,11 @@ def fake(tmp_path: Path) -> Iterator[dict[str, Any]]:
     tool(bindir, "journalctl", 'echo "journal $*"')
     tool(bindir, "dmesg", 'echo "dmesg $*"')
     tool(bindir, "smbinfo", 'echo "smbinfo $*"')
+    (proc / "self").mkdir()  # the NFS actions' sources
+    (proc / "self" / "mountstats").write_bytes(b"device srv:/export mounted on /mnt/n with fstype nfs4 statvers=1.1\n")
+    (proc / "1" / "net" / "rpc").mkdir(parents=True)
+    (proc / "1" / "net" / "rpc" / "nfs").write_bytes(b"net 0 0 0 0\nrpc 12 0 0\n")
+    tool(bindir, "nfsstat", 'echo "nfsstat $*"')
     inst = tmp_path / "tracefs" / "instances" / "aodv2"  # the trace recorder's instance, as tracefs shows it
     (inst / "options").mkdir(parents=True)
     (inst / "options" / "pause-on-trace").write_bytes(b"0\n")
@@ -110,6 +115,7 @@ def test_full_capture_bundle_contents_and_modes(
     evidence = {f"evidence/{n}.{x}" for n in ("stacks", "inflight", "connections") for x in ("txt", "json")}
     assert set(files) == {"summary.json", "events.npy", "kernel.log", "journal.log", "syslog.log", "mounts",
                           "cifs/DebugData", "cifs/Stats", "cifs/open_files", "smbinfo/mnt_s%20x.txt",
+                          "nfs/mountstats", "nfs/rpc_nfs", "nfs/nfsstat-m.txt",
                           "recorder/trace.txt"} | evidence
     trace = files["recorder/trace.txt"].decode().splitlines()
     lines = [ln for ln in trace if not ln.startswith("#")]
@@ -121,6 +127,8 @@ def test_full_capture_bundle_contents_and_modes(
     assert files["kernel.log"].startswith(b"journal -k --no-pager")
     assert b"hunter2" not in files["cifs/DebugData"] and b"password=***" in files["mounts"]
     assert b"smbinfo fileallinfo /mnt/s x" in files["smbinfo/mnt_s%20x.txt"]
+    assert files["nfs/mountstats"].startswith(b"device srv:/export") and files["nfs/rpc_nfs"].startswith(b"net ")
+    assert files["nfs/nfsstat-m.txt"].startswith(b"nfsstat -m")
     ev = np.load(io.BytesIO(files["events.npy"]), allow_pickle=False)
     assert ev.dtype == a.events.dtype and np.array_equal(ev, a.events)
     summary = json.loads(files["summary.json"])

@@ -771,7 +771,7 @@ def mutations(path: Path_, value: Any) -> list[Any]:
         bad: list[Any] = [-abs(value) - 1, "7", True, None, [value], float("nan"), float("inf"), -math.inf]
         return bad
     if isinstance(value, str):
-        number = -5 if "errno" in path else 5  # a positive number is a valid errno
+        number = -5 if "errno" in path or "benign_statuses" in path else 5  # a positive number is a valid errno
         return ["no such/name!", number, True, None, 1.5, [value], {"a": 1}]
     if isinstance(value, list):
         return ["text", 5, True, None, {"a": 1}]

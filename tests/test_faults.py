@@ -438,7 +438,8 @@ def test_wall_clock_jump_during_capture(jump_h: int, tmp_path: Path, tap: LogTap
     offset = [0.0]
     monkeypatch.setattr(time, "time", lambda: real() + offset[0])
     r = CoreRun(tmp_path, config_text(tmp_path / "out", acceptable=1, actions=ALL_ACTIONS), env=env)
-    r.core.detector.clock = time.time  # the detector's clock was bound at import time
+    for d in r.core.detector.all:  # the detectors' clock was bound at import time
+        d.clock = time.time
     try:
         r.writer.write(slow(5, 300))
         wait_for(started.exists, 10, "capture running", tap)

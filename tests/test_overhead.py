@@ -67,3 +67,22 @@ def test_large_loss_is_a_miss(tmp_path: Path) -> None:
 def test_noise_wider_than_the_target_gives_no_verdict(tmp_path: Path) -> None:
     _, row = _row6(tmp_path, loss=0.01, noise=0.5)
     assert row.ok is None and "not resolved" in row.value
+
+
+def test_nfs_row_6n(tmp_path: Path, monkeypatch: Any) -> None:
+    """overhead_nfs.sh's JSON ("tracer": "nfs") is row 6n, and never taken for figure 6's SMB run."""
+    from bench import fig_tracer
+
+    d = _guest().summarize(_rounds(0.05, 0.01))
+    p = tmp_path / "overhead-nfs.json"
+    p.write_text(json.dumps({**d, "kernel": "test", "files_per_round": 11, "compare": "tracer", "tracer": "nfs"}))
+    monkeypatch.setattr(fig_tracer, "NFS_JSON", str(p))
+    (row,) = fig_tracer.nfs_rows()
+    assert row.fig == "6n" and row.ok is False and "with the nfs tracer" in row.value
+    assert "overhead_nfs.sh" in row.note
+    monkeypatch.setattr(fig_tracer, "OVERHEAD_CANDIDATES", (str(p),))
+    monkeypatch.delenv("AOD_VM_OVERHEAD", raising=False)
+    assert fig_tracer.find_overhead() is None
+    monkeypatch.setattr(fig_tracer, "NFS_JSON", str(tmp_path / "missing.json"))
+    (row,) = fig_tracer.nfs_rows()
+    assert row.ok is None and "make vm-overhead-nfs" in row.value

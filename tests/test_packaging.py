@@ -395,7 +395,7 @@ def test_every_shipped_config_key_is_documented() -> None:
     documented = set(man_entries(MAN / "aodv2.yaml.5"))
     sections = {"latency", "errors", "reconnect", "actions", "capture", "retention", "ring", "tracer", "metrics",
                 "upload", "health", "health.credits", "health.connect", "health.auth", "recorder", "recorder.trace",
-                "recorder.pcap"}
+                "recorder.pcap", "nfs"}
     missing = [k for k in keys if k not in documented and k not in sections]
     assert not missing, f"config keys missing from man/aodv2.yaml.5: {missing}"
 

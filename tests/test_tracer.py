@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -78,7 +79,7 @@ def test_parse_args_options() -> None:
         123, "error", 0xC0000022, 13, 250.0)
 
 
-@pytest.mark.parametrize("argv", [[], ["nfs"], ["smb", "--pid", "5"], ["synthetic", "--force-kprobes"],
+@pytest.mark.parametrize("argv", [[], ["afp"], ["smb", "--pid", "5"], ["synthetic", "--force-kprobes"],
                                   ["smb", "--bogus"], ["synthetic", "--pid", "x"],
                                   ["synthetic", "--pid", "-1"]])
 def test_parse_args_rejects(argv: list[str]) -> None:
@@ -391,6 +392,20 @@ class FakeArray:
         self.writes.append((v.emit_min_ns, v.cmd_mask))
 
 
+class ProcKey(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("name", ctypes.c_char * 28)]  # struct aod_nfs_proc
+
+
+class FakeProcs(dict):  # type: ignore[type-arg]
+    """bcc's hash of struct aod_nfs_proc -> u16 (the nfs program's `procs`)."""
+
+    Key = ProcKey
+    Leaf = ctypes.c_uint16
+
+    def __setitem__(self, k: ProcKey, v: ctypes.c_uint16) -> None:
+        super().__setitem__((k.version, k.name), v.value)
+
+
 class FakeBPF:
     """A loaded program's tables; the pinned ones are shared by every load (as bcc opens the pin)."""
 
@@ -398,7 +413,8 @@ class FakeBPF:
         self.pinned = pinned
 
     def get_table(self, name: str) -> Any:
-        return self.pinned.setdefault(name, FakeArray() if name == "emit_cfg" else FakeTable())
+        new = {"emit_cfg": FakeArray, "procs": FakeProcs}.get(name, FakeTable)
+        return self.pinned.setdefault(name, new())
 
 
 class Harness:
@@ -591,11 +607,42 @@ def test_run_synthetic_does_not_wait(tmp_path: Path) -> None:
     assert "-DAOD_SYNTH_PID=7" in flags and "-DAOD_TRACER_ID=2" in flags
 
 
+def test_run_nfs_waits_for_sunrpc_then_attaches_with_its_own_maps(tmp_path: Path) -> None:
+    """The nfs front on the shared loader: it waits for events/sunrpc (the real 6.1 formats), pins its
+    own maps beside the ring, loads the procedure names and applies the NFS view of the config."""
+    h = Harness(tmp_path)
+    (tmp_path / "config.yaml").write_text(f"ring: {{path: {tmp_path}/bpffs/aodv2/events, size_kb: 64}}\n"
+                                          "nfs: {default_threshold_ms: 40, benign_statuses: [ENOENT, 10008]}\n")
+    result: dict[str, int] = {}
+    t = threading.Thread(target=lambda: result.setdefault("rc", tracer.run(h.opts("nfs"), h.env())))
+    t.start()
+    while h.sleeps < 3 and not h.stop.wait(0.01):
+        pass
+    assert not h.loads and h.notifier.sent == ["READY=1 STATUS=waiting for sunrpc tracepoints"]
+    shutil.copytree(ROOT / "tests/fixtures/kernels/bookworm/events/sunrpc", h.tracefs / "events" / "sunrpc")
+    assert h.attached.wait(10)
+    h.stop.set()
+    t.join(10)
+    assert result["rc"] == tracer.EX_OK
+    source, flags, plan = h.loads[0]
+    assert source.endswith("nfs.bpf.c") and "-DAOD_TRACER_ID=4" in flags
+    assert f'-DAOD_STATS_PIN="{tmp_path}/bpffs/aodv2/nfs_stats_v1"' in flags
+    assert f'-DAOD_INFLIGHT_PIN="{tmp_path}/bpffs/aodv2/nfs_inflight_v1"' in flags
+    assert "-DAOD_HAVE_XPRT_RETRANSMIT=1" in flags and "sunrpc:rpc_stats_latency" in plan.tracepoints
+    assert not any("cmd_stats" in f or "SERVERS_PIN" in f for f in flags)  # nothing of the smb tracer's
+    procs = h.pinned["procs"]
+    assert procs[(3, b"READ")] == 0x0306 and procs[(4, b"SEQUENCE")] == 0x0429
+    assert h.pinned["ignored_status"].d == {2: 1, 10008: 1}  # nfs.benign_statuses, not the NT statuses
+    assert h.pinned["emit_cfg"].writes[0] == (40_000_000, 1 << 31)  # NFS codes: the last slot
+    state = json.loads((h.state_dir / "tracer-nfs.json").read_text())
+    assert state["state"] == "stopped" and state["health"]["attached"][0] == "rpc_task_complete"
+
+
 # ---------------------------------------------------------------- the C side
 
 
 def test_bpf_sources_use_the_shared_header() -> None:
-    for src in ("smb.bpf.c", "synthetic.bpf.c"):
+    for src in ("smb.bpf.c", "synthetic.bpf.c", "nfs.bpf.c"):
         text = (BPF / src).read_text()
         assert '#include "aod_event.h"' in text
         assert "struct aod_event {" not in text  # never redefined
@@ -668,7 +715,9 @@ static int sim_ringbuf_output(void *d, u64 n, u64 f) {
 #define BPF_ARRAY(_name, _v, _n) BPF_TABLE("array", u32, _v, _name, _n)
 /* every field any probe reads; __data_loc strings: offsets (from the record start) into data[] */
 struct sim_args { u32 tid; u64 sesid; u16 cmd; u64 mid; u32 status; int rc; u64 currmid; u64 conn_id;
-  u32 pid; u64 when_sent, when_received; int data_loc_hostname, data_loc_name; char data[256]; };
+  u32 pid; u64 when_sent, when_received; int data_loc_hostname, data_loc_name;
+  u32 task_id, client_id, xid; int version, ntrans; u64 execute; int data_loc_progname, data_loc_procname;
+  char data[256]; };
 #define TRACEPOINT_PROBE(cat, ev) int tracepoint__##cat##__##ev(struct sim_args *args)
 """
 
@@ -679,6 +728,9 @@ class SimArgs(ctypes.Structure):
                 ("currmid", ctypes.c_uint64), ("conn_id", ctypes.c_uint64), ("pid", ctypes.c_uint32),
                 ("when_sent", ctypes.c_uint64), ("when_received", ctypes.c_uint64),
                 ("data_loc_hostname", ctypes.c_int32), ("data_loc_name", ctypes.c_int32),
+                ("task_id", ctypes.c_uint32), ("client_id", ctypes.c_uint32), ("xid", ctypes.c_uint32),
+                ("version", ctypes.c_int32), ("ntrans", ctypes.c_int32), ("execute", ctypes.c_uint64),
+                ("data_loc_progname", ctypes.c_int32), ("data_loc_procname", ctypes.c_int32),
                 ("data", ctypes.c_char * 256)]
 
 
@@ -721,7 +773,7 @@ class Sim:
                 f'-DAOD_STATS_PIN="{paths.cmd_stats}"', "-DAOD_INFLIGHT_MAX=64",
                 *[f'-DAOD_{n}_PIN="{getattr(paths, n.lower())}"'
                   for n in ("INFLIGHT", "HUNG", "SERVERS", "TREES", "CONNS", "EMIT_CFG")],
-                *[f"-D{d}" for d in defines], "-o", str(so), str(BPF / src)]
+                f'-DAOD_IGNORED_PIN="{paths.ignored}"', *[f"-D{d}" for d in defines], "-o", str(so), str(BPF / src)]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # noqa: S603
         assert r.returncode == 0, r.stderr
         self.lib = ctypes.CDLL(str(so))
@@ -749,8 +801,8 @@ class Sim:
         self.pid_tgid.value = (pid << 32) | (pid + 1)
         ctypes.memmove(ctypes.addressof(ctypes.c_char.in_dll(self.lib, "sim_comm")), comm.ljust(16, b"\0"), 16)
 
-    def tp(self, event: str, strings: Optional[dict[str, bytes]] = None, **kw: int) -> None:
-        getattr(self.lib, f"tracepoint__cifs__{event}")(ctypes.byref(sim_args(strings, **kw)))
+    def tp(self, event: str, strings: Optional[dict[str, bytes]] = None, system: str = "cifs", **kw: int) -> None:
+        getattr(self.lib, f"tracepoint__{system}__{event}")(ctypes.byref(sim_args(strings, **kw)))
 
     def events(self) -> Any:
         import numpy as np
@@ -759,10 +811,10 @@ class Sim:
 
         return np.frombuffer(bytes(self.buf)[: 72 * self.n.value], dtype=EVENT_DTYPE).copy()
 
-    def stats(self) -> Any:
+    def stats(self, slots: int = 32) -> Any:
         import numpy as np
 
-        raw = (ctypes.c_uint8 * (CMD_STATS_DTYPE.itemsize * 32)).in_dll(self.lib, "cmd_stats_vals")
+        raw = (ctypes.c_uint8 * (CMD_STATS_DTYPE.itemsize * slots)).in_dll(self.lib, "cmd_stats_vals")
         return np.frombuffer(bytes(raw), dtype=CMD_STATS_DTYPE)
 
     def drops(self) -> int:

@@ -52,8 +52,8 @@ PACKAGES: List[str] = [
     # boot + init
     "systemd", "systemd-sysv", "udev", "kmod", "dbus",
     "linux-image-amd64", "linux-headers-amd64", "initramfs-tools",
-    # SMB server and client, traffic shaping
-    "samba", "smbclient", "cifs-utils", "keyutils", "iproute2",
+    # SMB server and client, traffic shaping; NFS server and client (#17: nfs tracer scenarios)
+    "samba", "smbclient", "cifs-utils", "keyutils", "iproute2", "nfs-kernel-server", "nfs-common",
     # eBPF
     "python3-bpfcc", "bpfcc-tools",
     # aodv2 runtime deps (Debian names, as the .deb will depend on them)
@@ -100,7 +100,8 @@ MASK_UNITS = [
     "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer",
 ]
 # smbd is started by guest/lib.sh after it wrote its own smb.conf.
-DISABLE_UNITS = ["smbd.service"]
+# started by the scenarios that need them: not at every boot (nfsd threads, rpcbind, statd)
+DISABLE_UNITS = ["smbd.service", "nfs-server.service", "rpcbind.service", "rpcbind.socket", "nfs-client.target"]
 ENABLE_UNITS = ["aodv2-vmtest.service"]
 
 # Docs and locales are dropped from the image (man pages stay: `man aodv2`).

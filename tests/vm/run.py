@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -143,6 +144,28 @@ def _pump(stream: IO[bytes], out: IO[bytes], echo: bool, seen: Dict[str, float])
             seen["begin"] = time.monotonic()
         if END_MARK.encode() in line:
             seen["end"] = time.monotonic()
+
+
+KERNEL_REPORT = re.compile(r"blocked for more than|BUG: |rcu: INFO|watchdog: |Oops|general protection|WARNING: CPU")
+
+
+def kernel_reports(path: Path, max_reports: int = 2, lines_each: int = 45) -> str:
+    """The head of the guest kernel's hang/oops reports in the console: a timeout's tail shows
+    only the user registers of the stuck task, not which lock it waits for."""
+    try:
+        lines = path.read_bytes().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    out: List[str] = []
+    i = reports = 0
+    while i < len(lines) and reports < max_reports:
+        if KERNEL_REPORT.search(lines[i]):
+            out += lines[i:i + lines_each] + ["..."]
+            reports += 1
+            i += lines_each
+        else:
+            i += 1
+    return "\n".join(out)
 
 
 def tail(path: Path, n: int = 40) -> str:
@@ -317,6 +340,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not r.ok and "vm" in r.timings:  # the VM ran: show what it said
         if r.output_log.is_file():
             log(f"--- tail of {r.output_log} ---\n" + tail(r.output_log))
+        results = r.console_log.parent / "results.txt"
+        if results.is_file():
+            log(f"--- last checks in {results} ---\n" + tail(results, 8))
+        reports = kernel_reports(r.console_log)
+        if reports:
+            log(f"--- kernel reports in {r.console_log} ---\n" + reports)
         log(f"--- tail of {r.console_log} ---\n" + tail(r.console_log))
     return r.exit_code
 

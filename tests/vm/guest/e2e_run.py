@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import e2e_hang
+import e2e_nfs
 import e2e_recorder
 import guestkit
 import numpy as np
@@ -1193,6 +1194,7 @@ SCENARIOS: List[Scenario] = [
     ("8_reload", s8_reload),
     *e2e_hang.SCENARIOS,
     *e2e_recorder.SCENARIOS,
+    *e2e_nfs.SCENARIOS,
     ("9_retention", s9_retention),
     ("10_purge", s10_purge),
 ]
@@ -1212,7 +1214,7 @@ def main() -> int:
     ap.add_argument("--only", default="",
                     help="comma-separated scenario numbers (1 is always run; the others are reported skipped)")
     ARGS = ap.parse_args()
-    e2e_hang.E = e2e_recorder.E = sys.modules[__name__]
+    e2e_hang.E = e2e_recorder.E = e2e_nfs.E = sys.modules[__name__]
     guestkit.setup("e2e", BASE)
     if os.path.isdir(os.path.dirname(ARGS.keep_dir)):
         os.makedirs(ARGS.keep_dir, exist_ok=True)

@@ -8,7 +8,8 @@ kprobe fallback -> tracer -> pinned ring -> dispatch -> detect -> collect -> ret
     matrix_run.py --deb /share/aodv2_*.deb --report /share/matrix-report.json [--only N,N]
 
 Scenarios: 1 install + enable (e2e_run.s1), 2 the tracepoint path attached (mode, health events
-attached or reported absent), 3 one real latency anomaly and its bundle (read with `aodv2 show`),
+attached or reported absent; the nfs tracer attached, its optional sunrpc events as available_events
+lists), 3 one real latency anomaly and its bundle (read with `aodv2 show`),
 4 the kprobe path forced by `tracer.mode: kprobe` in the config (attached by the kernel's own
 symbols, and a latency anomaly from its records), 5 purge (e2e_run.s10). Every scenario asserts;
 the report has the seconds of each (tests/vm/e2e_summary.py prints it on the host).
@@ -22,6 +23,7 @@ import sys
 import time
 from typing import Any, Dict, List
 
+import e2e_nfs
 import e2e_run
 import guestkit
 from e2e_run import TRACER, bundle_info, netem, slow_until, wait_bundle
@@ -64,6 +66,7 @@ def s2_tracepoint(c: Checks) -> None:
     c.detail["trace_recorder"] = rec
     c.check("aodv2 status: the trace recorder records this kernel's cifs events (instances/aodv2)",
             rec and re.search(r"trace recorder: recording [1-9]\d* events in \S+/instances/aodv2", rec[0]), rec)
+    e2e_nfs.attach_check(c)
 
 
 def latency_bundle(c: Checks, tag: str) -> None:
@@ -150,6 +153,7 @@ def main() -> int:
     ap.add_argument("--mount", default="/mnt/smb")
     ap.add_argument("--only", default="")
     ARGS = ap.parse_args()
+    e2e_nfs.E = e2e_run
     e2e_run.ARGS = argparse.Namespace(deb=ARGS.deb, keep_dir=ARGS.keep_dir, slow_after=2.0, mount=ARGS.mount)
     guestkit.setup("matrix", e2e_run.BASE)
     os.makedirs(ARGS.keep_dir, exist_ok=True)

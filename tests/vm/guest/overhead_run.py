@@ -85,8 +85,8 @@ class _Quiet:
 class Held:
     """aod.tracer.run() in a thread, its bcc object kept by the load hook."""
 
-    def __init__(self, config: str, bpf_dir: Optional[str]) -> None:
-        self.opts = tracer.Options("smb", config=config, bpf_dir=bpf_dir)
+    def __init__(self, config: str, bpf_dir: Optional[str], name: str = "smb") -> None:
+        self.opts = tracer.Options(name, config=config, bpf_dir=bpf_dir)
         self.env = tracer.Env(notifier=_Quiet(), state_dir=None, load=self._load)
         self.loaded = threading.Event()
         self.bpf: Any = None
@@ -382,7 +382,7 @@ def set_bpf_stats(value: str) -> Optional[str]:
 def main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, help="aodv2 config for the tracer (ring path, thresholds)")
-    ap.add_argument("--mount", required=True, help="CIFS mount the workload runs on")
+    ap.add_argument("--mount", required=True, help="CIFS (or, with --tracer nfs, NFS) mount the workload runs on")
     ap.add_argument("--out", required=True, help="JSON result file")
     ap.add_argument("--bpf-dir", help="BPF sources (default: bpf/ beside the aod/ package)")
     ap.add_argument("--pairs", type=int, default=120, help="off/on pairs, in ABBA order (default %(default)s)")
@@ -396,6 +396,9 @@ def main(argv: List[str]) -> int:
     ap.add_argument("--settle-s", type=float, default=0.0,
                     help="sleep after setting a round's state, before timing it (default 0)")
     ap.add_argument("--tracefs", help="tracefs root (default: the mounted one)")
+    ap.add_argument("--tracer", choices=("smb", "nfs"), default="smb",
+                    help="the tracer measured (--compare tracer): smb on a CIFS mount (figure 6), nfs on an NFS "
+                         "mount (figure 6n, scenarios/overhead_nfs.sh)")
     args = ap.parse_args(argv)
     if args.pairs < 2 or not os.path.isdir(args.mount):
         ap.error("--pairs must be >= 2 and --mount an existing directory")
@@ -411,9 +414,9 @@ def main(argv: List[str]) -> int:
         if os.path.isdir(rec.inst):
             say(f"{rec.inst} exists before the run; removing it ({rec.cleanup()})")
 
-    held = Held(args.config, args.bpf_dir)
+    held = Held(args.config, args.bpf_dir, args.tracer)
     if not held.start(LOAD_TIMEOUT_S):
-        say(f"the smb tracer did not load (aod.tracer.run exit {held.stop()}); see its log lines above")
+        say(f"the {args.tracer} tracer did not load (aod.tracer.run exit {held.stop()}); see its log lines above")
         return 3
     load_s = time.monotonic() - t0
     assert held.plan is not None
@@ -492,6 +495,7 @@ def main(argv: List[str]) -> int:
     out = summarize(rounds) if rounds else {}
     out.update({
         "compare": args.compare,
+        "tracer": args.tracer,
         "kernel": os.uname().release, "mode": held.plan.mode, "tracepoints": list(held.plan.tracepoints),
         "programs": n_programs, "compile_attach_s": round(load_s, 1), "files_per_round": files,
         "calibration_s": calib, "pairs": args.pairs, "order": "ABBA", "settle_s": args.settle_s, "rounds": rounds,

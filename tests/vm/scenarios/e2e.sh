@@ -7,7 +7,8 @@
 # tools, 3c a low-rate slowdown, 4 errors, 4b low-rate errors, 4c ignored statuses,
 # 5 emergency, 6 tracer killed, 7 core hung (watchdog), 8 reload (valid and invalid),
 # 11 a real hang (smbd frozen), 12 health events, 13 reloads under traffic counted exactly
-# (e2e_hang.py), 9 retention budget, 10 purge. Every scenario asserts.
+# (e2e_hang.py), 14-15 flight recorders (e2e_recorder.py), 16 NFS: both protocols at once, an NFS
+# hang and an NFS error (e2e_nfs.py), 9 retention budget, 10 purge. Every scenario asserts.
 # Results: /share/e2e-report.json ({scenario: {"pass", "detail", "seconds", measured times}},
 # printed at the end), /share/results.txt, /share/logs/; exit 0 iff every scenario passed.
 # A failed scenario prints the aodv2 journal since it began and `systemctl status` of every
