@@ -53,7 +53,7 @@ TRACER_FILE = 3
 TRACER_NFS = 4
 TRACER_NAMES = {TRACER_SMB: "smb", TRACER_SYNTHETIC: "synthetic", TRACER_FILE: "file", TRACER_NFS: "nfs"}
 NFS_SLOTS = 128  # entries of nfs_stats_v1 (bpf/aod_event.h AOD_NFS_SLOTS)
-NFS_PROCS_MAX = 256
+NFS_PROCS_MAX = 256  # the nfs program's procs map (mirrors of the header, tests/test_record.py)
 NFS_NAME_LEN = 28
 
 CMD_SLOTS = 32

@@ -74,7 +74,7 @@ struct task_start {
 	u64 ts;
 	u32 pid;
 	u16 code;
-	u16 version;
+	u16 pad16;
 	s32 status; /* of the last rpc_task_end */
 	u32 hung;   /* the aging scan reported it: a restart goes back into `hung`, not the LRU (no 2nd report) */
 	char comm[AOD_COMM_LEN];
@@ -212,7 +212,6 @@ TRACEPOINT_PROBE(sunrpc, rpc_request)
 		AOD_LOC_STR(pk.name, procname);
 		code = lookup_code(&pk);
 		s->code = code;
-		s->version = args->version;
 	}
 	struct aod_key key = {};
 	key.conn = args->client_id;
