@@ -310,7 +310,7 @@ class Detector:
         return np.where(status != 0, status, err.astype(np.uint32) | np.uint32(nfsproc.ERRNO_FLAG))
 
     def _status_name(self, s: int) -> str:
-        return nfsproc.status_label(s) if self.protocol == "nfs" else smb2.status_name(s)
+        return smb2.protocol_status_name(self.protocol, s)
 
     def _error_found(self, r: Rule, cr: Crossing) -> _Found:
         statuses = {self._status_name(s): n for s, n in sorted(cr.by_status.items()) if s}  # 0: matched by errno

@@ -7,9 +7,9 @@ an NFS procedure is CODE_BASE[version] | index:
     kernel names a v4 RPC by its client procedure (nfs4_procedures' p_name: one COMPOUND per
     procedure), not by the operations inside, and all minor versions share the names;
   - a name this table lacks: 0x03ff or 0x04ff ("NFSv4 ?").
-The nfs tracer gets the name from sunrpc's `procname` string and looks it up in the pinned
-`nfs_procs_v1` map the front fills from this table (NAME_KEY), so the kernel side never parses
-names and the numbering never depends on the kernel's own enum, which grows between versions.
+The nfs tracer gets the name from sunrpc's `procname` string and looks it up in the program's
+`procs` map, which the front fills from this table at each attach (name_keys()): the kernel side
+never parses names, and the numbering never depends on the kernel's own enum, which grows.
 Append only: codes are kept in bundles and metrics.
 """
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno as _errno
 import re
 from typing import Iterator, Optional
+
+from .record import NFS_NAME_LEN
 
 V3 = ("NULL", "GETATTR", "SETATTR", "LOOKUP", "ACCESS", "READLINK", "READ", "WRITE", "CREATE", "MKDIR",
       "SYMLINK", "MKNOD", "REMOVE", "RMDIR", "RENAME", "LINK", "READDIR", "READDIRPLUS", "FSSTAT", "FSINFO",
@@ -36,7 +38,7 @@ TABLES = {3: V3, 4: V4}
 CODE_BASE = {3: 0x0300, 4: 0x0400}
 UNKNOWN = 0xFF  # index of a name the table lacks
 FIRST, LAST = 0x0300, 0x04FF  # the NFS part of the command space
-NAME_LEN = 28  # nfs_procs_v1 key: u32 version, then the NUL-padded name (bpf/aod_event.h)
+NAME_LEN = NFS_NAME_LEN  # procs key: u32 version, then the NUL-padded name (bpf/aod_event.h)
 
 # NFSv4 status codes (RFC 7530, 8881) worth naming; a v4 RPC fails with -status when status >= 10000
 NFS4ERR: dict[str, int] = {
@@ -117,7 +119,7 @@ def slot(cmd: int) -> int:
 
 
 def name_keys() -> Iterator[tuple[bytes, int]]:
-    """(nfs_procs_v1 key, code) for every listed procedure: u32 version, then NAME_LEN bytes."""
+    """(procs key, code) for every listed procedure: u32 version, then NAME_LEN bytes."""
     for version, table in TABLES.items():
         for i, proc in enumerate(table):
             yield version.to_bytes(4, "little") + proc.encode().ljust(NAME_LEN, b"\0"), CODE_BASE[version] | i

@@ -106,5 +106,11 @@ def status_name(status: int) -> str:
     return NT_STATUS_NAMES.get(int(status), f"0x{int(status):08X}")
 
 
+def protocol_status_name(protocol: str, status: int) -> str:
+    """A status as a record or a rule of that protocol carries it: NT status (SMB); for NFS an
+    NFS4ERR_* or nfsproc.ERRNO_FLAG | errno (the NFS detector's count key)."""
+    return nfsproc.status_label(status) if protocol == "nfs" else status_name(status)
+
+
 def errno_name(err: int) -> str:
     return _errno.errorcode.get(int(err), str(int(err))) if err else "0"

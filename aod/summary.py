@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import __version__, nfsproc
+from . import __version__
 from .anomaly import Anomaly
 from .config import HEALTH_TYPES, Config, hung_threshold_ns
 from .record import CMD_SLOTS, EVENT_VERSION, HIST_BUCKETS, KIND_COMPLETION, KIND_ERROR
-from .smb2 import command_name, errno_name, status_name
+from .smb2 import command_name, errno_name, protocol_status_name, status_name
 
 if TYPE_CHECKING:  # numpy.typing arrived in numpy 1.20; Debian 11 has 1.19
     import numpy.typing as npt
@@ -192,8 +192,7 @@ def build_summary(
     """The summary.json dict (JSON-serialisable)."""
     ev = anomaly.records()
     errs = ev[ev["kind"] == KIND_ERROR]
-    name = (lambda s: nfsproc.status_name(s, 0)) if anomaly.protocol == "nfs" else status_name
-    statuses = Counter(name(int(s)) for s in errs["nt_status"] if int(s))
+    statuses = Counter(protocol_status_name(anomaly.protocol, int(s)) for s in errs["nt_status"] if int(s))
     errnos = Counter(errno_name(int(e)) for e in errs["err"] if int(e))
     return jsonable({
         "aodv2_version": __version__,

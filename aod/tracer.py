@@ -213,6 +213,13 @@ def _state(state_dir: Optional[str], name: str, state: str) -> None:
         _emit(logging.WARNING, name, err)
 
 
+def _setup_failed(env: Env, name: str, e: SetupError) -> int:
+    """A setup step failed (before the load, or filling the maps after it): say so; its exit status."""
+    _emit(logging.ERROR, name, str(e), AOD_EXIT=e.code)
+    env.notifier.status(f"failed: {e}"[:200])
+    return e.code
+
+
 def _sync_ignored(name: str, loaded: Loaded, statuses: frozenset[int]) -> None:
     """Fill the ignored_status map from the config (a program without the map is skipped)."""
     get = getattr(loaded.obj, "get_table", None)
@@ -327,9 +334,7 @@ def run(opts: Options, env: Env) -> int:
         except Exception as e:  # bcc raises plain Exception with the compiler/verifier text on stderr
             raise SetupError(f"loading {source} failed: {e}", EX_SOFTWARE) from None
     except SetupError as e:
-        _emit(logging.ERROR, name, str(e), AOD_EXIT=e.code)
-        env.notifier.status(f"failed: {e}"[:200])
-        return e.code
+        return _setup_failed(env, name, e)
 
     live: Optional[tracerlive.TracerLive] = None
     aging_stop = threading.Event()
@@ -370,9 +375,7 @@ def run(opts: Options, env: Env) -> int:
                 env.reload.clear()
                 _reload(opts, env, loaded, live, what, front)
     except SetupError as e:
-        _emit(logging.ERROR, name, str(e), AOD_EXIT=e.code)
-        env.notifier.status(f"failed: {e}"[:200])
-        return e.code
+        return _setup_failed(env, name, e)
     finally:
         env.notifier.stopping()
         aging_stop.set()

@@ -85,7 +85,9 @@ def parse_args(argv: Sequence[str]) -> Options:
     if ns.name != "synthetic" and synth_given:
         raise SetupError("aodv2 tracer: --pid/--kind/--command/--latency-ms/--status/--errno "
                          "are for the synthetic tracer only", EX_USAGE)
-    if ns.force_kprobes and ns.name != "smb":  # the one front with modes (tracerfront.Front.modes)
+    from .tracerfront import fronts
+
+    if ns.force_kprobes and not fronts()[ns.name].modes:
         raise SetupError("aodv2 tracer: --force-kprobes is for the smb tracer only", EX_USAGE)
     if not (0 <= ns.pid < 2**32 and 0 <= ns.command < 2**16 and 0 <= ns.status < 2**32
             and 0 <= ns.errno < 2**31 and 0 <= ns.latency_ms < 1e9):
