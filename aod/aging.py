@@ -274,6 +274,7 @@ class Scanner:
     emit: Callable[[np.ndarray], None]
     threshold_ns: int = 0  # 0: aging off
     cmd_mask: int = 0
+    codes: Optional[np.ndarray] = None  # bool by command id (config.hung_codes): exact, else cmd_mask
     clock: Callable[[], int] = time.monotonic_ns  # CLOCK_MONOTONIC = bpf_ktime_get_ns
     unpaired: Callable[[], int] = lambda: 0
     stats: AgingStats = field(default_factory=AgingStats)
@@ -281,8 +282,11 @@ class Scanner:
     _last_hung_count: int = 0
     _hung_full: bool = False
 
-    def set_config(self, threshold_ns: int, cmd_mask: int) -> None:
+    def set_config(self, threshold_ns: int, cmd_mask: int, codes: Optional[np.ndarray] = None) -> None:
+        """codes (config.hung_codes, bool by command id): exact; else the mask's slots (every id >= 31 in
+        the last one), which cannot tell NFS procedure codes apart."""
         self.threshold_ns, self.cmd_mask = int(threshold_ns), int(cmd_mask)
+        self.codes = None if codes is None else np.asarray(codes, dtype=bool)
 
     def scan(self) -> int:
         """Move and report the requests that crossed the threshold; returns records emitted."""
@@ -304,8 +308,11 @@ class Scanner:
         if thr > 0 and len(keys):
             ts = vals["ts"].astype(np.int64)
             age = np.maximum(np.int64(now) - ts, 0)
-            slot = np.minimum(keys["cmd"].astype(np.int64), CMD_SLOTS - 1)
-            wanted = ((np.int64(mask) >> slot) & 1).astype(bool)
+            if self.codes is not None:
+                wanted = self.codes[keys["cmd"].astype(np.int64)]  # u16: within LOOKUP_SIZE
+            else:
+                slot = np.minimum(keys["cmd"].astype(np.int64), CMD_SLOTS - 1)
+                wanted = ((np.int64(mask) >> slot) & 1).astype(bool)
             aged = np.nonzero((age >= thr) & wanted)[0]
             aged = aged[np.argsort(-age[aged], kind="stable")]  # the oldest first
             full_now: set = set()
@@ -392,9 +399,9 @@ class AgingThread:
     def start(self) -> None:
         self.thread.start()
 
-    def set_config(self, threshold_ns: int, cmd_mask: int) -> None:
+    def set_config(self, threshold_ns: int, cmd_mask: int, codes: Optional[np.ndarray] = None) -> None:
         with self.lock:
-            self.scanner.set_config(threshold_ns, cmd_mask)
+            self.scanner.set_config(threshold_ns, cmd_mask, codes)
 
     def _run(self) -> None:
         last_pub = 0.0

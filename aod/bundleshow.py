@@ -212,6 +212,11 @@ def format_show(view: BundleView, ascii_only: bool = False) -> str:
                f"{clean(w.get('end', '?'))} ({clean(w.get('seconds', '?'))} s)")
     out.append(f"host       {clean(s.get('host', '?'))}   kernel {clean(s.get('kernel', '?'))}   "
                f"aodv2 {clean(s.get('aodv2_version', '?'))}   events in bundle {clean(s.get('events_in_bundle', '?'))}")
+    for key, word in (("servers", "servers"), ("shares", "exports" if proto == "nfs" else "shares")):
+        names = a.get(key)
+        if isinstance(names, list) and names:  # who was involved: names.involved, nfsnames
+            items, more = _first(names, 8)
+            out.append(f"{word:<10} " + ", ".join(clean(x, 200) for x in items) + more)
     if a.get("details"):
         out.append(f"details    {_short(a.get('details'))}")
     for label, key in (("statuses", "per_status"), ("errnos", "per_errno")):

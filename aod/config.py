@@ -326,20 +326,26 @@ def hung_threshold_ns(lat: LatencyConfig) -> int:
     return _ms_to_ns(ms)
 
 
-def hung_cmd_mask(lat: LatencyConfig) -> int:
-    """Bit s set when command slot s can be called hung: a finite latency threshold under the mode
-    (mode + exclude) and not in hung_exclude (the last slot holds every id >= 31, like
-    tracer.emit_cmd_mask). 0 when aging is off."""
+def hung_codes(lat: LatencyConfig) -> np.ndarray:
+    """bool[LOOKUP_SIZE]: the command ids (or procedure codes) that can be called hung: a finite latency
+    threshold under the mode (mode + exclude) and not in hung_exclude. All False when aging is off."""
     if not hung_threshold_ns(lat):
-        return 0
+        return np.zeros(LOOKUP_SIZE, dtype=bool)
     finite = np.isfinite(threshold_lookup(lat))
     finite[list(lat.hung_exclude)] = False
+    return finite
+
+
+def hung_cmd_mask(lat: LatencyConfig) -> int:
+    """Bit s set when command slot s can be called hung (hung_codes; the last slot holds every id
+    >= 31, like tracer.emit_cmd_mask). 0 when aging is off."""
+    codes = hung_codes(lat)
     slots = 32
     mask = 0
     for slot in range(slots - 1):
-        if finite[slot]:
+        if codes[slot]:
             mask |= 1 << slot
-    if finite[slots - 1:].any():
+    if codes[slots - 1:].any():
         mask |= 1 << (slots - 1)
     return mask
 

@@ -168,7 +168,7 @@ def nfs_view(cfg: Config) -> Config:
     track = tuple(c for c in codes if c not in n.exclude)
     thresholds = MappingProxyType({c: n.thresholds_ms.get(c, n.default_threshold_ms) for c in track})
     latency = dataclasses.replace(lat, mode="trackonly", track=track, exclude=(), thresholds_ms=thresholds,
-                                  default_threshold_ms=n.default_threshold_ms, share=0.0, hung_exclude=(),
+                                  default_threshold_ms=n.default_threshold_ms, hung_exclude=(),
                                   hung_threshold_ms=lat.hung_threshold_ms if n.hung_threshold_ms is None
                                   else n.hung_threshold_ms)
     rule = ErrorRule("nfs_errors", statuses=NFS_STATUSES - n.benign_statuses, errnos=NFS_ERRNOS - n.benign_statuses,

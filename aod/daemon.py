@@ -30,6 +30,7 @@ from .counters import Counters
 from .detectsplit import Detectors
 from .dispatch import Columns, Dispatcher, RecentEvents
 from .names import Names
+from .nfsnames import NfsNames
 from .notify import Notifier
 from .policy import REASONS, Policy
 from .retain import Retention
@@ -82,10 +83,12 @@ class Core:
         self.recent = RecentEvents(lambda: self.detector.keep_ns())
         # server and share names: the tracer's pins beside the ring (none for a file ring), DebugData
         self.names = Names(os.path.dirname(cfg.ring.path) if tracer_dir else None)
-        self.tally = Tally(self.names)
+        self.nfs_names = NfsNames()
+        self.tally = Tally(self.names, self.nfs_names)
         self.emit_check = status.EmitCheck()
         self.detector: Detectors = Detectors(cfg, suppressing=self.policy.suppressing, recent=self.recent,
-                                 stats_since=lambda ns: self.watcher.horizon.since(ns), names=self.names)
+                                 stats_since=lambda ns: self.watcher.horizon.since(ns), names=self.names,
+                                 nfs_names=self.nfs_names)
         self.dispatcher = Dispatcher(ring, self.recent, self._on_batch, deadline=self.detector.next_deadline,
                                      on_tick=self._on_tick)
         self.watcher: Watcher = Watcher(self.tally, self.detector, counters, lambda: self.cfg.watch_interval_sec,
@@ -248,7 +251,7 @@ class Core:
                      "emergencies_deduplicated": self.detector.emergencies_deduplicated},
             "health_events": dict(self.detector.health_counts),
             "names": dict(zip(("servers", "shares"), self.names.known()), features=list(self.names.features)),
-            "share_labels": self.tally.labels.snapshot(),
+            "share_labels": self.tally.labels.snapshot(), "nfs_labels": self.tally.nfs_labels.snapshot(),
             "unhealthy": self.supervisor.stale() + ([self.supervisor.failed] if self.supervisor.failed else []),
             "events_per_sec": r.events_per_sec, "ring_records": r.ring_records, "drops_total": r.drops_total,
             "drops_last_window": r.drops_last_window, "bad_records": bad.pop("total"),
@@ -366,6 +369,8 @@ class Core:
                 self.stop_event.set()  # no watchdog to restart us: exit non-zero instead
             if now - last_status >= 1.0:
                 self.names.refresh()
+                if "nfs" in self.cfg.tracers:
+                    self.nfs_names.refresh()
                 snap = self.snapshot()  # one read of tracer states and disk use for both
                 for tracer, msg in self.emit_check.check(self.cfg, snap["tracer_detail"]):
                     log.emit("tracer", WARNING, msg, AOD_TRACER=tracer)

@@ -36,8 +36,8 @@ from .anomaly import Anomaly
 from .config import Config
 from .detecttables import LATENCY, Rule, Tables, latency_kind, ns, tables
 from .dispatch import Columns, Events, RecentEvents, since
-from .names import Names, involved
-from .record import KIND_ERROR, KIND_HEALTH, KIND_HUNG, KIND_RECONNECT, cmd_slot
+from .names import Namer, involved
+from .record import KIND_ERROR, KIND_HEALTH, KIND_HUNG, KIND_RECONNECT
 from .sliding import CountRule, Crossing, ShareHit, ShareRule
 
 _RECONNECT_STATUSES = np.array(sorted(smb2.RECONNECT_STATUSES), dtype=np.uint32)
@@ -79,7 +79,7 @@ class Detector:
                  suppressing: Callable[[str], bool] = lambda _type: False,
                  recent: Optional[RecentEvents] = None,
                  stats_since: Callable[[int], Optional[np.ndarray]] = lambda _ns: None,
-                 names: Optional[Names] = None, protocol: str = "smb",
+                 names: Optional[Namer] = None, protocol: str = "smb",
                  mine: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
         self.clock = clock
         self.protocol = protocol  # of the records fed to it (detectsplit.py): its anomalies carry it
@@ -105,7 +105,7 @@ class Detector:
 
     def reconfigure(self, cfg: Config) -> None:
         """Build the new tables aside, then publish them with one assignment (atomic for readers)."""
-        self.tables = tables(cfg)
+        self.tables = tables(cfg, self.protocol)
 
     @property
     def cfg(self) -> Config:
@@ -175,7 +175,7 @@ class Detector:
         iv = max(int(t.cfg.watch_interval_sec * 1e9), 1)
         hung_rows = np.flatnonzero(kind == KIND_HUNG)
         if len(hung_rows) and t.hung_ns:  # first: a request hung and done in one batch is hung only
-            hung_rows = hung_rows[t.hung_slots[cmd_slot(cmd[hung_rows])] & t.tracked[cmd[hung_rows]]]
+            hung_rows = hung_rows[t.hung_codes[cmd[hung_rows]]]
             self.hung.feed(batch[hung_rows], self.mono(), int(t.cfg.latency.hung_group_ms * 1e6))
         cand = np.flatnonzero(lat > t.min_threshold_ns)  # the slow few: look up thresholds for these
         over = cand[_latency_kind(kind[cand]) & (lat[cand] > t.thresholds_ns[cmd[cand]])]
@@ -307,7 +307,7 @@ class Detector:
         NFS the NFS4ERR_* status, else the errno flagged with nfsproc.ERRNO_FLAG (both are named)."""
         if self.protocol != "nfs":
             return status
-        return np.where(status != 0, status, err.astype(np.uint32) | np.uint32(nfsproc.ERRNO_FLAG))
+        return nfsproc.status_key(status, err)
 
     def _status_name(self, s: int) -> str:
         return smb2.protocol_status_name(self.protocol, s)

@@ -8,8 +8,9 @@ share are two anomalies, each counted against its own thresholds, tagged with it
 each carrying its own protocol's records as evidence.
 Daemon and watcher see one object with the Detector's interface.
 
-Records of the synthetic and file tracers count as SMB (their commands are SMB ids). The NFS
-detector has no share rules: its statistics are not read by the watcher yet (nfs_stats_v1).
+Records of the synthetic and file tracers count as SMB (their commands are SMB ids). Both see the
+watcher's statistics (counters.py: cmd_stats_v2's rows, then nfs_stats_v1's); each detector's share
+rules and bundle percentiles use its own protocol's rows (record.protocol_rows).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .config import Config
 from .confignfs import nfs_view
 from .detect import Detector
 from .dispatch import Columns
+from .names import Namer
 from .record import TRACER_NFS
 
 PROTOCOLS = ("smb", "nfs")
@@ -36,11 +38,11 @@ def throttle_key(type_: str, protocol: str) -> str:
 class Detectors:
     """Detector's interface over one Detector per protocol."""
 
-    def __init__(self, cfg: Config, suppressing: Callable[[str], bool] = lambda _t: False, **kw: Any) -> None:
+    def __init__(self, cfg: Config, suppressing: Callable[[str], bool] = lambda _t: False,
+                 nfs_names: Optional[Namer] = None, **kw: Any) -> None:
         self.smb = Detector(cfg, suppressing=suppressing, protocol="smb", mine=lambda b: b["tracer_id"] != TRACER_NFS,
                             **kw)
-        # names.py knows SMB servers and shares only; the watcher's statistics are the SMB tracer's
-        nfs_kw = dict(kw, names=None, stats_since=lambda _ns: None)
+        nfs_kw = dict(kw, names=nfs_names)  # NFS clients named by nfsnames.NfsNames
         self.nfs = Detector(nfs_view(cfg), suppressing=lambda t: suppressing(throttle_key(t, "nfs")),
                             protocol="nfs", mine=lambda b: b["tracer_id"] == TRACER_NFS, **nfs_kw)
         self.all = (self.smb, self.nfs)
@@ -83,7 +85,7 @@ class Detectors:
     def window(self, end_ns: int, stats: Optional[np.ndarray], matched: Any, resets: Any = None) -> list[Anomaly]:
         resets = resets or (set(), set())
         return (self.smb.window(end_ns, stats, matched[0], resets[0])
-                + self.nfs.window(end_ns, None, matched[1], resets[1]))
+                + self.nfs.window(end_ns, stats, matched[1], resets[1]))
 
     # what status and metrics read (both protocols together)
     @property

@@ -66,8 +66,9 @@ def defines(opts: Options, paths: PinPaths) -> list[str]:
     ]
 
 
-def applied(cfg: config_mod.Config) -> dict[str, int]:
-    """The smb rules over the NFS view: every NFS code sits in the last command slot of the masks."""
+def applied(cfg: config_mod.Config) -> dict[str, Any]:
+    """The smb rules over the NFS view: every NFS code sits in the last command slot of the masks, so
+    the aging scan goes by the exact codes (hung_codes: nfs.exclude is never called hung)."""
     return smb_applied(nfs_view(cfg))
 
 

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .dispatch import concat
-from .names import Names, involved, server_of_unc
+from .names import Namer, involved, server_of_unc
 from .smb2 import command_name
 
 HUNG_KEYS_MAX = 16384  # hung requests remembered for the dedupe (4 x the tracer's hung_v1 map)
@@ -97,7 +97,7 @@ def _comm(raw: bytes) -> str:
     return bytes(raw).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
-def details(rows: np.ndarray, names: Optional[Names], threshold_ms: float, group_ms: float) -> dict[str, Any]:
+def details(rows: np.ndarray, names: Optional[Namer], threshold_ms: float, group_ms: float) -> dict[str, Any]:
     """What a hung anomaly says: every request (up to MAX_LISTED, oldest first) with its command,
     mid, age, pid, comm, session, tree and their names; the servers and shares involved."""
     named = involved(names, rows)  # refreshes the names first

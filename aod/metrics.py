@@ -22,10 +22,11 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from . import safefs
+from . import nfsproc, safefs
 from .atomicfile import write_atomic
 from .config import METRICS_DEFAULT_DIR, MetricsConfig
-from .record import CMD_SLOTS, CMD_STATS_DTYPE
+from .counters import zero_stats
+from .record import STATS_ROWS, protocol_rows, row_command
 from .smb2 import command_name, status_name
 
 TEXTFILE_NAME = "aodv2.prom"
@@ -68,6 +69,57 @@ def _by(d: Any, label: str) -> list[tuple[str, dict[str, Any], float]]:
     return [("", {label: k}, v) for k, v in sorted((d or {}).items())]
 
 
+def _active(stats: np.ndarray, protocol: str) -> list[int]:
+    """The protocol's statistics rows with completions or errors."""
+    busy = (stats["hist"].sum(axis=1) > 0) | (stats["errors"] > 0) | (stats["ignored"] > 0)
+    return [int(r) for r in np.flatnonzero(busy & protocol_rows(protocol))]
+
+
+def _counts(o: _Out, stats: np.ndarray, rows: list[int], proto: str, label: str, what: str) -> None:
+    """<proto>_<label>s_total, its errors and its ignored statuses, counted in the kernel."""
+    noun = "commands" if label == "command" else "procedures"
+    name = {r: command_name(row_command(r)) for r in rows}
+    o.family(f"aodv2_{proto}_{noun}_total", "counter",
+             f"{what} completed, counted in the kernel by the tracers (every completion).",
+             [("", {label: name[r]}, int(stats["hist"][r].sum())) for r in rows])
+    o.family(f"aodv2_{proto}_{label}_errors_total", "counter",
+             f"{what} that completed with an error, counted in the kernel (ignored statuses excluded).",
+             [("", {label: name[r]}, int(stats["errors"][r])) for r in rows])
+    ignored, key = ("ignored_statuses", "ignored_statuses") if proto == "smb" else \
+        ("benign_statuses", "nfs.benign_statuses")
+    o.family(f"aodv2_{proto}_{label}_{ignored}_total", "counter",
+             f"{what} that completed with a status in {key} (normal work: end of a listing, a missing "
+             "name), counted in the kernel and not as errors.",
+             [("", {label: name[r]}, int(stats["ignored"][r])) for r in rows])
+
+
+def _latency(o: _Out, stats: np.ndarray, rows: list[int], family: str, label: str, help_: str) -> None:
+    hist: list[tuple[str, dict[str, Any], float]] = []
+    for r in rows:
+        h, name = stats["hist"][r], command_name(row_command(r))
+        cum = np.cumsum(h)
+        for b in range(FIRST_EDGE, LAST_EDGE + 1):
+            hist.append(("_bucket", {label: name, "le": format((1 << b) / 1e6, ".10g")}, int(cum[b])))
+        hist.append(("_bucket", {label: name, "le": "+Inf"}, int(cum[-1])))
+        hist.append(("_sum", {label: name}, int(stats["latency_sum_ns"][r]) / 1e9))
+        hist.append(("_count", {label: name}, int(cum[-1])))
+    o.family(family, "histogram", help_, hist)
+
+
+def _slow(o: _Out, labels: dict[str, Any], family: str, label: str, help_: str) -> None:
+    """A ShareTotals snapshot's slow completion histograms, one series per share or export."""
+    shist: list[tuple[str, dict[str, Any], float]] = []
+    for sh, d in sorted((labels.get("slow") or {}).items()):
+        cum = np.cumsum(np.asarray(d.get("hist") or [0], np.int64))
+        for b in range(FIRST_EDGE, LAST_EDGE + 1):
+            le = format((1 << b) / 1e6, ".10g")
+            shist.append(("_bucket", {label: sh, "le": le}, int(cum[min(b, len(cum) - 1)])))
+        shist.append(("_bucket", {label: sh, "le": "+Inf"}, int(cum[-1])))
+        shist.append(("_sum", {label: sh}, int(d.get("sum_ns", 0)) / 1e9))
+        shist.append(("_count", {label: sh}, int(cum[-1])))
+    o.family(family, "histogram", help_, shist)
+
+
 def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = True) -> str:
     """Exposition text from a Core snapshot (daemon.py) and the Watcher's cumulative totals."""
     o = _Out()
@@ -77,18 +129,10 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
     o.family("aodv2_tracer_up", "gauge", "1 when the tracer is attached to the kernel.",
              [("", {"tracer": n}, 1 if s == "attached" else 0) for n, s in sorted((snap.get("tracers") or {}).items())])
     stats: np.ndarray = totals["cmd_stats"] if totals and totals.get("cmd_stats") is not None \
-        else np.zeros(CMD_SLOTS, CMD_STATS_DTYPE)
-    slots = [int(c) for c in np.flatnonzero(stats["hist"].sum(axis=1))]
-    o.family("aodv2_smb_commands_total", "counter",
-             "SMB commands completed, counted in the kernel by the tracers (every completion).",
-             [("", {"command": command_name(c)}, int(stats["hist"][c].sum())) for c in slots])
-    o.family("aodv2_smb_command_errors_total", "counter",
-             "SMB commands that completed with an error, counted in the kernel (ignored statuses excluded).",
-             [("", {"command": command_name(c)}, int(stats["errors"][c])) for c in slots])
-    o.family("aodv2_smb_command_ignored_statuses_total", "counter",
-             "SMB commands that completed with a status in ignored_statuses (normal work: end of a listing, "
-             "a missing name), counted in the kernel and not as errors.",
-             [("", {"command": command_name(c)}, int(stats["ignored"][c])) for c in slots])
+        and len(totals["cmd_stats"]) == STATS_ROWS else zero_stats()
+    smb_rows, nfs_rows = _active(stats, "smb"), _active(stats, "nfs")
+    _counts(o, stats, smb_rows, "smb", "command", "SMB commands")
+    _counts(o, stats, nfs_rows, "nfs", "procedure", "NFS procedures (RPCs of the nfs program; v4: one COMPOUND)")
     labels = snap.get("share_labels") or {}
     errs = (totals or {}).get("errors") or {}
     by_share = labels.get("errors")
@@ -105,29 +149,29 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
     rec = (totals or {}).get("reconnects") or {}
     o.family("aodv2_smb_reconnects_total", "counter", "Reconnect records by NT status (0: the client reconnected).",
              [("", {"status": status_name(s) if s else "reconnect"}, n) for s, n in sorted(rec.items())])
-    hist: list[tuple[str, dict[str, Any], float]] = []
-    for c in slots:
-        h, name = stats["hist"][c], command_name(c)
-        cum = np.cumsum(h)
-        for b in range(FIRST_EDGE, LAST_EDGE + 1):
-            hist.append(("_bucket", {"command": name, "le": format((1 << b) / 1e6, ".10g")}, int(cum[b])))
-        hist.append(("_bucket", {"command": name, "le": "+Inf"}, int(cum[-1])))
-        hist.append(("_sum", {"command": name}, int(stats["latency_sum_ns"][c]) / 1e9))
-        hist.append(("_count", {"command": name}, int(cum[-1])))
-    o.family("aodv2_smb_command_latency_seconds", "histogram",
-             "SMB command latency (enter to completion), every completion.", hist)
-    shist: list[tuple[str, dict[str, Any], float]] = []
-    for sh, d in sorted((labels.get("slow") or {}).items()):
-        cum = np.cumsum(np.asarray(d.get("hist") or [0], np.int64))
-        for b in range(FIRST_EDGE, LAST_EDGE + 1):
-            le = format((1 << b) / 1e6, ".10g")
-            shist.append(("_bucket", {"share": sh, "le": le}, int(cum[min(b, len(cum) - 1)])))
-        shist.append(("_bucket", {"share": sh, "le": "+Inf"}, int(cum[-1])))
-        shist.append(("_sum", {"share": sh}, int(d.get("sum_ns", 0)) / 1e9))
-        shist.append(("_count", {"share": sh}, int(cum[-1])))
-    o.family("aodv2_smb_share_slow_latency_seconds", "histogram",
-             "Latency of the slow completions the tracers emitted (at or over the emit threshold), by share "
-             "(the 20 most recently seen shares; the rest as share=\"other\").", shist)
+    _latency(o, stats, smb_rows, "aodv2_smb_command_latency_seconds", "command",
+             "SMB command latency (enter to completion), every completion.")
+    _latency(o, stats, nfs_rows, "aodv2_nfs_procedure_latency_seconds", "procedure",
+             "NFS procedure latency (RPC execute time, as mountstats counts it), every completion.")
+    nfs_labels = snap.get("nfs_labels") or {}
+    by_export = nfs_labels.get("errors")
+    if by_export is not None:
+        nrows = sorted((k.rsplit("|", 2), n) for k, n in by_export.items())
+        o.family("aodv2_nfs_errors_total", "counter", "NFS error records by procedure, status (an errno name, "
+                 "or an NFS4ERR_* status) and export (the 20 most recently seen; the rest as export=\"other\").",
+                 [("", {"procedure": command_name(int(c)), "status": nfsproc.status_label(int(st)), "export": ex}, n)
+                  for (ex, c, st), n in nrows])
+    else:
+        o.family("aodv2_nfs_errors_total", "counter", "NFS error records by procedure and status "
+                 "(an errno name, or an NFS4ERR_* status).",
+                 [("", {"procedure": command_name(c), "status": nfsproc.status_label(st)}, n)
+                  for (c, st), n in sorted(((totals or {}).get("nfs_errors") or {}).items())])
+    _slow(o, labels, "aodv2_smb_share_slow_latency_seconds", "share",
+          "Latency of the slow completions the tracers emitted (at or over the emit threshold), by share "
+          "(the 20 most recently seen shares; the rest as share=\"other\").")
+    _slow(o, nfs_labels, "aodv2_nfs_export_slow_latency_seconds", "export",
+          "Latency of the slow NFS completions the nfs tracer emitted (at or over the emit threshold), by export "
+          "(server:/path; the 20 most recently seen; the rest as export=\"other\").")
     hung = snap.get("hung") or {}
     o.family("aodv2_hung_requests_total", "counter",
              "Hung records: requests found in flight longer than latency.hung_threshold_ms (one per request).",

@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -134,6 +134,50 @@ def read_pinned(pin_dir: str) -> tuple[dict[int, str], dict[tuple[int, int], str
     return servers, shares
 
 
+class Namer(Protocol):
+    """What names a protocol's records (Names for SMB, nfsnames.NfsNames for NFS)."""
+
+    def refresh(self, force: bool = False) -> bool: ...
+
+    def share(self, sesid: int, tid: int) -> Optional[str]: ...
+
+    def server(self, conn_id: int) -> Optional[str]: ...
+
+    def server_of_session(self, sesid: int) -> Optional[str]: ...
+
+    def id_label(self, sesid: int, tid: int) -> str: ...
+
+
+class RefreshGate:
+    """Whether a namer re-reads its sources now: at most once a REFRESH_SEC, or for a forced refresh
+    (an id not known yet) once a FORCED_MIN_SEC. Thread-safe."""
+
+    def __init__(self, mono: Callable[[], float]) -> None:
+        self.mono = mono
+        self.lock = threading.Lock()
+        self._at: Optional[float] = None
+
+    def due(self, force: bool = False) -> bool:
+        now = self.mono()
+        with self.lock:
+            if self._at is not None and now - self._at < (FORCED_MIN_SEC if force else REFRESH_SEC):
+                return False
+            self._at = now
+            return True
+
+
+def share_label(names: Optional[Namer], sesid: int, tid: int) -> str:
+    """A share's (or an NFS export's) name for a metric label: the share, else the server, else 'unknown'."""
+    if names is None:
+        return "unknown"
+    return names.share(sesid, tid) or names.server_of_session(sesid) or "unknown"
+
+
+def id_label(sesid: int, tid: int) -> str:
+    """An SMB record left unnamed, by its ids ('' for none)."""
+    return f"session 0x{sesid:x} tree 0x{tid:x}" if sesid or tid else ""
+
+
 class Names:
     """Ids -> names, refreshed from the pins and DebugData at most once a REFRESH_SEC."""
 
@@ -145,7 +189,7 @@ class Names:
         self.mono = mono
         self.pinned = pinned
         self.lock = threading.Lock()
-        self._at: Optional[float] = None
+        self.gate = RefreshGate(mono)
         self._servers: dict[int, str] = {}
         self._shares: dict[tuple[int, int], str] = {}
         self._sessions: dict[int, str] = {}
@@ -153,11 +197,8 @@ class Names:
 
     def refresh(self, force: bool = False) -> bool:
         """Re-read the sources unless that was done within REFRESH_SEC. True if it re-read."""
-        now = self.mono()
-        with self.lock:
-            if self._at is not None and now - self._at < (FORCED_MIN_SEC if force else REFRESH_SEC):
-                return False
-            self._at = now
+        if not self.gate.due(force):
+            return False
         dd = DebugData()
         try:
             with open(self.debugdata, "rb") as f:
@@ -194,12 +235,11 @@ class Names:
         with self.lock:
             return self._sessions.get(int(sesid))
 
-    def share_label(self, sesid: int, tid: int) -> str:
-        """A share's name for a metric label: the UNC, else the server, else 'unknown'."""
-        return self.share(sesid, tid) or self.server_of_session(sesid) or "unknown"
+    def id_label(self, sesid: int, tid: int) -> str:
+        return id_label(sesid, tid)
 
 
-def involved(names: Optional[Names], rows: np.ndarray) -> dict[str, list[str]]:
+def involved(names: Optional[Namer], rows: np.ndarray) -> dict[str, list[str]]:
     """The servers and shares of these records (EVENT_DTYPE), at most MAX_NAMED each, for an
     anomaly's details: {"servers": [...], "shares": [...], "unnamed": [ids not resolved]}."""
     servers: list[str] = []
@@ -224,22 +264,25 @@ def involved(names: Optional[Names], rows: np.ndarray) -> dict[str, list[str]]:
     for c in conns.tolist():
         srv = names.server(c) if names else None
         if srv is None and names is not None and not retried:
-            retried = names.refresh(force=True)  # a connection newer than the last refresh
+            retried = True  # one try per batch: a connection newer than the last refresh
+            names.refresh(force=True)
             srv = names.server(c)
         if srv:
             add(servers, srv)
         else:
             add(unnamed, f"conn 0x{c:x}")
     for ses, tid in pairs.tolist():
+        label = names.id_label(ses, tid) if names else id_label(ses, tid)  # '': a record of no request
         unc = names.share(ses, tid) if names else None
-        if unc is None and names is not None and not retried:
-            retried = names.refresh(force=True)
+        if unc is None and names is not None and not retried and label:
+            retried = True
+            names.refresh(force=True)
             unc = names.share(ses, tid)
         srv = (server_of_unc(unc) if unc else None) or (names.server_of_session(ses) if names else None)
         if unc:
             add(shares, unc)
         if srv:
             add(servers, srv)
-        if not unc and not srv and (ses or tid):
-            add(unnamed, f"session 0x{ses:x} tree 0x{tid:x}")
+        if not unc and not srv and label:
+            add(unnamed, label)
     return {"servers": servers, "shares": shares, "unnamed": unnamed}

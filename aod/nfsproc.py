@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno as _errno
 import re
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
+
+import numpy as np
 
 from .record import NFS_NAME_LEN
 
@@ -110,7 +112,8 @@ def lookup(text: str) -> Optional[int]:
 
 
 def slot(cmd: int) -> int:
-    """nfs_stats_v1 entry of a code, as bpf/nfs.bpf.c nfs_slot: v3 in 0-31, v4 in 32-127."""
+    """nfs_stats_v1 entry of a code, as bpf/nfs.bpf.c nfs_slot: v3 in 0-31, v4 (and any other) in 32-127.
+    The core's statistics row of an NFS code is record.stats_row (CMD_SLOTS + this, for 0x03xx/0x04xx)."""
     cmd = int(cmd)
     idx = cmd & 0xFF
     if cmd >> 8 == 3:
@@ -126,6 +129,11 @@ def name_keys() -> Iterator[tuple[bytes, int]]:
 
 
 ERRNO_FLAG = 0x40000000  # the NFS detector counts an errno-only error as ERRNO_FLAG | errno
+
+
+def status_key(status: Any, err: Any) -> Any:
+    """What NFS errors are counted by (numpy arrays): the NFS4ERR_* status, else ERRNO_FLAG | errno."""
+    return np.where(status != 0, status, np.asarray(err).astype(np.uint32) | np.uint32(ERRNO_FLAG))
 
 
 def status_label(s: int) -> str:

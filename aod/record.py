@@ -5,6 +5,8 @@ Every layer after the ring speaks in arrays of EVENT_DTYPE.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 EVENT_VERSION = 1
@@ -131,4 +133,44 @@ def hist_bucket(latency_ns: np.ndarray) -> np.ndarray:
 
 
 def cmd_slot(command: np.ndarray) -> np.ndarray:
+    """cmd_stats_v2 slot (and bit of the aging scan's u32 command mask) of SMB command ids."""
     return np.minimum(np.asarray(command, dtype=np.int64), CMD_SLOTS - 1)
+
+
+# The core's statistics are one array of STATS_ROWS rows: cmd_stats_v2's SMB slots, then
+# nfs_stats_v1's (bpf/nfs.bpf.c nfs_slot: NFSv3 in 0-31, NFSv4 in 32-127; the last of each, others).
+STATS_ROWS = CMD_SLOTS + NFS_SLOTS
+NFS_V3_ROWS, NFS_V4_ROWS = 32, NFS_SLOTS - 32
+_NFS_V3, _NFS_V4 = 3, 4  # a code's high byte (nfsproc.CODE_BASE)
+
+
+def stats_row(command: Any) -> np.ndarray:
+    """Row of the statistics of SMB command ids and NFS procedure codes (0x03xx, 0x04xx)."""
+    c = np.asarray(command, dtype=np.int64)
+    hi, lo = c >> 8, c & 0xFF
+    v3 = CMD_SLOTS + np.minimum(lo, NFS_V3_ROWS - 1)
+    v4 = CMD_SLOTS + NFS_V3_ROWS + np.minimum(lo, NFS_V4_ROWS - 1)
+    return np.where(hi == _NFS_V3, v3, np.where(hi == _NFS_V4, v4, np.minimum(c, CMD_SLOTS - 1)))
+
+
+def row_command(row: int) -> int:
+    """The command id or procedure code a statistics row counts (an NFS version's last row: 0x..ff, others)."""
+    if row < CMD_SLOTS:
+        return row
+    s = row - CMD_SLOTS
+    if s < NFS_V3_ROWS:
+        return _NFS_V3 << 8 | (s if s < NFS_V3_ROWS - 1 else 0xFF)
+    s -= NFS_V3_ROWS
+    return _NFS_V4 << 8 | (s if s < NFS_V4_ROWS - 1 else 0xFF)
+
+
+def protocol_rows(protocol: str) -> np.ndarray:
+    """bool[STATS_ROWS]: the rows of a protocol's commands (smb, nfs; any other: all)."""
+    out = np.zeros(STATS_ROWS, bool)
+    if protocol == "smb":
+        out[:CMD_SLOTS] = True
+    elif protocol == "nfs":
+        out[CMD_SLOTS:] = True
+    else:
+        out[:] = True
+    return out

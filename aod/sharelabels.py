@@ -1,7 +1,7 @@
 """Per-share totals for the metrics' share labels (dispatch -> watch -> metrics), bounded.
 
 Tally.add (dispatcher thread) names the share of each error and slow completion record
-(names.Names.share_label: "\\\\server\\share", else the server, else "unknown") and counts it
+(names.share_label: "\\\\server\\share" or an NFS export, else the server, else "unknown") and counts it
 here. At most MAX_SHARE_LABELS shares keep their own label, the most recently seen ones;
 when a new share pushes the least recently seen one out, that share's counts move into
 share="other". So each series only grows (Prometheus counters stay monotonic: a dropped

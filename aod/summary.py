@@ -22,7 +22,17 @@ import numpy as np
 from . import __version__
 from .anomaly import Anomaly
 from .config import HEALTH_TYPES, Config, hung_threshold_ns
-from .record import CMD_SLOTS, EVENT_VERSION, HIST_BUCKETS, KIND_COMPLETION, KIND_ERROR
+from .record import (
+    EVENT_VERSION,
+    HIST_BUCKETS,
+    KIND_COMPLETION,
+    KIND_ERROR,
+    KIND_HUNG,
+    STATS_ROWS,
+    protocol_rows,
+    row_command,
+    stats_row,
+)
 from .smb2 import command_name, errno_name, protocol_status_name, status_name
 
 if TYPE_CHECKING:  # numpy.typing arrived in numpy 1.20; Debian 11 has 1.19
@@ -109,15 +119,21 @@ def per_command(anomaly: Anomaly) -> dict[str, dict[str, Any]]:
     comp = ev[ev["kind"] == KIND_COMPLETION]
     errs = ev[ev["kind"] == KIND_ERROR]
     stats = anomaly.stats()
-    cmds = set(int(c) for c in np.unique(ev["command"])) if len(ev) else set()
-    if stats is not None:
-        cmds |= {s for s in range(min(CMD_SLOTS, len(stats)))
-                 if int(stats[s]["hist"].sum()) or int(stats[s]["errors"])}
+    # commands of requests only: a health or reconnect record's command is an event code
+    reqs = ev[np.isin(ev["kind"], (KIND_COMPLETION, KIND_ERROR, KIND_HUNG))]
+    cmds = set(int(c) for c in np.unique(reqs["command"])) if len(reqs) else set()
+    mine = protocol_rows(anomaly.protocol)
+    if stats is not None and len(stats) == STATS_ROWS:
+        cmds |= {row_command(int(r)) for r in np.flatnonzero(mine)
+                 if int(stats[r]["hist"].sum()) or int(stats[r]["errors"])}
+    else:
+        stats = None
     out: dict[str, dict[str, Any]] = {}
     for cmd in sorted(cmds):
         lat = comp["latency_ns"][comp["command"] == cmd]
         n_err = int((errs["command"] == cmd).sum())
-        slot = stats[cmd] if stats is not None and cmd < len(stats) else None
+        r = int(stats_row(cmd))
+        slot = stats[r] if stats is not None and mine[r] else None
         errors = max(n_err, int(slot["errors"]) if slot is not None else 0)  # events are a subset
         hist = slot["hist"] if slot is not None else None
         row: dict[str, Any]

@@ -20,13 +20,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import log
+from . import log, nfsproc
 from .anomaly import Anomaly
-from .counters import Counters, delta, zero_stats
+from .counters import Counters, delta, rebase, zero_stats
 from .detectsplit import Detectors
 from .dispatch import Columns
-from .names import Names
-from .record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_NFS, hist_bucket
+from .names import Namer, Names, share_label
+from .record import CMD_STATS_DTYPE, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, TRACER_NFS, hist_bucket
 from .sharelabels import ShareTotals
 
 
@@ -45,22 +45,60 @@ def window_bounds(t_ns: int, interval_ns: int) -> tuple[int, int]:
     return start, start + interval_ns
 
 
+def _labelled(totals: ShareTotals, names: Optional[Namer], batch: np.ndarray, cols: Columns, errs: np.ndarray,
+              status: np.ndarray, trees: np.ndarray) -> None:
+    """Error (rows errs) and completion records of a batch by share or export (one name lookup each)."""
+    comp = np.flatnonzero(cols.kind == KIND_COMPLETION)
+    if not len(errs) and not len(comp):
+        return
+    label: dict[tuple[int, int], str] = {}
+
+    def name(ses: int, tid: int) -> str:
+        if (ses, tid) not in label:
+            label[(ses, tid)] = share_label(names, ses, tid)
+        return label[(ses, tid)]
+
+    if len(errs):
+        keys = np.stack([batch["session_id"][errs].astype(np.uint64), trees[errs].astype(np.uint64),
+                         cols.command[errs].astype(np.uint64), status[errs].astype(np.uint64)], axis=1)
+        uniq, n = np.unique(keys, axis=0, return_counts=True)
+        counts: dict[tuple[str, int, int], int] = {}
+        for (ses, tid, c, st), k in zip(uniq.tolist(), n.tolist()):
+            key = (name(ses, tid), c, st)
+            counts[key] = counts.get(key, 0) + k
+        totals.add_errors(counts)
+    if len(comp):
+        ses, tid = batch["session_id"][comp], trees[comp]
+        pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
+                               return_inverse=True)
+        inv = inv.reshape(-1)
+        lat = cols.latency_ns[comp]
+        buckets = hist_bucket(lat)
+        for j, (s, t) in enumerate(pairs.tolist()):
+            mine = inv == j
+            totals.add_slow(name(s, t), buckets[mine], int(lat[mine].sum()))
+
+
 class Tally:
     """Counts of the drained batches since the last `take` (the dispatcher adds, the watcher takes),
     and the per-share totals of error and slow completion records (`labels`, for the metrics)."""
 
-    def __init__(self, names: Optional[Names] = None) -> None:
+    def __init__(self, names: Optional[Names] = None, nfs_names: Optional[Namer] = None) -> None:
         self.names = names
+        self.nfs_names = nfs_names
         self.labels = ShareTotals()
+        self.nfs_labels = ShareTotals()  # by export (nfsnames), the NFS error and slow completion records
         self.lock = threading.Lock()
         self.records = 0
         self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
         self.reconnects: dict[int, int] = {}  # nt_status -> reconnect records
+        self.nfs_errors: dict[tuple[int, int], int] = {}  # (procedure code, nfsproc.status_key) -> records
 
     def add(self, batch: np.ndarray, cols: Columns) -> None:
         n_records = len(batch)
         nfs = batch["tracer_id"] == TRACER_NFS
-        if nfs.any():  # the error and share tallies are SMB's (NT statuses, shares); records count all
+        if nfs.any():  # the error and share tallies below are SMB's (NT statuses, shares)
+            self._nfs(batch[nfs], cols.select(nfs))
             batch, cols = batch[~nfs], cols.select(~nfs)
         errs: list[tuple[tuple[int, int], int]] = []
         rcs: list[tuple[int, int]] = []
@@ -79,59 +117,53 @@ class Tally:
             for s, n in rcs:
                 self.reconnects[s] = self.reconnects.get(s, 0) + n
 
+    def _nfs(self, batch: np.ndarray, cols: Columns) -> None:
+        """NFS error records by (procedure, status) and, by export, errors and slow completions."""
+        idx = np.flatnonzero(cols.kind == KIND_ERROR)
+        if len(idx):
+            key = (cols.command[idx].astype(np.uint64) << np.uint64(32)) | \
+                nfsproc.status_key(batch["nt_status"][idx], batch["err"][idx]).astype(np.uint64)
+            with self.lock:
+                for k, n in zip(*np.unique(key, return_counts=True)):
+                    c = (int(k) >> 32, int(k) & 0xFFFFFFFF)
+                    self.nfs_errors[c] = self.nfs_errors.get(c, 0) + int(n)
+        status = nfsproc.status_key(batch["nt_status"], batch["err"])
+        # an NFS record's tree_id is its xid: the export is the client's (session_id) alone
+        _labelled(self.nfs_labels, self.nfs_names, batch, cols, idx, status, np.zeros(len(batch), np.uint64))
+
     def _by_share(self, batch: np.ndarray, cols: Columns, errs: np.ndarray) -> None:
-        """Error and completion records of this batch by share (one name lookup per share)."""
-        comp = np.flatnonzero(cols.kind == KIND_COMPLETION)
-        if not len(errs) and not len(comp):
-            return
-        label: dict[tuple[int, int], str] = {}
+        _labelled(self.labels, self.names, batch, cols, errs, batch["nt_status"], batch["tree_id"])
 
-        def name(ses: int, tid: int) -> str:
-            if (ses, tid) not in label:
-                label[(ses, tid)] = self.names.share_label(ses, tid) if self.names else "unknown"
-            return label[(ses, tid)]
-
-        if len(errs):
-            keys = np.stack([batch["session_id"][errs].astype(np.uint64), batch["tree_id"][errs].astype(np.uint64),
-                             cols.command[errs].astype(np.uint64), batch["nt_status"][errs].astype(np.uint64)], axis=1)
-            uniq, n = np.unique(keys, axis=0, return_counts=True)
-            counts: dict[tuple[str, int, int], int] = {}
-            for (ses, tid, c, st), k in zip(uniq.tolist(), n.tolist()):
-                key = (name(ses, tid), c, st)
-                counts[key] = counts.get(key, 0) + k
-            self.labels.add_errors(counts)
-        if len(comp):
-            ses, tid = batch["session_id"][comp], batch["tree_id"][comp]
-            pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
-                                   return_inverse=True)
-            inv = inv.reshape(-1)
-            lat = cols.latency_ns[comp]
-            buckets = hist_bucket(lat)
-            for j, (s, t) in enumerate(pairs.tolist()):
-                mine = inv == j
-                self.labels.add_slow(name(s, t), buckets[mine], int(lat[mine].sum()))
-
-    def take(self) -> tuple[int, dict[tuple[int, int], int], dict[int, int]]:
+    def take(self) -> tuple[int, dict[tuple[int, int], int], dict[int, int], dict[tuple[int, int], int]]:
+        """(records, SMB errors, reconnects, NFS errors) since the last take."""
         with self.lock:
-            out = (self.records, self.errors, self.reconnects)
-            self.records, self.errors, self.reconnects = 0, {}, {}
+            out = (self.records, self.errors, self.reconnects, self.nfs_errors)
+            self.records, self.errors, self.reconnects, self.nfs_errors = 0, {}, {}, {}
         return out
 
 
+def _words(stats: np.ndarray) -> np.ndarray:
+    """Statistics rows as u64 words (a view where stats is contiguous), one row each."""
+    return np.ascontiguousarray(stats).view(np.uint64).reshape(len(stats), CMD_STATS_DTYPE.itemsize // 8)
+
+
 class HorizonStats:
-    """The all-traffic histogram deltas of the last windows (CMD_STATS per window, at most
-    MAX_WINDOWS of them: 9 KiB each), for the percentiles of a bundle's summary. Thread-safe."""
+    """The all-traffic histogram deltas of the last windows (at most MAX_WINDOWS of them), for
+    the percentiles of a bundle's summary. A window keeps only its rows with counts (280 bytes
+    each; the array has record.STATS_ROWS of them, mostly idle). Thread-safe."""
 
     MAX_WINDOWS = 600
 
     def __init__(self, keep_ns: Callable[[], int]) -> None:
         self.keep_ns = keep_ns
         self.lock = threading.Lock()
-        self.windows: deque[tuple[int, np.ndarray]] = deque(maxlen=self.MAX_WINDOWS)  # (end_ns, delta)
+        # (end_ns, rows with counts, their delta)
+        self.windows: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=self.MAX_WINDOWS)
 
     def add(self, end_ns: int, stats: np.ndarray) -> None:
+        rows = np.flatnonzero(_words(stats).any(axis=1))
         with self.lock:
-            self.windows.append((end_ns, stats))
+            self.windows.append((end_ns, rows, np.array(stats[rows])))
             while len(self.windows) > 1 and self.windows[0][0] <= end_ns - self.keep_ns():
                 self.windows.popleft()
 
@@ -147,10 +179,10 @@ class HorizonStats:
             return None
         newest = ws[-1][0]
         out = zero_stats()
-        view = out.view(np.uint64)
-        for end, s in ws:
+        view = _words(out)
+        for end, rows, s in ws:
             if end > start_ns or end == newest:
-                view += np.ascontiguousarray(s).view(np.uint64)
+                view[rows] += _words(s)
         return out
 
 
@@ -177,10 +209,11 @@ class Watcher:
         self.totals = zero_stats()  # CMD_STATS summed over window deltas since this core started
         self.errors: dict[tuple[int, int], int] = {}  # (command, nt_status) -> error records
         self.reconnects: dict[int, int] = {}  # nt_status -> reconnect records
+        self.nfs_errors: dict[tuple[int, int], int] = {}  # (procedure code, nfsproc.status_key) -> records
         self.drops = 0  # tracer drops seen by windows since this core started
         self._prev_stats: Optional[np.ndarray] = None
         self._prev_drops: Optional[int] = None
-        self._prev_source: Any = None
+        self._prev_source: tuple[str, ...] = ()
         self._prev_bad = 0
         self._overflow_told = False
         self._window_start: Optional[int] = None
@@ -202,16 +235,16 @@ class Watcher:
         if not self.counters.available:
             self._prev_stats = None  # baseline again once the map appears
             return None, d_drops
-        source = getattr(self.counters, "source", None)
+        source = tuple(getattr(self.counters, "source", ()))
         if self._prev_stats is not None and source != self._prev_source:
-            self._prev_stats = zero_stats()  # another map (a newer tracer's layout): all of it is new
+            self._prev_stats = rebase(self._prev_stats, stats, self._prev_source, source)
         self._prev_source = source
         d_stats = None if self._prev_stats is None else delta(self._prev_stats, stats)
         self._prev_stats = stats
         return d_stats, d_drops
 
     def _account(self, records: int, errors: dict[tuple[int, int], int], reconnects: dict[int, int],
-                 stats: Optional[np.ndarray], drops: int) -> None:
+                 nfs_errors: dict[tuple[int, int], int], stats: Optional[np.ndarray], drops: int) -> None:
         """Add one window to the cumulative totals."""
         with self.lock:
             if stats is not None and stats.shape == self.totals.shape:
@@ -221,32 +254,36 @@ class Watcher:
                 self.errors[k] = self.errors.get(k, 0) + n
             for s, n in reconnects.items():
                 self.reconnects[s] = self.reconnects.get(s, 0) + n
+            for k, n in nfs_errors.items():
+                self.nfs_errors[k] = self.nfs_errors.get(k, 0) + n
             self.drops += drops
             self.rates.ring_records += records
             self.rates.windows += 1
 
     def snapshot_totals(self) -> dict[str, Any]:
         """Copies of the cumulative totals since this core started, consistent with each other:
-        cmd_stats (CMD_STATS_DTYPE[CMD_SLOTS], all traffic from the counters), errors
-        {(command, nt_status): records}, reconnects {nt_status: records}, ring_records,
+        cmd_stats (CMD_STATS_DTYPE[STATS_ROWS], all traffic from the counters), errors
+        {(command, nt_status): records}, reconnects {nt_status: records}, nfs_errors
+        {(procedure code, nfsproc.status_key): records}, ring_records,
         drops (tracer ring-full drops), windows."""
         with self.lock:
             return {"cmd_stats": self.totals.copy(), "errors": dict(self.errors),
-                    "reconnects": dict(self.reconnects), "ring_records": self.rates.ring_records,
+                    "reconnects": dict(self.reconnects), "nfs_errors": dict(self.nfs_errors),
+                    "ring_records": self.rates.ring_records,
                     "drops": self.drops, "windows": self.rates.windows}
 
     def close_window(self, start: int, end: int) -> list[Anomaly]:
         """Close [start, end): share rules, rates, totals, warnings. Returns the anomalies raised."""
         # the batch counts first, then the histograms: every event counted here is in them
         matched, resets = self.detector.take_matched()
-        records, errors, reconnects = self.tally.take()
+        records, errors, reconnects, nfs_errors = self.tally.take()
         stats, drops = self._read_counters()
         secs = max((end - start) / 1e9, 1e-9)
         if stats is not None and int(stats["hist"].sum()) > 0:
             self.rates.events_per_sec = float(stats["hist"].sum()) / secs
         else:
             self.rates.events_per_sec = records / secs
-        self._account(records, errors, reconnects, stats, drops)
+        self._account(records, errors, reconnects, nfs_errors, stats, drops)
         if stats is not None:
             self.horizon.add(end, stats)
         self.rates.drops_last_window = drops

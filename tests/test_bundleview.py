@@ -28,7 +28,7 @@ from aod.anomaly import Anomaly
 from aod.bundle import read_bundle
 from aod.collect import capture
 from aod.config import CaptureConfig, Config
-from aod.record import CMD_SLOTS, CMD_STATS_DTYPE, KIND_COMPLETION, KIND_ERROR, empty, hist_bucket
+from aod.record import CMD_STATS_DTYPE, KIND_COMPLETION, KIND_ERROR, STATS_ROWS, empty, hist_bucket
 
 ROOT = Path(__file__).resolve().parent.parent
 W, R = smb2.COMMANDS["WRITE"], smb2.COMMANDS["READ"]
@@ -46,7 +46,7 @@ def _anomaly(type_: str = "latency", wall: Optional[float] = None) -> Anomaly:
     ev["command"][44:] = R
     ev["nt_status"][44:] = smb2.NT_STATUS["STATUS_IO_TIMEOUT"]
     ev["comm"], ev["pid"] = b"dd", 4242
-    stats = np.zeros(CMD_SLOTS, CMD_STATS_DTYPE)
+    stats = np.zeros(STATS_ROWS, CMD_STATS_DTYPE)
     stats[W]["hist"][12] = 500  # 2-4 ms: the bulk of all traffic
     np.add.at(stats[W]["hist"], hist_bucket(ev["latency_ns"][:40]), 1)
     stats[W]["latency_sum_ns"] = 500 * 3 * MS + int(ev["latency_ns"][:40].sum())

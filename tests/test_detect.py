@@ -457,7 +457,7 @@ def test_config_tables_are_immutable() -> None:
     """The published tables are frozen: a reload replaces them, nobody edits them in place."""
     d = Detector(cfg(mode="excludeonly", exclude=(C["ECHO"],)))
     t = d.tables
-    assert not t.thresholds_ns.flags.writeable and not t.tracked.flags.writeable and not t.hung_slots.flags.writeable
+    assert not t.thresholds_ns.flags.writeable and not t.tracked.flags.writeable and not t.hung_codes.flags.writeable
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.cfg = cfg()  # type: ignore[misc]
     d.reconfigure(cfg())

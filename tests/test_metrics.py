@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aod import metrics, smb2
 from aod.config import MetricsConfig
-from aod.record import CMD_SLOTS, CMD_STATS_DTYPE, KIND_ERROR, hist_bucket
+from aod.record import CMD_STATS_DTYPE, KIND_ERROR, STATS_ROWS, hist_bucket
 
 WRITE, READ = smb2.COMMANDS["WRITE"], smb2.COMMANDS["READ"]
 TIMEOUT = smb2.NT_STATUS["STATUS_IO_TIMEOUT"]
@@ -32,7 +32,7 @@ def value(fams: dict[str, Any], sample: str, **labels: str) -> Optional[float]:
 
 
 def _totals() -> dict[str, Any]:
-    st = np.zeros(CMD_SLOTS, dtype=CMD_STATS_DTYPE)
+    st = np.zeros(STATS_ROWS, dtype=CMD_STATS_DTYPE)
     lat_ms = {WRITE: [3] * 90 + [700] * 10, READ: [0.5] * 50}
     for cmd, ls in lat_ms.items():
         ns = (np.array(ls) * 1e6).astype(np.uint64)

@@ -11,7 +11,7 @@ import pytest
 
 from aod import bpfsys, names
 from aod.dispatch import Columns
-from aod.names import Names, involved, parse_debugdata, read_pinned
+from aod.names import Names, involved, parse_debugdata, read_pinned, share_label
 from aod.record import CMD_NONE, KIND_ERROR, KIND_HEALTH, KIND_RECONNECT, TREE_KEY_DTYPE, empty
 from aod.sharelabels import OTHER, ShareTotals
 from aod.watch import Tally
@@ -173,7 +173,7 @@ def test_names_merge_pins_and_debugdata(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert n.share(0x1C9B6E89, 5) == "\\\\127.0.0.1\\share"  # a mount older than the tracer
     assert n.server(0x10) == "nas" and n.server(3) == "127.0.0.1"
     assert n.server_of_session(0xABCDEF0123) == "nas"  # from the UNC
-    assert n.share_label(0x1C9B6E89, 99) == "127.0.0.1" and n.share_label(1, 2) == "unknown"
+    assert share_label(n, 0x1C9B6E89, 99) == "127.0.0.1" and share_label(n, 1, 2) == "unknown"
     dd.write_text(CURRENT)
     assert not n.refresh() and n.server(1) is None  # at most once a second
     t[0] = 1.5

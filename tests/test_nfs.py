@@ -15,7 +15,19 @@ from aod import actions, config, confignfs, nfsproc, smb2
 from aod.detectsplit import Detectors, throttle_key
 from aod.dispatch import Columns
 from aod.front_nfs import FRONT, OPTIONAL, REQUIRED
-from aod.record import KIND_COMPLETION, KIND_ERROR, KIND_HUNG, TRACER_NFS, TRACER_SMB, empty
+from aod.record import (
+    CMD_SLOTS,
+    KIND_COMPLETION,
+    KIND_ERROR,
+    KIND_HUNG,
+    STATS_ROWS,
+    TRACER_NFS,
+    TRACER_SMB,
+    empty,
+    protocol_rows,
+    row_command,
+    stats_row,
+)
 from aod.tracepoints import SetupError
 from aod.tracerfront import PlanInput
 
@@ -51,6 +63,9 @@ def test_slots_match_the_kernel_program() -> None:
     slots = [nfsproc.slot(c) for c in codes]
     assert len(set(slots)) == len(codes) and max(slots) < 128
     assert nfsproc.slot(0x03FF) == 31 and nfsproc.slot(0x04FF) == 127
+    # the core reads kernel slot k into statistics row CMD_SLOTS + k: every NFS code must agree
+    every = range(0x0300, 0x0500)
+    assert [int(stats_row(c)) for c in every] == [CMD_SLOTS + nfsproc.slot(c) for c in every]
 
 
 def test_name_keys_fit_the_bpf_key() -> None:
@@ -266,5 +281,156 @@ def test_each_protocol_carries_its_own_evidence_and_tally() -> None:
     assert a.protocol == "nfs" and set(a.records()["tracer_id"].tolist()) == {TRACER_NFS}
     tally = Tally(Names(None))
     tally.add(batch, Columns.of(batch))
-    records, errors, _ = tally.take()
+    records, errors, _, _ = tally.take()
     assert records == 3 and errors == {(5, 0): 1}  # the NFS records are counted, never as SMB errors
+
+
+# ---------------------------------------------------------------- statistics: nfs_stats_v1 in the core
+
+def _stats(rows: dict[int, int], bucket: int = 10) -> np.ndarray:
+    from aod.counters import zero_stats
+
+    s = zero_stats()
+    for code, n in rows.items():
+        s["hist"][int(stats_row(code))][bucket] = n
+    return s
+
+
+def test_stats_rows_of_both_protocols() -> None:
+    """SMB ids keep their cmd_stats slot; each NFS code has a row of its own after them, and the
+    row names its code back (the catch-all rows name the version's unknown code)."""
+    assert [int(stats_row(c)) for c in (0, 8, 18, 40)] == [0, 8, 18, CMD_SLOTS - 1]
+    codes = [c for v, t in nfsproc.TABLES.items() for c in range(nfsproc.CODE_BASE[v], nfsproc.CODE_BASE[v] + len(t))]
+    rows = [int(stats_row(c)) for c in codes]
+    assert len(set(rows)) == len(rows) and min(rows) == CMD_SLOTS and max(rows) < STATS_ROWS
+    assert all(row_command(r) == c for r, c in zip(rows, codes))
+    assert row_command(int(stats_row(0x03FF))) == 0x03FF and row_command(int(stats_row(0x04FF))) == 0x04FF
+    assert protocol_rows("nfs")[rows].all() and not protocol_rows("smb")[rows].any()
+
+
+def test_low_rate_slow_nfs_mount_fires_the_share_rule_against_nfs_traffic_only() -> None:
+    """One slow NFS READ a second: the count rule (10 in 10 s) is far off; the share rule, over the
+    NFS rows of the statistics, fires. Busy SMB traffic in the same windows changes nothing."""
+    d = _detectors("latency: {acceptable_count: 10, horizon_sec: 10, share: 0.5, share_min_count: 5}\n"
+                   "nfs: {default_threshold_ms: 100}")
+    found = []
+    for sec in range(1, 9):
+        batch = _recs(1, TRACER_NFS, 0x0401, 400, t0=sec * 10**9)  # NFSv4 READ
+        found += d.immediate(batch, Columns.of(batch))
+        stats = _stats({0x0401: 1, 8: 5000})  # and 5000 SMB READs a second, none slow
+        found += d.window((sec + 1) * 10**9, stats, *d.take_matched())
+        if found:
+            break
+    (a,) = found
+    assert (a.key, a.details["trigger"], a.count, sec) == ("nfs_latency", "share", 5, 5)
+    assert a.commands == (0x0401,) and a.details["over_threshold_by_command"] == {"NFSv4 READ": 5}
+
+
+def test_smb_share_rule_does_not_count_nfs_completions() -> None:
+    """5 slow SMB READs a second against 5 SMB completions is 100 %: 50000 NFS completions in the same
+    statistics must not dilute it (they did when the SMB rule summed every row)."""
+    d = _detectors("latency: {acceptable_count: 100, share: 0.5, share_min_count: 5, default_threshold_ms: 100}")
+    batch = _recs(5, TRACER_SMB, 8, 300)
+    assert d.immediate(batch, Columns.of(batch)) == []
+    found = d.window(2 * 10**12, _stats({8: 5, 0x0401: 50000}), *d.take_matched())
+    assert [(a.key, a.details["trigger"]) for a in found] == [("latency", "share")]
+
+
+def test_nfs_bundle_percentiles_come_from_the_nfs_rows() -> None:
+    from aod.summary import per_command
+
+    d = _detectors("latency: {acceptable_count: 3}\nnfs: {default_threshold_ms: 100}")
+    batch = _recs(3, TRACER_NFS, 0x0306, 300)
+    (a,) = d.immediate(batch, Columns.of(batch))
+    a.__dict__["_stats"] = _stats({0x0306: 1000, 0x0401: 7, 8: 99})  # what stats_gather would give
+    rows = per_command(a)
+    assert set(rows) == {"NFSv3 READ", "NFSv4 READ"}  # the SMB row is not this anomaly's protocol
+    assert rows["NFSv3 READ"]["source"] == "histogram" and rows["NFSv3 READ"]["count"] == 1000
+    assert rows["NFSv3 READ"]["slow_events"] == 3
+
+
+class _Exports:
+    """A namer of NFS clients (nfsnames.NfsNames' methods) from a table."""
+
+    def __init__(self, exports: dict[int, str]) -> None:
+        self.exports = exports
+
+    def refresh(self, force: bool = False) -> bool:
+        return False
+
+    def share(self, sesid: int, tid: int) -> object:
+        return self.exports.get(int(sesid))
+
+    def server(self, conn_id: int) -> None:
+        return None
+
+    def server_of_session(self, sesid: int) -> object:
+        e = self.exports.get(int(sesid))
+        return e.partition(":")[0] if e else None
+
+    def id_label(self, sesid: int, tid: int) -> str:
+        return f"client {sesid}"
+
+
+def test_nfs_metrics_families() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aod import metrics
+    from aod.watch import Tally
+
+    stats = _stats({0x0401: 40, 0x0306: 2, 8: 10})
+    stats["errors"][int(stats_row(0x0401))] = 3
+    stats["ignored"][int(stats_row(0x0303))] = 4
+    tally = Tally(None, _Exports({7: "192.0.2.7:/srv/a", 8: "192.0.2.7:/srv/b"}))
+    err = _recs(2, TRACER_NFS, 0x0412, 1, KIND_ERROR)
+    err["session_id"], err["tree_id"] = 7, [0x11, 0x12]  # two xids: one export
+    err["err"] = errno.ESTALE
+    v4 = _recs(1, TRACER_NFS, 0x0412, 1, KIND_ERROR)
+    v4["nt_status"] = 10008  # NFS4ERR_DELAY
+    v4["session_id"] = 8
+    slow = _recs(3, TRACER_NFS, 0x0401, 700)
+    slow["session_id"], slow["tree_id"] = 8, [1, 2, 3]
+    batch = np.concatenate([err, v4, slow])
+    tally.add(batch, Columns.of(batch))
+    nfs_errors = tally.take()[3]
+    text = metrics.render({"started": 1.0, "nfs_labels": tally.nfs_labels.snapshot()},
+                          {"cmd_stats": stats, "nfs_errors": nfs_errors})
+    plain = metrics.render({"started": 1.0}, {"cmd_stats": stats, "nfs_errors": nfs_errors})  # no names
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def val(fam: str, sample: str, **labels: str) -> float:
+        got = [s.value for s in fams[fam].samples if s.name == sample and all(s.labels.get(k) == v
+                                                                              for k, v in labels.items())]
+        assert len(got) == 1, (fam, labels, got)
+        return got[0]
+
+    assert val("aodv2_nfs_procedures", "aodv2_nfs_procedures_total", procedure="NFSv4 READ") == 40
+    assert val("aodv2_nfs_procedure_errors", "aodv2_nfs_procedure_errors_total", procedure="NFSv4 READ") == 3
+    assert val("aodv2_nfs_procedure_benign_statuses", "aodv2_nfs_procedure_benign_statuses_total",
+               procedure="NFSv3 LOOKUP") == 4
+    assert val("aodv2_nfs_procedure_latency_seconds", "aodv2_nfs_procedure_latency_seconds_count",
+               procedure="NFSv3 READ") == 2
+    assert val("aodv2_nfs_errors", "aodv2_nfs_errors_total", procedure=nfsproc.name(0x0412), status="ESTALE",
+               export="192.0.2.7:/srv/a") == 2
+    assert val("aodv2_nfs_errors", "aodv2_nfs_errors_total", procedure=nfsproc.name(0x0412),
+               status="NFS4ERR_DELAY", export="192.0.2.7:/srv/b") == 1
+    assert val("aodv2_nfs_export_slow_latency_seconds", "aodv2_nfs_export_slow_latency_seconds_count",
+               export="192.0.2.7:/srv/b") == 3
+    plain_fams = {f.name: f for f in text_string_to_metric_families(plain)}
+    assert [s.value for s in plain_fams["aodv2_nfs_errors"].samples
+            if s.labels.get("status") == "ESTALE"] == [2]
+    smb_names = {s.labels.get("command") for s in fams["aodv2_smb_commands"].samples}
+    assert smb_names == {"READ"}  # no NFS procedure among the SMB commands
+
+
+def test_nfs_summary_rows_are_requests_of_its_own_protocol() -> None:
+    """A transport health record's command is an event code (9-12): not an SMB command's row."""
+    from aod.anomaly import Anomaly
+    from aod.record import KIND_HEALTH
+    from aod.summary import per_command
+
+    ev = np.concatenate([_recs(2, TRACER_NFS, 0x0306, 300), _recs(1, TRACER_NFS, 11, 0, KIND_HEALTH)])
+    stats = _stats({0x0306: 50, 9: 12345, 11: 777})  # busy SMB WRITE (9) and 11 rows
+    a = Anomaly(type="latency", rule="r", count=2, detected_wall=1.0, detected_mono_ns=1, window_start_ns=0,
+                window_end_ns=1, events=ev, window_stats=stats, protocol="nfs")
+    assert set(per_command(a)) == {"NFSv3 READ"}

@@ -184,3 +184,30 @@ def test_a_restart_of_a_reported_hung_call_is_not_reported_again(tmp_path: Path)
     assert s.inflight() == [] and hu[0] == 1  # back in hung, not in the scanned LRU
     s.rpc("rpc_task_end", 9, status=0)
     assert hu[0] == 0 and s.inflight() == []
+
+
+def test_the_aging_scan_never_calls_an_excluded_nfs_procedure_hung(tmp_path: Path) -> None:
+    """Every NFS code shares the last bit of the command mask, so the scan goes by the exact codes
+    (front_nfs.applied: hung_codes): an excluded procedure stays in flight, unreported."""
+    from test_aging import SELF, SimMaps, sim_emitter
+
+    from aod import aging
+    from aod import config as config_mod
+    from aod.front_nfs import applied
+    from aod.record import KIND_HUNG
+
+    s = NfsSim(tmp_path, defines=(*OPTIONAL, f"AOD_SELF_TGID={SELF}"))
+    conf = applied(config_mod.load_text("nfs: {hung_threshold_ms: 1000, exclude: [NFSv4 NULL, NFSv4 LOCK]}\n"))
+    sc = aging.Scanner(SimMaps(s), sim_emitter(s), clock=lambda: s.now.value)
+    sc.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"], conf["hung_codes"])
+    s.now.value = 10**12
+    for task, proc in ((1, b"LOCK"), (2, b"READ")):
+        s.rpc("rpc_task_begin", task)
+        s.rpc("rpc_request", task, proc=proc, version=4)
+    s.now.value += 5000 * MS
+    assert sc.scan() == 1
+    hung = s.events()
+    assert [(int(e["kind"]), int(e["command"])) for e in hung] == [(KIND_HUNG, nfsproc.lookup("NFSv4 READ"))]
+    assert [k["cmd"] for k, _ in s.inflight()] == [nfsproc.lookup("NFSv4 LOCK")]  # left alone
+    sc.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"])  # the mask alone cannot tell them apart
+    assert sc.scan() == 1

@@ -390,8 +390,8 @@ def test_record_stats_matches_independent_histogram(tmp_path: Path) -> None:
     with FileRingWriter(p) as w:
         w.record_stats(record.empty(0))  # nothing changes
     got = counters.FileCounters(p).cmd_stats()
-    assert got.dtype == record.CMD_STATS_DTYPE and got.shape == (record.CMD_SLOTS,)
-    assert np.array_equal(got["hist"], want["hist"])
+    assert got.dtype == record.CMD_STATS_DTYPE and got.shape == (record.STATS_ROWS,)
+    assert np.array_equal(got["hist"], want["hist"])  # the NFS rows are zero: a file ring has none
     assert np.array_equal(got["latency_sum_ns"], want["latency_sum_ns"])
     assert np.array_equal(got["errors"], want["errors"])
     assert int(got["hist"].sum()) == int(np.isin(np.concatenate(evs)["kind"], [1, 2]).sum())
@@ -446,6 +446,8 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
 
     def fake_get(path: str, file_flags: int = 0) -> int:
         assert file_flags == bpfsys.BPF_F_RDONLY
+        if os.path.basename(path) not in infos:
+            enoent(path)
         fd = os.open(os.devnull, os.O_RDONLY)
         opened.append(fd)
         names[fd] = os.path.basename(path)
@@ -456,6 +458,8 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
         if names[fd] == "drops":
             assert value_size == 8 * ncpu
             return drops.tobytes()
+        if names[fd] == "nfs_stats_v1":
+            return nfs_cpu[k].tobytes()
         assert value_size == stats_size * ncpu  # 272 is already a multiple of 8
         return per_cpu[k].tobytes()
 
@@ -464,17 +468,32 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(bpfsys, "map_info", lambda fd, what="": infos[names[fd]])
     monkeypatch.setattr(bpfsys, "map_lookup", fake_lookup)
     monkeypatch.setattr(bpfsys, "possible_cpus", lambda path="": ncpu)
+    nfs_cpu = np.zeros((record.NFS_SLOTS, ncpu), dtype=record.CMD_STATS_DTYPE)
+    nfs_cpu["hist"][5, 1, 7] = 11  # NFSv3 slot 5 (0x0305), on the second CPU
     got = pc.cmd_stats()
     assert pc.drops() == 13 and pc.available
-    assert np.array_equal(got["hist"], per_cpu["hist"].sum(axis=1))
-    assert np.array_equal(got["latency_sum_ns"], per_cpu["latency_sum_ns"].sum(axis=1))
-    assert np.array_equal(got["errors"], per_cpu["errors"].sum(axis=1))
+    smb = got[:record.CMD_SLOTS]
+    assert np.array_equal(smb["hist"], per_cpu["hist"].sum(axis=1))
+    assert np.array_equal(smb["latency_sum_ns"], per_cpu["latency_sum_ns"].sum(axis=1))
+    assert np.array_equal(smb["errors"], per_cpu["errors"].sum(axis=1))
+    assert int(got[record.CMD_SLOTS:]["hist"].sum()) == 0  # no nfs tracer
     for fd in opened:  # every map fd closed after the read
         with pytest.raises(OSError):
             os.fstat(fd)
-    assert pc.source == "cmd_stats_v2"
+    assert pc.source == ("cmd_stats_v2", "")
+    # the nfs tracer's map, read into the rows after SMB's
+    infos["nfs_stats_v1"] = bpfsys.MapInfo(6, 4, 4, stats_size, record.NFS_SLOTS, 0, "cmd_stats")
+    both = pc.cmd_stats()
+    assert pc.source == ("cmd_stats_v2", "nfs_stats_v1") and np.array_equal(both[:record.CMD_SLOTS], got[:32])
+    row = int(record.stats_row(0x0305))
+    assert row == record.CMD_SLOTS + 5 and int(both["hist"][row, 7]) == 11 and int(both["hist"][32:].sum()) == 11
+    del infos["cmd_stats_v2"]  # the smb tracer off, the nfs one on: still available
+    only = pc.cmd_stats()
+    assert pc.available and pc.source == ("", "nfs_stats_v1") and int(only["hist"][:32].sum()) == 0
+    infos["cmd_stats_v2"] = bpfsys.MapInfo(6, 2, 4, stats_size, 32, 0, "cmd_stats")
+    del infos["nfs_stats_v1"]
     infos["cmd_stats_v2"] = bpfsys.MapInfo(6, 2, 4, 64, 32, 0, "cmd_stats")  # not our struct
-    assert np.array_equal(pc.cmd_stats(), counters.zero_stats())
+    assert np.array_equal(pc.cmd_stats(), counters.zero_stats()) and pc.source == ("", "")
     assert not pc.available and "unexpected map" in pc.reason
     assert pc.drops() == 13 and not pc.available and "unexpected map" in pc.reason  # drops do not hide it
     # after an upgrade, until the new tracer pins cmd_stats_v2: an aodv2 0.1 tracer's cmd_stats
@@ -486,7 +505,7 @@ def test_pinned_counters_missing_and_per_cpu_sums(monkeypatch: pytest.MonkeyPatc
     per_cpu = v1  # what fake_lookup serves now
     stats_size = record.CMD_STATS_V1_DTYPE.itemsize
     old = pc.cmd_stats()
-    assert pc.available and pc.source == "cmd_stats" and old.dtype == record.CMD_STATS_DTYPE
+    assert pc.available and pc.source == ("cmd_stats", "") and old.dtype == record.CMD_STATS_DTYPE
     assert np.array_equal(old["hist"], got["hist"]) and np.array_equal(old["errors"], got["errors"])
     assert int(old["ignored"].sum()) == 0
 

@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from aod.anomaly import Anomaly
 from aod.config import Config, ErrorRule, LatencyConfig
 from aod.record import (
-    CMD_SLOTS,
     CMD_STATS_DTYPE,
     HIST_BUCKETS,
     KIND_COMPLETION,
     KIND_ERROR,
+    STATS_ROWS,
     empty,
     hist_bucket,
 )
@@ -84,7 +84,7 @@ def make_anomaly(with_stats: bool) -> Anomaly:
     ev["pid"] = [10, 10, 11, 12, 12, 10]
     stats = None
     if with_stats:
-        stats = np.zeros(CMD_SLOTS, dtype=CMD_STATS_DTYPE)
+        stats = np.zeros(STATS_ROWS, dtype=CMD_STATS_DTYPE)
         fast = np.full(1000, 2_000_000, dtype=np.uint64)  # 1000 WRITEs at 2 ms, plus the 3 slow ones
         allw = np.concatenate([fast, ev["latency_ns"][:3]])
         stats[9]["hist"] = hist_of(allw)

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from aod import log, smb2
+from aod import log, record, smb2
 from aod.config import Config, LatencyConfig
 from aod.counters import zero_stats
 from aod.detect import Detector
 from aod.dispatch import FUTURE_TOLERANCE_NS, Columns, Dispatcher, RecentEvents
 from aod.record import KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT, empty
-from aod.watch import Tally, Watcher
+from aod.watch import HorizonStats, Tally, Watcher
 
 C = smb2.COMMANDS
 ST = smb2.NT_STATUS
@@ -38,7 +38,7 @@ class FakeCounters:
     def __init__(self) -> None:
         self.available = True
         self.reason = ""
-        self.source = "cmd_stats_v2"
+        self.source: tuple[str, ...] = ("cmd_stats_v2", "")
         self.stats = zero_stats()
         self.drop_count = 0
 
@@ -137,15 +137,58 @@ def test_totals_without_counters_are_zero_and_snapshot_is_consistent_under_write
     assert s["ring_records"] == 200 and int(s["cmd_stats"]["hist"].sum()) == 0
 
 
+def test_each_tracer_map_is_followed_apart() -> None:
+    """The nfs tracer's map appearing is a baseline (its counts are from before), its restart
+    (counts going backwards) makes only its own rows all new; the SMB rows' deltas go on."""
+    fc = FakeCounters()
+    fc.add(C["READ"], 100)
+    w, _, _ = watcher(fc)
+    w._read_counters()
+    nfs_read = int(record.stats_row(0x0406))  # NFSv4 READ
+    assert nfs_read >= record.CMD_SLOTS and record.row_command(nfs_read) == 0x0406
+    fc.add(C["READ"], 10)
+    fc.add(nfs_read, 500)  # counted by the nfs tracer before the core saw its map
+    fc.source = ("cmd_stats_v2", "nfs_stats_v1")
+    w.close_window(0, S)
+    t = w.snapshot_totals()["cmd_stats"]
+    assert int(t["hist"][C["READ"]].sum()) == 10 and int(t["hist"][nfs_read].sum()) == 0
+    fc.add(C["READ"], 5)
+    fc.add(nfs_read, 7)
+    w.close_window(S, 2 * S)
+    t = w.snapshot_totals()["cmd_stats"]
+    assert int(t["hist"][C["READ"]].sum()) == 15 and int(t["hist"][nfs_read].sum()) == 7
+    fc.stats[record.CMD_SLOTS:] = 0  # the nfs tracer restarted: its map starts from zero
+    fc.add(nfs_read, 3)
+    fc.add(C["READ"], 1)
+    w.close_window(2 * S, 3 * S)
+    t = w.snapshot_totals()["cmd_stats"]
+    assert int(t["hist"][C["READ"]].sum()) == 16 and int(t["hist"][nfs_read].sum()) == 10
+
+
+def test_horizon_keeps_only_busy_rows_and_sums_them() -> None:
+    h = HorizonStats(lambda: 10 * S)
+    a, b = zero_stats(), zero_stats()
+    a["hist"][3][2], b["hist"][3][2], b["hist"][100][5] = 4, 1, 2
+    h.add(S, a)
+    h.add(2 * S, b)
+    h.add(3 * S, zero_stats())
+    assert [len(rows) for _, rows, _ in h.windows] == [1, 2, 0]
+    got = h.since(0)
+    assert got is not None and got.shape == (record.STATS_ROWS,)
+    assert int(got["hist"][3][2]) == 5 and int(got["hist"][100][5]) == 2 and int(got["hist"].sum()) == 7
+    got = h.since(int(1.5 * S))
+    assert got is not None and int(got["hist"][3][2]) == 1
+
+
 def test_a_new_counters_source_is_counted_from_zero() -> None:
     """After an upgrade the core reads the older tracer's cmd_stats, then the newer tracer's
     cmd_stats_v2 once it is pinned: that map's counts are all new, whatever the old values."""
     fc = FakeCounters()
-    fc.source = "cmd_stats"
+    fc.source = ("cmd_stats", "")
     fc.add(C["READ"], 1000)
     w, _, _ = watcher(fc)
     w._read_counters()
-    fc.stats, fc.source = zero_stats(), "cmd_stats_v2"
+    fc.stats, fc.source = zero_stats(), ("cmd_stats_v2", "")
     fc.add(C["READ"], 1200)  # more than before in every field: a plain delta would say 200
     w.close_window(0, S)
     assert int(w.snapshot_totals()["cmd_stats"]["hist"][C["READ"]].sum()) == 1200

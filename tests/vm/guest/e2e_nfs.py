@@ -7,8 +7,12 @@ deterministic. With `tracers: [smb, nfs]` and `systemctl enable --now aodv2-trac
   b. netem on lo slows SMB and NFS at once: two anomalies, latency (SMB) and nfs_latency, each with
      its own bundle (aod_nfslatency_*): the NFS one holds nfs/mountstats, NFS records (tracer 4) over the threshold and
      names its procedures (NFSv4 WRITE ...), no cifs files; the SMB one the reverse;
-  c. nfs-kernel-server stopped under a stat: an nfs_hung anomaly (the request never completes);
-  d. `exportfs -u` under the mounts: an nfs_error anomaly whose statuses are named.
+  c. one slow stat a second (netem): too few for the count rule, an nfs_latency anomaly from the share
+     rule (every NFS completion counted in the kernel, nfs_stats_v1, is its denominator), and the NFS
+     metric families in aodv2.prom;
+  d. nfs-kernel-server stopped under a stat: an nfs_hung anomaly (the request never completes);
+  e. `exportfs -u` under the mounts: an nfs_error anomaly whose statuses are named.
+Each NFS anomaly names its server (127.0.0.1) and export (127.0.0.1:/srv/nfs).
 """
 from __future__ import annotations
 
@@ -138,9 +142,11 @@ def _two_protocols(c: Checks) -> None:
         c.detail["nfs_slow_procedures"] = by
         c.check("nfs bundle names the slow procedures (NFSv3/NFSv4 ...)",
                 by and all(k.startswith(("NFSv3 ", "NFSv4 ")) for k in by), by)
+        det = (s.get("anomaly") or {}).get("details", {})
+        _named(c, "nfs_latency", det)
         shown = E.aodv2("show", b_nfs["path"]).stdout
-        c.check("aodv2 show of the nfs bundle: protocol and procedures", "NFSv" in shown and "nfs" in shown,
-                shown[:600])
+        c.check("aodv2 show of the nfs bundle: protocol, procedures and export", "NFSv" in shown and "nfs" in shown
+                and f"exports    127.0.0.1:{EXPORT}" in shown, shown[:600])
     if b_smb:
         names = b_smb["members"]
         by = (b_smb["summary"].get("anomaly") or {}).get("details", {}).get("over_threshold_by_command") or {}
@@ -165,12 +171,69 @@ def _hung(c: Checks) -> None:
         hung = ev[(ev["kind"] == 4) & (ev["tracer_id"] == TRACER_NFS)] if ev is not None else []
         c.check("nfs_hung bundle: NFS hung records and nfs/mountstats",
                 len(hung) > 0 and "nfs/mountstats" in b["members"], (len(hung), b["members"]))
+        _named(c, "nfs_hung", (b["summary"].get("anomaly") or {}).get("details", {}))
     server_up()
     try:
         p.wait(90)
     except subprocess.TimeoutExpired:
         p.kill()
     c.check("the stat completes once the server is back", p.returncode is not None, p.returncode)
+
+
+def _named(c: Checks, what: str, details: Dict[str, Any]) -> None:
+    got = {k: details.get(k) for k in ("servers", "shares", "unnamed")}
+    c.detail[f"{what}_names"] = got
+    c.check(f"{what} names its server and export", "127.0.0.1" in (got["servers"] or [])
+            and f"127.0.0.1:{EXPORT}" in (got["shares"] or []), got)
+
+
+def _low_rate(c: Checks) -> None:
+    """One stat a second, each slowed by netem: 5 slow ones reach the share rule (50 %, >= 5), never the
+    count rule (acceptable_count 1000)."""
+    # a share horizon of its own: the rule starts afresh, without the last step's fast completions
+    kind, _ = reload_config({**NFS_CONFIG, "latency": {"acceptable_count": 1000, "share_horizon_sec": 20.0}})
+    c.check("config reloaded (count rule out of reach)", kind == "ok")
+    cur = cursor()
+    E.netem("400ms")
+    stop = threading.Event()
+
+    def slow_stats() -> None:
+        while not stop.is_set():
+            run(["stat", os.path.join(MOUNTS["3"], "load-0.bin")], timeout=30)
+            stop.wait(1.0)
+
+    t = threading.Thread(target=slow_stats, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    try:
+        a = wait_journal(cur, "anomaly", 90, lambda e: e.get("AOD_ANOMALY") == "nfs_latency")
+        c.times["low_rate_nfs_latency_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        stop.set()
+        E.netem(None)
+        t.join(60)
+    c.check("one slow stat a second: an nfs_latency anomaly", a, c.times["low_rate_nfs_latency_s"])
+    b = _bundle(c, cur, "nfs_latency") if a else None
+    if b:
+        det = (b["summary"].get("anomaly") or {}).get("details", {})
+        c.detail["low_rate_details"] = {k: det.get(k) for k in ("trigger", "matches", "completions",
+                                                                "observed_share", "over_threshold_by_command")}
+        c.check("it came from the share rule, over the kernel's NFS counts", det.get("trigger") == "share"
+                and (det.get("completions") or 0) >= (det.get("matches") or 1), c.detail["low_rate_details"])
+        per = b["summary"].get("per_command") or {}
+        getattr_row = per.get("NFSv3 GETATTR") or {}
+        c.check("its summary has the NFS procedures' histograms (all traffic)",
+                getattr_row.get("source") == "histogram", {k: v.get("source") for k, v in per.items()})
+        _named(c, "low-rate nfs_latency", det)
+    text = E.prom()
+    c.check("aodv2.prom: NFS procedures counted in the kernel, by procedure",
+            'aodv2_nfs_procedures_total{procedure="NFSv3 GETATTR"}' in text
+            and "aodv2_nfs_procedure_latency_seconds_bucket" in text,
+            [ln for ln in text.splitlines() if ln.startswith("aodv2_nfs_procedures_total")][:6])
+    c.check("aodv2.prom: the slow NFS completions by export",
+            f'aodv2_nfs_export_slow_latency_seconds_count{{export="127.0.0.1:{EXPORT}"}}' in text,
+            [ln for ln in text.splitlines() if ln.startswith("aodv2_nfs_export_slow")][:4])
+    reload_config(NFS_CONFIG)
 
 
 def _unexported(c: Checks) -> None:
@@ -204,6 +267,7 @@ def s16_nfs(c: Checks) -> None:
         if not attached:
             return
         _two_protocols(c)
+        _low_rate(c)
         _hung(c)
         _unexported(c)
     finally:
