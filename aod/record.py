@@ -126,10 +126,8 @@ def empty(n: int = 0) -> np.ndarray:
 def hist_bucket(latency_ns: np.ndarray) -> np.ndarray:
     """log2 bucket of latency in microseconds, as the BPF side computes it."""
     us = np.asarray(latency_ns, dtype=np.uint64) // np.uint64(1000)
-    b = np.zeros(us.shape, dtype=np.int64)
-    nz = us > 0
-    b[nz] = np.floor(np.log2(us[nz].astype(np.float64))).astype(np.int64) + 1
-    return np.minimum(b, HIST_BUCKETS - 1)
+    # frexp's exponent is the bit length: exact below 2^53 us, and anything over 2^30 us is the last bucket
+    return np.minimum(np.frexp(us.astype(np.float64))[1], HIST_BUCKETS - 1).astype(np.int64)
 
 
 def cmd_slot(command: np.ndarray) -> np.ndarray:

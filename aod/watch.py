@@ -48,8 +48,9 @@ def window_bounds(t_ns: int, interval_ns: int) -> tuple[int, int]:
 def _labelled(totals: ShareTotals, names: Optional[Namer], batch: np.ndarray, cols: Columns, errs: np.ndarray,
               status: np.ndarray, trees: np.ndarray) -> None:
     """Error (rows errs) and completion records of a batch by share or export (one name lookup each)."""
-    comp = np.flatnonzero(cols.kind == KIND_COMPLETION)
-    if not len(errs) and not len(comp):
+    comp = cols.kind == KIND_COMPLETION
+    any_comp = bool(comp.any())
+    if not len(errs) and not any_comp:
         return
     label: dict[tuple[int, int], str] = {}
 
@@ -59,24 +60,41 @@ def _labelled(totals: ShareTotals, names: Optional[Namer], batch: np.ndarray, co
         return label[(ses, tid)]
 
     if len(errs):
-        keys = np.stack([batch["session_id"][errs].astype(np.uint64), trees[errs].astype(np.uint64),
-                         cols.command[errs].astype(np.uint64), status[errs].astype(np.uint64)], axis=1)
-        uniq, n = np.unique(keys, axis=0, return_counts=True)
+        packed = (cols.command[errs].astype(np.uint64) << np.uint64(32)) | status[errs].astype(np.uint64)
         counts: dict[tuple[str, int, int], int] = {}
-        for (ses, tid, c, st), k in zip(uniq.tolist(), n.tolist()):
-            key = (name(ses, tid), c, st)
-            counts[key] = counts.get(key, 0) + k
+        for (ses, tid), rows in _pairs(batch["session_id"][errs], trees[errs]):
+            share = name(ses, tid)
+            for k, n in zip(*(a.tolist() for a in np.unique(packed[rows], return_counts=True))):
+                key = (share, k >> 32, k & 0xFFFFFFFF)
+                counts[key] = counts.get(key, 0) + n
         totals.add_errors(counts)
-    if len(comp):
-        ses, tid = batch["session_id"][comp], trees[comp]
-        pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
-                               return_inverse=True)
-        inv = inv.reshape(-1)
-        lat = cols.latency_ns[comp]
-        buckets = hist_bucket(lat)
-        for j, (s, t) in enumerate(pairs.tolist()):
-            mine = inv == j
-            totals.add_slow(name(s, t), buckets[mine], int(lat[mine].sum()))
+    if any_comp:  # grouped over the whole batch (runs: views, no copies), then its completions
+        lat, buckets = cols.latency_ns, hist_bucket(cols.latency_ns)
+        for (s, t), rows in _pairs(batch["session_id"], trees):
+            done = comp[rows]
+            if done.any():
+                totals.add_slow(name(s, t), buckets[rows][done], int(lat[rows][done].sum()))
+
+
+MAX_RUNS = 256  # runs of one (session, tree) a batch is grouped by before a sort is cheaper
+
+
+def _pairs(ses: np.ndarray, tid: np.ndarray) -> list[tuple[tuple[int, int], Any]]:
+    """((session, tree), rows) of each distinct pair. A drained batch is mostly long runs of one
+    share, so it is grouped by its runs (linear); a sort of the pairs only when they interleave."""
+    n = len(ses)
+    ses, tid = np.ascontiguousarray(ses), np.ascontiguousarray(tid)  # a record field is strided
+    cut = np.flatnonzero((ses[1:] != ses[:-1]) | (tid[1:] != tid[:-1])) + 1
+    if len(cut) < MAX_RUNS:
+        runs: dict[tuple[int, int], list[slice]] = {}
+        for a, b in zip([0, *cut.tolist()], [*cut.tolist(), n]):
+            runs.setdefault((int(ses[a]), int(tid[a])), []).append(slice(a, b))
+        return [(k, v[0] if len(v) == 1 else np.concatenate([np.arange(r.start, r.stop) for r in v]))
+                for k, v in runs.items()]
+    pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
+                           return_inverse=True)
+    inv = inv.reshape(-1)
+    return [((int(s), int(t)), inv == j) for j, (s, t) in enumerate(pairs.tolist())]
 
 
 class Tally:

@@ -323,3 +323,18 @@ def test_drops_are_followed_apart_from_cmd_stats() -> None:
     fc.available = True
     assert w._read_counters()[0] is None  # the stats baseline again; drops unchanged
     assert w._read_counters()[1] == 0
+
+
+def test_pairs_group_runs_and_interleaved_rows_alike() -> None:
+    """watch._pairs: grouped by runs (the usual batch) or by a sort (interleaved shares), the same groups."""
+    from aod.watch import MAX_RUNS, _pairs
+
+    rng = np.random.default_rng(5)
+    for n_runs in (1, 7, MAX_RUNS * 3):
+        ses = np.repeat(rng.integers(1, 4, n_runs), rng.integers(1, 9, n_runs)).astype(np.uint64)
+        tid = (ses * np.uint64(7) + rng.integers(0, 2, len(ses)).astype(np.uint64)).astype(np.uint32)
+        got = {k: sorted(np.arange(len(ses))[rows].tolist()) for k, rows in _pairs(ses, tid)}
+        want: dict[tuple[int, int], list[int]] = {}
+        for i, (s, t) in enumerate(zip(ses.tolist(), tid.tolist())):
+            want.setdefault((s, t), []).append(i)
+        assert got == want
