@@ -83,6 +83,8 @@ def _pairs(ses: np.ndarray, tid: np.ndarray) -> list[tuple[tuple[int, int], Any]
     """((session, tree), rows) of each distinct pair. A drained batch is mostly long runs of one
     share, so it is grouped by its runs (linear); a sort of the pairs only when they interleave."""
     n = len(ses)
+    if not n:
+        return []
     ses, tid = np.ascontiguousarray(ses), np.ascontiguousarray(tid)  # a record field is strided
     cut = np.flatnonzero((ses[1:] != ses[:-1]) | (tid[1:] != tid[:-1])) + 1
     if len(cut) < MAX_RUNS:
@@ -91,10 +93,12 @@ def _pairs(ses: np.ndarray, tid: np.ndarray) -> list[tuple[tuple[int, int], Any]
             runs.setdefault((int(ses[a]), int(tid[a])), []).append(slice(a, b))
         return [(k, v[0] if len(v) == 1 else np.concatenate([np.arange(r.start, r.stop) for r in v]))
                 for k, v in runs.items()]
-    pairs, inv = np.unique(np.stack([ses.astype(np.uint64), tid.astype(np.uint64)], axis=1), axis=0,
-                           return_inverse=True)
-    inv = inv.reshape(-1)
-    return [((int(s), int(t)), inv == j) for j, (s, t) in enumerate(pairs.tolist())]
+    # interleaved: the session's index and the u32 tree packed in one u64, sorted once (1-D sorts only)
+    sessions, si = np.unique(ses, return_inverse=True)
+    keys, inv, counts = np.unique((si.reshape(-1).astype(np.uint64) << np.uint64(32)) | tid.astype(np.uint64),
+                                  return_inverse=True, return_counts=True)
+    groups = np.split(np.argsort(inv.reshape(-1), kind="stable"), np.cumsum(counts)[:-1])
+    return [((int(sessions[k >> 32]), k & 0xFFFFFFFF), g) for k, g in zip(keys.tolist(), groups)]
 
 
 class Tally:

@@ -338,3 +338,7 @@ def test_pairs_group_runs_and_interleaved_rows_alike() -> None:
         for i, (s, t) in enumerate(zip(ses.tolist(), tid.tolist())):
             want.setdefault((s, t), []).append(i)
         assert got == want
+    big = np.array([2**64 - 1, 2**63, 5] * 300, np.uint64)  # interleaved, ids over 2^63
+    got = {k: len(np.arange(900)[rows]) for k, rows in _pairs(big, np.zeros(900, np.uint32))}
+    assert got == {(2**64 - 1, 0): 300, (2**63, 0): 300, (5, 0): 300}
+    assert _pairs(np.zeros(0, np.uint64), np.zeros(0, np.uint32)) == []
