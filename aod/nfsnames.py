@@ -174,7 +174,7 @@ def debugfs_addrs(root: str = DEBUG_SUNRPC) -> dict[int, str]:
 
 
 class NfsNames:
-    """NFS client ids -> server and export, refreshed at most once a REFRESH_SEC (names.Names' methods)."""
+    """NFS client ids -> server and export, refreshed at most once a second (names.Names' methods)."""
 
     def __init__(self, sys_nfs: str = SYS_NFS, sunrpc: str = SUNRPC, debug: str = DEBUG_SUNRPC,
                  mountinfo: str = MOUNTINFO, mono: Callable[[], float] = time.monotonic) -> None:
@@ -204,7 +204,7 @@ class NfsNames:
                 servers[cl] = hosts.pop()
             if len(names) == 1:
                 exports[cl] = names.pop()
-        for cl, addr in {**debugfs_addrs(debug), **sysfs_addrs(sunrpc)}.items():  # by its server's address
+        for cl, addr in (sysfs_addrs(sunrpc) or debugfs_addrs(debug)).items():  # by its server's address
             servers.setdefault(cl, addr)
             names = by_addr.get(addr, set())
             if not linked and len(names) == 1:  # where the kernel links mounts, a client it does not is none's
