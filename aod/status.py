@@ -314,7 +314,9 @@ def format_text(snap: dict[str, Any], state: str, reason: str) -> str:
                                   snap.get("ring_kind", "none")))
     c = snap.get("counters")
     if c:
-        lines.append(f"  counters: {os.path.basename(str(c.get('source') or '-'))}"
+        src = c.get("source")
+        src = [str(x) for x in src if x] if isinstance(src, list) else [str(src)] if src else []
+        lines.append(f"  counters: {', '.join(os.path.basename(x) for x in src) or '-'}"
                      + ("" if c.get("available") else f" (not readable: {c.get('reason')})"))
     bad = {k: v for k, v in (snap.get("bad_records_by_reason") or {}).items() if v}
     lines.append(f"  events: {float(snap.get('events_per_sec', 0)):.0f}/s, ring records "

@@ -223,3 +223,16 @@ def test_aodv2_show_names_the_exports_of_an_nfs_bundle() -> None:
     assert "servers    192.0.2.7" in out and "exports    192.0.2.7:/srv/a, 192.0.2.7:/srv/b" in out
     anomaly.update(protocol="smb", shares=["\\\\fs1\\data"])
     assert "shares     \\\\fs1\\data" in format_show(view).splitlines()
+
+
+def test_status_names_each_counters_map() -> None:
+    from aod.status import format_text
+
+    def line(source: object) -> str:
+        text = format_text({"counters": {"source": source, "available": True, "reason": ""}}, "running", "ok")
+        return next(ln for ln in text.splitlines() if "counters:" in ln).strip()
+
+    assert line(["cmd_stats_v2", "nfs_stats_v1"]) == "counters: cmd_stats_v2, nfs_stats_v1"
+    assert line(["", "nfs_stats_v1"]) == "counters: nfs_stats_v1"
+    assert line("/run/aodv2/ring") == "counters: ring"  # a status file of an older core
+    assert line(["", ""]) == "counters: -"

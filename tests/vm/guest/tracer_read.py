@@ -30,7 +30,7 @@ def main() -> int:
 
     from aod import bpfsys, smb2
     from aod.counters import PinnedCounters
-    from aod.record import EVENT_DTYPE, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
+    from aod.record import CMD_SLOTS, EVENT_DTYPE, KIND_COMPLETION, KIND_ERROR, KIND_RECONNECT
     from aod.ring import RingReader
 
     batches = []
@@ -56,7 +56,7 @@ def main() -> int:
         os.close(fd)
     pc = PinnedCounters(os.path.dirname(a.pin))
     drops = pc.drops()
-    cs = pc.cmd_stats()
+    cs = pc.cmd_stats()[:CMD_SLOTS]  # the smb tracer's rows (the nfs tracer's follow them)
 
     comp = ev[ev["kind"] == KIND_COMPLETION]
     smbc = comp[comp["tracer_id"] == 1]
@@ -91,7 +91,7 @@ def main() -> int:
         "cmd_stats_total": int(cs["hist"].sum()),
         "cmd_stats_errors": int(cs["errors"].sum()),
         "cmd_stats_ignored": int(cs["ignored"].sum()),
-        "cmd_stats_source": pc.source,
+        "cmd_stats_source": pc.source[0],  # the smb tracer's map (pc.source: one per tracer map)
         "ignored_completions": sorted({(smb2.command_name(int(e["command"])), f"0x{int(e['nt_status']):08X}")
                                        for e in comp[comp["nt_status"] != 0]}),
         "cmd_stats_by_cmd": {smb2.command_name(i): int(cs["hist"][i].sum()) for i in range(len(cs))
