@@ -41,3 +41,52 @@ def test_kernel_reports_capped(tmp_path: Path) -> None:
     console.write_text("BUG: soft lockup\nx\n" * 10)
     out = run.kernel_reports(console, max_reports=2, lines_each=2)
     assert out.count("BUG: soft lockup") == 2
+
+
+# the faults suite's console in CI (2026-12-06): the trace recorder enabling events, CPU 0 looping in int3
+LIVELOCK = b"""[  203.7] aodv2-vmtest[341]: PASS systemctl restart aodv2
+[  252.8] watchdog: BUG: soft lockup - CPU#1 stuck for 45s! [aodv2:966]
+[  252.8] RIP: 0010:smp_call_function_many_cond+0xf1/0x330
+[  252.8]  on_each_cpu_cond_mask+0x20/0x40
+[  252.8]  text_poke_bp_batch+0xb7/0x300
+[  252.8]  text_poke_bp+0x4b/0x70
+[  252.8]  system_enable_write+0xba/0xf0
+"""
+
+
+def test_pump_marks_a_code_patching_livelock() -> None:
+    import io
+
+    seen: dict[str, float] = {}
+    run._pump(io.BytesIO(LIVELOCK), io.BytesIO(), False, seen)
+    assert set(seen) == {"soft_lockup", "text_poke"}
+    other: dict[str, float] = {}  # a lockup elsewhere is not this artefact: no retry
+    run._pump(io.BytesIO(LIVELOCK.replace(b"text_poke_bp", b"mutex_lock")), io.BytesIO(), False, other)
+    assert set(other) == {"soft_lockup"}
+
+
+def test_main_boots_once_more_after_a_livelock_and_only_once(tmp_path: Path, monkeypatch: object) -> None:
+    import pytest
+
+    console = tmp_path / "console.log"
+    console.write_bytes(LIVELOCK)
+    mp = pytest.MonkeyPatch()
+    runs: list[str] = []
+
+    def fake(statuses: list[str]) -> object:
+        def run_vm(*_a: object, **_k: object) -> run.Result:
+            status = statuses[len(runs)]
+            runs.append(status)
+            return run.Result(status, run.STATUS_EXIT[status], None, status, console, tmp_path / "out.log",
+                              {"vm": 1.0})
+        return run_vm
+
+    try:
+        mp.setattr(run, "run_vm", fake(["kernel-livelock", "passed"]))
+        assert run.main(["--share", str(tmp_path), "--script", "x"]) == 0 and len(runs) == 2
+        assert (tmp_path / "console-livelock.log").read_bytes() == LIVELOCK
+        runs.clear()
+        mp.setattr(run, "run_vm", fake(["kernel-livelock", "kernel-livelock", "passed"]))
+        assert run.main(["--share", str(tmp_path), "--script", "x"]) == run.EXIT_VM_DIED and len(runs) == 2
+    finally:
+        mp.undo()
