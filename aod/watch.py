@@ -60,13 +60,12 @@ def _labelled(totals: ShareTotals, names: Optional[Namer], batch: np.ndarray, co
         return label[(ses, tid)]
 
     if len(errs):
-        packed = (cols.command[errs].astype(np.uint64) << np.uint64(32)) | status[errs].astype(np.uint64)
+        command, stat = cols.command[errs], status[errs]
         counts: dict[tuple[str, int, int], int] = {}
         for (ses, tid), rows in _pairs(batch["session_id"][errs], trees[errs]):
             share = name(ses, tid)
-            for k, n in zip(*(a.tolist() for a in np.unique(packed[rows], return_counts=True))):
-                key = (share, k >> 32, k & 0xFFFFFFFF)
-                counts[key] = counts.get(key, 0) + n
+            for (c, st), n in _by_status(command[rows], stat[rows]):
+                counts[(share, c, st)] = counts.get((share, c, st), 0) + n
         totals.add_errors(counts)
     if any_comp:  # grouped over the whole batch (runs: views, no copies), then its completions
         lat, buckets = cols.latency_ns, hist_bucket(cols.latency_ns)
@@ -74,6 +73,12 @@ def _labelled(totals: ShareTotals, names: Optional[Namer], batch: np.ndarray, co
             done = comp[rows]
             if done.any():
                 totals.add_slow(name(s, t), buckets[rows][done], int(lat[rows][done].sum()))
+
+
+def _by_status(command: np.ndarray, status: np.ndarray) -> list[tuple[tuple[int, int], int]]:
+    """((command, status), records) of error rows, counted on one packed u64 key."""
+    key = (command.astype(np.uint64) << np.uint64(32)) | status.astype(np.uint64)
+    return [((k >> 32, k & 0xFFFFFFFF), n) for k, n in zip(*(a.tolist() for a in np.unique(key, return_counts=True)))]
 
 
 MAX_RUNS = 256  # runs of one (session, tree) a batch is grouped by before a sort is cheaper
@@ -126,8 +131,7 @@ class Tally:
         rcs: list[tuple[int, int]] = []
         idx = np.flatnonzero(cols.kind == KIND_ERROR)
         if len(idx):
-            key = (cols.command[idx].astype(np.uint64) << np.uint64(32)) | batch["nt_status"][idx]
-            errs = [((int(k) >> 32, int(k) & 0xFFFFFFFF), int(n)) for k, n in zip(*np.unique(key, return_counts=True))]
+            errs = _by_status(cols.command[idx], batch["nt_status"][idx])
         ridx = np.flatnonzero(cols.kind == KIND_RECONNECT)
         if len(ridx):
             rcs = [(int(s), int(n)) for s, n in zip(*np.unique(batch["nt_status"][ridx], return_counts=True))]
@@ -142,14 +146,12 @@ class Tally:
     def _nfs(self, batch: np.ndarray, cols: Columns) -> None:
         """NFS error records by (procedure, status) and, by export, errors and slow completions."""
         idx = np.flatnonzero(cols.kind == KIND_ERROR)
-        if len(idx):
-            key = (cols.command[idx].astype(np.uint64) << np.uint64(32)) | \
-                nfsproc.status_key(batch["nt_status"][idx], batch["err"][idx]).astype(np.uint64)
-            with self.lock:
-                for k, n in zip(*np.unique(key, return_counts=True)):
-                    c = (int(k) >> 32, int(k) & 0xFFFFFFFF)
-                    self.nfs_errors[c] = self.nfs_errors.get(c, 0) + int(n)
         status = nfsproc.status_key(batch["nt_status"], batch["err"])
+        if len(idx):
+            errs = _by_status(cols.command[idx], status[idx])
+            with self.lock:
+                for k, n in errs:
+                    self.nfs_errors[k] = self.nfs_errors.get(k, 0) + n
         # an NFS record's tree_id is its xid: the export is the client's (session_id) alone
         _labelled(self.nfs_labels, self.nfs_names, batch, cols, idx, status, np.zeros(len(batch), np.uint64))
 
