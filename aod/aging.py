@@ -11,8 +11,8 @@ numpy arrays, so the ages of 10,000 requests are one vector operation. Syscall l
 LRU do not mark entries referenced: scanning does not change what the LRU evicts.
 
 Why move aged entries: an LRU evicts the least recently used entries first, which are exactly
-the hung ones. For each aged request whose command is in the hung command mask (the mode,
-latency.exclude and latency.hung_exclude: config.hung_cmd_mask):
+the hung ones. For each aged request whose command (or NFS procedure code) can be called hung (the
+mode, latency.exclude and latency.hung_exclude, by exact code: config.hung_codes):
   1. insert it into hung_v1 (BPF_NOEXIST); full: counted in hung_full, it stays in the LRU and
      is reported once anyway;
   2. delete it from the LRU; nothing there means its completion won the race (the completion
@@ -45,7 +45,6 @@ import numpy as np
 
 from . import bpfsys
 from .record import (
-    CMD_SLOTS,
     EVENT_DTYPE,
     INFLIGHT_KEY_DTYPE,
     INFLIGHT_START_DTYPE,
@@ -58,6 +57,8 @@ SCAN_INTERVAL_SEC = 0.1  # the issue asks for at least every 250 ms
 MAX_RECORDS_PER_SCAN = 64  # one getppid() each
 HUNG_FORGET_NS = 600 * 10**9  # a hung_v1 entry whose completion never came is dropped after this
 STATE_EVERY_SEC = 1.0  # the state file is rewritten at most this often
+EVERY_CODE = np.ones(1 << 16, dtype=bool)  # by u16 command id: every one can be called hung
+EVERY_CODE.flags.writeable = False
 
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -273,8 +274,7 @@ class Scanner:
     maps: Maps
     emit: Callable[[np.ndarray], None]
     threshold_ns: int = 0  # 0: aging off
-    cmd_mask: int = 0
-    codes: Optional[np.ndarray] = None  # bool by command id (config.hung_codes): exact, else cmd_mask
+    codes: np.ndarray = field(default_factory=lambda: EVERY_CODE)  # bool by command id (config.hung_codes)
     clock: Callable[[], int] = time.monotonic_ns  # CLOCK_MONOTONIC = bpf_ktime_get_ns
     unpaired: Callable[[], int] = lambda: 0
     stats: AgingStats = field(default_factory=AgingStats)
@@ -282,11 +282,9 @@ class Scanner:
     _last_hung_count: int = 0
     _hung_full: bool = False
 
-    def set_config(self, threshold_ns: int, cmd_mask: int, codes: Optional[np.ndarray] = None) -> None:
-        """codes (config.hung_codes, bool by command id): exact; else the mask's slots (every id >= 31 in
-        the last one), which cannot tell NFS procedure codes apart."""
-        self.threshold_ns, self.cmd_mask = int(threshold_ns), int(cmd_mask)
-        self.codes = None if codes is None else np.asarray(codes, dtype=bool)
+    def set_config(self, threshold_ns: int, codes: np.ndarray) -> None:
+        """codes: config.hung_codes, a bool by command id (or NFS procedure code), exact."""
+        self.threshold_ns, self.codes = int(threshold_ns), np.asarray(codes, dtype=bool)
 
     def scan(self) -> int:
         """Move and report the requests that crossed the threshold; returns records emitted."""
@@ -304,15 +302,11 @@ class Scanner:
         st.scans += 1
         st.inflight = len(keys)
         emitted = 0
-        thr, mask = self.threshold_ns, self.cmd_mask
+        thr = self.threshold_ns
         if thr > 0 and len(keys):
             ts = vals["ts"].astype(np.int64)
             age = np.maximum(np.int64(now) - ts, 0)
-            if self.codes is not None:
-                wanted = self.codes[keys["cmd"].astype(np.int64)]  # u16: within LOOKUP_SIZE
-            else:
-                slot = np.minimum(keys["cmd"].astype(np.int64), CMD_SLOTS - 1)
-                wanted = ((np.int64(mask) >> slot) & 1).astype(bool)
+            wanted = self.codes[keys["cmd"].astype(np.int64)]  # u16: within LOOKUP_SIZE
             aged = np.nonzero((age >= thr) & wanted)[0]
             aged = aged[np.argsort(-age[aged], kind="stable")]  # the oldest first
             full_now: set = set()
@@ -399,9 +393,9 @@ class AgingThread:
     def start(self) -> None:
         self.thread.start()
 
-    def set_config(self, threshold_ns: int, cmd_mask: int, codes: Optional[np.ndarray] = None) -> None:
+    def set_config(self, threshold_ns: int, codes: np.ndarray) -> None:
         with self.lock:
-            self.scanner.set_config(threshold_ns, cmd_mask, codes)
+            self.scanner.set_config(threshold_ns, codes)
 
     def _run(self) -> None:
         last_pub = 0.0

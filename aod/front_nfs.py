@@ -21,7 +21,6 @@ from .record import TRACER_NFS
 from .tracepoints import EX_CONFIG, TRIGGER_TRACEPOINT, AttachPlan, SetupError, usable_tracepoints
 from .tracerargs import Options
 from .tracerfront import Front, Health, Live, PlanInput
-from .tracerlive import applied as smb_applied
 
 TASK = ("task_id", "client_id")
 REQUIRED: Mapping[str, tuple[str, ...]] = {
@@ -66,12 +65,6 @@ def defines(opts: Options, paths: PinPaths) -> list[str]:
     ]
 
 
-def applied(cfg: config_mod.Config) -> dict[str, Any]:
-    """The smb rules over the NFS view: every NFS code sits in the last command slot of the masks, so
-    the aging scan goes by the exact codes (hung_codes: nfs.exclude is never called hung)."""
-    return smb_applied(nfs_view(cfg))
-
-
 def ignored(cfg: config_mod.Config) -> frozenset[int]:
     return cfg.nfs.benign_statuses
 
@@ -90,4 +83,4 @@ def setup(obj: Any) -> str:
 
 
 FRONT = Front("nfs", "nfs.bpf.c", TRACER_NFS, plan, defines, pins.nfs_maps, system="sunrpc", module="sunrpc",
-              live=Live(applied, ignored, setup))
+              live=Live(nfs_view, ignored, setup))

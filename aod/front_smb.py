@@ -16,7 +16,6 @@ from .record import TRACER_SMB
 from .tracepoints import AttachPlan, smb_plan
 from .tracerargs import Options
 from .tracerfront import Front, Health, Live, PlanInput
-from .tracerlive import applied
 
 
 def plan(p: PlanInput) -> tuple[AttachPlan, Health, tuple[str, ...]]:
@@ -37,9 +36,13 @@ def defines(opts: Options, paths: PinPaths) -> list[str]:
     ]
 
 
+def view(cfg: config_mod.Config) -> config_mod.Config:
+    return cfg
+
+
 def ignored(cfg: config_mod.Config) -> frozenset[int]:
     return cfg.ignored_statuses
 
 
 FRONT = Front("smb", "smb.bpf.c", TRACER_SMB, plan, defines, pins.smb_maps, system="cifs", module="cifs",
-              live=Live(applied, ignored), modes=True)
+              live=Live(view, ignored), modes=True)

@@ -18,7 +18,7 @@ count under share="other", so the cardinality stays bounded however many mounts 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 
@@ -120,6 +120,21 @@ def _slow(o: _Out, labels: dict[str, Any], family: str, label: str, help_: str) 
     o.family(family, "histogram", help_, shist)
 
 
+def _errors(o: _Out, by_place: Optional[dict[str, int]], totals: dict[tuple[int, int], int], family: str,
+            proto: str, names: tuple[str, str], status: Callable[[int], str], status_help: str) -> None:
+    """Error records by command, status and share/export ("place|command|status" keys, bounded
+    labels) when the core tallies them by place, else by command and status (the Watcher's totals)."""
+    what, place = names
+    if by_place is not None:
+        rows = sorted((k.rsplit("|", 2), n) for k, n in by_place.items())  # a place name may hold "|"
+        o.family(family, "counter", f"{proto} error records by {what}, {status_help} and {place} (the 20 most "
+                 f"recently seen; the rest as {place}=\"other\").",
+                 [("", {what: command_name(int(c)), "status": status(int(st)), place: p}, n) for (p, c, st), n in rows])
+    else:
+        o.family(family, "counter", f"{proto} error records by {what} and {status_help}.",
+                 [("", {what: command_name(c), "status": status(st)}, n) for (c, st), n in sorted(totals.items())])
+
+
 def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = True) -> str:
     """Exposition text from a Core snapshot (daemon.py) and the Watcher's cumulative totals."""
     o = _Out()
@@ -133,19 +148,9 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
     smb_rows, nfs_rows = _active(stats, "smb"), _active(stats, "nfs")
     _counts(o, stats, smb_rows, "smb", "command", "SMB commands")
     _counts(o, stats, nfs_rows, "nfs", "procedure", "NFS procedures (RPCs of the nfs program; v4: one COMPOUND)")
-    labels = snap.get("share_labels") or {}
-    errs = (totals or {}).get("errors") or {}
-    by_share = labels.get("errors")
-    if by_share is not None:
-        rows = sorted((k.rsplit("|", 2), n) for k, n in by_share.items())  # a share name may hold "|"
-        o.family("aodv2_smb_errors_total", "counter", "SMB error records by command, NT status and share "
-                 "(the 20 most recently seen shares; the rest as share=\"other\").",
-                 [("", {"command": command_name(int(c)), "status": status_name(int(st)), "share": sh}, n)
-                  for (sh, c, st), n in rows])
-    else:
-        o.family("aodv2_smb_errors_total", "counter", "SMB error records by command and NT status.",
-                 [("", {"command": command_name(c), "status": status_name(s)}, n)
-                  for (c, s), n in sorted(errs.items())])
+    labels, nfs_labels = snap.get("share_labels") or {}, snap.get("nfs_labels") or {}
+    _errors(o, labels.get("errors"), (totals or {}).get("errors") or {}, "aodv2_smb_errors_total", "SMB",
+            ("command", "share"), status_name, "NT status")
     rec = (totals or {}).get("reconnects") or {}
     o.family("aodv2_smb_reconnects_total", "counter", "Reconnect records by NT status (0: the client reconnected).",
              [("", {"status": status_name(s) if s else "reconnect"}, n) for s, n in sorted(rec.items())])
@@ -153,19 +158,8 @@ def render(snap: dict[str, Any], totals: Optional[dict[str, Any]], up: bool = Tr
              "SMB command latency (enter to completion), every completion.")
     _latency(o, stats, nfs_rows, "aodv2_nfs_procedure_latency_seconds", "procedure",
              "NFS procedure latency (RPC execute time, as mountstats counts it), every completion.")
-    nfs_labels = snap.get("nfs_labels") or {}
-    by_export = nfs_labels.get("errors")
-    if by_export is not None:
-        nrows = sorted((k.rsplit("|", 2), n) for k, n in by_export.items())
-        o.family("aodv2_nfs_errors_total", "counter", "NFS error records by procedure, status (an errno name, "
-                 "or an NFS4ERR_* status) and export (the 20 most recently seen; the rest as export=\"other\").",
-                 [("", {"procedure": command_name(int(c)), "status": nfsproc.status_label(int(st)), "export": ex}, n)
-                  for (ex, c, st), n in nrows])
-    else:
-        o.family("aodv2_nfs_errors_total", "counter", "NFS error records by procedure and status "
-                 "(an errno name, or an NFS4ERR_* status).",
-                 [("", {"procedure": command_name(c), "status": nfsproc.status_label(st)}, n)
-                  for (c, st), n in sorted(((totals or {}).get("nfs_errors") or {}).items())])
+    _errors(o, nfs_labels.get("errors"), (totals or {}).get("nfs_errors") or {}, "aodv2_nfs_errors_total", "NFS",
+            ("procedure", "export"), nfsproc.status_label, "status (an errno name, or an NFS4ERR_* status)")
     _slow(o, labels, "aodv2_smb_share_slow_latency_seconds", "share",
           "Latency of the slow completions the tracers emitted (at or over the emit threshold), by share "
           "(the 20 most recently seen shares; the rest as share=\"other\").")

@@ -351,7 +351,7 @@ def run(opts: Options, env: Env) -> int:
             live = tracerlive.TracerLive(loaded.obj, env.state_dir, lambda lv, m: _emit(lv, name, m), aging_stop,
                                          env.aging_factory, health, aging, aging_off,
                                          (plan.mode, mode, opts.force_kprobes) if front.modes else None,
-                                         name, front.live.applied)
+                                         name, front.live.view)
             conf = live.apply(cfg)
             for gone in pins.remove_stale(paths.dir):
                 _emit(logging.INFO, name, f"removed the pin of an older layout: {gone}")

@@ -46,7 +46,7 @@ class PlanInput:
 class Live:
     """What an attached tracer keeps in step with the config (aod/tracerlive.TracerLive)."""
 
-    applied: Callable[[config_mod.Config], dict[str, int]]  # emit_min_ns, emit_cmd_mask, hung_*
+    view: Callable[[config_mod.Config], config_mod.Config]  # the config as this protocol's rules read it
     ignored: Callable[[config_mod.Config], frozenset[int]]  # the ignored_status map's keys
     setup: Optional[Callable[[Any], str]] = None  # fill maps at attach (bcc object -> a log line)
     aging: bool = True  # the program has the in-flight maps and the getppid trigger

@@ -73,16 +73,18 @@ def emit_cmd_mask(lat: config_mod.LatencyConfig) -> int:
     return mask
 
 
-def applied(cfg: config_mod.Config) -> dict[str, Any]:
-    """What a tracer applies from the config: the state file's keys, and "hung_codes" (config.hung_codes,
-    for the aging scan; not in the state file)."""
-    lat = cfg.latency
+def aging_threshold_ns(lat: config_mod.LatencyConfig) -> int:
+    """The aging scan's threshold (0: off); defaulted from a small emergency threshold, it is never
+    below HUNG_MIN_MS (ordinary slowness)."""
     hung = config_mod.hung_threshold_ns(lat)
-    if hung:  # defaulted from a small emergency threshold: never below HUNG_MIN_MS (ordinary slowness)
-        hung = max(hung, int(config_mod.HUNG_MIN_MS * 1e6))
+    return max(hung, int(config_mod.HUNG_MIN_MS * 1e6)) if hung else 0
+
+
+def applied(cfg: config_mod.Config) -> dict[str, Any]:
+    """What a tracer applies from a config (in its protocol's view), as its state file shows it."""
+    lat = cfg.latency
     return {"emit_min_ns": config_mod.min_threshold_ns(lat), "emit_cmd_mask": emit_cmd_mask(lat),
-            "hung_threshold_ns": hung, "hung_cmd_mask": config_mod.hung_cmd_mask(lat),
-            "hung_codes": config_mod.hung_codes(lat)}
+            "hung_threshold_ns": aging_threshold_ns(lat), "hung_cmd_mask": config_mod.hung_cmd_mask(lat)}
 
 
 def write_emit_cfg(table: Any, emit_min_ns: int, cmd_mask: int) -> None:
@@ -117,11 +119,12 @@ class TracerLive:
                  aging_factory: Optional[AgingFactory] = bcc_aging, health: Optional[dict] = None,
                  aging_supported: bool = True, aging_off: str = "",
                  mode: Optional[tuple[str, str, bool]] = None, name: str = "smb",
-                 conf_of: Callable[[config_mod.Config], dict[str, Any]] = applied) -> None:
+                 view: Callable[[config_mod.Config], config_mod.Config] = lambda c: c) -> None:
         """mode: (how it attached, config tracer.mode then, --force-kprobes given) for a tracer that
-        has modes (smb); name: the state file's; conf_of: what it applies from a config."""
+        has modes (smb); name: the state file's; view: the config as its protocol's rules read it
+        (tracerfront.Live.view)."""
         self.obj, self.state_dir, self.log, self.stop = obj, state_dir, log, stop
-        self.name, self.conf_of = name, conf_of
+        self.name, self.view = name, view
         self.extra: dict[str, Any] = {"health": health or {"offered": [], "attached": []}}
         self.mode = mode
         if mode is not None:
@@ -149,8 +152,8 @@ class TracerLive:
     def apply(self, cfg: config_mod.Config) -> dict[str, Any]:
         """Emit filter and aging thresholds from cfg (attach and reload); returns what is in force.
         tracer.mode applies at attach only: a reload that changes it says a restart is needed."""
-        conf = self.conf_of(cfg)
-        codes = conf.pop("hung_codes", None)
+        mine = self.view(cfg)
+        conf = applied(mine)
         if self.mode is not None and cfg.tracer.mode != self.mode_told:
             self.mode_told = cfg.tracer.mode
             attached, at_start, forced = self.mode
@@ -169,7 +172,7 @@ class TracerLive:
         if self.thread is None:
             conf["hung_threshold_ns"] = 0
         else:
-            self.thread.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"], codes)
+            self.thread.set_config(conf["hung_threshold_ns"], config_mod.hung_codes(mine.latency))
         with self.lock:
             self.extra.update(conf)
         return conf

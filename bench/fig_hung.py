@@ -75,7 +75,7 @@ def scan_cost(n: int, scans: int) -> dict:
     try:
         keys, vals = requests(n, 1, time.monotonic_ns())
         insert(m.lru_fd, keys, vals)
-        sc = aging.Scanner(m, lambda rec: None, threshold_ns=3_000_000_000, cmd_mask=0xFFFFFFFF)
+        sc = aging.Scanner(m, lambda rec: None, threshold_ns=3_000_000_000)
         out = {}
         for mode in (True, False):
             m.batch = None if mode else False
@@ -107,7 +107,7 @@ def crossing_to_alert(trials: int) -> tuple[List[float], int]:
                     writer.write(rec)
 
             thr_ns = config_mod.hung_threshold_ns(cfg.latency)
-            scanner = aging.Scanner(m, emit, threshold_ns=thr_ns, cmd_mask=config_mod.hung_cmd_mask(cfg.latency))
+            scanner = aging.Scanner(m, emit, threshold_ns=thr_ns, codes=config_mod.hung_codes(cfg.latency))
             aging_thread = aging.AgingThread(scanner, stop, lambda d: None, lambda w: None)
             aging_thread.start()
             time.sleep(1.5)  # core up, first window read

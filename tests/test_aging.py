@@ -149,7 +149,7 @@ def setup(tmp_path: Path, threshold_ms: float = 1000, yaml: str = "", maps_cls: 
     lat = config_mod.load_text(yaml or f"latency: {{hung_threshold_ms: {threshold_ms}}}\n").latency
     maps = maps_cls(s)
     sc = aging.Scanner(maps, sim_emitter(s), clock=lambda: s.now.value, unpaired=lambda: unpaired(s))
-    sc.set_config(config_mod.hung_threshold_ns(lat), config_mod.hung_cmd_mask(lat))
+    sc.set_config(config_mod.hung_threshold_ns(lat), config_mod.hung_codes(lat))
     return s, maps, sc
 
 
@@ -294,11 +294,11 @@ def test_excluded_commands_are_never_hung(tmp_path: Path) -> None:
     assert [(int(e["kind"]), int(e["command"])) for e in s.events()] == [(KIND_HUNG, 8)]
     assert len(maps.lru_items()[0]) == 2  # the excluded ones stay in the LRU, untouched
     lat = config_mod.load_text("latency: {mode: trackonly, track: [WRITE], hung_threshold_ms: 1000}\n").latency
-    sc.set_config(config_mod.hung_threshold_ns(lat), config_mod.hung_cmd_mask(lat))
+    sc.set_config(config_mod.hung_threshold_ns(lat), config_mod.hung_codes(lat))
     s.tp("smb3_cmd_enter", tid=5, sesid=1, cmd=8, mid=4)  # READ: not tracked in this mode
     s.now.value = 9000 * MS
     assert sc.scan() == 0
-    sc.set_config(0, 0xFFFFFFFF)  # hung_threshold_ms: 0 -> aging off
+    sc.set_config(0, aging.EVERY_CODE)  # hung_threshold_ms: 0 -> aging off
     assert sc.scan() == 0 and s.n.value == 1
 
 
@@ -380,7 +380,7 @@ def test_a_reconnect_drops_the_requests_it_abandoned(tmp_path: Path) -> None:
 
     s = Sim(tmp_path, "smb.bpf.c", AGING + ["AOD_CONN_PROBES=1", "AOD_SMB3_RECONNECT_HAS_CONN_ID=1"])
     maps = SimMaps(s)
-    sc = aging.Scanner(maps, sim_emitter(s), threshold_ns=1000 * MS, cmd_mask=0xFFFFFFFF,
+    sc = aging.Scanner(maps, sim_emitter(s), threshold_ns=1000 * MS,
                        clock=lambda: s.now.value)
     a, b = 0xA000, 0xB000
 
@@ -416,7 +416,7 @@ def test_reconnects_of_more_than_256_connections_over_time_are_all_seen(tmp_path
 
     s = Sim(tmp_path, "smb.bpf.c", AGING + ["AOD_CONN_PROBES=1", "AOD_SMB3_RECONNECT_HAS_CONN_ID=1"])
     maps = SimMaps(s)
-    sc = aging.Scanner(maps, sim_emitter(s), threshold_ns=1000 * MS, cmd_mask=0xFFFFFFFF,
+    sc = aging.Scanner(maps, sim_emitter(s), threshold_ns=1000 * MS,
                        clock=lambda: s.now.value)
     s.task(7, b"cifsd")
     for i in range(300):  # 300 connections reconnected once, long ago
@@ -763,7 +763,8 @@ def test_raw_maps_on_kernel_maps_batch_and_per_key(tmp_path: Path) -> None:
             assert (v["pid"] == 42).all() and m.batch is (True if batch is None else False)
         m = aging.RawMaps(lru, hung, 16384)
         emitted: list[np.ndarray] = []
-        sc = aging.Scanner(m, emitted.append, threshold_ns=1, cmd_mask=1 << 8, clock=lambda: now + 10 ** 9)
+        sc = aging.Scanner(m, emitted.append, threshold_ns=1, codes=np.arange(1 << 16) == 8,
+                           clock=lambda: now + 10 ** 9)
         assert sc.scan() == aging.MAX_RECORDS_PER_SCAN  # capped; the rest at the next scans
         assert len(m.hung_items()[0]) == aging.MAX_RECORDS_PER_SCAN
         assert len(m.lru_items()[0]) == 3000 - aging.MAX_RECORDS_PER_SCAN
@@ -784,7 +785,7 @@ def test_scan_cost_of_ten_thousand_requests_in_flight(n: int) -> None:
         now = time.monotonic_ns()
         _fill(lru, n, now)
         sc = aging.Scanner(aging.RawMaps(lru, hung, 16384), lambda r: None, threshold_ns=3600 * 10**9,
-                           cmd_mask=0xFFFFFFFF, clock=lambda: now)
+                           clock=lambda: now)
         t0 = time.process_time()
         for _ in range(20):
             sc.scan()

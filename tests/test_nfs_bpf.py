@@ -187,19 +187,27 @@ def test_a_restart_of_a_reported_hung_call_is_not_reported_again(tmp_path: Path)
 
 
 def test_the_aging_scan_never_calls_an_excluded_nfs_procedure_hung(tmp_path: Path) -> None:
-    """Every NFS code shares the last bit of the command mask, so the scan goes by the exact codes
-    (front_nfs.applied: hung_codes): an excluded procedure stays in flight, unreported."""
+    """Every NFS code shares the last bit of the command mask, so the nfs tracer's live config
+    (TracerLive over the nfs front's view) gives the scan the exact codes (config.hung_codes): an
+    excluded procedure stays in flight, unreported."""
+    import threading
+
     from test_aging import SELF, SimMaps, sim_emitter
 
-    from aod import aging
     from aod import config as config_mod
-    from aod.front_nfs import applied
+    from aod import front_nfs, tracerlive
     from aod.record import KIND_HUNG
 
     s = NfsSim(tmp_path, defines=(*OPTIONAL, f"AOD_SELF_TGID={SELF}"))
-    conf = applied(config_mod.load_text("nfs: {hung_threshold_ms: 1000, exclude: [NFSv4 NULL, NFSv4 LOCK]}\n"))
-    sc = aging.Scanner(SimMaps(s), sim_emitter(s), clock=lambda: s.now.value)
-    sc.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"], conf["hung_codes"])
+    logged: list[str] = []
+    live = tracerlive.TracerLive(None, None, lambda lv, m: logged.append(m), threading.Event(),
+                                 lambda obj: (SimMaps(s), sim_emitter(s), lambda: 0), name="nfs",
+                                 view=front_nfs.FRONT.live.view)
+    assert live.thread is not None
+    sc = live.thread.scanner
+    sc.clock = lambda: s.now.value
+    conf = live.apply(config_mod.load_text("nfs: {hung_threshold_ms: 1000, exclude: [NFSv4 NULL, NFSv4 LOCK]}\n"))
+    assert conf["hung_threshold_ns"] == 1000 * MS and conf["hung_cmd_mask"] == 1 << 31  # the state file's view
     s.now.value = 10**12
     for task, proc in ((1, b"LOCK"), (2, b"READ")):
         s.rpc("rpc_task_begin", task)
@@ -209,5 +217,4 @@ def test_the_aging_scan_never_calls_an_excluded_nfs_procedure_hung(tmp_path: Pat
     hung = s.events()
     assert [(int(e["kind"]), int(e["command"])) for e in hung] == [(KIND_HUNG, nfsproc.lookup("NFSv4 READ"))]
     assert [k["cmd"] for k, _ in s.inflight()] == [nfsproc.lookup("NFSv4 LOCK")]  # left alone
-    sc.set_config(conf["hung_threshold_ns"], conf["hung_cmd_mask"])  # the mask alone cannot tell them apart
-    assert sc.scan() == 1
+    assert sc.scan() == 0

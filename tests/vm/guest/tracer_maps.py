@@ -96,7 +96,7 @@ def scan_cost(n: int) -> dict:
     for label, batch in (("batch", None), ("per_key", False)):
         m = aging.RawMaps(lru, hung, 16384)
         m.batch = batch
-        sc = aging.Scanner(m, lambda r: None, threshold_ns=3600 * 10**9, cmd_mask=0xFFFFFFFF)
+        sc = aging.Scanner(m, lambda r: None, threshold_ns=3600 * 10**9)
         rounds = 10 if batch is None else 2
         t0 = time.process_time()
         for _ in range(rounds):
