@@ -282,9 +282,15 @@ class Scanner:
     _last_hung_count: int = 0
     _hung_full: bool = False
 
+    def __post_init__(self) -> None:
+        self.set_config(self.threshold_ns, self.codes)
+
     def set_config(self, threshold_ns: int, codes: np.ndarray) -> None:
-        """codes: config.hung_codes, a bool by command id (or NFS procedure code), exact."""
-        self.threshold_ns, self.codes = int(threshold_ns), np.asarray(codes, dtype=bool)
+        """codes: config.hung_codes, a bool by u16 command id (or NFS procedure code), exact."""
+        codes = np.asarray(codes, dtype=bool)
+        if codes.shape != EVERY_CODE.shape:
+            raise ValueError(f"aging codes: expected a bool per u16 command id {EVERY_CODE.shape}, got {codes.shape}")
+        self.threshold_ns, self.codes = int(threshold_ns), codes
 
     def scan(self) -> int:
         """Move and report the requests that crossed the threshold; returns records emitted."""

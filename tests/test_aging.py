@@ -798,3 +798,14 @@ def test_scan_cost_of_ten_thousand_requests_in_flight(n: int) -> None:
     finally:
         os.close(lru)
         os.close(hung)
+
+
+def test_the_scan_takes_a_code_per_command_id_and_nothing_else() -> None:
+    """The scan's filter is a bool per u16 command id; a mask (the old API) or a short array is
+    refused at once, not found by the scan thread later."""
+    for bad in (0xFFFFFFFF, np.ones(32, bool)):
+        with pytest.raises(ValueError, match="bool per u16 command id"):
+            aging.Scanner(None, lambda r: None, threshold_ns=1, codes=bad)  # type: ignore[arg-type]
+        sc = aging.Scanner(None, lambda r: None)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="bool per u16 command id"):
+            sc.set_config(1, bad)  # type: ignore[arg-type]

@@ -58,11 +58,14 @@ def test_anomaly_storm_is_throttled_bounded_and_on_record(
     r = CoreRun(tmp_path, cfg, env=env, ring_kb=1024, tick=0.05)
     synth = SyntheticTracer(r.writer, emit_min_ns=50_000_000)
     samples: list[tuple[float, int, int, int]] = []  # (t, rss, recent events, collector queue)
+    written: set[int] = set()  # the windows a burst was stamped in
     t0 = time.monotonic()
     next_sample = t0
     try:
         while (now := time.monotonic()) - t0 < STORM_SEC:
-            r.writer.write(slow(10, 300))
+            burst = slow(10, 300)
+            r.writer.write(burst)
+            written.add(int(burst["ts_ns"][0]) // int(INTERVAL * 1e9))
             synth.emit(synth.traffic(200, 50_000_000))  # histograms only: all under emit_min_ns
             if now >= next_sample:
                 samples.append((now - t0, rss_bytes(), r.core.recent.size, r.core.collector.pending()))
@@ -78,7 +81,9 @@ def test_anomaly_storm_is_throttled_bounded_and_on_record(
     alerted = [x for x in tap.snapshot() if x.getMessage().startswith("AOD detected anomaly: latency")]
     refused = [x for x in tap.snapshot() if getattr(x, "MESSAGE_ID", "") == log.MESSAGE_IDS["suppressed"]]
     assert windows >= STORM_SEC / INTERVAL / 2  # the storm really spanned that many windows
-    assert latency >= windows * 0.6  # an anomaly in most windows (a stalled writer thread leaves some empty)
+    # one anomaly per window that got a burst (the rule ignores the rest of a window once it fired);
+    # counted by the bursts' stamps, as a stalled writer thread leaves some windows empty
+    assert len(written) >= windows * 0.3 and len(written) * 0.95 <= latency <= len(written), (latency, len(written))
     # the hourly cap, reached when the storm outlasts CAP cooldowns (with AOD_STORM_SEC >= 18)
     expect = CAP if STORM_SEC >= COOLDOWN * (CAP + 1) else len(alerted)
     assert len(alerted) == expect <= CAP and len(alerted) <= STORM_SEC / COOLDOWN + 1
