@@ -25,6 +25,7 @@ from .configcheck import _duplicate_keys, _errno_out, _Errors, _got, _ms_to_ns, 
 from .confignfs import NfsConfig
 from .confignfs import to_dict as _nfs_dict
 from .configrecorder import RecorderConfig
+from .record import CMD_SLOTS
 from .smb2 import NT_STATUS, command_name, status_name
 from .yamlsafe import MAX_FILE_BYTES, MAX_YAML_ALIASES, YamlError, oneline, parse, read_text  # noqa: F401
 
@@ -336,18 +337,17 @@ def hung_codes(lat: LatencyConfig) -> np.ndarray:
     return finite
 
 
+def slot_mask(by_id: np.ndarray) -> int:
+    """A bool per command id -> a mask by command slot (record.cmd_slot): bit s for id s, the last
+    bit for every id from CMD_SLOTS - 1 on (the emit filter's and the state file's masks)."""
+    last = CMD_SLOTS - 1
+    bits = np.append(by_id[:last], by_id[last:].any()).astype(np.uint64)
+    return int((bits << np.arange(CMD_SLOTS, dtype=np.uint64)).sum())
+
+
 def hung_cmd_mask(lat: LatencyConfig) -> int:
-    """Bit s set when command slot s can be called hung (hung_codes; the last slot holds every id
-    >= 31, like tracer.emit_cmd_mask). 0 when aging is off."""
-    codes = hung_codes(lat)
-    slots = 32
-    mask = 0
-    for slot in range(slots - 1):
-        if codes[slot]:
-            mask |= 1 << slot
-    if codes[slots - 1:].any():
-        mask |= 1 << (slots - 1)
-    return mask
+    """Bit s set when command slot s can be called hung (hung_codes by slot_mask). 0 when aging is off."""
+    return slot_mask(hung_codes(lat))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

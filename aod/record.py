@@ -131,7 +131,7 @@ def hist_bucket(latency_ns: np.ndarray) -> np.ndarray:
 
 
 def cmd_slot(command: np.ndarray) -> np.ndarray:
-    """cmd_stats_v2 slot (and bit of the aging scan's u32 command mask) of SMB command ids."""
+    """cmd_stats_v2 slot (and bit of the emit filter's u32 command mask) of SMB command ids."""
     return np.minimum(np.asarray(command, dtype=np.int64), CMD_SLOTS - 1)
 
 

@@ -20,9 +20,10 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from . import aging, pins, tracerstate
 from . import config as config_mod
-from .record import CMD_SLOTS
 
 EMIT_CFG_TABLE = "emit_cfg"  # bcc table names in bpf/smb.bpf.c
 INFLIGHT_TABLE = "inflight"
@@ -63,14 +64,7 @@ AgingFactory = Callable[[Any], tuple[aging.Maps, Callable[[Any], None], Callable
 
 def emit_cmd_mask(lat: config_mod.LatencyConfig) -> int:
     """Bit s set when completions of command slot s can matter to a detector (finite threshold)."""
-    finite = [t != float("inf") for t in config_mod.threshold_lookup(lat)]
-    mask = 0
-    for slot in range(CMD_SLOTS - 1):
-        if finite[slot]:
-            mask |= 1 << slot
-    if any(finite[CMD_SLOTS - 1:]):  # the last slot holds every command id >= 31
-        mask |= 1 << (CMD_SLOTS - 1)
-    return mask
+    return config_mod.slot_mask(np.isfinite(config_mod.threshold_lookup(lat)))
 
 
 def aging_threshold_ns(lat: config_mod.LatencyConfig) -> int:

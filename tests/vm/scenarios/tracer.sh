@@ -167,7 +167,7 @@ printf 'ignored_statuses: []\n' >> $R/aod.yaml
 kill -HUP $T1PID
 vm_check "SIGHUP: the tracer emptied its ignored_status map (no rebuild)" \
     vm_wait 60 grep -q "ignored statuses: 0 (0 added, 5 removed)" $R/t1.log
-vm_check "SIGHUP: nothing rebuilt" grep -q "nothing rebuilt or re-attached" $R/t1.log
+vm_check "SIGHUP: nothing rebuilt" vm_wait 30 grep -q "nothing rebuilt or re-attached" $R/t1.log  # logged after the map updates
 reader_start $R/r3n.json
 stat "$SMB_MNT/no-such-file-2-$$" >/dev/null 2>&1
 reader_stop $R/r3n.json
